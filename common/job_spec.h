@@ -1,0 +1,79 @@
+// Job specifications: loading, validation, defaults, the flat parameter
+// layout and seeded initialisation. Free functions and an immutable value
+// type; thread-safe.
+#ifndef GRADACC_COMMON_JOB_SPEC_H_
+#define GRADACC_COMMON_JOB_SPEC_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/buffer.h"
+#include "gradacc/v1/job.pb.h"
+
+namespace gradacc {
+
+// Where each tensor lives in the flat f32 parameter (and gradient) vector:
+// tensors are laid end to end in JobSpec order.
+class ModelLayout {
+ public:
+  struct Tensor {
+    std::string name;
+    std::vector<uint64_t> shape;
+    uint64_t offset = 0;  // in elements, within the flat vector
+    uint64_t size = 0;    // elements
+  };
+
+  ModelLayout() = default;
+  static absl::StatusOr<ModelLayout> FromSpec(const v1::ModelSpec& model);
+
+  const std::vector<Tensor>& tensors() const { return tensors_; }
+  uint64_t num_elements() const { return num_elements_; }
+  // Index of the tensor called `name`, or -1.
+  int Find(absl::string_view name) const;
+
+ private:
+  std::vector<Tensor> tensors_;
+  uint64_t num_elements_ = 0;
+};
+
+// Hard limits that protect the server from absurd specs and requests.
+inline constexpr uint64_t kMaxModelElements = uint64_t{1} << 32;  // 16 GiB
+inline constexpr uint32_t kMaxWorkers = 1 << 16;
+inline constexpr size_t kMaxTensors = 1 << 16;
+
+// Parses a job file: protobuf JSON when the name ends in ".json", protobuf
+// text format otherwise. Does not validate.
+absl::StatusOr<v1::JobSpec> LoadJobSpecFile(const std::string& path);
+
+// Fills defaults (job_id "default", SGD, Adam betas/eps, 1 micro-batch,
+// cosine t_max) and checks every field; the error names the field.
+absl::Status NormalizeJobSpec(v1::JobSpec& spec);
+
+// An MLP classifier: `inputs` -> hidden... -> `classes`, tensors named like
+// PyTorch's nn.Sequential of nn.Linear: fc1.weight [h1, inputs], fc1.bias
+// [h1], ..., initialised as nn.Linear does (fan-in uniform). No hidden layer
+// gives softmax regression.
+v1::ModelSpec MlpModelSpec(uint64_t inputs, const std::vector<uint64_t>& hidden,
+                           uint64_t classes);
+
+// The server's built-in job: the main job's Fashion-MNIST MLP (784-256-128-10),
+// Adam, 4 workers x 2 micro-batches of 32 samples, 3 epochs.
+v1::JobSpec DefaultJobSpec();
+
+// Initial parameters: from the safetensors file when the spec names one
+// (relative paths resolve against `base_dir`), else from the seeded
+// initialisers documented in job.proto.
+absl::StatusOr<FloatBuffer> InitialParameters(const v1::JobSpec& spec,
+                                              const std::string& base_dir = "");
+
+// The counter-based generator of job.proto: u in [0, 1) for element j.
+uint64_t SplitMix64(uint64_t z);
+double UniformAt(uint64_t seed, uint64_t j);
+
+}  // namespace gradacc
+
+#endif  // GRADACC_COMMON_JOB_SPEC_H_

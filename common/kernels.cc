@@ -1,0 +1,86 @@
+#include "common/kernels.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace gradacc {
+namespace {
+
+static_assert(sizeof(float) == 4, "f32 required");
+
+bool HostIsLittleEndian() {
+  const uint32_t one = 1;
+  unsigned char b;
+  std::memcpy(&b, &one, 1);
+  return b == 1;
+}
+
+uint32_t ByteSwap(uint32_t v) { return __builtin_bswap32(v); }
+
+}  // namespace
+
+void AddInto(absl::Span<float> dst, absl::Span<const float> src) {
+  float* __restrict d = dst.data();
+  const float* __restrict s = src.data();
+  const size_t n = dst.size();
+  for (size_t i = 0; i < n; ++i) d[i] += s[i];
+}
+
+void ScaleInPlace(absl::Span<float> dst, float s) {
+  float* __restrict d = dst.data();
+  for (size_t i = 0; i < dst.size(); ++i) d[i] *= s;
+}
+
+void DivideInPlace(absl::Span<float> dst, float q) {
+  float* __restrict d = dst.data();
+  for (size_t i = 0; i < dst.size(); ++i) d[i] /= q;
+}
+
+double SumOfSquares(absl::Span<const float> x) {
+  // Four independent accumulators let the compiler vectorise without
+  // -ffast-math; the result is still deterministic for a given length.
+  double acc[4] = {0, 0, 0, 0};
+  const size_t n = x.size();
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (int k = 0; k < 4; ++k) {
+      const double v = x[i + k];
+      acc[k] += v * v;
+    }
+  }
+  for (; i < n; ++i) acc[0] += double{x[i]} * x[i];
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+int64_t FirstNonFinite(absl::Span<const float> x) {
+  // Branch-free scan first; locate only when something is wrong.
+  uint32_t bad = 0;
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(x.data());
+  for (size_t i = 0; i < x.size(); ++i) {
+    bad |= static_cast<uint32_t>((bits[i] & 0x7f800000u) == 0x7f800000u);
+  }
+  if (!bad) return -1;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!std::isfinite(x[i])) return static_cast<int64_t>(i);
+  }
+  return -1;
+}
+
+int64_t CopyFromLittleEndian(const char* bytes, absl::Span<float> dst) {
+  std::memcpy(dst.data(), bytes, dst.size() * sizeof(float));
+  if (!HostIsLittleEndian()) {
+    uint32_t* w = reinterpret_cast<uint32_t*>(dst.data());
+    for (size_t i = 0; i < dst.size(); ++i) w[i] = ByteSwap(w[i]);
+  }
+  return FirstNonFinite(dst);
+}
+
+void CopyToLittleEndian(absl::Span<const float> src, char* bytes) {
+  std::memcpy(bytes, src.data(), src.size() * sizeof(float));
+  if (!HostIsLittleEndian()) {
+    uint32_t* w = reinterpret_cast<uint32_t*>(bytes);
+    for (size_t i = 0; i < src.size(); ++i) w[i] = ByteSwap(w[i]);
+  }
+}
+
+}  // namespace gradacc

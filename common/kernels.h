@@ -1,0 +1,31 @@
+// Element-wise f32 kernels used by the accumulator and the optimizers.
+// Pure functions over caller-owned memory; thread-safe.
+#ifndef GRADACC_COMMON_KERNELS_H_
+#define GRADACC_COMMON_KERNELS_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/types/span.h"
+
+namespace gradacc {
+
+// dst[i] += src[i].
+void AddInto(absl::Span<float> dst, absl::Span<const float> src);
+// dst[i] *= s.
+void ScaleInPlace(absl::Span<float> dst, float s);
+// dst[i] /= d (a true division, as torch's `tensor / n`).
+void DivideInPlace(absl::Span<float> dst, float d);
+// Sum of squares, accumulated in double.
+double SumOfSquares(absl::Span<const float> x);
+// Index of the first NaN or Inf in x, or -1 when all are finite.
+int64_t FirstNonFinite(absl::Span<const float> x);
+// Copies little-endian f32 bytes into dst (dst.size() * 4 bytes) and returns
+// the index of the first non-finite value copied, or -1.
+int64_t CopyFromLittleEndian(const char* bytes, absl::Span<float> dst);
+// Writes src as little-endian f32 bytes.
+void CopyToLittleEndian(absl::Span<const float> src, char* bytes);
+
+}  // namespace gradacc
+
+#endif  // GRADACC_COMMON_KERNELS_H_

@@ -1,0 +1,108 @@
+// gradacc-server: parses flags, loads the job and serves it until SIGTERM or
+// SIGINT (graceful: parked calls finish with UNAVAILABLE, exit 0).
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_format.h"
+#include "common/job_spec.h"
+#include "google/protobuf/text_format.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:7070", "host:port to serve on; port 0 picks a free port");
+ABSL_FLAG(std::string, port_file, "", "write the bound port to this file once serving");
+ABSL_FLAG(std::string, job, "", "job spec file (protobuf text format, or JSON when it ends in .json); "
+          "empty = the built-in Fashion-MNIST MLP job");
+ABSL_FLAG(std::string, job_id, "", "override job_id");
+ABSL_FLAG(int, workers, 0, "override window.num_workers");
+ABSL_FLAG(int, micro_batches, 0, "override window.micro_batches (per worker per window)");
+ABSL_FLAG(int, micro_batch_size, 0, "override window.micro_batch_size");
+ABSL_FLAG(int64_t, total_steps, 0, "override total_steps");
+ABSL_FLAG(double, lr, 0, "override optimizer.lr");
+ABSL_FLAG(int64_t, seed, -1, "override seed");
+ABSL_FLAG(std::string, output, "", "write the final parameters here (safetensors) when the job is done");
+ABSL_FLAG(std::string, dump_job, "", "write the effective job spec (text format) to this file");
+ABSL_FLAG(int, max_pull_wait_s, 1800, "a parked pull waits at most this long");
+
+namespace {
+
+int Fail(const std::string& message) {
+  absl::FPrintF(stderr, "gradacc-server: %s\n", message);
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("gradacc-server [--job=FILE] [--listen=HOST:PORT] ...");
+  absl::ParseCommandLine(argc, argv);
+
+  // Signals are taken by one thread with sigwait, so they must be blocked in
+  // every thread, which inherit this mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  gradacc::v1::JobSpec spec;
+  const std::string job_file = absl::GetFlag(FLAGS_job);
+  if (job_file.empty()) {
+    spec = gradacc::DefaultJobSpec();
+  } else {
+    auto loaded = gradacc::LoadJobSpecFile(job_file);
+    if (!loaded.ok()) return Fail(loaded.status().ToString());
+    spec = *std::move(loaded);
+  }
+  if (!absl::GetFlag(FLAGS_job_id).empty()) spec.set_job_id(absl::GetFlag(FLAGS_job_id));
+  if (absl::GetFlag(FLAGS_workers) > 0) spec.mutable_window()->set_num_workers(absl::GetFlag(FLAGS_workers));
+  if (absl::GetFlag(FLAGS_micro_batches) > 0) {
+    spec.mutable_window()->set_micro_batches(absl::GetFlag(FLAGS_micro_batches));
+  }
+  if (absl::GetFlag(FLAGS_micro_batch_size) > 0) {
+    spec.mutable_window()->set_micro_batch_size(absl::GetFlag(FLAGS_micro_batch_size));
+  }
+  if (absl::GetFlag(FLAGS_total_steps) > 0) spec.set_total_steps(absl::GetFlag(FLAGS_total_steps));
+  if (absl::GetFlag(FLAGS_lr) > 0) spec.mutable_optimizer()->set_lr(absl::GetFlag(FLAGS_lr));
+  if (absl::GetFlag(FLAGS_seed) >= 0) spec.set_seed(absl::GetFlag(FLAGS_seed));
+  if (absl::Status s = gradacc::NormalizeJobSpec(spec); !s.ok()) return Fail(s.ToString());
+  if (!absl::GetFlag(FLAGS_dump_job).empty()) {
+    std::string text;
+    google::protobuf::TextFormat::PrintToString(spec, &text);
+    std::ofstream(absl::GetFlag(FLAGS_dump_job)) << text;
+  }
+
+  gradacc::ServerOptions options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.trainer.final_params_path = absl::GetFlag(FLAGS_output);
+  options.trainer.max_pull_wait = absl::Seconds(absl::GetFlag(FLAGS_max_pull_wait_s));
+  auto server = gradacc::GradaccServer::Start(spec, options);
+  if (!server.ok()) return Fail(server.status().ToString());
+
+  const gradacc::ModelLayout& layout = (*server)->trainer()->layout();
+  absl::FPrintF(stderr,
+                "gradacc-server: serving job '%s' on port %d: %d tensors, %d parameters, %d workers x %d "
+                "micro-batches, %d steps\n",
+                spec.job_id(), (*server)->port(), layout.tensors().size(), layout.num_elements(),
+                spec.window().num_workers(), spec.window().micro_batches(), spec.total_steps());
+  const std::string port_file = absl::GetFlag(FLAGS_port_file);
+  if (!port_file.empty()) {
+    const std::string tmp = port_file + ".tmp";
+    std::ofstream(tmp) << (*server)->port() << "\n";
+    std::rename(tmp.c_str(), port_file.c_str());
+  }
+
+  int signal = 0;
+  sigwait(&signals, &signal);
+  absl::FPrintF(stderr, "gradacc-server: %s received, shutting down (step %d)\n",
+                signal == SIGTERM ? "SIGTERM" : "SIGINT", (*server)->trainer()->version());
+  (*server)->Shutdown(absl::Seconds(5));
+  (*server)->Wait();
+  absl::FPrintF(stderr, "gradacc-server: stopped\n");
+  return 0;
+}

@@ -1,0 +1,158 @@
+#include "server/optimizer.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace gradacc {
+namespace {
+
+// PyTorch's CPU kernels compute `a.add(b, alpha=s)` and `addcmul_` with a
+// fused multiply-add; so do these, which makes gradacc's trajectories match
+// torch.optim bit for bit. target_clones picks the hardware FMA when the CPU
+// has it; the default clone computes the same (correctly rounded) result.
+__attribute__((target_clones("fma", "default"))) void SgdKernel(
+    float* __restrict p, const float* __restrict g, float* __restrict buf, size_t n, float neg_lr, float wd,
+    float mom, float one_minus_damp, bool nesterov, bool first) {
+  if (mom == 0) {
+    for (size_t i = 0; i < n; ++i) {
+      const float d = wd != 0 ? std::fma(wd, p[i], g[i]) : g[i];
+      p[i] = std::fma(neg_lr, d, p[i]);
+    }
+    return;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    float d = wd != 0 ? std::fma(wd, p[i], g[i]) : g[i];
+    const float b = first ? d : std::fma(one_minus_damp, d, buf[i] * mom);
+    buf[i] = b;
+    d = nesterov ? std::fma(mom, b, d) : b;
+    p[i] = std::fma(neg_lr, d, p[i]);
+  }
+}
+
+__attribute__((target_clones("fma", "default"))) void AdamKernel(
+    float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
+    float* __restrict vmax, size_t n, float b1, float one_minus_b1, float b2, float one_minus_b2, float eps,
+    float wd, float decay, float neg_step_size, float bc2_sqrt, bool has_wd, bool decoupled, bool amsgrad) {
+  for (size_t i = 0; i < n; ++i) {
+    float gi = g[i];
+    if (has_wd) {
+      if (decoupled) {
+        p[i] *= decay;
+      } else {
+        gi = std::fma(wd, p[i], gi);
+      }
+    }
+    m[i] = std::fma(one_minus_b1, gi, m[i] * b1);
+    v[i] = std::fma(one_minus_b2 * gi, gi, v[i] * b2);
+    float second = v[i];
+    if (amsgrad) {
+      vmax[i] = std::max(vmax[i], v[i]);
+      second = vmax[i];
+    }
+    const float denom = std::sqrt(second) / bc2_sqrt + eps;
+    p[i] = p[i] + (neg_step_size * m[i]) / denom;
+  }
+}
+
+
+// torch.optim.SGD, for-loop path:
+//   d_p = grad + weight_decay * param
+//   buf = d_p (first step) | momentum * buf + (1 - dampening) * d_p
+//   d_p = d_p + momentum * buf (nesterov) | buf
+//   param -= lr * d_p
+class Sgd final : public Optimizer {
+ public:
+  Sgd(const v1::SgdOptions& o, uint64_t n)
+      : momentum_(static_cast<float>(o.momentum())),
+        one_minus_dampening_(static_cast<float>(1 - o.dampening())),
+        weight_decay_(static_cast<float>(o.weight_decay())),
+        nesterov_(o.nesterov()),
+        momentum_buffer_(o.momentum() != 0 ? n : 0) {}
+
+  void Step(absl::Span<float> params, absl::Span<const float> grad, double lr) override {
+    SgdKernel(params.data(), grad.data(), momentum_buffer_.data(), params.size(), static_cast<float>(-lr),
+              weight_decay_, momentum_, one_minus_dampening_, nesterov_, steps_ == 0);
+    ++steps_;
+  }
+
+  std::vector<std::pair<std::string, FloatBuffer*>> StateBuffers() override {
+    if (momentum_buffer_.size() == 0) return {};
+    return {{"momentum_buffer", &momentum_buffer_}};
+  }
+
+ private:
+  const float momentum_;
+  const float one_minus_dampening_;
+  const float weight_decay_;
+  const bool nesterov_;
+  FloatBuffer momentum_buffer_;
+};
+
+// torch.optim.Adam / AdamW, for-loop path:
+//   AdamW: param *= 1 - lr * weight_decay
+//   Adam:  grad = grad + weight_decay * param
+//   m = beta1 * m + (1 - beta1) * grad
+//   v = beta2 * v + (1 - beta2) * grad * grad
+//   vmax = max(vmax, v) (amsgrad)
+//   denom = sqrt(v or vmax) / sqrt(1 - beta2^t) + eps
+//   param -= lr / (1 - beta1^t) * m / denom
+class Adam final : public Optimizer {
+ public:
+  Adam(const v1::AdamOptions& o, bool decoupled, uint64_t n)
+      : beta1_(o.beta1()),
+        beta2_(o.beta2()),
+        eps_(o.eps()),
+        weight_decay_(o.weight_decay()),
+        amsgrad_(o.amsgrad()),
+        decoupled_(decoupled),
+        exp_avg_(n),
+        exp_avg_sq_(n),
+        max_exp_avg_sq_(o.amsgrad() ? n : 0) {}
+
+  void Step(absl::Span<float> params, absl::Span<const float> grad, double lr) override {
+    ++steps_;
+    const double t = static_cast<double>(steps_);
+    const double bias_correction1 = 1 - std::pow(beta1_, t);
+    const double bias_correction2 = 1 - std::pow(beta2_, t);
+    const float neg_step_size = static_cast<float>(-(lr / bias_correction1));
+    const float bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+    AdamKernel(params.data(), grad.data(), exp_avg_.data(), exp_avg_sq_.data(), max_exp_avg_sq_.data(),
+               params.size(), static_cast<float>(beta1_), static_cast<float>(1 - beta1_),
+               static_cast<float>(beta2_), static_cast<float>(1 - beta2_), static_cast<float>(eps_),
+               static_cast<float>(weight_decay_), static_cast<float>(1 - lr * weight_decay_), neg_step_size,
+               bc2_sqrt, weight_decay_ != 0, decoupled_, amsgrad_);
+  }
+
+  std::vector<std::pair<std::string, FloatBuffer*>> StateBuffers() override {
+    std::vector<std::pair<std::string, FloatBuffer*>> out = {{"exp_avg", &exp_avg_},
+                                                             {"exp_avg_sq", &exp_avg_sq_}};
+    if (amsgrad_) out.emplace_back("max_exp_avg_sq", &max_exp_avg_sq_);
+    return out;
+  }
+
+ private:
+  const double beta1_, beta2_, eps_, weight_decay_;
+  const bool amsgrad_, decoupled_;
+  FloatBuffer exp_avg_, exp_avg_sq_, max_exp_avg_sq_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Optimizer>> Optimizer::Create(const v1::OptimizerSpec& spec,
+                                                             uint64_t num_elements) {
+  switch (spec.kind()) {
+    case v1::OptimizerSpec::KIND_UNSPECIFIED:
+    case v1::OptimizerSpec::KIND_SGD:
+      return std::unique_ptr<Optimizer>(new Sgd(spec.sgd(), num_elements));
+    case v1::OptimizerSpec::KIND_ADAM:
+      return std::unique_ptr<Optimizer>(new Adam(spec.adam(), /*decoupled=*/false, num_elements));
+    case v1::OptimizerSpec::KIND_ADAMW:
+      return std::unique_ptr<Optimizer>(new Adam(spec.adam(), /*decoupled=*/true, num_elements));
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("unknown optimizer kind ", spec.kind()));
+  }
+}
+
+}  // namespace gradacc

@@ -1,0 +1,58 @@
+// GradaccServer: a running gRPC server for one job — the data plane, the
+// control plane, the standard health service and server reflection — over
+// an owned Trainer.
+//
+// Thread-safe. Start() returns once the server is listening; Shutdown() is
+// graceful: new calls are refused, parked pulls and watches finish with
+// UNAVAILABLE, in-flight calls get `grace` to complete.
+#ifndef GRADACC_SERVER_SERVER_H_
+#define GRADACC_SERVER_SERVER_H_
+
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "gradacc/v1/job.pb.h"
+#include "server/trainer.h"
+
+namespace grpc {
+class Server;
+}  // namespace grpc
+
+namespace gradacc {
+
+struct ServerOptions {
+  std::string listen = "127.0.0.1:0";  // host:port; port 0 = pick a free one
+  TrainerOptions trainer;
+  int max_message_bytes = 64 << 20;
+};
+
+class GradaccServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<GradaccServer>> Start(const v1::JobSpec& spec,
+                                                              const ServerOptions& options);
+  ~GradaccServer();
+
+  int port() const { return port_; }
+  Trainer* trainer() { return trainer_.get(); }
+
+  void Shutdown(absl::Duration grace = absl::Seconds(5));
+  // Blocks until Shutdown() has completed.
+  void Wait();
+
+ private:
+  GradaccServer() = default;
+
+  std::unique_ptr<Trainer> trainer_;
+  std::unique_ptr<class DataPlaneServiceImpl> data_plane_;
+  std::unique_ptr<class ControlPlaneServiceImpl> control_plane_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::once_flag shutdown_once_;
+};
+
+}  // namespace gradacc
+
+#endif  // GRADACC_SERVER_SERVER_H_

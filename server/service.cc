@@ -1,0 +1,315 @@
+#include "server/service.h"
+
+#include <memory>
+#include <utility>
+
+#include "absl/synchronization/mutex.h"
+
+namespace gradacc {
+namespace {
+
+// Pull: parked with the Trainer until the version exists, then streams the
+// shared, pre-serialised snapshot (header, then chunks).
+class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
+ public:
+  PullReactor(Trainer* trainer, const v1::PullRequest& request) : trainer_(trainer) {
+    absl::Status valid = Validate(request);
+    if (!valid.ok()) {
+      Finish(ToGrpcStatus(valid));
+      return;
+    }
+    // The callback may run before WaitForVersion returns (on this thread) or
+    // later on the thread that closes the window.
+    const uint64_t id = trainer_->WaitForVersion(
+        request.min_version(), [this](absl::StatusOr<std::shared_ptr<const ParamSnapshot>> snap) {
+          OnSnapshot(std::move(snap));
+        });
+    absl::MutexLock lock(&mu_);
+    if (id != 0 && !resolved_) waiter_id_ = id;
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "pull stream broken"));
+      return;
+    }
+    WriteNext();
+  }
+
+  void OnCancel() override {
+    uint64_t id;
+    {
+      absl::MutexLock lock(&mu_);
+      id = waiter_id_;
+      waiter_id_ = 0;
+    }
+    // When the waiter was still parked, nobody else will finish the call.
+    if (id != 0 && trainer_->CancelWait(id)) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "pull cancelled"));
+    }
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Validate(const v1::PullRequest& request) {
+    const v1::JobSpec& spec = trainer_->spec();
+    if (!request.job_id().empty() && request.job_id() != spec.job_id()) {
+      return absl::NotFoundError("unknown job '" + request.job_id() + "'; this server runs job '" +
+                                 spec.job_id() + "'");
+    }
+    if (request.worker() >= spec.window().num_workers()) {
+      return absl::InvalidArgumentError("unknown worker " + std::to_string(request.worker()));
+    }
+    return absl::OkStatus();
+  }
+
+  void OnSnapshot(absl::StatusOr<std::shared_ptr<const ParamSnapshot>> snap) {
+    {
+      absl::MutexLock lock(&mu_);
+      resolved_ = true;
+      waiter_id_ = 0;
+    }
+    if (!snap.ok()) {
+      Finish(ToGrpcStatus(snap.status()));
+      return;
+    }
+    snapshot_ = std::move(*snap);
+    StartWrite(&snapshot_->header);
+  }
+
+  void WriteNext() {
+    if (next_chunk_ < snapshot_->chunks.size()) {
+      StartWrite(&snapshot_->chunks[next_chunk_++]);
+    } else {
+      Finish(grpc::Status::OK);
+    }
+  }
+
+  Trainer* const trainer_;
+  std::shared_ptr<const ParamSnapshot> snapshot_;
+  size_t next_chunk_ = 0;
+  absl::Mutex mu_;
+  uint64_t waiter_id_ ABSL_GUARDED_BY(mu_) = 0;
+  bool resolved_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// Push: the first message must be the header; chunks are validated and
+// copied into the push's private buffer as they arrive; the contribution is
+// committed only when the client half-closes a complete stream.
+class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
+ public:
+  PushReactor(Trainer* trainer, grpc::CallbackServerContext* context, v1::PushResponse* response)
+      : trainer_(trainer), context_(context), response_(response) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      if (context_->IsCancelled()) {
+        session_.reset();
+        Finish(grpc::Status(grpc::StatusCode::CANCELLED, "push cancelled; nothing was counted"));
+        return;
+      }
+      Complete();
+      return;
+    }
+    absl::Status status = Consume();
+    if (!status.ok()) {
+      if (session_ != nullptr && status.code() != absl::StatusCode::kAlreadyExists) {
+        trainer_->RecordRejected(session_->header().worker());
+      }
+      session_.reset();
+      Finish(ToGrpcStatus(status));
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  absl::Status Consume() {
+    if (request_.has_header()) {
+      if (session_ != nullptr) return absl::InvalidArgumentError("a push stream carries exactly one header");
+      auto session = trainer_->BeginPush(request_.header());
+      if (!session.ok()) return session.status();
+      session_ = std::move(*session);
+      return absl::OkStatus();
+    }
+    if (!request_.has_chunk()) return absl::InvalidArgumentError("empty push message");
+    if (session_ == nullptr) return absl::InvalidArgumentError("a push stream must start with its header");
+    const v1::GradientChunk& c = request_.chunk();
+    return session_->AddChunk(c.tensor(), c.offset(), c.data());
+  }
+
+  void Complete() {
+    if (session_ == nullptr) {
+      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "push stream ended without a header"));
+      return;
+    }
+    auto result = trainer_->Commit(std::move(session_));
+    if (!result.ok()) {
+      Finish(ToGrpcStatus(result.status()));
+      return;
+    }
+    response_->set_window(result->window);
+    response_->set_closed_window(result->closed_window);
+    response_->set_contributions_received(result->received);
+    response_->set_contributions_expected(result->expected);
+    Finish(grpc::Status::OK);
+  }
+
+  Trainer* const trainer_;
+  grpc::CallbackServerContext* const context_;
+  v1::PushResponse* const response_;
+  v1::PushRequest request_;
+  std::unique_ptr<PushSession> session_;
+};
+
+// WatchStatus: writes the newest status whenever the Trainer notifies;
+// notifications that arrive while a write is in flight coalesce into one.
+class WatchReactor final : public grpc::ServerWriteReactor<v1::Status> {
+ public:
+  explicit WatchReactor(Trainer* trainer) : trainer_(trainer), state_(std::make_shared<Shared>()) {
+    state_->reactor = this;
+    std::weak_ptr<Shared> weak = state_;
+    listener_id_ = trainer_->AddListener([weak] {
+      if (auto s = weak.lock()) s->Notify();
+    });
+    state_->Notify();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      state_->Stop();
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "watch stream broken"));
+      return;
+    }
+    state_->WriteDone();
+  }
+
+  void OnCancel() override {
+    if (state_->Stop()) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
+  }
+
+  void OnDone() override {
+    trainer_->RemoveListener(listener_id_);
+    state_->Detach();
+    delete this;
+  }
+
+ private:
+  // Outlives the reactor while a listener call may still be running.
+  struct Shared {
+    absl::Mutex mu;
+    WatchReactor* reactor ABSL_GUARDED_BY(mu) = nullptr;
+    bool writing ABSL_GUARDED_BY(mu) = false;
+    bool dirty ABSL_GUARDED_BY(mu) = false;
+    bool stopped ABSL_GUARDED_BY(mu) = false;
+    bool finished ABSL_GUARDED_BY(mu) = false;
+
+    void Notify() {
+      absl::MutexLock lock(&mu);
+      if (reactor == nullptr || stopped) return;
+      if (writing) {
+        dirty = true;
+        return;
+      }
+      writing = true;
+      reactor->WriteLatest(&mu);
+    }
+    void WriteDone() {
+      absl::MutexLock lock(&mu);
+      writing = false;
+      if (reactor == nullptr || stopped) return;
+      if (dirty) {
+        dirty = false;
+        writing = true;
+        reactor->WriteLatest(&mu);
+      }
+    }
+    // Returns true when the caller should finish the call.
+    bool Stop() {
+      absl::MutexLock lock(&mu);
+      const bool first = !stopped;
+      stopped = true;
+      return first;
+    }
+    void Detach() {
+      absl::MutexLock lock(&mu);
+      reactor = nullptr;
+    }
+  };
+
+  void WriteLatest(absl::Mutex*) {
+    status_ = trainer_->GetStatus();
+    if (status_.state() == v1::JOB_STATE_STOPPING) {
+      state_->stopped = true;  // caller holds state_->mu
+      Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is shutting down"));
+      return;
+    }
+    StartWrite(&status_);
+  }
+
+  Trainer* const trainer_;
+  std::shared_ptr<Shared> state_;
+  uint64_t listener_id_ = 0;
+  v1::Status status_;
+};
+
+}  // namespace
+
+grpc::Status ToGrpcStatus(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+grpc::ServerUnaryReactor* DataPlaneServiceImpl::Join(grpc::CallbackServerContext* context,
+                                                     const v1::JoinRequest* request, v1::JoinResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  auto result = trainer_->Join(*request);
+  if (result.ok()) *response = std::move(*result);
+  reactor->Finish(ToGrpcStatus(result.status()));
+  return reactor;
+}
+
+grpc::ServerReadReactor<v1::PushRequest>* DataPlaneServiceImpl::Push(grpc::CallbackServerContext* context,
+                                                                     v1::PushResponse* response) {
+  return new PushReactor(trainer_, context, response);
+}
+
+grpc::ServerWriteReactor<v1::PullResponse>* DataPlaneServiceImpl::Pull(grpc::CallbackServerContext* context,
+                                                                       const v1::PullRequest* request) {
+  return new PullReactor(trainer_, *request);
+}
+
+grpc::ServerUnaryReactor* DataPlaneServiceImpl::Leave(grpc::CallbackServerContext* context,
+                                                      const v1::LeaveRequest* request, v1::LeaveResponse*) {
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(trainer_->Leave(*request)));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetStatus(grpc::CallbackServerContext* context,
+                                                             const v1::GetStatusRequest*, v1::Status* response) {
+  auto* reactor = context->DefaultReactor();
+  *response = trainer_->GetStatus();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::Status>* ControlPlaneServiceImpl::WatchStatus(grpc::CallbackServerContext*,
+                                                                           const v1::WatchStatusRequest*) {
+  return new WatchReactor(trainer_);
+}
+
+grpc::ServerUnaryReactor* ControlPlaneServiceImpl::ReportMetric(grpc::CallbackServerContext* context,
+                                                                const v1::ReportMetricRequest* request,
+                                                                v1::ReportMetricResponse*) {
+  auto* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(trainer_->ReportMetric(*request)));
+  return reactor;
+}
+
+}  // namespace gradacc

@@ -1,0 +1,54 @@
+// gRPC adapters over Trainer: the data plane (Join/Push/Pull/Leave) and the
+// control plane (GetStatus/WatchStatus/ReportMetric), on gRPC's callback API.
+// A pull that waits for a window to close is parked as a reactor registered
+// with the Trainer, never a blocked thread.
+//
+// Thread-safe; neither service owns the Trainer, which must outlive the
+// grpc::Server they are registered with.
+#ifndef GRADACC_SERVER_SERVICE_H_
+#define GRADACC_SERVER_SERVICE_H_
+
+#include "gradacc/v1/control.grpc.pb.h"
+#include "gradacc/v1/data.grpc.pb.h"
+#include "server/trainer.h"
+
+namespace gradacc {
+
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+class DataPlaneServiceImpl final : public v1::DataPlane::CallbackService {
+ public:
+  explicit DataPlaneServiceImpl(Trainer* trainer) : trainer_(trainer) {}
+
+  grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* context, const v1::JoinRequest* request,
+                                 v1::JoinResponse* response) override;
+  grpc::ServerReadReactor<v1::PushRequest>* Push(grpc::CallbackServerContext* context,
+                                                 v1::PushResponse* response) override;
+  grpc::ServerWriteReactor<v1::PullResponse>* Pull(grpc::CallbackServerContext* context,
+                                                   const v1::PullRequest* request) override;
+  grpc::ServerUnaryReactor* Leave(grpc::CallbackServerContext* context, const v1::LeaveRequest* request,
+                                  v1::LeaveResponse* response) override;
+
+ private:
+  Trainer* const trainer_;
+};
+
+class ControlPlaneServiceImpl final : public v1::ControlPlane::CallbackService {
+ public:
+  explicit ControlPlaneServiceImpl(Trainer* trainer) : trainer_(trainer) {}
+
+  grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context, const v1::GetStatusRequest* request,
+                                      v1::Status* response) override;
+  grpc::ServerWriteReactor<v1::Status>* WatchStatus(grpc::CallbackServerContext* context,
+                                                    const v1::WatchStatusRequest* request) override;
+  grpc::ServerUnaryReactor* ReportMetric(grpc::CallbackServerContext* context,
+                                         const v1::ReportMetricRequest* request,
+                                         v1::ReportMetricResponse* response) override;
+
+ private:
+  Trainer* const trainer_;
+};
+
+}  // namespace gradacc
+
+#endif  // GRADACC_SERVER_SERVICE_H_

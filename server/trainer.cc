@@ -1,0 +1,711 @@
+#include "server/trainer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/kernels.h"
+#include "common/safetensors.h"
+#include "common/status_macros.h"
+#include "server/lr_schedule.h"
+
+namespace gradacc {
+namespace {
+
+// How many applied contribution keys each worker's ledger remembers. A
+// duplicate older than that is reported as stale instead of duplicate; it is
+// still never counted.
+constexpr size_t kKeepKeys = 1024;
+constexpr size_t kLossHistory = 32;
+constexpr size_t kRateWindow = 32;
+constexpr uint64_t kMaxSamples = uint64_t{1} << 40;
+
+double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// PushSession
+
+PushSession::PushSession(Trainer* trainer, const v1::PushHeader& header, FloatBuffer buffer)
+    : trainer_(trainer), header_(header), buffer_(std::move(buffer)) {
+  covered_.resize(trainer_->layout().tensors().size());
+}
+
+PushSession::~PushSession() {
+  if (buffer_.size() != 0) trainer_->ReturnBuffer(std::move(buffer_));
+  trainer_->ReleaseInflight();
+}
+
+absl::Status PushSession::AddChunk(uint32_t tensor, uint64_t offset, absl::string_view bytes) {
+  const auto& tensors = trainer_->layout().tensors();
+  if (tensor >= tensors.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "chunk names tensor %d; the model has %d tensors (0..%d)", tensor, tensors.size(), tensors.size() - 1));
+  }
+  const ModelLayout::Tensor& t = tensors[tensor];
+  if (bytes.size() % sizeof(float) != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "chunk of tensor '%s' has %d bytes, not a multiple of 4 (f32)", t.name, bytes.size()));
+  }
+  const uint64_t n = bytes.size() / sizeof(float);
+  if (n == 0) return absl::InvalidArgumentError(absl::StrCat("empty chunk for tensor '", t.name, "'"));
+  if (offset > t.size || n > t.size - offset) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "chunk [%d, %d) is past the end of tensor '%s' (%d elements)", offset, offset + n, t.name, t.size));
+  }
+  std::map<uint64_t, uint64_t>& ranges = covered_[tensor];
+  auto next = ranges.upper_bound(offset);
+  if (next != ranges.end() && next->first < offset + n) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "chunk [%d, %d) of tensor '%s' overlaps elements already received at [%d, %d)", offset, offset + n,
+        t.name, next->first, next->second));
+  }
+  auto prev = next == ranges.begin() ? ranges.end() : std::prev(next);
+  if (prev != ranges.end() && prev->second > offset) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "chunk [%d, %d) of tensor '%s' overlaps elements already received at [%d, %d)", offset, offset + n,
+        t.name, prev->first, prev->second));
+  }
+  const int64_t bad = CopyFromLittleEndian(bytes.data(), absl::MakeSpan(buffer_.data() + t.offset + offset, n));
+  if (bad >= 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("gradient of tensor '%s' is not finite at element %d (%f)",
+                                                      t.name, offset + bad, buffer_[t.offset + offset + bad]));
+  }
+  // Merge with the neighbours so in-order chunking keeps one range per tensor.
+  uint64_t begin = offset, end = offset + n;
+  if (prev != ranges.end() && prev->second == offset) {
+    begin = prev->first;
+    ranges.erase(prev);
+  }
+  if (next != ranges.end() && next->first == end) {
+    end = next->second;
+    ranges.erase(next);
+  }
+  ranges[begin] = end;
+  covered_elements_ += n;
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------
+// Trainer
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, TrainerOptions options,
+                                                         std::optional<FloatBuffer> initial) {
+  GRADACC_RETURN_IF_ERROR(NormalizeJobSpec(spec));
+  GRADACC_ASSIGN_OR_RETURN(ModelLayout layout, ModelLayout::FromSpec(spec.model()));
+  FloatBuffer params;
+  if (initial.has_value()) {
+    if (initial->size() != layout.num_elements()) {
+      return absl::InvalidArgumentError(absl::StrFormat("initial parameters have %d elements; the model has %d",
+                                                        initial->size(), layout.num_elements()));
+    }
+    params = std::move(*initial);
+  } else {
+    GRADACC_ASSIGN_OR_RETURN(params, InitialParameters(spec));
+  }
+  GRADACC_ASSIGN_OR_RETURN(std::unique_ptr<Optimizer> optimizer,
+                           Optimizer::Create(spec.optimizer(), layout.num_elements()));
+  return std::unique_ptr<Trainer>(
+      new Trainer(std::move(spec), std::move(layout), std::move(options), std::move(params), std::move(optimizer)));
+}
+
+Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, FloatBuffer params,
+                 std::unique_ptr<Optimizer> optimizer)
+    : spec_(std::move(spec)),
+      layout_(std::move(layout)),
+      options_(std::move(options)),
+      started_(absl::Now()),
+      num_workers_(spec_.window().num_workers()),
+      params_(std::move(params)),
+      optimizer_(std::move(optimizer)) {
+  absl::MutexLock lock(&mu_);
+  workers_.resize(num_workers_);
+  slots_.resize(num_workers_);
+  max_inflight_ = options_.max_inflight_pushes > 0 ? options_.max_inflight_pushes
+                                                   : 2 * static_cast<int>(num_workers_) + 2;
+  window_opened_ = started_;
+  snapshot_ = BuildSnapshot(0, spec_.total_steps() == 0, LearningRateAt(spec_.optimizer(), spec_.schedule(), 0), 0);
+  expiry_thread_ = std::thread([this] { ExpireWaitersLoop(); });
+}
+
+Trainer::~Trainer() {
+  Shutdown();
+  {
+    absl::MutexLock lock(&expiry_mu_);
+    expiry_stop_ = true;
+  }
+  if (expiry_thread_.joinable()) expiry_thread_.join();
+}
+
+absl::Status Trainer::CheckJob(absl::string_view job_id) const {
+  if (!job_id.empty() && job_id != spec_.job_id()) {
+    return absl::NotFoundError(
+        absl::StrCat("unknown job '", job_id, "'; this server runs job '", spec_.job_id(), "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::CheckWorker(uint32_t worker) const {
+  if (worker >= num_workers_) {
+    return absl::InvalidArgumentError(absl::StrFormat("unknown worker %d: job '%s' has %d workers (0..%d)", worker,
+                                                      spec_.job_id(), num_workers_, num_workers_ - 1));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<v1::JoinResponse> Trainer::Join(const v1::JoinRequest& request) {
+  GRADACC_RETURN_IF_ERROR(CheckJob(request.job_id()));
+  GRADACC_RETURN_IF_ERROR(CheckWorker(request.worker()));
+  v1::JoinResponse response;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::UnavailableError("server is shutting down");
+    WorkerInfo& w = workers_[request.worker()];
+    w.state = slots_[request.worker()].has_value() ? v1::WORKER_STATE_PUSHED : v1::WORKER_STATE_JOINED;
+    w.hostname = request.hostname();
+    w.last_seen = absl::Now();
+    *response.mutable_job() = spec_;
+    response.set_window(version_);
+    response.set_version(version_);
+    response.set_num_elements(layout_.num_elements());
+    response.set_job_done(version_ >= spec_.total_steps());
+  }
+  NotifyListeners();
+  return response;
+}
+
+absl::Status Trainer::Leave(const v1::LeaveRequest& request) {
+  GRADACC_RETURN_IF_ERROR(CheckJob(request.job_id()));
+  GRADACC_RETURN_IF_ERROR(CheckWorker(request.worker()));
+  {
+    absl::MutexLock lock(&mu_);
+    WorkerInfo& w = workers_[request.worker()];
+    if (w.state == v1::WORKER_STATE_NEVER_JOINED) {
+      return absl::FailedPreconditionError(absl::StrCat("worker ", request.worker(), " never joined"));
+    }
+    w.state = v1::WORKER_STATE_LEFT;
+    w.last_seen = absl::Now();
+  }
+  NotifyListeners();
+  return absl::OkStatus();
+}
+
+FloatBuffer Trainer::TakeBuffer() {
+  if (!free_buffers_.empty()) {
+    FloatBuffer b = std::move(free_buffers_.back());
+    free_buffers_.pop_back();
+    return b;
+  }
+  return FloatBuffer(layout_.num_elements());
+}
+
+void Trainer::ReturnBuffer(FloatBuffer buffer) {
+  absl::MutexLock lock(&mu_);
+  // Keep at most what can be in use at once; the rest goes back to the OS.
+  if (free_buffers_.size() < static_cast<size_t>(max_inflight_) + num_workers_) {
+    free_buffers_.push_back(std::move(buffer));
+  }
+}
+
+void Trainer::ReleaseInflight() {
+  absl::MutexLock lock(&mu_);
+  --inflight_pushes_;
+}
+
+void Trainer::RecordRejected(uint32_t worker) {
+  absl::MutexLock lock(&mu_);
+  ++rejected_;
+  if (worker < num_workers_) ++workers_[worker].rejected;
+}
+
+absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHeader& h) {
+  GRADACC_RETURN_IF_ERROR(CheckJob(h.job_id()));
+  GRADACC_RETURN_IF_ERROR(CheckWorker(h.worker()));
+  absl::Status invalid;
+  if (h.num_elements() != layout_.num_elements()) {
+    invalid = absl::InvalidArgumentError(absl::StrFormat(
+        "push declares %d elements; the model has %d", h.num_elements(), layout_.num_elements()));
+  } else if (h.samples() == 0) {
+    invalid = absl::InvalidArgumentError("push declares 0 samples; a contribution needs at least one");
+  } else if (h.samples() > kMaxSamples) {
+    invalid = absl::InvalidArgumentError(absl::StrCat("push declares an absurd sample count ", h.samples()));
+  } else if (!std::isfinite(h.loss_sum())) {
+    invalid = absl::InvalidArgumentError("push declares a loss sum that is NaN or Inf");
+  }
+  absl::MutexLock lock(&mu_);
+  if (stopping_) return absl::UnavailableError("server is shutting down");
+  WorkerInfo& w = workers_[h.worker()];
+  if (!invalid.ok()) {
+    ++rejected_;
+    ++w.rejected;
+    return invalid;
+  }
+  if (w.state == v1::WORKER_STATE_NEVER_JOINED || w.state == v1::WORKER_STATE_LEFT) {
+    ++rejected_;
+    ++w.rejected;
+    return absl::FailedPreconditionError(absl::StrFormat("worker %d pushed before joining job '%s'; call Join first",
+                                                         h.worker(), spec_.job_id()));
+  }
+  w.last_seen = absl::Now();
+  auto key = w.applied_keys.find(h.contribution_key());
+  if (key != w.applied_keys.end()) {
+    ++duplicates_;
+    ++w.duplicates;
+    return absl::AlreadyExistsError(absl::StrFormat(
+        "duplicate: contribution key %d of worker %d was already applied to window %d; acknowledged, not counted",
+        h.contribution_key(), h.worker(), key->second));
+  }
+  if (version_ >= spec_.total_steps()) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("job '%s' is done (%d steps); no more contributions", spec_.job_id(), version_));
+  }
+  if (h.window() < version_) {
+    ++stale_;
+    return absl::AbortedError(absl::StrFormat(
+        "stale: window %d is closed; the open window is %d (pull version %d and recompute)", h.window(), version_,
+        version_));
+  }
+  if (h.window() > version_) {
+    ++rejected_;
+    ++w.rejected;
+    return absl::FailedPreconditionError(
+        absl::StrFormat("window %d is not open yet; the open window is %d", h.window(), version_));
+  }
+  if (slots_[h.worker()].has_value()) {
+    ++rejected_;
+    ++w.rejected;
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "worker %d already contributed to window %d under another key", h.worker(), version_));
+  }
+  if (inflight_pushes_ >= max_inflight_) {
+    return absl::ResourceExhaustedError(
+        absl::StrFormat("%d pushes already in flight; retry later", inflight_pushes_));
+  }
+  ++inflight_pushes_;
+  return std::unique_ptr<PushSession>(new PushSession(this, h, TakeBuffer()));
+}
+
+absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session) {
+  const v1::PushHeader& h = session->header();
+  if (session->covered_elements_ != layout_.num_elements()) {
+    // Find the first gap to name it.
+    std::string gap;
+    for (size_t i = 0; i < layout_.tensors().size() && gap.empty(); ++i) {
+      const auto& t = layout_.tensors()[i];
+      uint64_t expect = 0;
+      for (const auto& [b, e] : session->covered_[i]) {
+        if (b != expect) break;
+        expect = e;
+      }
+      if (expect != t.size) gap = absl::StrFormat("tensor '%s' from element %d", t.name, expect);
+    }
+    RecordRejected(h.worker());
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "incomplete push: received %d of %d elements; missing %s; nothing was counted",
+        session->covered_elements_, layout_.num_elements(), gap));
+  }
+  PushResult result;
+  std::vector<Slot> closing;
+  absl::Time now = absl::Now();
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return absl::UnavailableError("server is shutting down");
+    WorkerInfo& w = workers_[h.worker()];
+    auto key = w.applied_keys.find(h.contribution_key());
+    if (key != w.applied_keys.end()) {
+      ++duplicates_;
+      ++w.duplicates;
+      return absl::AlreadyExistsError(absl::StrFormat(
+          "duplicate: contribution key %d of worker %d was already applied to window %d; acknowledged, not counted",
+          h.contribution_key(), h.worker(), key->second));
+    }
+    if (h.window() != version_) {
+      ++stale_;
+      return absl::AbortedError(absl::StrFormat("stale: window %d closed while the push was in flight; open window is %d",
+                                                h.window(), version_));
+    }
+    if (slots_[h.worker()].has_value()) {
+      ++rejected_;
+      ++w.rejected;
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "worker %d already contributed to window %d under another key", h.worker(), version_));
+    }
+    Slot slot;
+    slot.grad = std::move(session->buffer_);
+    slot.samples = h.samples();
+    slot.micro_batches = h.micro_batches();
+    slot.loss_sum = h.loss_sum();
+    slots_[h.worker()] = std::move(slot);
+    ++received_;
+    samples_received_ += h.samples();
+    w.applied_keys[h.contribution_key()] = version_;
+    if (w.applied_keys.size() > kKeepKeys) w.applied_keys.erase(w.applied_keys.begin());
+    w.state = v1::WORKER_STATE_PUSHED;
+    w.last_seen = now;
+    ++w.contributions;
+    w.last_window = version_;
+    w.contributed_ever = true;
+    ++accepted_;
+    result.window = version_;
+    result.received = received_;
+    result.expected = num_workers_;
+    if (received_ == num_workers_) {
+      closing_ = true;
+      closing.reserve(num_workers_);
+      for (auto& s : slots_) closing.push_back(std::move(*s));
+      result.closed_window = true;
+    }
+  }
+  session.reset();
+  if (result.closed_window) {
+    CloseWindow(std::move(closing), now);
+  } else {
+    NotifyListeners();
+  }
+  return result;
+}
+
+void Trainer::CloseWindow(std::vector<Slot> slots, absl::Time last_arrival) {
+  const absl::Time t0 = absl::Now();
+  uint64_t version;
+  absl::Time opened;
+  {
+    absl::MutexLock lock(&mu_);
+    version = version_;
+    opened = window_opened_;
+  }
+  // Deterministic reduction: always in worker order, whatever the arrival
+  // order. The first contribution's buffer becomes the accumulator.
+  FloatBuffer& acc = slots[0].grad;
+  uint64_t samples = slots[0].samples;
+  double loss_sum = slots[0].loss_sum;
+  for (size_t i = 1; i < slots.size(); ++i) {
+    AddInto(acc.span(), slots[i].grad.span());
+    samples += slots[i].samples;
+    loss_sum += slots[i].loss_sum;
+  }
+  switch (spec_.reduction()) {
+    case v1::REDUCTION_MEAN_OVER_SAMPLES:
+      DivideInPlace(acc.span(), static_cast<float>(samples));
+      break;
+    case v1::REDUCTION_MEAN_OVER_CONTRIBUTIONS:
+      DivideInPlace(acc.span(), static_cast<float>(slots.size()));
+      break;
+    default:
+      break;
+  }
+  const absl::Time t1 = absl::Now();
+  // torch.nn.utils.clip_grad_norm_ in f32: the norm of the per-tensor norms,
+  // coef = (1 / (norm + 1e-6)) * max_norm, applied when below 1.
+  double norms_sq = 0;
+  for (const ModelLayout::Tensor& t : layout_.tensors()) {
+    const float n = static_cast<float>(std::sqrt(SumOfSquares(absl::MakeConstSpan(acc.data() + t.offset, t.size))));
+    norms_sq += double{n} * n;
+  }
+  const float grad_norm = static_cast<float>(std::sqrt(norms_sq));
+  if (spec_.clipping().max_norm() > 0) {
+    const float coef = (1.0f / (grad_norm + 1e-6f)) * static_cast<float>(spec_.clipping().max_norm());
+    if (coef < 1.0f) ScaleInPlace(acc.span(), coef);
+  }
+  const double lr = LearningRateAt(spec_.optimizer(), spec_.schedule(), version);
+  optimizer_->Step(params_.span(), acc.span(), lr);
+  const absl::Time t2 = absl::Now();
+
+  const uint64_t new_version = version + 1;
+  const bool job_done = new_version >= spec_.total_steps();
+  const double loss = loss_sum / static_cast<double>(samples);
+  auto snapshot = BuildSnapshot(new_version, job_done, lr, loss);
+  if (job_done && !options_.final_params_path.empty()) WriteFinalParameters();
+
+  std::vector<SnapshotCallback> ready;
+  {
+    absl::MutexLock lock(&mu_);
+    version_ = new_version;
+    snapshot_ = snapshot;
+    closing_ = false;
+    received_ = 0;
+    samples_received_ = 0;
+    for (auto& s : slots_) s.reset();
+    for (WorkerInfo& w : workers_) {
+      if (w.state == v1::WORKER_STATE_PUSHED) w.state = v1::WORKER_STATE_JOINED;
+    }
+    window_opened_ = t2;
+    for (Slot& s : slots) {
+      if (free_buffers_.size() < static_cast<size_t>(max_inflight_) + num_workers_) {
+        free_buffers_.push_back(std::move(s.grad));
+      }
+    }
+    last_loss_ = loss;
+    last_grad_norm_ = grad_norm;
+    v1::LossPoint point;
+    point.set_step(new_version);
+    point.set_loss(loss);
+    loss_history_.push_back(point);
+    if (loss_history_.size() > kLossHistory) loss_history_.pop_front();
+    recent_steps_.emplace_back(t2, samples);
+    if (recent_steps_.size() > kRateWindow) recent_steps_.pop_front();
+    last_timing_.set_wait_seconds(Seconds(last_arrival - opened));
+    last_timing_.set_reduce_seconds(Seconds(t1 - t0));
+    last_timing_.set_apply_seconds(Seconds(t2 - t1));
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      if (it->second.min_version <= new_version || job_done) {
+        ready.push_back(std::move(it->second.done));
+        it = waiters_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& done : ready) done(snapshot);
+  {
+    absl::MutexLock lock(&mu_);
+    last_timing_.set_broadcast_seconds(Seconds(absl::Now() - t2));
+  }
+  NotifyListeners();
+}
+
+std::shared_ptr<const ParamSnapshot> Trainer::BuildSnapshot(uint64_t version, bool job_done, double lr,
+                                                            double loss) const {
+  auto snap = std::make_shared<ParamSnapshot>();
+  snap->version = version;
+  v1::ParametersHeader* h = snap->header.mutable_header();
+  h->set_version(version);
+  h->set_step(version);
+  h->set_job_done(job_done);
+  h->set_lr(lr);
+  h->set_loss(loss);
+  h->set_num_elements(layout_.num_elements());
+  const uint64_t chunk = std::max<uint64_t>(1, options_.pull_chunk_elements);
+  for (size_t i = 0; i < layout_.tensors().size(); ++i) {
+    const ModelLayout::Tensor& t = layout_.tensors()[i];
+    for (uint64_t off = 0; off < t.size; off += chunk) {
+      const uint64_t n = std::min(chunk, t.size - off);
+      v1::PullResponse& r = snap->chunks.emplace_back();
+      v1::GradientChunk* c = r.mutable_chunk();
+      c->set_tensor(static_cast<uint32_t>(i));
+      c->set_offset(off);
+      std::string* data = c->mutable_data();
+      data->resize(n * sizeof(float));
+      CopyToLittleEndian(absl::MakeConstSpan(params_.data() + t.offset + off, n), data->data());
+    }
+  }
+  return snap;
+}
+
+void Trainer::WriteFinalParameters() {
+  std::vector<NamedTensor> tensors;
+  for (const ModelLayout::Tensor& t : layout_.tensors()) {
+    tensors.push_back({t.name, t.shape, absl::MakeConstSpan(params_.data() + t.offset, t.size)});
+  }
+  std::map<std::string, std::string> meta = {{"job_id", spec_.job_id()},
+                                             {"step", absl::StrCat(optimizer_->steps())},
+                                             {"format", "pt"}};
+  absl::Status s = WriteSafetensorsFile(options_.final_params_path, tensors, meta);
+  if (!s.ok()) {
+    absl::FPrintF(stderr, "gradacc-server: cannot write final parameters: %s\n", s.ToString());
+  } else {
+    absl::FPrintF(stderr, "gradacc-server: final parameters written to %s\n", options_.final_params_path);
+  }
+}
+
+uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done) {
+  std::shared_ptr<const ParamSnapshot> ready;
+  bool stopping;
+  {
+    absl::MutexLock lock(&mu_);
+    stopping = stopping_;
+    if (!stopping) {
+      if (snapshot_->version >= min_version || snapshot_->header.header().job_done()) {
+        ready = snapshot_;
+      } else {
+        const uint64_t id = next_waiter_id_++;
+        waiters_[id] = Waiter{min_version, absl::Now() + options_.max_pull_wait, std::move(done)};
+        return id;
+      }
+    }
+  }
+  if (stopping) {
+    done(absl::UnavailableError("server is shutting down"));
+  } else {
+    done(ready);
+  }
+  return 0;
+}
+
+bool Trainer::CancelWait(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  return waiters_.erase(id) > 0;
+}
+
+void Trainer::ExpireWaitersLoop() {
+  absl::MutexLock lock(&expiry_mu_);
+  while (!expiry_stop_) {
+    expiry_mu_.AwaitWithTimeout(absl::Condition(&expiry_stop_), absl::Milliseconds(200));
+    std::vector<SnapshotCallback> expired;
+    {
+      absl::MutexLock state_lock(&mu_);
+      const absl::Time now = absl::Now();
+      for (auto it = waiters_.begin(); it != waiters_.end();) {
+        if (it->second.deadline <= now) {
+          expired.push_back(std::move(it->second.done));
+          it = waiters_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (auto& done : expired) {
+      done(absl::DeadlineExceededError("the requested version was not published within the server's pull bound"));
+    }
+  }
+}
+
+std::shared_ptr<const ParamSnapshot> Trainer::Current() const {
+  absl::MutexLock lock(&mu_);
+  return snapshot_;
+}
+
+uint64_t Trainer::version() const {
+  absl::MutexLock lock(&mu_);
+  return version_;
+}
+
+bool Trainer::done() const {
+  absl::MutexLock lock(&mu_);
+  return version_ >= spec_.total_steps();
+}
+
+std::vector<float> Trainer::Parameters() const {
+  std::shared_ptr<const ParamSnapshot> snap = Current();
+  std::vector<float> out(layout_.num_elements());
+  for (const v1::PullResponse& r : snap->chunks) {
+    const v1::GradientChunk& c = r.chunk();
+    const ModelLayout::Tensor& t = layout_.tensors()[c.tensor()];
+    CopyFromLittleEndian(c.data().data(),
+                         absl::MakeSpan(out.data() + t.offset + c.offset(), c.data().size() / sizeof(float)));
+  }
+  return out;
+}
+
+absl::Status Trainer::ReportMetric(const v1::ReportMetricRequest& request) {
+  GRADACC_RETURN_IF_ERROR(CheckJob(request.job_id()));
+  GRADACC_RETURN_IF_ERROR(CheckWorker(request.worker()));
+  if (!(request.test_accuracy() >= 0 && request.test_accuracy() <= 1)) {
+    return absl::InvalidArgumentError("test_accuracy must be in [0, 1]");
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    test_accuracy_ = request.test_accuracy();
+    test_accuracy_step_ = request.step();
+  }
+  NotifyListeners();
+  return absl::OkStatus();
+}
+
+v1::Status Trainer::GetStatus() const {
+  v1::Status s;
+  const absl::Time now = absl::Now();
+  absl::MutexLock lock(&mu_);
+  s.set_job_id(spec_.job_id());
+  bool any_joined = false;
+  for (const WorkerInfo& w : workers_) any_joined |= w.state != v1::WORKER_STATE_NEVER_JOINED;
+  if (stopping_) {
+    s.set_state(v1::JOB_STATE_STOPPING);
+  } else if (version_ >= spec_.total_steps()) {
+    s.set_state(v1::JOB_STATE_DONE);
+  } else {
+    s.set_state(any_joined ? v1::JOB_STATE_RUNNING : v1::JOB_STATE_WAITING);
+  }
+  s.set_step(version_);
+  s.set_version(version_);
+  s.set_total_steps(spec_.total_steps());
+  v1::WindowProgress* wp = s.mutable_window();
+  wp->set_window(version_);
+  wp->set_contributions_received(received_);
+  wp->set_contributions_expected(num_workers_);
+  wp->set_samples_received(samples_received_);
+  wp->set_samples_expected(uint64_t{num_workers_} * spec_.window().micro_batches() *
+                           spec_.window().micro_batch_size());
+  wp->set_opened_unix_micros(absl::ToUnixMicros(window_opened_));
+  if (version_ < spec_.total_steps()) {
+    for (uint32_t i = 0; i < num_workers_; ++i) {
+      if (!slots_[i].has_value()) wp->add_missing_workers(i);
+    }
+  }
+  for (uint32_t i = 0; i < num_workers_; ++i) {
+    const WorkerInfo& w = workers_[i];
+    v1::WorkerStatus* ws = s.add_workers();
+    ws->set_worker(i);
+    ws->set_state(w.state);
+    ws->set_hostname(w.hostname);
+    ws->set_last_seen_unix_micros(w.last_seen == absl::InfinitePast() ? 0 : absl::ToUnixMicros(w.last_seen));
+    ws->set_contributions(w.contributions);
+    ws->set_duplicates(w.duplicates);
+    ws->set_rejected(w.rejected);
+    ws->set_last_window(w.last_window);
+  }
+  s.set_last_loss(last_loss_);
+  for (const v1::LossPoint& p : loss_history_) *s.add_loss_history() = p;
+  if (recent_steps_.size() >= 2) {
+    const double dt = Seconds(recent_steps_.back().first - recent_steps_.front().first);
+    uint64_t samples = 0;
+    for (size_t i = 1; i < recent_steps_.size(); ++i) samples += recent_steps_[i].second;
+    if (dt > 0) {
+      s.set_steps_per_second(static_cast<double>(recent_steps_.size() - 1) / dt);
+      s.set_samples_per_second(static_cast<double>(samples) / dt);
+    }
+  }
+  s.set_optimizer(spec_.optimizer().kind());
+  s.set_learning_rate(LearningRateAt(spec_.optimizer(), spec_.schedule(), version_));
+  *s.mutable_last_step() = last_timing_;
+  s.set_uptime_seconds(Seconds(now - started_));
+  s.set_reduction(spec_.reduction());
+  s.set_num_elements(layout_.num_elements());
+  s.set_server_time_unix_micros(absl::ToUnixMicros(now));
+  s.set_test_accuracy(test_accuracy_);
+  s.set_test_accuracy_step(test_accuracy_step_);
+  s.set_contributions_accepted(accepted_);
+  s.set_contributions_duplicate(duplicates_);
+  s.set_contributions_stale(stale_);
+  s.set_contributions_rejected(rejected_);
+  return s;
+}
+
+uint64_t Trainer::AddListener(Listener listener) {
+  absl::MutexLock lock(&mu_);
+  const uint64_t id = next_listener_id_++;
+  listeners_[id] = std::make_shared<Listener>(std::move(listener));
+  return id;
+}
+
+void Trainer::RemoveListener(uint64_t id) {
+  absl::MutexLock lock(&mu_);
+  listeners_.erase(id);
+}
+
+void Trainer::NotifyListeners() {
+  std::vector<std::shared_ptr<Listener>> listeners;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto& [id, l] : listeners_) listeners.push_back(l);
+  }
+  for (auto& l : listeners) (*l)();
+}
+
+void Trainer::Shutdown() {
+  std::vector<SnapshotCallback> parked;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    stopping_ = true;
+    for (auto& [id, w] : waiters_) parked.push_back(std::move(w.done));
+    waiters_.clear();
+  }
+  for (auto& done : parked) done(absl::UnavailableError("server is shutting down"));
+  NotifyListeners();
+}
+
+}  // namespace gradacc

@@ -1,0 +1,111 @@
+// gradacc: the command-line client.
+//   gradacc status --server=ADDR [--json] [--watch]
+//   gradacc health --server=ADDR [--timeout_s=N]
+#include <grpcpp/grpcpp.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "google/protobuf/util/json_util.h"
+#include "gradacc/v1/control.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "worker/status_format.h"
+
+ABSL_FLAG(std::string, server, "127.0.0.1:7070", "gradacc server address host:port");
+ABSL_FLAG(bool, json, false, "status: print protobuf's JSON mapping of gradacc.v1.Status");
+ABSL_FLAG(bool, watch, false, "status: keep printing on every step (WatchStatus) until the job ends");
+ABSL_FLAG(double, timeout_s, 10, "deadline of one call (for --watch: of connecting)");
+
+namespace {
+
+constexpr char kUsage[] =
+    "gradacc <command> [flags]\n"
+    "  status --server=ADDR [--json] [--watch]   how training is going\n"
+    "  health --server=ADDR                      exit 0 only when the server is serving";
+
+std::shared_ptr<grpc::Channel> Channel() {
+  return grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
+}
+
+absl::Time Deadline() { return absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_timeout_s)); }
+
+std::string Render(const gradacc::v1::Status& s) {
+  if (!absl::GetFlag(FLAGS_json)) return gradacc::FormatStatusTable(s);
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = !absl::GetFlag(FLAGS_watch);
+  options.always_print_primitive_fields = true;
+  (void)google::protobuf::util::MessageToJsonString(s, &json, options);
+  return json + "\n";
+}
+
+int Fail(const std::string& what, const grpc::Status& s) {
+  absl::FPrintF(stderr, "gradacc: %s %s: %s (%d)\n", what, absl::GetFlag(FLAGS_server), s.error_message(),
+                s.error_code());
+  return 2;
+}
+
+int Status() {
+  auto stub = gradacc::v1::ControlPlane::NewStub(Channel());
+  if (!absl::GetFlag(FLAGS_watch)) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(Deadline()));
+    gradacc::v1::Status status;
+    grpc::Status s = stub->GetStatus(&ctx, gradacc::v1::GetStatusRequest(), &status);
+    if (!s.ok()) return Fail("status of", s);
+    std::fputs(Render(status).c_str(), stdout);
+    return 0;
+  }
+  grpc::ClientContext ctx;
+  auto reader = stub->WatchStatus(&ctx, gradacc::v1::WatchStatusRequest());
+  gradacc::v1::Status status;
+  const bool tty = isatty(fileno(stdout)) && !absl::GetFlag(FLAGS_json);
+  while (reader->Read(&status)) {
+    if (tty) std::fputs("\033[H\033[2J", stdout);
+    std::fputs(Render(status).c_str(), stdout);
+    if (!tty && !absl::GetFlag(FLAGS_json)) std::fputs("\n", stdout);
+    std::fflush(stdout);
+    if (status.state() == gradacc::v1::JOB_STATE_DONE) {
+      ctx.TryCancel();
+      break;
+    }
+  }
+  grpc::Status s = reader->Finish();
+  if (!s.ok() && s.error_code() != grpc::StatusCode::CANCELLED) return Fail("watch of", s);
+  return 0;
+}
+
+int Health() {
+  auto stub = grpc::health::v1::Health::NewStub(Channel());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(Deadline()));
+  grpc::health::v1::HealthCheckRequest request;
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status s = stub->Check(&ctx, request, &response);
+  if (!s.ok()) return Fail("health of", s);
+  const bool serving = response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+  std::printf("%s\n", serving ? "SERVING" : grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status()).c_str());
+  return serving ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() != 2) {
+    absl::FPrintF(stderr, "%s\n", kUsage);
+    return 2;
+  }
+  const std::string command = args[1];
+  if (command == "status") return Status();
+  if (command == "health") return Health();
+  absl::FPrintF(stderr, "gradacc: unknown command '%s'\n%s\n", command, kUsage);
+  return 2;
+}

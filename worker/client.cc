@@ -1,0 +1,268 @@
+#include "worker/client.h"
+
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/kernels.h"
+#include "common/status_macros.h"
+#include "gradacc/v1/control.grpc.pb.h"
+#include "gradacc/v1/data.grpc.pb.h"
+
+namespace gradacc {
+
+class GradaccStubs {
+ public:
+  explicit GradaccStubs(std::shared_ptr<grpc::Channel> channel)
+      : channel(std::move(channel)),
+        data(v1::DataPlane::NewStub(this->channel)),
+        control(v1::ControlPlane::NewStub(this->channel)) {}
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::DataPlane::Stub> data;
+  std::unique_ptr<v1::ControlPlane::Stub> control;
+};
+
+namespace {
+
+absl::Status FromGrpc(const grpc::Status& s, absl::string_view what) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), absl::StrCat(what, ": ", s.error_message()));
+}
+
+bool Retryable(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::CANCELLED:
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+    case grpc::StatusCode::INTERNAL:
+    case grpc::StatusCode::UNKNOWN:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::string LocalHostname() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return "";
+  return buf;
+}
+
+}  // namespace
+
+Client::Client(const ClientOptions& options) : options_(options) {}
+Client::~Client() = default;
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
+  if (options.server.empty()) return absl::InvalidArgumentError("no server address given");
+  std::unique_ptr<Client> client(new Client(options));
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  client->stubs_ = std::make_unique<GradaccStubs>(
+      grpc::CreateCustomChannel(options.server, grpc::InsecureChannelCredentials(), args));
+
+  const absl::Time give_up = absl::Now() + options.connect_timeout;
+  if (!client->stubs_->channel->WaitForConnected(absl::ToChronoTime(give_up))) {
+    return absl::UnavailableError(absl::StrFormat("cannot reach gradacc server at %s within %s", options.server,
+                                                  absl::FormatDuration(options.connect_timeout)));
+  }
+  v1::JoinRequest request;
+  request.set_job_id(options.job_id);
+  request.set_worker(options.worker);
+  request.set_hostname(options.hostname.empty() ? LocalHostname() : options.hostname);
+  v1::JoinResponse response;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(std::max(give_up, absl::Now() + options.rpc_timeout)));
+  ctx.set_wait_for_ready(true);
+  GRADACC_RETURN_IF_ERROR(FromGrpc(client->stubs_->data->Join(&ctx, request, &response), "join"));
+  client->job_ = response.job();
+  GRADACC_ASSIGN_OR_RETURN(client->layout_, ModelLayout::FromSpec(client->job_.model()));
+  if (client->layout_.num_elements() != response.num_elements()) {
+    return absl::InternalError("server's job and element count disagree");
+  }
+  client->params_ = FloatBuffer(client->layout_.num_elements());
+  client->staging_ = FloatBuffer(client->layout_.num_elements());
+  client->grad_ = FloatBuffer(client->layout_.num_elements());
+  client->version_ = 0;
+  // Fetch the current parameters (whatever version the server is at).
+  GRADACC_RETURN_IF_ERROR(client->Pull(response.version(), options.rpc_timeout));
+  return client;
+}
+
+absl::Span<const float> Client::param(int tensor) const {
+  const auto& t = layout_.tensors()[tensor];
+  return absl::MakeConstSpan(params_.data() + t.offset, t.size);
+}
+
+absl::Span<float> Client::grad(int tensor) {
+  const auto& t = layout_.tensors()[tensor];
+  return absl::MakeSpan(grad_.data() + t.offset, t.size);
+}
+
+void Client::AddMicroBatch(uint64_t samples, double loss_sum) {
+  samples_ += samples;
+  loss_sum_ += loss_sum;
+  ++micro_batches_;
+}
+
+void Client::ZeroGradients() {
+  std::fill(grad_.data(), grad_.data() + grad_.size(), 0.0f);
+  samples_ = 0;
+  micro_batches_ = 0;
+  loss_sum_ = 0;
+}
+
+absl::StatusOr<v1::PushResponse> Client::Push(bool* duplicate, int* attempts_out) {
+  if (samples_ == 0) {
+    return absl::FailedPreconditionError("nothing to push: no micro-batch was added since the window opened");
+  }
+  v1::PushRequest header_msg;
+  v1::PushHeader* h = header_msg.mutable_header();
+  h->set_job_id(job_.job_id());
+  h->set_worker(options_.worker);
+  h->set_window(version_);
+  // One contribution per worker per window: the window number is a key that
+  // stays the same across retries, reconnections and worker restarts.
+  h->set_contribution_key(version_);
+  h->set_micro_batches(micro_batches_);
+  h->set_samples(samples_);
+  h->set_loss_sum(loss_sum_);
+  h->set_num_elements(layout_.num_elements());
+
+  absl::Duration backoff = options_.retry_backoff;
+  grpc::Status last;
+  v1::PushRequest chunk_msg;
+  for (int attempt = 1; attempt <= options_.max_push_attempts; ++attempt) {
+    if (attempts_out != nullptr) *attempts_out = attempt;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
+    ctx.set_wait_for_ready(true);
+    v1::PushResponse response;
+    auto writer = stubs_->data->Push(&ctx, &response);
+    bool ok = writer->Write(header_msg);
+    for (size_t i = 0; ok && i < layout_.tensors().size(); ++i) {
+      const ModelLayout::Tensor& t = layout_.tensors()[i];
+      for (uint64_t off = 0; ok && off < t.size; off += options_.chunk_elements) {
+        const uint64_t n = std::min<uint64_t>(options_.chunk_elements, t.size - off);
+        v1::GradientChunk* c = chunk_msg.mutable_chunk();
+        c->set_tensor(static_cast<uint32_t>(i));
+        c->set_offset(off);
+        std::string* data = c->mutable_data();
+        data->resize(n * sizeof(float));
+        CopyToLittleEndian(absl::MakeConstSpan(grad_.data() + t.offset + off, n), data->data());
+        ok = writer->Write(chunk_msg);
+      }
+    }
+    if (ok) writer->WritesDone();
+    last = writer->Finish();
+    if (last.ok()) {
+      if (duplicate != nullptr) *duplicate = false;
+      return response;
+    }
+    if (last.error_code() == grpc::StatusCode::ALREADY_EXISTS) {
+      if (duplicate != nullptr) *duplicate = true;
+      response.set_window(version_);
+      return response;
+    }
+    if (!Retryable(last.error_code())) break;
+    std::this_thread::sleep_for(absl::ToChronoNanoseconds(backoff));
+    backoff = std::min(backoff * 2, absl::Seconds(2));
+  }
+  return FromGrpc(last, absl::StrFormat("push of window %d by worker %d", version_, options_.worker));
+}
+
+absl::Status Client::Pull(uint64_t min_version, absl::Duration timeout, v1::ParametersHeader* header_out) {
+  v1::PullRequest request;
+  request.set_job_id(job_.job_id());
+  request.set_worker(options_.worker);
+  request.set_min_version(min_version);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  ctx.set_wait_for_ready(true);
+  auto reader = stubs_->data->Pull(&ctx, request);
+  v1::PullResponse msg;
+  v1::ParametersHeader header;
+  bool have_header = false;
+  uint64_t received = 0;
+  while (reader->Read(&msg)) {
+    if (msg.has_header()) {
+      header = msg.header();
+      have_header = true;
+      if (header.num_elements() != layout_.num_elements()) {
+        ctx.TryCancel();
+        break;
+      }
+      continue;
+    }
+    const v1::GradientChunk& c = msg.chunk();
+    if (!have_header || c.tensor() >= layout_.tensors().size()) {
+      ctx.TryCancel();
+      break;
+    }
+    const ModelLayout::Tensor& t = layout_.tensors()[c.tensor()];
+    const uint64_t n = c.data().size() / sizeof(float);
+    if (c.offset() > t.size || n > t.size - c.offset()) {
+      ctx.TryCancel();
+      break;
+    }
+    CopyFromLittleEndian(c.data().data(), absl::MakeSpan(staging_.data() + t.offset + c.offset(), n));
+    received += n;
+  }
+  GRADACC_RETURN_IF_ERROR(FromGrpc(reader->Finish(), absl::StrFormat("pull of version >= %d", min_version)));
+  if (!have_header || received != layout_.num_elements()) {
+    return absl::DataLossError(absl::StrFormat("pull of version >= %d: incomplete parameters (%d of %d elements)",
+                                               min_version, received, layout_.num_elements()));
+  }
+  if (header_out != nullptr) *header_out = header;
+  done_ = header.job_done();
+  if (header.version() < version_) return absl::OkStatus();  // never go back
+  std::swap(params_, staging_);
+  if (header.version() > version_) ZeroGradients();
+  version_ = header.version();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepResult> Client::Step() {
+  StepResult result;
+  result.window = version_;
+  GRADACC_ASSIGN_OR_RETURN(v1::PushResponse pushed, Push(&result.duplicate, &result.push_attempts));
+  (void)pushed;
+  v1::ParametersHeader header;
+  GRADACC_RETURN_IF_ERROR(Pull(result.window + 1, options_.window_timeout, &header));
+  result.version = version_;
+  result.loss = header.loss();
+  result.lr = header.lr();
+  result.job_done = header.job_done();
+  return result;
+}
+
+absl::Status Client::ReportTestAccuracy(double accuracy, uint64_t step) {
+  v1::ReportMetricRequest request;
+  request.set_job_id(job_.job_id());
+  request.set_worker(options_.worker);
+  request.set_step(step);
+  request.set_test_accuracy(accuracy);
+  v1::ReportMetricResponse response;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
+  return FromGrpc(stubs_->control->ReportMetric(&ctx, request, &response), "report metric");
+}
+
+absl::Status Client::Leave() {
+  v1::LeaveRequest request;
+  request.set_job_id(job_.job_id());
+  request.set_worker(options_.worker);
+  v1::LeaveResponse response;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
+  return FromGrpc(stubs_->data->Leave(&ctx, request, &response), "leave");
+}
+
+}  // namespace gradacc

@@ -1,0 +1,127 @@
+// Client: what a worker's own training code links against. It is PyTorch's
+// gradient accumulation with the rules enforced:
+//
+//   auto client = Client::Connect(options);        // Join + pull parameters
+//   while (!client->done()) {
+//     for (k = 0; k < K; ++k) {
+//       // forward/backward of a micro-batch on client->params(), adding
+//       // d(sum of sample losses)/d(params) into client->grad() ...
+//       client->AddMicroBatch(samples, loss_sum);  // loss.backward()
+//     }
+//     client->Step();   // optimizer.step() + optimizer.zero_grad()
+//   }
+//
+// Step() pushes the window's contribution (chunked; retried with the SAME
+// contribution key, so a retry is never counted twice), waits for the server
+// to close the window, pulls the new parameters and zeroes the gradient
+// buffer. The buffer is only ever zeroed by the library, when a new window
+// starts, so it can be neither forgotten nor done in the wrong place.
+//
+// Thread-compatible: one thread uses a Client at a time. Owns its buffers
+// and its gRPC channel.
+#ifndef GRADACC_WORKER_CLIENT_H_
+#define GRADACC_WORKER_CLIENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "common/buffer.h"
+#include "common/job_spec.h"
+#include "gradacc/v1/data.pb.h"
+
+namespace gradacc {
+
+struct ClientOptions {
+  std::string server;   // host:port
+  std::string job_id;   // empty = whatever job the server runs
+  uint32_t worker = 0;  // this worker's rank
+  std::string hostname;
+  // How long Connect keeps trying to reach the server.
+  absl::Duration connect_timeout = absl::Seconds(30);
+  // Deadline of one push attempt, of Join and of Leave.
+  absl::Duration rpc_timeout = absl::Seconds(60);
+  // How long Step waits for the window to close.
+  absl::Duration window_timeout = absl::Minutes(30);
+  // Push attempts before giving up (retries back off exponentially from
+  // retry_backoff, doubling up to 2 s).
+  int max_push_attempts = 6;
+  absl::Duration retry_backoff = absl::Milliseconds(50);
+  // Elements per pushed chunk (1 MiB by default).
+  uint64_t chunk_elements = 256 * 1024;
+};
+
+struct StepResult {
+  uint64_t window = 0;        // the window that was closed
+  uint64_t version = 0;       // the version now held
+  bool duplicate = false;     // the server already had this contribution
+  int push_attempts = 0;
+  double loss = 0;            // the server's mean loss of the closed window
+  double lr = 0;
+  bool job_done = false;
+};
+
+class GradaccStubs;
+
+class Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const ClientOptions& options);
+  ~Client();
+
+  const v1::JobSpec& job() const { return job_; }
+  const ModelLayout& layout() const { return layout_; }
+  uint32_t worker() const { return options_.worker; }
+  // The version of params() = the window now open.
+  uint64_t version() const { return version_; }
+  bool done() const { return done_; }
+
+  absl::Span<const float> params() const { return params_.span(); }
+  absl::Span<const float> param(int tensor) const;
+  // The local gradient buffer (.grad) that micro-batches add into.
+  absl::Span<float> grad() { return grad_.span(); }
+  absl::Span<float> grad(int tensor);
+
+  // Records one micro-batch whose gradients were added into grad().
+  void AddMicroBatch(uint64_t samples, double loss_sum);
+  uint64_t pending_samples() const { return samples_; }
+  uint32_t pending_micro_batches() const { return micro_batches_; }
+
+  // Push + wait + pull + zero: the end of a window.
+  absl::StatusOr<StepResult> Step();
+
+  // The pieces of Step, for callers that overlap work with the wait.
+  // Push returns ALREADY_EXISTS as success (duplicate = true).
+  absl::StatusOr<v1::PushResponse> Push(bool* duplicate = nullptr, int* attempts = nullptr);
+  // Pulls version >= min_version (waiting up to `timeout`), installs it and,
+  // when the version advanced, zeroes the gradient buffer. Parameters older
+  // than the ones held are never installed.
+  absl::Status Pull(uint64_t min_version, absl::Duration timeout, v1::ParametersHeader* header = nullptr);
+
+  absl::Status ReportTestAccuracy(double accuracy, uint64_t step);
+  absl::Status Leave();
+
+ private:
+  explicit Client(const ClientOptions& options);
+  void ZeroGradients();
+
+  const ClientOptions options_;
+  std::unique_ptr<GradaccStubs> stubs_;
+  v1::JobSpec job_;
+  ModelLayout layout_;
+  uint64_t version_ = 0;
+  bool done_ = false;
+  FloatBuffer params_;
+  FloatBuffer staging_;  // a pull lands here first, then swaps in whole
+  FloatBuffer grad_;
+  uint64_t samples_ = 0;
+  uint32_t micro_batches_ = 0;
+  double loss_sum_ = 0;
+};
+
+}  // namespace gradacc
+
+#endif  // GRADACC_WORKER_CLIENT_H_

@@ -1,0 +1,15 @@
+// Human-readable rendering of gradacc.v1.Status (the `gradacc status` table).
+#ifndef GRADACC_WORKER_STATUS_FORMAT_H_
+#define GRADACC_WORKER_STATUS_FORMAT_H_
+
+#include <string>
+
+#include "gradacc/v1/control.pb.h"
+
+namespace gradacc {
+
+std::string FormatStatusTable(const v1::Status& status);
+
+}  // namespace gradacc
+
+#endif  // GRADACC_WORKER_STATUS_FORMAT_H_
