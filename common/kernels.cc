@@ -52,6 +52,17 @@ double SumOfSquares(absl::Span<const float> x) {
   return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
+float SumOfSquaresF32(absl::Span<const float> x) {
+  // Small tensors: a sequential f32 sum, which is what torch 1.13's norm
+  // computes for them (checked bit for bit by the golden clipping cases).
+  // Large ones: a double sum rounded once, far more accurate than any f32
+  // order and still deterministic.
+  if (x.size() > kSequentialSumOfSquaresLimit) return static_cast<float>(SumOfSquares(x));
+  float acc = 0;
+  for (float v : x) acc = acc + v * v;
+  return acc;
+}
+
 int64_t FirstNonFinite(absl::Span<const float> x) {
   // Branch-free scan first; locate only when something is wrong.
   uint32_t bad = 0;

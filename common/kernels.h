@@ -18,6 +18,11 @@ void ScaleInPlace(absl::Span<float> dst, float s);
 void DivideInPlace(absl::Span<float> dst, float d);
 // Sum of squares, accumulated in double.
 double SumOfSquares(absl::Span<const float> x);
+// Sum of squares as global-norm clipping uses it: a sequential f32 sum (as
+// torch.norm computes it for small tensors) up to this many elements, the
+// double sum rounded to f32 above.
+inline constexpr size_t kSequentialSumOfSquaresLimit = 4096;
+float SumOfSquaresF32(absl::Span<const float> x);
 // Index of the first NaN or Inf in x, or -1 when all are finite.
 int64_t FirstNonFinite(absl::Span<const float> x);
 // Copies little-endian f32 bytes into dst (dst.size() * 4 bytes) and returns

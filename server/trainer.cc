@@ -400,12 +400,12 @@ void Trainer::CloseWindow(std::vector<Slot> slots, absl::Time last_arrival) {
   const absl::Time t1 = absl::Now();
   // torch.nn.utils.clip_grad_norm_ in f32: the norm of the per-tensor norms,
   // coef = (1 / (norm + 1e-6)) * max_norm, applied when below 1.
-  double norms_sq = 0;
+  std::vector<float> norms;
+  norms.reserve(layout_.tensors().size());
   for (const ModelLayout::Tensor& t : layout_.tensors()) {
-    const float n = static_cast<float>(std::sqrt(SumOfSquares(absl::MakeConstSpan(acc.data() + t.offset, t.size))));
-    norms_sq += double{n} * n;
+    norms.push_back(std::sqrt(SumOfSquaresF32(absl::MakeConstSpan(acc.data() + t.offset, t.size))));
   }
-  const float grad_norm = static_cast<float>(std::sqrt(norms_sq));
+  const float grad_norm = std::sqrt(SumOfSquaresF32(norms));
   if (spec_.clipping().max_norm() > 0) {
     const float coef = (1.0f / (grad_norm + 1e-6f)) * static_cast<float>(spec_.clipping().max_norm());
     if (coef < 1.0f) ScaleInPlace(acc.span(), coef);

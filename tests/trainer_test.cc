@@ -1,0 +1,444 @@
+// Unit tests of the window state machine (server/trainer.h): determinism,
+// exactly-once, window isolation, exact averaging, bad input, parked pulls.
+#include "server/trainer.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <random>
+#include <thread>
+
+#include "absl/synchronization/notification.h"
+#include "gtest/gtest.h"
+#include "tests/test_util.h"
+
+namespace gradacc {
+namespace {
+
+using testing::Contribution;
+using testing::Push;
+
+v1::JobSpec SmallJob(uint32_t workers, uint64_t steps, v1::OptimizerSpec::Kind kind = v1::OptimizerSpec::KIND_SGD) {
+  v1::JobSpec spec;
+  spec.set_job_id("unit");
+  auto* w = spec.mutable_model()->add_tensors();
+  w->set_name("w");
+  w->add_shape(37);
+  w->add_shape(11);
+  w->mutable_init()->mutable_uniform()->set_low(-1);
+  w->mutable_init()->mutable_uniform()->set_high(1);
+  auto* b = spec.mutable_model()->add_tensors();
+  b->set_name("b");
+  b->add_shape(11);
+  spec.mutable_optimizer()->set_kind(kind);
+  spec.mutable_optimizer()->set_lr(0.01);
+  spec.mutable_optimizer()->mutable_sgd()->set_momentum(0.9);
+  spec.mutable_window()->set_num_workers(workers);
+  spec.set_total_steps(steps);
+  spec.set_seed(3);
+  return spec;
+}
+
+// Gradients spanning many magnitudes, so that float addition order matters.
+std::vector<Contribution> MakeWindow(uint64_t window, uint32_t workers, size_t n, uint32_t seed) {
+  std::mt19937 rng(seed * 7919 + static_cast<uint32_t>(window));
+  std::uniform_real_distribution<float> mantissa(-1, 1);
+  std::uniform_int_distribution<int> exponent(-12, 12);
+  std::uniform_int_distribution<int> samples(1, 40);
+  std::vector<Contribution> out(workers);
+  for (uint32_t w = 0; w < workers; ++w) {
+    out[w].worker = w;
+    out[w].window = window;
+    out[w].key = window;
+    out[w].samples = samples(rng);
+    out[w].loss_sum = out[w].samples * 0.5;
+    out[w].grad.resize(n);
+    for (float& g : out[w].grad) g = std::ldexp(mantissa(rng), exponent(rng));
+  }
+  return out;
+}
+
+std::unique_ptr<Trainer> NewTrainer(const v1::JobSpec& spec) {
+  auto t = Trainer::Create(spec, TrainerOptions());
+  EXPECT_TRUE(t.ok()) << t.status();
+  testing::JoinAll(**t);
+  return std::move(*t);
+}
+
+TEST(TrainerTest, ArrivalOrderDoesNotChangeTheResult) {
+  constexpr uint32_t kWorkers = 5;
+  constexpr uint64_t kWindows = 12;
+  const v1::JobSpec spec = SmallJob(kWorkers, kWindows, v1::OptimizerSpec::KIND_ADAM);
+  std::vector<std::vector<Contribution>> windows;
+  for (uint64_t w = 0; w < kWindows; ++w) windows.push_back(MakeWindow(w, kWorkers, 37 * 11 + 11, 1));
+
+  // The test is only meaningful if naive arrival-order summation would differ.
+  {
+    std::vector<float> fwd(windows[0][0].grad.size(), 0), rev(fwd.size(), 0);
+    for (uint32_t w = 0; w < kWorkers; ++w) {
+      for (size_t i = 0; i < fwd.size(); ++i) fwd[i] += windows[0][w].grad[i];
+      for (size_t i = 0; i < rev.size(); ++i) rev[i] += windows[0][kWorkers - 1 - w].grad[i];
+    }
+    ASSERT_FALSE(testing::BitIdentical(fwd, rev)) << "gradients too tame to detect order dependence";
+  }
+
+  std::vector<float> reference;
+  std::mt19937 rng(99);
+  for (int order = 0; order < 10; ++order) {
+    auto trainer = NewTrainer(spec);
+    for (uint64_t w = 0; w < kWindows; ++w) {
+      std::vector<uint32_t> perm(kWorkers);
+      std::iota(perm.begin(), perm.end(), 0);
+      if (order > 0) std::shuffle(perm.begin(), perm.end(), rng);
+      for (uint32_t i : perm) ASSERT_TRUE(Push(*trainer, windows[w][i], 1 + order * 7).ok());
+    }
+    ASSERT_EQ(trainer->version(), kWindows);
+    if (order == 0) {
+      reference = trainer->Parameters();
+    } else {
+      EXPECT_TRUE(testing::BitIdentical(trainer->Parameters(), reference)) << "arrival order " << order;
+    }
+  }
+}
+
+TEST(TrainerTest, ConcurrentPushesAreDeterministic) {
+  constexpr uint32_t kWorkers = 6;
+  constexpr uint64_t kWindows = 8;
+  const v1::JobSpec spec = SmallJob(kWorkers, kWindows);
+  std::vector<std::vector<Contribution>> windows;
+  for (uint64_t w = 0; w < kWindows; ++w) windows.push_back(MakeWindow(w, kWorkers, 37 * 11 + 11, 2));
+  std::vector<float> reference;
+  for (int run = 0; run < 3; ++run) {
+    auto trainer = NewTrainer(spec);
+    std::vector<std::thread> threads;
+    for (uint32_t k = 0; k < kWorkers; ++k) {
+      threads.emplace_back([&, k] {
+        for (uint64_t w = 0; w < kWindows; ++w) {
+          // Wait for this window to open, as a worker would after its pull.
+          while (trainer->version() < w) std::this_thread::yield();
+          auto r = Push(*trainer, windows[w][k], 3 + k);
+          ASSERT_TRUE(r.ok()) << r.status();
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    ASSERT_EQ(trainer->version(), kWindows);
+    if (run == 0) {
+      reference = trainer->Parameters();
+    } else {
+      EXPECT_TRUE(testing::BitIdentical(trainer->Parameters(), reference));
+    }
+  }
+}
+
+TEST(TrainerTest, DuplicatesAndRetriesCountOnce) {
+  constexpr uint32_t kWorkers = 3;
+  constexpr uint64_t kWindows = 10;
+  const v1::JobSpec spec = SmallJob(kWorkers, kWindows);
+  std::vector<std::vector<Contribution>> windows;
+  for (uint64_t w = 0; w < kWindows; ++w) windows.push_back(MakeWindow(w, kWorkers, 37 * 11 + 11, 3));
+
+  auto once = NewTrainer(spec);
+  for (auto& win : windows)
+    for (auto& c : win) ASSERT_TRUE(Push(*once, c).ok());
+
+  // Every contribution pushed twice in a row: the second is acknowledged as
+  // a duplicate (also after its window closed) and not counted.
+  auto twice = NewTrainer(spec);
+  for (auto& win : windows) {
+    for (auto& c : win) {
+      ASSERT_TRUE(Push(*twice, c).ok());
+      auto again = Push(*twice, c);
+      EXPECT_EQ(again.status().code(), absl::StatusCode::kAlreadyExists) << again.status();
+    }
+    auto late = Push(*twice, win[0]);
+    EXPECT_EQ(late.status().code(), absl::StatusCode::kAlreadyExists) << late.status();
+  }
+  EXPECT_TRUE(testing::BitIdentical(twice->Parameters(), once->Parameters()));
+  EXPECT_EQ(twice->GetStatus().contributions_duplicate(), kWindows * (kWorkers + 1));
+  EXPECT_EQ(twice->GetStatus().contributions_accepted(), kWindows * kWorkers);
+
+  // A push broken half-way (the session is dropped before Commit) leaves no
+  // trace; the retry with the same key counts once.
+  auto broken = NewTrainer(spec);
+  for (auto& win : windows) {
+    for (auto& c : win) {
+      v1::PushHeader h;
+      h.set_worker(c.worker);
+      h.set_window(c.window);
+      h.set_contribution_key(c.key);
+      h.set_samples(c.samples);
+      h.set_num_elements(c.grad.size());
+      auto session = broken->BeginPush(h);
+      ASSERT_TRUE(session.ok()) << session.status();
+      ASSERT_TRUE((*session)->AddChunk(0, 0, testing::Bytes(c.grad.data(), 200)).ok());
+      session->reset();
+      ASSERT_TRUE(Push(*broken, c).ok());
+    }
+  }
+  EXPECT_TRUE(testing::BitIdentical(broken->Parameters(), once->Parameters()));
+}
+
+TEST(TrainerTest, StaleWindowIsRejectedAndChangesNothing) {
+  const v1::JobSpec spec = SmallJob(2, 5);
+  auto trainer = NewTrainer(spec);
+  auto w0 = MakeWindow(0, 2, 37 * 11 + 11, 4);
+  auto w1 = MakeWindow(1, 2, 37 * 11 + 11, 4);
+  for (auto& c : w0) ASSERT_TRUE(Push(*trainer, c).ok());
+  ASSERT_TRUE(Push(*trainer, w1[0]).ok());
+  const std::vector<float> before = trainer->Parameters();
+  const v1::Status status_before = trainer->GetStatus();
+
+  Contribution stale = w0[1];
+  stale.key = 1000;  // a new key, computed on the old parameters
+  auto r = Push(*trainer, stale);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted);
+  EXPECT_NE(r.status().message().find("stale"), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find("open window is 1"), std::string::npos) << r.status();
+
+  Contribution future = w1[1];
+  future.window = 2;
+  EXPECT_EQ(Push(*trainer, future).status().code(), absl::StatusCode::kFailedPrecondition);
+
+  EXPECT_TRUE(testing::BitIdentical(trainer->Parameters(), before));
+  const v1::Status after = trainer->GetStatus();
+  EXPECT_EQ(after.window().contributions_received(), status_before.window().contributions_received());
+  EXPECT_EQ(after.window().samples_received(), status_before.window().samples_received());
+  EXPECT_EQ(after.contributions_stale(), 1u);
+  // The window still closes with exactly what it had plus worker 1.
+  ASSERT_TRUE(Push(*trainer, w1[1]).ok());
+  EXPECT_EQ(trainer->version(), 2u);
+}
+
+// Per-sample gradients are small integers so every sum is exact: the window's
+// gradient must equal the big-batch mean bit for bit, however the samples
+// are split into micro-batches and workers.
+TEST(TrainerTest, UnevenMicroBatchesGiveTheBigBatchMean) {
+  v1::JobSpec spec;
+  auto* t = spec.mutable_model()->add_tensors();
+  t->set_name("w");
+  t->add_shape(8);
+  spec.mutable_optimizer()->set_lr(0.5);
+  spec.mutable_window()->set_num_workers(3);
+  spec.set_total_steps(1);
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> value(-50, 50);
+  const std::vector<uint64_t> sizes = {1, 7, 3, 2, 10, 5};  // micro-batch sizes
+  const std::vector<uint32_t> owner = {0, 0, 1, 2, 2, 2};  // which worker ran each
+  std::vector<std::vector<float>> samples;
+  for (uint64_t s : sizes)
+    for (uint64_t i = 0; i < s; ++i) {
+      samples.emplace_back(8);
+      for (float& v : samples.back()) v = static_cast<float>(value(rng));
+    }
+  std::vector<Contribution> cons(3);
+  size_t next = 0;
+  for (size_t mb = 0; mb < sizes.size(); ++mb) {
+    Contribution& c = cons[owner[mb]];
+    c.worker = owner[mb];
+    c.grad.resize(8, 0);
+    c.samples += sizes[mb];
+    for (uint64_t i = 0; i < sizes[mb]; ++i, ++next)
+      for (int k = 0; k < 8; ++k) c.grad[k] += samples[next][k];
+  }
+  for (auto& c : cons) c.samples -= 1;  // Contribution starts at 1
+  std::vector<float> big(8, 0);
+  for (auto& s : samples)
+    for (int k = 0; k < 8; ++k) big[k] += s[k];
+  const float n = static_cast<float>(samples.size());
+
+  auto trainer = NewTrainer(spec);
+  const std::vector<float> p0 = trainer->Parameters();
+  for (auto& c : cons) ASSERT_TRUE(Push(*trainer, c).ok());
+  const std::vector<float> p1 = trainer->Parameters();
+  for (int k = 0; k < 8; ++k) EXPECT_EQ(p1[k], p0[k] - 0.5f * (big[k] / n)) << k;
+}
+
+TEST(TrainerTest, ReductionsMeanOverContributionsAndSum) {
+  for (auto reduction : {v1::REDUCTION_MEAN_OVER_CONTRIBUTIONS, v1::REDUCTION_SUM}) {
+    v1::JobSpec spec;
+    auto* t = spec.mutable_model()->add_tensors();
+    t->set_name("w");
+    t->add_shape(2);
+    spec.mutable_optimizer()->set_lr(1);
+    spec.mutable_window()->set_num_workers(2);
+    spec.set_reduction(reduction);
+    spec.set_total_steps(1);
+    auto trainer = NewTrainer(spec);
+    Contribution a{0, 0, 0, 3, 0, {2, 4}}, b{1, 0, 0, 1, 0, {6, 8}};
+    ASSERT_TRUE(Push(*trainer, a).ok());
+    ASSERT_TRUE(Push(*trainer, b).ok());
+    const auto p = trainer->Parameters();
+    if (reduction == v1::REDUCTION_SUM) {
+      EXPECT_EQ(p, (std::vector<float>{-8, -12}));
+    } else {
+      EXPECT_EQ(p, (std::vector<float>{-4, -6}));
+    }
+  }
+}
+
+class BadInputTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    trainer_ = NewTrainer(SmallJob(2, 3));
+    good_ = MakeWindow(0, 2, 37 * 11 + 11, 6);
+    ASSERT_TRUE(Push(*trainer_, good_[0]).ok());
+    before_ = trainer_->GetStatus();
+    params_ = trainer_->Parameters();
+  }
+  v1::PushHeader Header() {
+    v1::PushHeader h;
+    h.set_worker(1);
+    h.set_window(0);
+    h.set_contribution_key(0);
+    h.set_samples(4);
+    h.set_num_elements(37 * 11 + 11);
+    return h;
+  }
+  // The window is as it was, and completing it still gives the right answer.
+  void ExpectUnchanged() {
+    const v1::Status now = trainer_->GetStatus();
+    EXPECT_EQ(now.window().contributions_received(), before_.window().contributions_received());
+    EXPECT_EQ(now.window().samples_received(), before_.window().samples_received());
+    EXPECT_EQ(now.step(), 0u);
+    EXPECT_TRUE(testing::BitIdentical(trainer_->Parameters(), params_));
+    auto reference = NewTrainer(SmallJob(2, 3));
+    for (auto& c : good_) ASSERT_TRUE(Push(*reference, c).ok());
+    ASSERT_TRUE(Push(*trainer_, good_[1]).ok());
+    EXPECT_TRUE(testing::BitIdentical(trainer_->Parameters(), reference->Parameters()));
+  }
+  absl::Status Chunked(v1::PushHeader h, std::function<absl::Status(PushSession&)> feed) {
+    auto s = trainer_->BeginPush(h);
+    if (!s.ok()) return s.status();
+    absl::Status st = feed(**s);
+    if (!st.ok()) return st;
+    return trainer_->Commit(std::move(*s)).status();
+  }
+  std::unique_ptr<Trainer> trainer_;
+  std::vector<Contribution> good_;
+  v1::Status before_;
+  std::vector<float> params_;
+};
+
+TEST_F(BadInputTest, UnknownJob) {
+  auto h = Header();
+  h.set_job_id("nope");
+  EXPECT_EQ(trainer_->BeginPush(h).status().code(), absl::StatusCode::kNotFound);
+  ExpectUnchanged();
+}
+
+TEST_F(BadInputTest, UnknownWorker) {
+  auto h = Header();
+  h.set_worker(2);
+  EXPECT_EQ(trainer_->BeginPush(h).status().code(), absl::StatusCode::kInvalidArgument);
+  ExpectUnchanged();
+}
+
+TEST_F(BadInputTest, AbsurdSizeIsRejectedBeforeAllocation) {
+  auto h = Header();
+  h.set_num_elements(uint64_t{1} << 50);
+  auto s = trainer_->BeginPush(h);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.status().message().find("declares"), std::string::npos);
+  ExpectUnchanged();
+}
+
+TEST_F(BadInputTest, WrongTensorIndexPastEndOverlapMissingNaN) {
+  const auto& g = good_[1].grad;
+  auto code = [&](std::function<absl::Status(PushSession&)> feed) { return Chunked(Header(), feed).code(); };
+  EXPECT_EQ(code([&](PushSession& s) { return s.AddChunk(2, 0, testing::Bytes(g.data(), 4)); }),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([&](PushSession& s) { return s.AddChunk(1, 8, testing::Bytes(g.data(), 4)); }),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([&](PushSession& s) { return s.AddChunk(0, 0, std::string(7, '\0')); }),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([&](PushSession& s) {
+              auto st = s.AddChunk(0, 0, testing::Bytes(g.data(), 100));
+              return st.ok() ? s.AddChunk(0, 99, testing::Bytes(g.data(), 10)) : st;
+            }),
+            absl::StatusCode::kInvalidArgument);
+  // Missing chunks: everything but tensor "b" arrives, then Commit.
+  absl::Status missing = Chunked(Header(), [&](PushSession& s) { return s.AddChunk(0, 0, testing::Bytes(g.data(), 407)); });
+  EXPECT_EQ(missing.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(missing.message().find("tensor 'b'"), std::string::npos) << missing;
+  std::vector<float> nan = g;
+  nan[17] = std::nanf("");
+  absl::Status s = Chunked(Header(), [&](PushSession& p) { return p.AddChunk(0, 0, testing::Bytes(nan.data(), 407)); });
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("not finite"), std::string::npos) << s;
+  ExpectUnchanged();
+}
+
+TEST_F(BadInputTest, PushBeforeJoin) {
+  auto trainer = Trainer::Create(SmallJob(2, 3), TrainerOptions());
+  ASSERT_TRUE(trainer.ok());
+  auto s = (*trainer)->BeginPush(Header());
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.status().message().find("Join"), std::string::npos);
+  ExpectUnchanged();
+}
+
+TEST_F(BadInputTest, ZeroSamplesAndSecondKeyForSameWindow) {
+  auto h = Header();
+  h.set_samples(0);
+  EXPECT_EQ(trainer_->BeginPush(h).status().code(), absl::StatusCode::kInvalidArgument);
+  Contribution again = good_[0];
+  again.key = 77;
+  EXPECT_EQ(Push(*trainer_, again).status().code(), absl::StatusCode::kFailedPrecondition);
+  ExpectUnchanged();
+}
+
+TEST(TrainerWaitTest, ParkedWaitersWakeOnCloseAndOnShutdown) {
+  auto trainer = NewTrainer(SmallJob(1, 3));
+  std::atomic<int> woke{0};
+  std::atomic<uint64_t> seen{0};
+  const uint64_t id = trainer->WaitForVersion(1, [&](auto snap) {
+    ASSERT_TRUE(snap.ok());
+    seen = (*snap)->version;
+    ++woke;
+  });
+  EXPECT_NE(id, 0u);
+  EXPECT_EQ(woke, 0);
+  const uint64_t cancelled = trainer->WaitForVersion(2, [&](auto) { ADD_FAILURE() << "cancelled waiter ran"; });
+  EXPECT_TRUE(trainer->CancelWait(cancelled));
+  ASSERT_TRUE(Push(*trainer, MakeWindow(0, 1, 418, 7)[0]).ok());
+  EXPECT_EQ(woke, 1);
+  EXPECT_EQ(seen, 1u);
+  // Already there: answered at once.
+  EXPECT_EQ(trainer->WaitForVersion(1, [&](auto snap) { ++woke; }), 0u);
+  EXPECT_EQ(woke, 2);
+  absl::StatusCode code = absl::StatusCode::kOk;
+  trainer->WaitForVersion(3, [&](auto snap) { code = snap.status().code(); });
+  trainer->Shutdown();
+  EXPECT_EQ(code, absl::StatusCode::kUnavailable);
+}
+
+TEST(TrainerStatusTest, ReportsProgressMissingWorkersAndLoss) {
+  auto trainer = NewTrainer(SmallJob(3, 2));
+  auto w0 = MakeWindow(0, 3, 418, 8);
+  ASSERT_TRUE(Push(*trainer, w0[1]).ok());
+  v1::Status s = trainer->GetStatus();
+  EXPECT_EQ(s.state(), v1::JOB_STATE_RUNNING);
+  EXPECT_EQ(s.window().contributions_received(), 1u);
+  EXPECT_EQ(s.window().contributions_expected(), 3u);
+  EXPECT_EQ(std::vector<uint32_t>(s.window().missing_workers().begin(), s.window().missing_workers().end()),
+            (std::vector<uint32_t>{0, 2}));
+  EXPECT_EQ(s.workers(1).state(), v1::WORKER_STATE_PUSHED);
+  ASSERT_TRUE(Push(*trainer, w0[0]).ok());
+  ASSERT_TRUE(Push(*trainer, w0[2]).ok());
+  s = trainer->GetStatus();
+  EXPECT_EQ(s.step(), 1u);
+  EXPECT_DOUBLE_EQ(s.last_loss(), 0.5);
+  ASSERT_EQ(s.loss_history_size(), 1);
+  EXPECT_GT(s.uptime_seconds(), 0);
+  for (auto& c : MakeWindow(1, 3, 418, 8)) ASSERT_TRUE(Push(*trainer, c).ok());
+  s = trainer->GetStatus();
+  EXPECT_EQ(s.state(), v1::JOB_STATE_DONE);
+  EXPECT_GT(s.steps_per_second(), 0);
+  EXPECT_EQ(s.window().missing_workers_size(), 0);
+  // Done: no more contributions.
+  EXPECT_EQ(Push(*trainer, MakeWindow(2, 3, 418, 8)[0]).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace gradacc
