@@ -140,7 +140,7 @@ class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
     if (!request_.has_chunk()) return absl::InvalidArgumentError("empty push message");
     if (session_ == nullptr) return absl::InvalidArgumentError("a push stream must start with its header");
     const v1::GradientChunk& c = request_.chunk();
-    return session_->AddChunk(c.tensor(), c.offset(), c.data());
+    return session_->AddChunk(c.tensor(), c.offset(), c.data(), c.name());
   }
 
   void Complete() {

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/kernels.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
@@ -39,13 +40,18 @@ PushSession::~PushSession() {
   trainer_->ReleaseInflight();
 }
 
-absl::Status PushSession::AddChunk(uint32_t tensor, uint64_t offset, absl::string_view bytes) {
+absl::Status PushSession::AddChunk(uint32_t tensor, uint64_t offset, absl::string_view bytes,
+                                   absl::string_view name) {
   const auto& tensors = trainer_->layout().tensors();
   if (tensor >= tensors.size()) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "chunk names tensor %d; the model has %d tensors (0..%d)", tensor, tensors.size(), tensors.size() - 1));
   }
   const ModelLayout::Tensor& t = tensors[tensor];
+  if (!name.empty() && name != t.name) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("chunk names tensor %d '%s', but tensor %d of this job is '%s'", tensor, name, tensor, t.name));
+  }
   if (bytes.size() % sizeof(float) != 0) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "chunk of tensor '%s' has %d bytes, not a multiple of 4 (f32)", t.name, bytes.size()));
@@ -221,6 +227,27 @@ void Trainer::RecordRejected(uint32_t worker) {
   if (worker < num_workers_) ++workers_[worker].rejected;
 }
 
+absl::Status Trainer::CheckManifest(const v1::PushHeader& h) const {
+  const auto& tensors = layout_.tensors();
+  if (static_cast<size_t>(h.tensors_size()) != tensors.size()) {
+    return absl::InvalidArgumentError(absl::StrFormat("push lists %d tensors; job '%s' has %d", h.tensors_size(),
+                                                      spec_.job_id(), tensors.size()));
+  }
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const v1::TensorShape& got = h.tensors(static_cast<int>(i));
+    if (got.name() != tensors[i].name) {
+      return absl::InvalidArgumentError(absl::StrFormat("push lists tensor %d as '%s'; the job's tensor %d is '%s'",
+                                                        i, got.name(), i, tensors[i].name));
+    }
+    if (!std::equal(got.shape().begin(), got.shape().end(), tensors[i].shape.begin(), tensors[i].shape.end())) {
+      return absl::InvalidArgumentError(absl::StrFormat("push says tensor '%s' has shape [%s]; the job says [%s]",
+                                                        got.name(), absl::StrJoin(got.shape(), ","),
+                                                        absl::StrJoin(tensors[i].shape, ",")));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHeader& h) {
   GRADACC_RETURN_IF_ERROR(CheckJob(h.job_id()));
   GRADACC_RETURN_IF_ERROR(CheckWorker(h.worker()));
@@ -234,6 +261,8 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
     invalid = absl::InvalidArgumentError(absl::StrCat("push declares an absurd sample count ", h.samples()));
   } else if (!std::isfinite(h.loss_sum())) {
     invalid = absl::InvalidArgumentError("push declares a loss sum that is NaN or Inf");
+  } else if (h.tensors_size() > 0) {
+    invalid = CheckManifest(h);
   }
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("server is shutting down");

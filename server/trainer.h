@@ -59,7 +59,8 @@ class PushSession {
 
   // Validates and copies one chunk: tensor index, range, overlap with earlier
   // chunks, byte length, NaN/Inf.
-  absl::Status AddChunk(uint32_t tensor, uint64_t offset, absl::string_view bytes);
+  // `name`, when non-empty, must be the tensor's name.
+  absl::Status AddChunk(uint32_t tensor, uint64_t offset, absl::string_view bytes, absl::string_view name = "");
   const v1::PushHeader& header() const { return header_; }
   uint64_t covered_elements() const { return covered_elements_; }
 
@@ -177,6 +178,7 @@ class Trainer {
 
   absl::Status CheckJob(absl::string_view job_id) const;
   absl::Status CheckWorker(uint32_t worker) const;
+  absl::Status CheckManifest(const v1::PushHeader& h) const;
   FloatBuffer TakeBuffer() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReturnBuffer(FloatBuffer buffer);
   void ReleaseInflight();

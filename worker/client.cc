@@ -135,6 +135,11 @@ absl::StatusOr<v1::PushResponse> Client::Push(bool* duplicate, int* attempts_out
   h->set_samples(samples_);
   h->set_loss_sum(loss_sum_);
   h->set_num_elements(layout_.num_elements());
+  for (const ModelLayout::Tensor& t : layout_.tensors()) {
+    v1::TensorShape* shape = h->add_tensors();
+    shape->set_name(t.name);
+    for (uint64_t d : t.shape) shape->add_shape(d);
+  }
 
   absl::Duration backoff = options_.retry_backoff;
   grpc::Status last;

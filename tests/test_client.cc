@@ -1,0 +1,59 @@
+// gradacc_test_client: a worker process for integration tests. It trains a
+// synthetic least-squares problem through the real client library, so that
+// every gradient depends on the parameters it pulled:
+//   micro-batch m of window v on worker k has s = 1 + (k + v + m) % 3 samples
+//   and adds, for every element i,
+//     grad[i] += s * (p[i] - target(i)) + offset(k, v, m, i)
+//   target(i)       = ((i % 13) - 6) * 0.1
+//   offset(k,v,m,i) = (((i * 7 + k * 5 + v * 3 + m) % 9) - 4) * 0.01
+//   loss_sum        = s * 0.5 (bookkeeping only)
+// client_integration_test.cc recomputes the same trajectory independently.
+#include <cstdio>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_format.h"
+#include "worker/client.h"
+
+ABSL_FLAG(std::string, server, "", "server address");
+ABSL_FLAG(int, worker, 0, "worker rank");
+ABSL_FLAG(int, micro_batches, 2, "micro-batches per window");
+ABSL_FLAG(int, chunk_elements, 100, "elements per pushed chunk");
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  gradacc::ClientOptions options;
+  options.server = absl::GetFlag(FLAGS_server);
+  options.worker = absl::GetFlag(FLAGS_worker);
+  options.chunk_elements = absl::GetFlag(FLAGS_chunk_elements);
+  options.connect_timeout = absl::Seconds(20);
+  options.window_timeout = absl::Seconds(60);
+  auto client = gradacc::Client::Connect(options);
+  if (!client.ok()) {
+    absl::FPrintF(stderr, "test_client %d: %s\n", options.worker, client.status().ToString());
+    return 1;
+  }
+  gradacc::Client& c = **client;
+  const int k = options.worker;
+  while (!c.done()) {
+    const uint64_t v = c.version();
+    for (int m = 0; m < absl::GetFlag(FLAGS_micro_batches); ++m) {
+      const int s = 1 + (k + static_cast<int>(v) + m) % 3;
+      auto p = c.params();
+      auto g = c.grad();
+      for (size_t i = 0; i < g.size(); ++i) {
+        const float target = static_cast<float>(static_cast<int>(i % 13) - 6) * 0.1f;
+        const float offset = static_cast<float>(static_cast<int>((i * 7 + k * 5 + v * 3 + m) % 9) - 4) * 0.01f;
+        g[i] += static_cast<float>(s) * (p[i] - target) + offset;
+      }
+      c.AddMicroBatch(s, s * 0.5);
+    }
+    auto step = c.Step();
+    if (!step.ok()) {
+      absl::FPrintF(stderr, "test_client %d: window %d: %s\n", k, v, step.status().ToString());
+      return 1;
+    }
+  }
+  absl::PrintF("test_client %d: done at version %d\n", k, c.version());
+  return c.Leave().ok() ? 0 : 1;
+}
