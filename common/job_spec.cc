@@ -1,5 +1,6 @@
 #include "common/job_spec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -7,6 +8,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -209,22 +211,35 @@ v1::JobSpec DefaultJobSpec() {
   *spec.mutable_model() = MlpModelSpec(784, {256, 128}, 10);
   v1::OptimizerSpec& opt = *spec.mutable_optimizer();
   opt.set_kind(v1::OptimizerSpec::KIND_ADAM);
-  opt.set_lr(1e-3);
+  opt.set_lr(2e-3);
   opt.mutable_adam()->set_beta1(0.9);
   opt.mutable_adam()->set_beta2(0.999);
   opt.mutable_adam()->set_eps(1e-8);
-  spec.mutable_schedule()->set_kind(v1::LrSchedule::KIND_CONSTANT);
+  spec.mutable_schedule()->set_kind(v1::LrSchedule::KIND_COSINE);
   spec.mutable_window()->set_num_workers(4);
   spec.mutable_window()->set_micro_batches(2);
-  spec.mutable_window()->set_micro_batch_size(32);
+  spec.mutable_window()->set_micro_batch_size(16);
   spec.set_reduction(v1::REDUCTION_MEAN_OVER_SAMPLES);
-  // 3 epochs of 60000 samples in windows of 4 * 2 * 32 = 256 samples.
-  spec.set_total_steps(3 * ((60000 + 255) / 256));
   spec.set_seed(42);
   (*spec.mutable_worker_hints())["model"] = "mlp";
   (*spec.mutable_worker_hints())["hidden"] = "256,128";
   (*spec.mutable_worker_hints())["dataset"] = "fashion-mnist";
+  (*spec.mutable_worker_hints())["train_samples"] = "60000";
+  spec.set_total_steps(3 * StepsPerEpoch(spec).value());
   return spec;
+}
+
+absl::StatusOr<uint64_t> StepsPerEpoch(const v1::JobSpec& spec) {
+  auto it = spec.worker_hints().find("train_samples");
+  uint64_t samples = 0;
+  if (it == spec.worker_hints().end() || !absl::SimpleAtoi(it->second, &samples) || samples == 0) {
+    return absl::FailedPreconditionError(
+        "the job has no worker_hints[\"train_samples\"], so epochs cannot be turned into steps");
+  }
+  const uint64_t window = uint64_t{spec.window().num_workers()} * std::max(1u, spec.window().micro_batches()) *
+                          spec.window().micro_batch_size();
+  if (window == 0) return absl::FailedPreconditionError("the job sets no window.micro_batch_size");
+  return (samples + window - 1) / window;
 }
 
 uint64_t SplitMix64(uint64_t z) {

@@ -23,6 +23,7 @@ ABSL_FLAG(int, workers, 0, "override window.num_workers");
 ABSL_FLAG(int, micro_batches, 0, "override window.micro_batches (per worker per window)");
 ABSL_FLAG(int, micro_batch_size, 0, "override window.micro_batch_size");
 ABSL_FLAG(int64_t, total_steps, 0, "override total_steps");
+ABSL_FLAG(int64_t, epochs, 0, "set total_steps to this many epochs of worker_hints[\"train_samples\"]");
 ABSL_FLAG(double, lr, 0, "override optimizer.lr");
 ABSL_FLAG(int64_t, seed, -1, "override seed");
 ABSL_FLAG(std::string, output, "", "write the final parameters here (safetensors) when the job is done");
@@ -68,6 +69,12 @@ int main(int argc, char** argv) {
     spec.mutable_window()->set_micro_batch_size(absl::GetFlag(FLAGS_micro_batch_size));
   }
   if (absl::GetFlag(FLAGS_total_steps) > 0) spec.set_total_steps(absl::GetFlag(FLAGS_total_steps));
+  if (absl::GetFlag(FLAGS_epochs) > 0) {
+    if (absl::GetFlag(FLAGS_total_steps) > 0) return Fail("--epochs and --total_steps exclude each other");
+    auto per_epoch = gradacc::StepsPerEpoch(spec);
+    if (!per_epoch.ok()) return Fail(per_epoch.status().ToString());
+    spec.set_total_steps(absl::GetFlag(FLAGS_epochs) * *per_epoch);
+  }
   if (absl::GetFlag(FLAGS_lr) > 0) spec.mutable_optimizer()->set_lr(absl::GetFlag(FLAGS_lr));
   if (absl::GetFlag(FLAGS_seed) >= 0) spec.set_seed(absl::GetFlag(FLAGS_seed));
   if (absl::Status s = gradacc::NormalizeJobSpec(spec); !s.ok()) return Fail(s.ToString());

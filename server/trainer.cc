@@ -255,8 +255,6 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
   if (h.num_elements() != layout_.num_elements()) {
     invalid = absl::InvalidArgumentError(absl::StrFormat(
         "push declares %d elements; the model has %d", h.num_elements(), layout_.num_elements()));
-  } else if (h.samples() == 0) {
-    invalid = absl::InvalidArgumentError("push declares 0 samples; a contribution needs at least one");
   } else if (h.samples() > kMaxSamples) {
     invalid = absl::InvalidArgumentError(absl::StrCat("push declares an absurd sample count ", h.samples()));
   } else if (!std::isfinite(h.loss_sum())) {
@@ -418,7 +416,13 @@ void Trainer::CloseWindow(std::vector<Slot> slots, absl::Time last_arrival) {
   }
   switch (spec_.reduction()) {
     case v1::REDUCTION_MEAN_OVER_SAMPLES:
-      DivideInPlace(acc.span(), static_cast<float>(samples));
+      // A window without samples (possible only when every worker's slots
+      // were empty) has no gradient.
+      if (samples == 0) {
+        std::fill(acc.data(), acc.data() + acc.size(), 0.0f);
+      } else {
+        DivideInPlace(acc.span(), static_cast<float>(samples));
+      }
       break;
     case v1::REDUCTION_MEAN_OVER_CONTRIBUTIONS:
       DivideInPlace(acc.span(), static_cast<float>(slots.size()));
@@ -445,7 +449,7 @@ void Trainer::CloseWindow(std::vector<Slot> slots, absl::Time last_arrival) {
 
   const uint64_t new_version = version + 1;
   const bool job_done = new_version >= spec_.total_steps();
-  const double loss = loss_sum / static_cast<double>(samples);
+  const double loss = samples > 0 ? loss_sum / static_cast<double>(samples) : 0.0;
   auto snapshot = BuildSnapshot(new_version, job_done, lr, loss);
   if (job_done && !options_.final_params_path.empty()) WriteFinalParameters();
 
@@ -537,6 +541,8 @@ void Trainer::WriteFinalParameters() {
     absl::FPrintF(stderr, "gradacc-server: cannot write final parameters: %s\n", s.ToString());
   } else {
     absl::FPrintF(stderr, "gradacc-server: final parameters written to %s\n", options_.final_params_path);
+    absl::MutexLock lock(&mu_);
+    final_written_ = true;
   }
 }
 
@@ -700,6 +706,8 @@ v1::Status Trainer::GetStatus() const {
   s.set_contributions_duplicate(duplicates_);
   s.set_contributions_stale(stale_);
   s.set_contributions_rejected(rejected_);
+  s.set_final_params_path(options_.final_params_path);
+  s.set_final_params_written(final_written_);
   return s;
 }
 

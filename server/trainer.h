@@ -230,6 +230,7 @@ class Trainer {
   uint64_t duplicates_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t stale_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t rejected_ ABSL_GUARDED_BY(mu_) = 0;
+  bool final_written_ ABSL_GUARDED_BY(mu_) = false;
 
   absl::Mutex expiry_mu_;
   bool expiry_stop_ ABSL_GUARDED_BY(expiry_mu_) = false;

@@ -152,7 +152,7 @@ TEST(ClientIntegrationTest, PythonGrpcioReadsStatus) {
                  dir + "/stubs"},
                 absl::Seconds(60));
   ASSERT_EQ(py.exit_code, 0) << py.output;
-  EXPECT_NE(py.output.find("job default: JOB_STATE_WAITING, step 0/705"), std::string::npos) << py.output;
+  EXPECT_NE(py.output.find("job default: JOB_STATE_WAITING, step 0/1407"), std::string::npos) << py.output;
   EXPECT_NE(py.output.find("workers expected: 4"), std::string::npos) << py.output;
   EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
 }

@@ -378,9 +378,9 @@ TEST_F(BadInputTest, PushBeforeJoin) {
   ExpectUnchanged();
 }
 
-TEST_F(BadInputTest, ZeroSamplesAndSecondKeyForSameWindow) {
+TEST_F(BadInputTest, AbsurdSamplesAndSecondKeyForSameWindow) {
   auto h = Header();
-  h.set_samples(0);
+  h.set_samples(uint64_t{1} << 50);
   EXPECT_EQ(trainer_->BeginPush(h).status().code(), absl::StatusCode::kInvalidArgument);
   Contribution again = good_[0];
   again.key = 77;

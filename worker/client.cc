@@ -120,7 +120,7 @@ void Client::ZeroGradients() {
 }
 
 absl::StatusOr<v1::PushResponse> Client::Push(bool* duplicate, int* attempts_out) {
-  if (samples_ == 0) {
+  if (micro_batches_ == 0) {
     return absl::FailedPreconditionError("nothing to push: no micro-batch was added since the window opened");
   }
   v1::PushRequest header_msg;
@@ -258,6 +258,14 @@ absl::Status Client::ReportTestAccuracy(double accuracy, uint64_t step) {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
   return FromGrpc(stubs_->control->ReportMetric(&ctx, request, &response), "report metric");
+}
+
+absl::StatusOr<v1::Status> Client::GetStatus() {
+  v1::Status status;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
+  GRADACC_RETURN_IF_ERROR(FromGrpc(stubs_->control->GetStatus(&ctx, v1::GetStatusRequest(), &status), "status"));
+  return status;
 }
 
 absl::Status Client::Leave() {

@@ -32,6 +32,7 @@
 #include "absl/types/span.h"
 #include "common/buffer.h"
 #include "common/job_spec.h"
+#include "gradacc/v1/control.pb.h"
 #include "gradacc/v1/data.pb.h"
 
 namespace gradacc {
@@ -102,6 +103,7 @@ class Client {
   absl::Status Pull(uint64_t min_version, absl::Duration timeout, v1::ParametersHeader* header = nullptr);
 
   absl::Status ReportTestAccuracy(double accuracy, uint64_t step);
+  absl::StatusOr<v1::Status> GetStatus();
   absl::Status Leave();
 
  private:
