@@ -139,6 +139,12 @@ TEST(ClientIntegrationTest, WorkersTrainAgainstTheRealServer) {
   EXPECT_LE(worst, 1e-6);
   std::printf("max relative error against the reference: %.3g\n", worst);
 
+  // The final file is plain safetensors: readable without gradacc's code.
+  auto py = RunCommand({"/usr/bin/python3", GRADACC_SOURCE_DIR "/tests/python/read_safetensors.py", out});
+  EXPECT_EQ(py.exit_code, 0) << py.output;
+  EXPECT_NE(py.output.find("w [64, 33]"), std::string::npos) << py.output;
+  EXPECT_NE(py.output.find("\"step\": \"12\""), std::string::npos) << py.output;
+
   EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
   auto down = RunCommand({GRADACC_CLI_BIN, "health", "--server=" + (*server)->address(), "--timeout_s=2"});
   EXPECT_NE(down.exit_code, 0);
