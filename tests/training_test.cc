@@ -22,8 +22,16 @@
 #include "worker/data_order.h"
 #include "worker/training.h"
 
+extern "C" void openblas_set_num_threads(int);
+
 namespace gradacc {
 namespace {
+
+// Up to 8 worker threads share 2 cores: one BLAS thread each.
+const bool kOneBlasThread = [] {
+  openblas_set_num_threads(1);
+  return true;
+}();
 
 const Dataset& Train(uint64_t limit) {
   static std::map<uint64_t, Dataset>* cache = new std::map<uint64_t, Dataset>();
@@ -67,7 +75,8 @@ std::vector<float> TrainInProcess(const v1::JobSpec& spec, const Dataset& train,
   for (auto& t : threads) t.join();
   for (uint32_t r = 0; r < m; ++r) EXPECT_TRUE(results[r].ok()) << "worker " << r << ": " << results[r];
   if (losses != nullptr) {
-    for (const auto& p : (*server)->trainer()->GetStatus().loss_history()) losses->push_back(p.loss());
+    const v1::Status status = (*server)->trainer()->GetStatus();
+    for (const auto& p : status.loss_history()) losses->push_back(p.loss());
   }
   return (*server)->trainer()->Parameters();
 }
@@ -137,12 +146,29 @@ TEST(TrainingTest, BigBatchEquivalenceAcrossArrangements) {
       EXPECT_LT(losses.back(), losses.front());
       continue;
     }
-    double worst = 0;
-    for (size_t i = 0; i < p.size(); ++i) {
-      worst = std::max(worst, std::fabs(double{p[i]} - reference[i]) / std::max(1e-3, std::fabs(double{reference[i]})));
+    // Relative error of each tensor, ||p - ref|| / ||ref||; the largest
+    // element-wise difference is printed too. Only the association of the
+    // micro-batch sums differs between arrangements (8 x 1 is bit-identical
+    // to 1 x 8), so what remains is f32 rounding.
+    double worst_tensor = 0, worst_element = 0;
+    const ModelLayout layout = ModelLayout::FromSpec(shape.ToModelSpec()).value();
+    for (const auto& t : layout.tensors()) {
+      double diff2 = 0, ref2 = 0;
+      for (uint64_t i = t.offset; i < t.offset + t.size; ++i) {
+        const double d = double{p[i]} - reference[i];
+        diff2 += d * d;
+        ref2 += double{reference[i]} * reference[i];
+        worst_element = std::max(worst_element, std::fabs(d) / std::max(1e-3, std::fabs(double{reference[i]})));
+      }
+      const double rel = std::sqrt(diff2 / ref2);
+      worst_tensor = std::max(worst_tensor, rel);
+      EXPECT_LE(rel, 1e-5) << m << " x " << k << " tensor " << t.name;
     }
-    std::printf("%d workers x %d micro-batches: max relative difference to 1 x 8: %.3g\n", m, k, worst);
-    EXPECT_LE(worst, 1e-5) << m << " x " << k;
+    std::printf("%d workers x %d micro-batches vs 1 x 8: relative error %.3g (worst tensor), largest element "
+                "difference %.3g relative\n", m, k, worst_tensor, worst_element);
+    if (m == 8) {
+      EXPECT_EQ(worst_tensor, 0.0) << "8 x 1 sums in the same order as 1 x 8";
+    }
     for (size_t i = 0; i < losses.size(); ++i) EXPECT_NEAR(losses[i], ref_losses[i], 1e-5 * ref_losses[i]);
   }
 }

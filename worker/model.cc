@@ -120,13 +120,19 @@ class CpuBackend final : public Backend {
       for (uint32_t c = 0; c < classes; ++c) z[c] = std::exp(z[c] - m) * inv;
       z[y[i]] -= 1.0f;
     }
+    // The micro-batch's gradient is formed whole, then added to the
+    // window's buffer: micro-batches then combine exactly as contributions
+    // do on the server (one sum per micro-batch, added in order), so
+    // different worker x micro-batch arrangements differ only in how those
+    // sums associate.
+    mb_grad_.assign(params_.size(), 0.0f);
     for (size_t l = layers; l >= 1; --l) {
       const uint32_t in = widths_[l - 1], out = widths_[l];
       const float* a_prev = l == 1 ? x : acts_[l - 1].data();
-      // dW += dZ^T A_prev : [out, n] x [n, in]; beta = 1 accumulates.
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dz.data(), out, a_prev, in, 1.0f,
-                  grad.data() + w_offset_[l - 1], in);
-      float* db = grad.data() + b_offset_[l - 1];
+      // dW = dZ^T A_prev : [out, n] x [n, in].
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, dz.data(), out, a_prev, in, 0.0f,
+                  mb_grad_.data() + w_offset_[l - 1], in);
+      float* db = mb_grad_.data() + b_offset_[l - 1];
       for (uint32_t i = 0; i < n; ++i) {
         const float* row = dz.data() + uint64_t{i} * out;
         for (uint32_t o = 0; o < out; ++o) db[o] += row[o];
@@ -142,6 +148,9 @@ class CpuBackend final : public Backend {
       }
       dz.swap(prev_delta_);
     }
+    float* __restrict g = grad.data();
+    const float* __restrict m = mb_grad_.data();
+    for (size_t i = 0; i < mb_grad_.size(); ++i) g[i] += m[i];
     return loss;
   }
 
@@ -185,7 +194,7 @@ class CpuBackend final : public Backend {
   std::vector<uint64_t> w_offset_, b_offset_;
   std::vector<float> params_;
   std::vector<std::vector<float>> acts_;
-  std::vector<float> delta_, prev_delta_;
+  std::vector<float> delta_, prev_delta_, mb_grad_;
 };
 
 }  // namespace
