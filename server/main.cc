@@ -2,14 +2,17 @@
 // SIGINT (graceful: parked calls finish with UNAVAILABLE, exit 0).
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/time.h"
 #include "common/job_spec.h"
 #include "google/protobuf/text_format.h"
 #include "server/server.h"
@@ -29,6 +32,18 @@ ABSL_FLAG(int64_t, seed, -1, "override seed");
 ABSL_FLAG(std::string, output, "", "write the final parameters here (safetensors) when the job is done");
 ABSL_FLAG(std::string, dump_job, "", "write the effective job spec (text format) to this file");
 ABSL_FLAG(int, max_pull_wait_s, 1800, "a parked pull waits at most this long");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "resume from the newest valid checkpoint here and write checkpoints into it");
+ABSL_FLAG(int64_t, checkpoint_every, 1,
+          "checkpoint every N steps (1 = every broadcast version is durable before workers see it)");
+ABSL_FLAG(int, keep_checkpoints, 3, "checkpoints to keep");
+ABSL_FLAG(double, push_timeout_s, 120, "cancel a push stream not complete after this long");
+ABSL_FLAG(double, worker_timeout_s, 60, "a worker silent this long (no call, no parked pull) is shown as lost");
+ABSL_FLAG(std::string, policy, "", "override window.policy: wait or quorum");
+ABSL_FLAG(int, quorum, 0, "override window.quorum (QUORUM: contributions needed at the deadline)");
+ABSL_FLAG(int64_t, deadline_ms, 0, "override window.deadline_ms (QUORUM: from window open)");
+ABSL_FLAG(std::vector<std::string>, kill_at, {},
+          "fault injection for tests: push:W:N, mid_broadcast:W, after_publish:W (SIGKILL there)");
 
 namespace {
 
@@ -77,6 +92,16 @@ int main(int argc, char** argv) {
   }
   if (absl::GetFlag(FLAGS_lr) > 0) spec.mutable_optimizer()->set_lr(absl::GetFlag(FLAGS_lr));
   if (absl::GetFlag(FLAGS_seed) >= 0) spec.set_seed(absl::GetFlag(FLAGS_seed));
+  const std::string policy = absl::GetFlag(FLAGS_policy);
+  if (policy == "quorum") {
+    spec.mutable_window()->set_policy(gradacc::v1::WindowRule::POLICY_QUORUM);
+  } else if (policy == "wait") {
+    spec.mutable_window()->set_policy(gradacc::v1::WindowRule::POLICY_WAIT);
+  } else if (!policy.empty()) {
+    return Fail("--policy must be wait or quorum");
+  }
+  if (absl::GetFlag(FLAGS_quorum) > 0) spec.mutable_window()->set_quorum(absl::GetFlag(FLAGS_quorum));
+  if (absl::GetFlag(FLAGS_deadline_ms) > 0) spec.mutable_window()->set_deadline_ms(absl::GetFlag(FLAGS_deadline_ms));
   if (absl::Status s = gradacc::NormalizeJobSpec(spec); !s.ok()) return Fail(s.ToString());
   if (!absl::GetFlag(FLAGS_dump_job).empty()) {
     std::string text;
@@ -88,15 +113,25 @@ int main(int argc, char** argv) {
   options.listen = absl::GetFlag(FLAGS_listen);
   options.trainer.final_params_path = absl::GetFlag(FLAGS_output);
   options.trainer.max_pull_wait = absl::Seconds(absl::GetFlag(FLAGS_max_pull_wait_s));
+  options.trainer.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  options.trainer.checkpoint_every = std::max<int64_t>(1, absl::GetFlag(FLAGS_checkpoint_every));
+  options.trainer.keep_checkpoints = std::max(1, absl::GetFlag(FLAGS_keep_checkpoints));
+  options.trainer.push_timeout = absl::Seconds(absl::GetFlag(FLAGS_push_timeout_s));
+  options.trainer.worker_timeout = absl::Seconds(absl::GetFlag(FLAGS_worker_timeout_s));
+  options.trainer.kill_at = absl::GetFlag(FLAGS_kill_at);
   auto server = gradacc::GradaccServer::Start(spec, options);
   if (!server.ok()) return Fail(server.status().ToString());
 
+  for (const std::string& note : (*server)->trainer()->restore_notes()) {
+    absl::FPrintF(stderr, "gradacc-server: %s\n", note);
+  }
   const gradacc::ModelLayout& layout = (*server)->trainer()->layout();
   absl::FPrintF(stderr,
                 "gradacc-server: serving job '%s' on port %d: %d tensors, %d parameters, %d workers x %d "
                 "micro-batches, %d steps\n",
-                spec.job_id(), (*server)->port(), layout.tensors().size(), layout.num_elements(),
-                spec.window().num_workers(), spec.window().micro_batches(), spec.total_steps());
+                (*server)->trainer()->spec().job_id(), (*server)->port(), layout.tensors().size(),
+                layout.num_elements(), (*server)->trainer()->spec().window().num_workers(),
+                (*server)->trainer()->spec().window().micro_batches(), (*server)->trainer()->spec().total_steps());
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) {
     const std::string tmp = port_file + ".tmp";
@@ -108,6 +143,12 @@ int main(int argc, char** argv) {
   sigwait(&signals, &signal);
   absl::FPrintF(stderr, "gradacc-server: %s received, shutting down (step %d)\n",
                 signal == SIGTERM ? "SIGTERM" : "SIGINT", (*server)->trainer()->version());
+  if (absl::Status c = (*server)->trainer()->CheckpointNow(); !c.ok()) {
+    absl::FPrintF(stderr, "gradacc-server: final checkpoint failed: %s\n", c.ToString());
+  } else if (!absl::GetFlag(FLAGS_checkpoint_dir).empty()) {
+    absl::FPrintF(stderr, "gradacc-server: checkpoint of step %d in %s\n", (*server)->trainer()->version(),
+                  absl::GetFlag(FLAGS_checkpoint_dir));
+  }
   (*server)->Shutdown(absl::Seconds(5));
   (*server)->Wait();
   absl::FPrintF(stderr, "gradacc-server: stopped\n");

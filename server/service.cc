@@ -21,9 +21,9 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
     // The callback may run before WaitForVersion returns (on this thread) or
     // later on the thread that closes the window.
     const uint64_t id = trainer_->WaitForVersion(
-        request.min_version(), [this](absl::StatusOr<std::shared_ptr<const ParamSnapshot>> snap) {
-          OnSnapshot(std::move(snap));
-        });
+        request.min_version(),
+        [this](absl::StatusOr<std::shared_ptr<const ParamSnapshot>> snap) { OnSnapshot(std::move(snap)); },
+        request.worker());
     absl::MutexLock lock(&mu_);
     if (id != 0 && !resolved_) waiter_id_ = id;
   }
@@ -100,7 +100,15 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
 class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
  public:
   PushReactor(Trainer* trainer, grpc::CallbackServerContext* context, v1::PushResponse* response)
-      : trainer_(trainer), context_(context), response_(response) {
+      : trainer_(trainer), context_(context), response_(response), cancel_(std::make_shared<CancelState>()) {
+    cancel_->context = context;
+    // A push that outlives the server's push timeout is cancelled, which
+    // frees its buffer: an unfinished stream cannot hold memory or a window.
+    std::shared_ptr<CancelState> state = cancel_;
+    handle_ = trainer_->RegisterPushStream([state] {
+      absl::MutexLock lock(&state->mu);
+      if (state->context != nullptr) state->context->TryCancel();
+    });
     StartRead(&request_);
   }
 
@@ -108,7 +116,8 @@ class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
     if (!ok) {
       if (context_->IsCancelled()) {
         session_.reset();
-        Finish(grpc::Status(grpc::StatusCode::CANCELLED, "push cancelled; nothing was counted"));
+        Finish(grpc::Status(grpc::StatusCode::CANCELLED,
+                            "push cancelled (by the client, or past the server's push timeout); nothing was counted"));
         return;
       }
       Complete();
@@ -126,9 +135,21 @@ class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
     StartRead(&request_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    trainer_->UnregisterPushStream(handle_);
+    {
+      absl::MutexLock lock(&cancel_->mu);
+      cancel_->context = nullptr;
+    }
+    delete this;
+  }
 
  private:
+  struct CancelState {
+    absl::Mutex mu;
+    grpc::CallbackServerContext* context ABSL_GUARDED_BY(mu) = nullptr;
+  };
+
   absl::Status Consume() {
     if (request_.has_header()) {
       if (session_ != nullptr) return absl::InvalidArgumentError("a push stream carries exactly one header");
@@ -165,6 +186,8 @@ class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
   v1::PushResponse* const response_;
   v1::PushRequest request_;
   std::unique_ptr<PushSession> session_;
+  std::shared_ptr<CancelState> cancel_;
+  uint64_t handle_ = 0;
 };
 
 // WatchStatus: writes the newest status whenever the Trainer notifies;

@@ -1,10 +1,14 @@
 #include "server/trainer.h"
 
+#include <signal.h>
+
 #include <algorithm>
 #include <cmath>
 #include <utility>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/kernels.h"
@@ -100,10 +104,27 @@ absl::Status PushSession::AddChunk(uint32_t tensor, uint64_t offset, absl::strin
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, TrainerOptions options,
                                                          std::optional<FloatBuffer> initial) {
+  std::optional<Checkpoint> restored;
+  std::vector<std::string> notes;
+  if (!options.checkpoint_dir.empty()) {
+    auto loaded = LoadNewestCheckpoint(options.checkpoint_dir, &notes);
+    if (loaded.ok()) {
+      restored = std::move(*loaded);
+      // The job is the checkpoint's: a resumed job keeps its spec.
+      spec = restored->state.job();
+      notes.push_back(absl::StrFormat("resuming job '%s' from checkpoint %s/%s at step %d", spec.job_id(),
+                                      options.checkpoint_dir, restored->name, restored->state.version()));
+    } else if (loaded.status().code() != absl::StatusCode::kNotFound) {
+      for (const std::string& n : notes) absl::FPrintF(stderr, "gradacc-server: %s\n", n);
+      return loaded.status();
+    }
+  }
   GRADACC_RETURN_IF_ERROR(NormalizeJobSpec(spec));
   GRADACC_ASSIGN_OR_RETURN(ModelLayout layout, ModelLayout::FromSpec(spec.model()));
   FloatBuffer params;
-  if (initial.has_value()) {
+  if (restored.has_value()) {
+    params = std::move(restored->params);
+  } else if (initial.has_value()) {
     if (initial->size() != layout.num_elements()) {
       return absl::InvalidArgumentError(absl::StrFormat("initial parameters have %d elements; the model has %d",
                                                         initial->size(), layout.num_elements()));
@@ -114,26 +135,52 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
   }
   GRADACC_ASSIGN_OR_RETURN(std::unique_ptr<Optimizer> optimizer,
                            Optimizer::Create(spec.optimizer(), layout.num_elements()));
-  return std::unique_ptr<Trainer>(
-      new Trainer(std::move(spec), std::move(layout), std::move(options), std::move(params), std::move(optimizer)));
+  if (restored.has_value()) {
+    optimizer->set_steps(restored->state.optimizer_steps());
+    for (auto& [name, buffer] : optimizer->StateBuffers()) {
+      auto it = std::find_if(restored->optimizer.begin(), restored->optimizer.end(),
+                             [&](const auto& p) { return p.first == name; });
+      if (it == restored->optimizer.end()) {
+        return absl::DataLossError(absl::StrCat("checkpoint lacks optimizer state '", name, "'"));
+      }
+      *buffer = std::move(it->second);
+    }
+  }
+  std::unique_ptr<Trainer> trainer(new Trainer(std::move(spec), std::move(layout), std::move(options),
+                                               std::move(params), std::move(optimizer),
+                                               restored.has_value() ? &*restored : nullptr));
+  trainer->restore_notes_ = std::move(notes);
+  return trainer;
 }
 
 Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, FloatBuffer params,
-                 std::unique_ptr<Optimizer> optimizer)
+                 std::unique_ptr<Optimizer> optimizer, const Checkpoint* restored)
     : spec_(std::move(spec)),
       layout_(std::move(layout)),
       options_(std::move(options)),
       started_(absl::Now()),
-      num_workers_(spec_.window().num_workers()),
+      num_workers_(spec_.window().max_workers() > 0 ? spec_.window().max_workers()
+                                                    : spec_.window().num_workers()),
       params_(std::move(params)),
       optimizer_(std::move(optimizer)) {
+  absl::MutexLock step_lock(&step_mu_);
   absl::MutexLock lock(&mu_);
   workers_.resize(num_workers_);
   slots_.resize(num_workers_);
+  expected_.assign(num_workers_, false);
+  if (!Elastic()) {
+    for (WorkerInfo& w : workers_) w.member = true;
+  }
   max_inflight_ = options_.max_inflight_pushes > 0 ? options_.max_inflight_pushes
                                                    : 2 * static_cast<int>(num_workers_) + 2;
-  window_opened_ = started_;
-  snapshot_ = BuildSnapshot(0, spec_.total_steps() == 0, LearningRateAt(spec_.optimizer(), spec_.schedule(), 0), 0);
+  if (restored != nullptr) {
+    Restore(*restored);
+    last_checkpoint_version_ = version_;
+  }
+  OpenWindow(started_);
+  snapshot_ = BuildSnapshot(version_, version_ >= spec_.total_steps(),
+                            LearningRateAt(spec_.optimizer(), spec_.schedule(), version_ ? version_ - 1 : 0),
+                            last_loss_);
   expiry_thread_ = std::thread([this] { ExpireWaitersLoop(); });
 }
 
@@ -144,6 +191,87 @@ Trainer::~Trainer() {
     expiry_stop_ = true;
   }
   if (expiry_thread_.joinable()) expiry_thread_.join();
+}
+
+void Trainer::Restore(const Checkpoint& c) {
+  const v1::CheckpointState& s = c.state;
+  version_ = s.version();
+  for (const v1::CheckpointWorker& cw : s.workers()) {
+    if (cw.worker() >= num_workers_) continue;
+    WorkerInfo& w = workers_[cw.worker()];
+    w.member = Elastic() ? cw.member() : true;
+    // Joined workers stay joined: they reconnect and carry on. Whether they
+    // are alive shows in their last-seen time.
+    w.state = cw.state() == v1::WORKER_STATE_PUSHED || cw.state() == v1::WORKER_STATE_LOST
+                  ? v1::WORKER_STATE_JOINED
+                  : cw.state();
+    w.hostname = cw.hostname();
+    w.contributions = cw.contributions();
+    w.last_window = cw.last_window();
+    w.contributed_ever = cw.contributions() > 0;
+    w.last_seen = absl::Now();
+    w.applied_keys.insert(cw.applied_keys().begin(), cw.applied_keys().end());
+  }
+  for (const v1::LossPoint& p : s.loss_history()) loss_history_.push_back(p);
+  last_loss_ = s.last_loss();
+  test_accuracy_ = s.test_accuracy();
+  test_accuracy_step_ = s.test_accuracy_step();
+  restarts_ = s.restarts() + 1;
+  restored_from_ = absl::StrCat(options_.checkpoint_dir, "/", c.name);
+  last_checkpoint_step_ = s.version();
+  last_checkpoint_time_ = absl::FromUnixMicros(s.written_unix_micros());
+}
+
+void Trainer::OpenWindow(absl::Time now) {
+  for (auto& slot : slots_) slot.reset();
+  received_ = 0;
+  samples_received_ = 0;
+  expected_count_ = 0;
+  for (uint32_t i = 0; i < num_workers_; ++i) {
+    expected_[i] = workers_[i].member && workers_[i].state != v1::WORKER_STATE_LEFT;
+    if (!Elastic()) expected_[i] = true;
+    expected_count_ += expected_[i];
+    if (workers_[i].state == v1::WORKER_STATE_PUSHED) workers_[i].state = v1::WORKER_STATE_JOINED;
+  }
+  window_opened_ = now;
+}
+
+std::optional<Trainer::ClosingWindow> Trainer::TakeWindowIfComplete(bool deadline_passed) {
+  if (closing_ || stopping_ || version_ >= spec_.total_steps() || received_ == 0) return std::nullopt;
+  const v1::WindowRule& rule = spec_.window();
+  bool complete = received_ >= expected_count_;
+  if (Elastic() && received_ < std::max(1u, rule.min_workers())) complete = false;
+  if (!complete && deadline_passed && rule.policy() == v1::WindowRule::POLICY_QUORUM &&
+      received_ >= std::max(1u, rule.quorum())) {
+    complete = true;
+  }
+  if (!complete) return std::nullopt;
+  ClosingWindow w;
+  for (uint32_t i = 0; i < num_workers_; ++i) {
+    if (slots_[i].has_value()) {
+      w.slots.push_back(std::move(*slots_[i]));
+      w.workers.push_back(i);
+      slots_[i].reset();
+    } else if (expected_[i]) {
+      w.missing.push_back(i);
+    }
+  }
+  w.last_arrival = absl::Now();
+  closing_ = true;
+  return w;
+}
+
+void Trainer::MaybeKill(absl::string_view event, uint64_t window, uint64_t count) const {
+  for (const std::string& k : options_.kill_at) {
+    const std::vector<std::string> parts = absl::StrSplit(k, ':');
+    if (parts.empty() || parts[0] != event) continue;
+    uint64_t w = 0, n = 0;
+    if (parts.size() >= 2 && (!absl::SimpleAtoi(parts[1], &w) || w != window)) continue;
+    if (parts.size() >= 3 && (!absl::SimpleAtoi(parts[2], &n) || n != count)) continue;
+    absl::FPrintF(stderr, "gradacc-server: failpoint %s reached: SIGKILL\n", k);
+    std::fflush(stderr);
+    ::raise(SIGKILL);
+  }
 }
 
 absl::Status Trainer::CheckJob(absl::string_view job_id) const {
@@ -169,12 +297,27 @@ absl::StatusOr<v1::JoinResponse> Trainer::Join(const v1::JoinRequest& request) {
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("server is shutting down");
-    WorkerInfo& w = workers_[request.worker()];
-    w.state = slots_[request.worker()].has_value() ? v1::WORKER_STATE_PUSHED : v1::WORKER_STATE_JOINED;
+    const uint32_t id = request.worker();
+    WorkerInfo& w = workers_[id];
+    w.state = slots_[id].has_value() ? v1::WORKER_STATE_PUSHED : v1::WORKER_STATE_JOINED;
     w.hostname = request.hostname();
     w.last_seen = absl::Now();
+    uint64_t first_window = version_;
+    if (Elastic() && !w.member) {
+      w.member = true;
+      // Joining a window nobody has contributed to yet joins it; otherwise
+      // the worker's first window is the next one.
+      if (received_ == 0 && !closing_) {
+        expected_[id] = true;
+        ++expected_count_;
+      } else if (!expected_[id]) {
+        first_window = version_ + 1;
+      }
+    } else if (Elastic() && !expected_[id] && !slots_[id].has_value()) {
+      first_window = version_ + 1;
+    }
     *response.mutable_job() = spec_;
-    response.set_window(version_);
+    response.set_window(first_window);
     response.set_version(version_);
     response.set_num_elements(layout_.num_elements());
     response.set_job_done(version_ >= spec_.total_steps());
@@ -186,6 +329,7 @@ absl::StatusOr<v1::JoinResponse> Trainer::Join(const v1::JoinRequest& request) {
 absl::Status Trainer::Leave(const v1::LeaveRequest& request) {
   GRADACC_RETURN_IF_ERROR(CheckJob(request.job_id()));
   GRADACC_RETURN_IF_ERROR(CheckWorker(request.worker()));
+  std::optional<ClosingWindow> closing;
   {
     absl::MutexLock lock(&mu_);
     WorkerInfo& w = workers_[request.worker()];
@@ -194,8 +338,21 @@ absl::Status Trainer::Leave(const v1::LeaveRequest& request) {
     }
     w.state = v1::WORKER_STATE_LEFT;
     w.last_seen = absl::Now();
+    if (Elastic()) {
+      w.member = false;
+      // A member leaving before it contributed is no longer waited for.
+      if (expected_[request.worker()] && !slots_[request.worker()].has_value() && !closing_) {
+        expected_[request.worker()] = false;
+        --expected_count_;
+        closing = TakeWindowIfComplete(false);
+      }
+    }
   }
-  NotifyListeners();
+  if (closing.has_value()) {
+    CloseWindow(std::move(*closing));
+  } else {
+    NotifyListeners();
+  }
   return absl::OkStatus();
 }
 
@@ -307,6 +464,17 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
     return absl::FailedPreconditionError(absl::StrFormat(
         "worker %d already contributed to window %d under another key", h.worker(), version_));
   }
+  if (!expected_[h.worker()]) {
+    ++rejected_;
+    ++w.rejected;
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "worker %d is not a member of window %d (it joined after the window started); its first window is %d",
+        h.worker(), version_, version_ + 1));
+  }
+  if (closing_) {
+    ++stale_;
+    return absl::AbortedError(absl::StrFormat("stale: window %d is closing without this contribution", version_));
+  }
   if (inflight_pushes_ >= max_inflight_) {
     return absl::ResourceExhaustedError(
         absl::StrFormat("%d pushes already in flight; retry later", inflight_pushes_));
@@ -335,7 +503,7 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
         session->covered_elements_, layout_.num_elements(), gap));
   }
   PushResult result;
-  std::vector<Slot> closing;
+  std::optional<ClosingWindow> closing;
   absl::Time now = absl::Now();
   {
     absl::MutexLock lock(&mu_);
@@ -349,10 +517,10 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
           "duplicate: contribution key %d of worker %d was already applied to window %d; acknowledged, not counted",
           h.contribution_key(), h.worker(), key->second));
     }
-    if (h.window() != version_) {
+    if (h.window() != version_ || closing_) {
       ++stale_;
-      return absl::AbortedError(absl::StrFormat("stale: window %d closed while the push was in flight; open window is %d",
-                                                h.window(), version_));
+      return absl::AbortedError(absl::StrFormat(
+          "stale: window %d closed while the push was in flight; the open window is %d", h.window(), version_));
     }
     if (slots_[h.worker()].has_value()) {
       ++rejected_;
@@ -378,24 +546,22 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
     ++accepted_;
     result.window = version_;
     result.received = received_;
-    result.expected = num_workers_;
-    if (received_ == num_workers_) {
-      closing_ = true;
-      closing.reserve(num_workers_);
-      for (auto& s : slots_) closing.push_back(std::move(*s));
-      result.closed_window = true;
-    }
+    result.expected = expected_count_;
+    closing = TakeWindowIfComplete(false);
+    result.closed_window = closing.has_value();
   }
   session.reset();
-  if (result.closed_window) {
-    CloseWindow(std::move(closing), now);
+  MaybeKill("push", result.window, result.received);
+  if (closing.has_value()) {
+    CloseWindow(std::move(*closing));
   } else {
     NotifyListeners();
   }
   return result;
 }
 
-void Trainer::CloseWindow(std::vector<Slot> slots, absl::Time last_arrival) {
+void Trainer::CloseWindow(ClosingWindow window) {
+  absl::MutexLock step_lock(&step_mu_);
   const absl::Time t0 = absl::Now();
   uint64_t version;
   absl::Time opened;
@@ -404,6 +570,7 @@ void Trainer::CloseWindow(std::vector<Slot> slots, absl::Time last_arrival) {
     version = version_;
     opened = window_opened_;
   }
+  std::vector<Slot>& slots = window.slots;
   // Deterministic reduction: always in worker order, whatever the arrival
   // order. The first contribution's buffer becomes the accumulator.
   FloatBuffer& acc = slots[0].grad;
@@ -451,21 +618,16 @@ void Trainer::CloseWindow(std::vector<Slot> slots, absl::Time last_arrival) {
   const bool job_done = new_version >= spec_.total_steps();
   const double loss = samples > 0 ? loss_sum / static_cast<double>(samples) : 0.0;
   auto snapshot = BuildSnapshot(new_version, job_done, lr, loss);
-  if (job_done && !options_.final_params_path.empty()) WriteFinalParameters();
 
   std::vector<SnapshotCallback> ready;
+  v1::CheckpointState durable;
+  const bool checkpoint = !options_.checkpoint_dir.empty() &&
+                          (job_done || new_version % std::max<uint64_t>(1, options_.checkpoint_every) == 0);
   {
     absl::MutexLock lock(&mu_);
     version_ = new_version;
     snapshot_ = snapshot;
     closing_ = false;
-    received_ = 0;
-    samples_received_ = 0;
-    for (auto& s : slots_) s.reset();
-    for (WorkerInfo& w : workers_) {
-      if (w.state == v1::WORKER_STATE_PUSHED) w.state = v1::WORKER_STATE_JOINED;
-    }
-    window_opened_ = t2;
     for (Slot& s : slots) {
       if (free_buffers_.size() < static_cast<size_t>(max_inflight_) + num_workers_) {
         free_buffers_.push_back(std::move(s.grad));
@@ -473,6 +635,8 @@ void Trainer::CloseWindow(std::vector<Slot> slots, absl::Time last_arrival) {
     }
     last_loss_ = loss;
     last_grad_norm_ = grad_norm;
+    last_missing_ = window.missing;
+    last_step_samples_ = samples;
     v1::LossPoint point;
     point.set_step(new_version);
     point.set_loss(loss);
@@ -480,11 +644,23 @@ void Trainer::CloseWindow(std::vector<Slot> slots, absl::Time last_arrival) {
     if (loss_history_.size() > kLossHistory) loss_history_.pop_front();
     recent_steps_.emplace_back(t2, samples);
     if (recent_steps_.size() > kRateWindow) recent_steps_.pop_front();
-    last_timing_.set_wait_seconds(Seconds(last_arrival - opened));
+    last_timing_.set_wait_seconds(Seconds(window.last_arrival - opened));
     last_timing_.set_reduce_seconds(Seconds(t1 - t0));
     last_timing_.set_apply_seconds(Seconds(t2 - t1));
+    OpenWindow(t2);
+    if (checkpoint) durable = CheckpointStateLocked();
+  }
+  // The new version is durable before anyone sees it.
+  if (checkpoint) {
+    absl::Status s = WriteCheckpointLocked(durable);
+    if (!s.ok()) absl::FPrintF(stderr, "gradacc-server: checkpoint failed: %s\n", s.ToString());
+  }
+  if (job_done && !options_.final_params_path.empty()) WriteFinalParameters();
+  {
+    absl::MutexLock lock(&mu_);
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       if (it->second.min_version <= new_version || job_done) {
+        ReleaseWaiter(it->second.worker);
         ready.push_back(std::move(it->second.done));
         it = waiters_.erase(it);
       } else {
@@ -492,12 +668,91 @@ void Trainer::CloseWindow(std::vector<Slot> slots, absl::Time last_arrival) {
       }
     }
   }
-  for (auto& done : ready) done(snapshot);
+  for (size_t i = 0; i < ready.size(); ++i) {
+    ready[i](snapshot);
+    if (i == 0) MaybeKill("mid_broadcast", version, 0);
+  }
   {
     absl::MutexLock lock(&mu_);
     last_timing_.set_broadcast_seconds(Seconds(absl::Now() - t2));
   }
+  MaybeKill("after_publish", version, 0);
   NotifyListeners();
+}
+
+v1::CheckpointState Trainer::CheckpointStateLocked() const {
+  v1::CheckpointState s;
+  *s.mutable_job() = spec_;
+  s.set_version(version_);
+  for (uint32_t i = 0; i < num_workers_; ++i) {
+    const WorkerInfo& w = workers_[i];
+    if (w.state == v1::WORKER_STATE_NEVER_JOINED && w.applied_keys.empty()) continue;
+    v1::CheckpointWorker* cw = s.add_workers();
+    cw->set_worker(i);
+    cw->set_member(w.member);
+    cw->set_state(w.state);
+    cw->set_hostname(w.hostname);
+    cw->set_contributions(w.contributions);
+    cw->set_last_window(w.last_window);
+    for (const auto& [key, win] : w.applied_keys) {
+      // Keys of the open window are not durable: its contributions are not
+      // in the checkpoint and must be pushed again after a restart.
+      if (win < version_) (*cw->mutable_applied_keys())[key] = win;
+    }
+  }
+  for (const v1::LossPoint& p : loss_history_) *s.add_loss_history() = p;
+  s.set_last_loss(last_loss_);
+  s.set_test_accuracy(test_accuracy_);
+  s.set_test_accuracy_step(test_accuracy_step_);
+  s.set_restarts(restarts_);
+  s.set_written_unix_micros(absl::ToUnixMicros(absl::Now()));
+  return s;
+}
+
+absl::Status Trainer::WriteCheckpointLocked(const v1::CheckpointState& state) {
+  std::vector<std::pair<std::string, const FloatBuffer*>> buffers;
+  for (auto& [name, buf] : optimizer_->StateBuffers()) buffers.emplace_back(name, buf);
+  v1::CheckpointState s = state;
+  s.set_optimizer_steps(optimizer_->steps());
+  GRADACC_RETURN_IF_ERROR(
+      WriteCheckpoint(options_.checkpoint_dir, layout_, s, params_.span(), buffers, options_.keep_checkpoints));
+  last_checkpoint_version_ = state.version();
+  absl::MutexLock lock(&mu_);
+  last_checkpoint_step_ = state.version();
+  last_checkpoint_time_ = absl::Now();
+  return absl::OkStatus();
+}
+
+absl::Status Trainer::CheckpointNow() {
+  if (options_.checkpoint_dir.empty()) return absl::OkStatus();
+  absl::MutexLock step_lock(&step_mu_);
+  v1::CheckpointState state;
+  {
+    absl::MutexLock lock(&mu_);
+    state = CheckpointStateLocked();
+  }
+  if (state.version() == last_checkpoint_version_) return absl::OkStatus();
+  return WriteCheckpointLocked(state);
+}
+
+void Trainer::ReleaseWaiter(int64_t worker) {
+  if (worker >= 0 && static_cast<uint32_t>(worker) < num_workers_) {
+    WorkerInfo& w = workers_[worker];
+    if (w.parked_pulls > 0) --w.parked_pulls;
+    w.last_seen = absl::Now();
+  }
+}
+
+uint64_t Trainer::RegisterPushStream(std::function<void()> cancel) {
+  absl::MutexLock lock(&mu_);
+  const uint64_t id = next_push_stream_++;
+  push_streams_[id] = PushStream{absl::Now() + options_.push_timeout, std::move(cancel)};
+  return id;
+}
+
+void Trainer::UnregisterPushStream(uint64_t handle) {
+  absl::MutexLock lock(&mu_);
+  push_streams_.erase(handle);
 }
 
 std::shared_ptr<const ParamSnapshot> Trainer::BuildSnapshot(uint64_t version, bool job_done, double lr,
@@ -546,18 +801,20 @@ void Trainer::WriteFinalParameters() {
   }
 }
 
-uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done) {
+uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done, int64_t worker) {
   std::shared_ptr<const ParamSnapshot> ready;
   bool stopping;
   {
     absl::MutexLock lock(&mu_);
     stopping = stopping_;
+    if (worker >= 0 && static_cast<uint32_t>(worker) < num_workers_) workers_[worker].last_seen = absl::Now();
     if (!stopping) {
       if (snapshot_->version >= min_version || snapshot_->header.header().job_done()) {
         ready = snapshot_;
       } else {
         const uint64_t id = next_waiter_id_++;
-        waiters_[id] = Waiter{min_version, absl::Now() + options_.max_pull_wait, std::move(done)};
+        waiters_[id] = Waiter{min_version, absl::Now() + options_.max_pull_wait, std::move(done), worker};
+        if (worker >= 0 && static_cast<uint32_t>(worker) < num_workers_) ++workers_[worker].parked_pulls;
         return id;
       }
     }
@@ -572,28 +829,56 @@ uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done) {
 
 bool Trainer::CancelWait(uint64_t id) {
   absl::MutexLock lock(&mu_);
-  return waiters_.erase(id) > 0;
+  auto it = waiters_.find(id);
+  if (it == waiters_.end()) return false;
+  ReleaseWaiter(it->second.worker);
+  waiters_.erase(it);
+  return true;
 }
 
 void Trainer::ExpireWaitersLoop() {
   absl::MutexLock lock(&expiry_mu_);
   while (!expiry_stop_) {
-    expiry_mu_.AwaitWithTimeout(absl::Condition(&expiry_stop_), absl::Milliseconds(200));
+    expiry_mu_.AwaitWithTimeout(absl::Condition(&expiry_stop_), absl::Milliseconds(50));
     std::vector<SnapshotCallback> expired;
+    std::vector<std::function<void()>> cancels;
+    std::optional<ClosingWindow> closing;
     {
       absl::MutexLock state_lock(&mu_);
       const absl::Time now = absl::Now();
       for (auto it = waiters_.begin(); it != waiters_.end();) {
         if (it->second.deadline <= now) {
+          ReleaseWaiter(it->second.worker);
           expired.push_back(std::move(it->second.done));
           it = waiters_.erase(it);
         } else {
           ++it;
         }
       }
+      for (auto it = push_streams_.begin(); it != push_streams_.end();) {
+        if (it->second.deadline <= now) {
+          cancels.push_back(std::move(it->second.cancel));
+          it = push_streams_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      const v1::WindowRule& rule = spec_.window();
+      if (rule.policy() == v1::WindowRule::POLICY_QUORUM &&
+          now - window_opened_ >= absl::Milliseconds(static_cast<int64_t>(rule.deadline_ms()))) {
+        closing = TakeWindowIfComplete(true);
+      }
     }
+    for (auto& cancel : cancels) cancel();
     for (auto& done : expired) {
       done(absl::DeadlineExceededError("the requested version was not published within the server's pull bound"));
+    }
+    if (closing.has_value()) {
+      // Closing (and checkpointing) runs on this thread; the expiry lock is
+      // not needed for it.
+      expiry_mu_.Unlock();
+      CloseWindow(std::move(*closing));
+      expiry_mu_.Lock();
     }
   }
 }
@@ -660,21 +945,25 @@ v1::Status Trainer::GetStatus() const {
   v1::WindowProgress* wp = s.mutable_window();
   wp->set_window(version_);
   wp->set_contributions_received(received_);
-  wp->set_contributions_expected(num_workers_);
   wp->set_samples_received(samples_received_);
   wp->set_samples_expected(uint64_t{num_workers_} * spec_.window().micro_batches() *
                            spec_.window().micro_batch_size());
   wp->set_opened_unix_micros(absl::ToUnixMicros(window_opened_));
+  wp->set_contributions_expected(expected_count_);
   if (version_ < spec_.total_steps()) {
     for (uint32_t i = 0; i < num_workers_; ++i) {
-      if (!slots_[i].has_value()) wp->add_missing_workers(i);
+      if (expected_[i] && !slots_[i].has_value()) wp->add_missing_workers(i);
     }
   }
   for (uint32_t i = 0; i < num_workers_; ++i) {
     const WorkerInfo& w = workers_[i];
     v1::WorkerStatus* ws = s.add_workers();
     ws->set_worker(i);
-    ws->set_state(w.state);
+    const bool lost = (w.state == v1::WORKER_STATE_JOINED || w.state == v1::WORKER_STATE_PUSHED) &&
+                      w.parked_pulls == 0 && now - w.last_seen > options_.worker_timeout;
+    ws->set_state(lost ? v1::WORKER_STATE_LOST : w.state);
+    ws->set_member(w.member);
+    ws->set_expected_in_window(expected_[i]);
     ws->set_hostname(w.hostname);
     ws->set_last_seen_unix_micros(w.last_seen == absl::InfinitePast() ? 0 : absl::ToUnixMicros(w.last_seen));
     ws->set_contributions(w.contributions);
@@ -708,6 +997,18 @@ v1::Status Trainer::GetStatus() const {
   s.set_contributions_rejected(rejected_);
   s.set_final_params_path(options_.final_params_path);
   s.set_final_params_written(final_written_);
+  s.set_policy(spec_.window().policy());
+  uint32_t members = 0;
+  for (const WorkerInfo& w : workers_) members += w.member && w.state != v1::WORKER_STATE_LEFT;
+  s.set_members(members);
+  for (uint32_t m : last_missing_) s.add_last_step_missing_workers(m);
+  s.set_last_step_samples(last_step_samples_);
+  s.set_checkpoint_dir(options_.checkpoint_dir);
+  s.set_last_checkpoint_step(last_checkpoint_step_);
+  s.set_last_checkpoint_unix_micros(
+      last_checkpoint_time_ == absl::InfinitePast() ? 0 : absl::ToUnixMicros(last_checkpoint_time_));
+  s.set_restored_from(restored_from_);
+  s.set_server_restarts(restarts_);
   return s;
 }
 

@@ -33,6 +33,7 @@
 #include "common/job_spec.h"
 #include "gradacc/v1/control.pb.h"
 #include "gradacc/v1/data.pb.h"
+#include "server/checkpoint.h"
 #include "server/optimizer.h"
 
 namespace gradacc {
@@ -87,6 +88,24 @@ struct TrainerOptions {
   uint64_t pull_chunk_elements = 256 * 1024;
   // Parked pulls older than this finish with DEADLINE_EXCEEDED.
   absl::Duration max_pull_wait = absl::Minutes(30);
+  // A push stream not complete this long after its header is cancelled, so
+  // a client that never finishes cannot hold a buffer (or a window) forever.
+  absl::Duration push_timeout = absl::Minutes(2);
+  // A joined worker with no call and no parked pull for this long is LOST.
+  absl::Duration worker_timeout = absl::Seconds(60);
+  // Durable state (server/checkpoint.h): when set, the server resumes from
+  // the newest valid checkpoint here, and writes one every
+  // `checkpoint_every` steps (before the new version is broadcast, so no
+  // worker ever holds a version the server could lose), at the end of the
+  // job, and on Checkpoint().
+  std::string checkpoint_dir;
+  uint64_t checkpoint_every = 1;
+  int keep_checkpoints = 3;
+  // Fault injection for tests: "push:W:N" (SIGKILL after accepting the N-th
+  // contribution of window W), "mid_broadcast:W" (after window W's step is
+  // durable and the first parked pull has its answer), "after_publish:W"
+  // (after window W closed and every parked pull was answered).
+  std::vector<std::string> kill_at;
 };
 
 struct PushResult {
@@ -127,7 +146,7 @@ class Trainer {
   // Calls `done` with the snapshot of version >= min_version: at once when it
   // exists (or the job is done), else when it is published. Returns an id for
   // CancelWait; 0 when `done` was already called.
-  uint64_t WaitForVersion(uint64_t min_version, SnapshotCallback done);
+  uint64_t WaitForVersion(uint64_t min_version, SnapshotCallback done, int64_t worker = -1);
   // Drops a parked waiter; its callback is not called afterwards. Returns
   // false when the callback already ran or is running.
   bool CancelWait(uint64_t id);
@@ -140,6 +159,17 @@ class Trainer {
 
   // Stops accepting work and finishes every parked waiter with UNAVAILABLE.
   void Shutdown();
+  // Writes a checkpoint of the current version now (no-op without a
+  // checkpoint folder, or when the newest checkpoint is this version).
+  absl::Status CheckpointNow();
+  // Lines saying which checkpoint the trainer resumed from and which newer
+  // ones it skipped as corrupt (empty on a fresh start).
+  const std::vector<std::string>& restore_notes() const { return restore_notes_; }
+
+  // A push stream registers its cancel function; the trainer calls it when
+  // the push outlives options.push_timeout. Returns a handle for Unregister.
+  uint64_t RegisterPushStream(std::function<void()> cancel);
+  void UnregisterPushStream(uint64_t handle);
 
   uint64_t version() const;
   bool done() const;
@@ -151,6 +181,8 @@ class Trainer {
 
   struct WorkerInfo {
     v1::WorkerState state = v1::WORKER_STATE_NEVER_JOINED;
+    bool member = false;
+    int parked_pulls = 0;
     std::string hostname;
     absl::Time last_seen = absl::InfinitePast();
     uint64_t contributions = 0;
@@ -171,10 +203,17 @@ class Trainer {
     uint64_t min_version;
     absl::Time deadline;
     SnapshotCallback done;
+    int64_t worker;
+  };
+  struct ClosingWindow {
+    std::vector<Slot> slots;          // in worker order
+    std::vector<uint32_t> workers;    // their ids
+    std::vector<uint32_t> missing;    // expected but absent
+    absl::Time last_arrival;
   };
 
   Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, FloatBuffer params,
-          std::unique_ptr<Optimizer> optimizer);
+          std::unique_ptr<Optimizer> optimizer, const Checkpoint* restored);
 
   absl::Status CheckJob(absl::string_view job_id) const;
   absl::Status CheckWorker(uint32_t worker) const;
@@ -183,7 +222,18 @@ class Trainer {
   void ReturnBuffer(FloatBuffer buffer);
   void ReleaseInflight();
   // Reduces the closed window's slots, steps, publishes the next version.
-  void CloseWindow(std::vector<Slot> slots, absl::Time last_arrival) ABSL_LOCKS_EXCLUDED(mu_);
+  void CloseWindow(ClosingWindow window) ABSL_LOCKS_EXCLUDED(mu_);
+  // When the open window may close now (all expected contributions, or the
+  // quorum at the deadline), marks it closing and hands its slots over.
+  std::optional<ClosingWindow> TakeWindowIfComplete(bool deadline_passed) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Starts window version_: empty slots, the expected set from membership.
+  void OpenWindow(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Elastic() const { return spec_.window().max_workers() > 0; }
+  v1::CheckpointState CheckpointStateLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status WriteCheckpointLocked(const v1::CheckpointState& state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
+  void Restore(const Checkpoint& checkpoint) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MaybeKill(absl::string_view event, uint64_t window, uint64_t count) const;
+  void ReleaseWaiter(int64_t worker) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::shared_ptr<const ParamSnapshot> BuildSnapshot(uint64_t version, bool job_done, double lr,
                                                      double loss) const;
   void NotifyListeners() ABSL_LOCKS_EXCLUDED(mu_);
@@ -196,9 +246,12 @@ class Trainer {
   const absl::Time started_;
   const uint32_t num_workers_;
 
-  // Only the thread closing a window touches these (closing_ serialises it).
-  FloatBuffer params_;
-  std::unique_ptr<Optimizer> optimizer_;
+  // Orders steps and checkpoints; taken before mu_, never while holding it.
+  absl::Mutex step_mu_;
+  FloatBuffer params_ ABSL_GUARDED_BY(step_mu_);
+  std::unique_ptr<Optimizer> optimizer_ ABSL_GUARDED_BY(step_mu_);
+  uint64_t last_checkpoint_version_ ABSL_GUARDED_BY(step_mu_) = ~uint64_t{0};
+  std::vector<std::string> restore_notes_;
 
   mutable absl::Mutex mu_;
   uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
@@ -207,6 +260,8 @@ class Trainer {
   std::shared_ptr<const ParamSnapshot> snapshot_ ABSL_GUARDED_BY(mu_);
   std::vector<WorkerInfo> workers_ ABSL_GUARDED_BY(mu_);
   std::vector<std::optional<Slot>> slots_ ABSL_GUARDED_BY(mu_);
+  std::vector<bool> expected_ ABSL_GUARDED_BY(mu_);
+  uint32_t expected_count_ ABSL_GUARDED_BY(mu_) = 0;
   uint32_t received_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t samples_received_ ABSL_GUARDED_BY(mu_) = 0;
   absl::Time window_opened_ ABSL_GUARDED_BY(mu_);
@@ -231,6 +286,18 @@ class Trainer {
   uint64_t stale_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t rejected_ ABSL_GUARDED_BY(mu_) = 0;
   bool final_written_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<uint32_t> last_missing_ ABSL_GUARDED_BY(mu_);
+  uint64_t last_step_samples_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t last_checkpoint_step_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time last_checkpoint_time_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  std::string restored_from_ ABSL_GUARDED_BY(mu_);
+  uint32_t restarts_ ABSL_GUARDED_BY(mu_) = 0;
+  struct PushStream {
+    absl::Time deadline;
+    std::function<void()> cancel;
+  };
+  uint64_t next_push_stream_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<uint64_t, PushStream> push_streams_ ABSL_GUARDED_BY(mu_);
 
   absl::Mutex expiry_mu_;
   bool expiry_stop_ ABSL_GUARDED_BY(expiry_mu_) = false;

@@ -91,8 +91,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   client->staging_ = FloatBuffer(client->layout_.num_elements());
   client->grad_ = FloatBuffer(client->layout_.num_elements());
   client->version_ = 0;
-  // Fetch the current parameters (whatever version the server is at).
+  // Fetch the current parameters (whatever version the server is at); an
+  // elastic job may make the next window this worker's first.
   GRADACC_RETURN_IF_ERROR(client->Pull(response.version(), options.rpc_timeout));
+  if (response.window() > client->version_) {
+    GRADACC_RETURN_IF_ERROR(client->Pull(response.window(), options.window_timeout));
+  }
   return client;
 }
 
@@ -234,18 +238,80 @@ absl::Status Client::Pull(uint64_t min_version, absl::Duration timeout, v1::Para
   return absl::OkStatus();
 }
 
+absl::StatusOr<v1::JoinResponse> Client::Rejoin(absl::Time deadline) {
+  absl::Duration backoff = options_.retry_backoff;
+  absl::Status last;
+  while (true) {
+    v1::JoinRequest request;
+    request.set_job_id(job_.job_id());
+    request.set_worker(options_.worker);
+    request.set_hostname(options_.hostname.empty() ? LocalHostname() : options_.hostname);
+    v1::JoinResponse response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + options_.rpc_timeout)));
+    ctx.set_wait_for_ready(true);
+    last = FromGrpc(stubs_->data->Join(&ctx, request, &response), "rejoin");
+    if (last.ok()) return response;
+    if (!Retryable(static_cast<grpc::StatusCode>(last.code())) || absl::Now() + backoff >= deadline) return last;
+    std::this_thread::sleep_for(absl::ToChronoNanoseconds(backoff));
+    backoff = std::min(backoff * 2, absl::Seconds(2));
+  }
+}
+
 absl::StatusOr<StepResult> Client::Step() {
   StepResult result;
-  result.window = version_;
-  GRADACC_ASSIGN_OR_RETURN(v1::PushResponse pushed, Push(&result.duplicate, &result.push_attempts));
-  (void)pushed;
-  v1::ParametersHeader header;
-  GRADACC_RETURN_IF_ERROR(Pull(result.window + 1, options_.window_timeout, &header));
-  result.version = version_;
-  result.loss = header.loss();
-  result.lr = header.lr();
-  result.job_done = header.job_done();
-  return result;
+  const uint64_t window = version_;
+  result.window = window;
+  const absl::Time deadline = absl::Now() + options_.window_timeout;
+  bool need_push = true;
+  while (true) {
+    if (need_push) {
+      auto pushed = Push(&result.duplicate, &result.push_attempts);
+      if (pushed.ok()) {
+        need_push = false;
+      } else if (pushed.status().code() == absl::StatusCode::kAborted) {
+        // Stale: the window closed without this contribution.
+        result.stale = true;
+        need_push = false;
+      } else if (!Retryable(static_cast<grpc::StatusCode>(pushed.status().code())) &&
+                 pushed.status().code() != absl::StatusCode::kFailedPrecondition) {
+        return pushed.status();
+      } else if (absl::Now() >= deadline) {
+        return pushed.status();
+      }
+      // Otherwise (server gone, or it lost our membership in a restart):
+      // fall through to rejoin and look at the server's version.
+    }
+    if (!need_push) {
+      v1::ParametersHeader header;
+      absl::Status pulled = Pull(window + 1, deadline - absl::Now(), &header);
+      if (pulled.ok() && version_ > window) {
+        result.version = version_;
+        result.loss = header.loss();
+        result.lr = header.lr();
+        result.job_done = header.job_done();
+        return result;
+      }
+      if (!pulled.ok() && !Retryable(static_cast<grpc::StatusCode>(pulled.code()))) return pulled;
+      if (absl::Now() >= deadline) {
+        return absl::DeadlineExceededError(
+            absl::StrFormat("window %d did not close within %s", window, absl::FormatDuration(options_.window_timeout)));
+      }
+    }
+    // The server went away: join again and see where it stands.
+    ++result.reconnects;
+    GRADACC_ASSIGN_OR_RETURN(v1::JoinResponse joined, Rejoin(deadline));
+    if (joined.version() < window) {
+      return absl::DataLossError(absl::StrFormat(
+          "the server is at version %d but this worker already holds version %d: it lost state (restart it with "
+          "--checkpoint_every=1 to make every broadcast version durable)",
+          joined.version(), window));
+    }
+    // version == window: the server does not have our contribution (any
+    // more): push it again, same key. version > window: it closed the
+    // window; pull.
+    need_push = joined.version() == window && !result.stale;
+  }
 }
 
 absl::Status Client::ReportTestAccuracy(double accuracy, uint64_t step) {

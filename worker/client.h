@@ -14,7 +14,11 @@
 // Step() pushes the window's contribution (chunked; retried with the SAME
 // contribution key, so a retry is never counted twice), waits for the server
 // to close the window, pulls the new parameters and zeroes the gradient
-// buffer. The buffer is only ever zeroed by the library, when a new window
+// buffer. When the server goes away (a crash, a restart from its
+// checkpoint, a broken connection) Step reconnects with bounded exponential
+// backoff, joins again, learns the server's version and pushes again what
+// the server does not have; it never installs parameters older than the
+// ones it holds. The buffer is only ever zeroed by the library, when a new window
 // starts, so it can be neither forgotten nor done in the wrong place.
 //
 // Thread-compatible: one thread uses a Client at a time. Owns its buffers
@@ -60,6 +64,10 @@ struct StepResult {
   uint64_t window = 0;        // the window that was closed
   uint64_t version = 0;       // the version now held
   bool duplicate = false;     // the server already had this contribution
+  // The window closed without this contribution (QUORUM deadline): its
+  // gradients were discarded.
+  bool stale = false;
+  int reconnects = 0;         // times the server was gone and came back
   int push_attempts = 0;
   double loss = 0;            // the server's mean loss of the closed window
   double lr = 0;
@@ -104,6 +112,9 @@ class Client {
 
   absl::Status ReportTestAccuracy(double accuracy, uint64_t step);
   absl::StatusOr<v1::Status> GetStatus();
+  // Joins again (the server restarted, or the connection broke), retrying
+  // with exponential backoff until `deadline`.
+  absl::StatusOr<v1::JoinResponse> Rejoin(absl::Time deadline);
   absl::Status Leave();
 
  private:

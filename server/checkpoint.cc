@@ -1,0 +1,220 @@
+#include "server/checkpoint.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "common/safetensors.h"
+#include "common/status_macros.h"
+
+namespace gradacc {
+namespace {
+
+constexpr char kPrefix[] = "ckpt-";
+constexpr char kParams[] = "params.safetensors";
+constexpr char kState[] = "state.binpb";
+constexpr char kManifest[] = "MANIFEST";
+
+uint32_t Crc(absl::string_view bytes) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  // zlib takes uInt lengths: feed large buffers in pieces.
+  while (!bytes.empty()) {
+    const size_t n = std::min<size_t>(bytes.size(), 1u << 30);
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(n));
+    bytes.remove_prefix(n);
+  }
+  return static_cast<uint32_t>(crc);
+}
+
+absl::Status Errno(absl::string_view what, const std::string& path) {
+  return absl::InternalError(absl::StrCat(what, " '", path, "': ", std::strerror(errno)));
+}
+
+absl::Status FsyncPath(const std::string& path, int flags) {
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  if (fd < 0) return Errno("open", path);
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return Errno("fsync", path);
+  return absl::OkStatus();
+}
+
+absl::Status WriteFileSynced(const std::string& path, absl::string_view bytes) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Errno("create", path);
+  const char* p = bytes.data();
+  size_t left = bytes.size();
+  while (left > 0) {
+    const ssize_t w = ::write(fd, p, left);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      ::close(fd);
+      return Errno("write", path);
+    }
+    p += w;
+    left -= static_cast<size_t>(w);
+  }
+  if (::fsync(fd) != 0) {
+    ::close(fd);
+    return Errno("fsync", path);
+  }
+  ::close(fd);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("missing ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void RemoveCheckpointDir(const std::string& path) {
+  for (const char* f : {kParams, kState, kManifest}) ::unlink(absl::StrCat(path, "/", f).c_str());
+  ::rmdir(path.c_str());
+}
+
+std::string ManifestLine(absl::string_view file, absl::string_view bytes) {
+  return absl::StrFormat("%s %d %08x\n", file, bytes.size(), Crc(bytes));
+}
+
+// Checks the manifest's own CRC and each file's size and CRC.
+absl::Status Verify(const std::string& path, const std::string& manifest, const std::string& params,
+                    const std::string& state) {
+  const size_t last = manifest.rfind("manifest ");
+  if (last == std::string::npos) return absl::DataLossError("MANIFEST has no checksum line (truncated?)");
+  const std::string body = manifest.substr(0, last);
+  uint32_t want = 0;
+  if (!absl::SimpleHexAtoi(absl::StripAsciiWhitespace(absl::string_view(manifest).substr(last + 9)), &want) ||
+      want != Crc(body)) {
+    return absl::DataLossError("MANIFEST checksum mismatch");
+  }
+  if (body != absl::StrCat("gradacc-checkpoint 1\n", ManifestLine(kParams, params), ManifestLine(kState, state))) {
+    return absl::DataLossError(absl::StrFormat(
+        "file sizes or checksums differ from MANIFEST (%s: %d bytes, crc %08x; %s: %d bytes, crc %08x)", kParams,
+        params.size(), Crc(params), kState, state.size(), Crc(state)));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Checkpoint> LoadOne(const std::string& dir, const std::string& name) {
+  const std::string path = absl::StrCat(dir, "/", name);
+  GRADACC_ASSIGN_OR_RETURN(std::string manifest, ReadFile(path + "/" + kManifest));
+  GRADACC_ASSIGN_OR_RETURN(std::string params, ReadFile(path + "/" + kParams));
+  GRADACC_ASSIGN_OR_RETURN(std::string state_bytes, ReadFile(path + "/" + kState));
+  GRADACC_RETURN_IF_ERROR(Verify(path, manifest, params, state_bytes));
+  Checkpoint c;
+  c.name = name;
+  if (!c.state.ParseFromString(state_bytes)) return absl::DataLossError("state.binpb does not parse");
+  GRADACC_ASSIGN_OR_RETURN(ModelLayout layout, ModelLayout::FromSpec(c.state.job().model()));
+  GRADACC_ASSIGN_OR_RETURN(SafetensorsContents tensors, DecodeSafetensors(params));
+  c.params = FloatBuffer(layout.num_elements());
+  for (const ModelLayout::Tensor& t : layout.tensors()) {
+    auto it = tensors.tensors.find(t.name);
+    if (it == tensors.tensors.end() || it->second.data.size() != t.size) {
+      return absl::DataLossError(absl::StrCat("tensor '", t.name, "' missing or resized"));
+    }
+    std::copy(it->second.data.begin(), it->second.data.end(), c.params.data() + t.offset);
+  }
+  for (const std::string& b : c.state.optimizer_buffers()) {
+    auto it = tensors.tensors.find("optimizer/" + b);
+    if (it == tensors.tensors.end() || it->second.data.size() != layout.num_elements()) {
+      return absl::DataLossError(absl::StrCat("optimizer buffer '", b, "' missing or resized"));
+    }
+    FloatBuffer buf(layout.num_elements());
+    std::copy(it->second.data.begin(), it->second.data.end(), buf.data());
+    c.optimizer.emplace_back(b, std::move(buf));
+  }
+  return c;
+}
+
+}  // namespace
+
+std::vector<std::string> ListCheckpoints(const std::string& dir) {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return names;
+  while (dirent* e = ::readdir(d)) {
+    const std::string n = e->d_name;
+    uint64_t v;
+    if (n.size() == 5 + 20 && n.rfind(kPrefix, 0) == 0 && absl::SimpleAtoi(n.substr(5), &v)) names.push_back(n);
+  }
+  ::closedir(d);
+  std::sort(names.rbegin(), names.rend());
+  return names;
+}
+
+absl::Status WriteCheckpoint(const std::string& dir, const ModelLayout& layout, const v1::CheckpointState& state,
+                             absl::Span<const float> params,
+                             const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer, int keep) {
+  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) return Errno("mkdir", dir);
+  std::vector<NamedTensor> tensors;
+  for (const ModelLayout::Tensor& t : layout.tensors()) {
+    tensors.push_back({t.name, t.shape, params.subspan(t.offset, t.size)});
+  }
+  v1::CheckpointState s = state;
+  s.clear_optimizer_buffers();
+  for (const auto& [name, buf] : optimizer) {
+    tensors.push_back({"optimizer/" + name, {buf->size()}, buf->span()});
+    s.add_optimizer_buffers(name);
+  }
+  const std::string params_bytes =
+      EncodeSafetensors(tensors, {{"step", absl::StrCat(state.version())}, {"job_id", state.job().job_id()}});
+  std::string state_bytes;
+  if (!s.SerializeToString(&state_bytes)) return absl::InternalError("cannot serialise checkpoint state");
+  const std::string body =
+      absl::StrCat("gradacc-checkpoint 1\n", ManifestLine(kParams, params_bytes), ManifestLine(kState, state_bytes));
+  const std::string manifest = absl::StrCat(body, absl::StrFormat("manifest %08x\n", Crc(body)));
+
+  const std::string name = absl::StrFormat("%s%020d", kPrefix, state.version());
+  const std::string final_path = absl::StrCat(dir, "/", name);
+  const std::string tmp = absl::StrCat(dir, "/.tmp-", name, "-", ::getpid());
+  RemoveCheckpointDir(tmp);
+  if (::mkdir(tmp.c_str(), 0755) != 0) return Errno("mkdir", tmp);
+  absl::Status st = WriteFileSynced(tmp + "/" + kParams, params_bytes);
+  if (st.ok()) st = WriteFileSynced(tmp + "/" + kState, state_bytes);
+  if (st.ok()) st = WriteFileSynced(tmp + "/" + kManifest, manifest);
+  if (st.ok()) st = FsyncPath(tmp, O_RDONLY | O_DIRECTORY);
+  if (st.ok()) {
+    RemoveCheckpointDir(final_path);  // a same-step checkpoint is replaced
+    if (::rename(tmp.c_str(), final_path.c_str()) != 0) st = Errno("rename", final_path);
+  }
+  if (st.ok()) st = FsyncPath(dir, O_RDONLY | O_DIRECTORY);
+  if (!st.ok()) {
+    RemoveCheckpointDir(tmp);
+    return st;
+  }
+  const std::vector<std::string> all = ListCheckpoints(dir);
+  for (size_t i = std::max(keep, 1); i < all.size(); ++i) RemoveCheckpointDir(absl::StrCat(dir, "/", all[i]));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Checkpoint> LoadNewestCheckpoint(const std::string& dir, std::vector<std::string>* notes) {
+  const std::vector<std::string> names = ListCheckpoints(dir);
+  if (names.empty()) return absl::NotFoundError(absl::StrCat("no checkpoint in '", dir, "'"));
+  for (const std::string& name : names) {
+    auto c = LoadOne(dir, name);
+    if (c.ok()) return c;
+    if (notes != nullptr) {
+      notes->push_back(absl::StrCat("checkpoint ", dir, "/", name, " is corrupt (", c.status().message(),
+                                    "); falling back to the previous one"));
+    }
+  }
+  return absl::DataLossError(absl::StrCat("every checkpoint in '", dir, "' is corrupt"));
+}
+
+}  // namespace gradacc
