@@ -625,9 +625,6 @@ void Trainer::CloseWindow(ClosingWindow window) {
                           (job_done || new_version % std::max<uint64_t>(1, options_.checkpoint_every) == 0);
   {
     absl::MutexLock lock(&mu_);
-    version_ = new_version;
-    snapshot_ = snapshot;
-    closing_ = false;
     for (Slot& s : slots) {
       if (free_buffers_.size() < static_cast<size_t>(max_inflight_) + num_workers_) {
         free_buffers_.push_back(std::move(s.grad));
@@ -647,13 +644,20 @@ void Trainer::CloseWindow(ClosingWindow window) {
     last_timing_.set_wait_seconds(Seconds(window.last_arrival - opened));
     last_timing_.set_reduce_seconds(Seconds(t1 - t0));
     last_timing_.set_apply_seconds(Seconds(t2 - t1));
-    OpenWindow(t2);
-    if (checkpoint) durable = CheckpointStateLocked();
+    if (checkpoint) durable = CheckpointStateLocked(new_version);
   }
-  // The new version is durable before anyone sees it.
+  // The new version is durable before anyone can see it: nothing below
+  // publishes it until the checkpoint is on disk.
   if (checkpoint) {
     absl::Status s = WriteCheckpointLocked(durable);
     if (!s.ok()) absl::FPrintF(stderr, "gradacc-server: checkpoint failed: %s\n", s.ToString());
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    version_ = new_version;
+    snapshot_ = snapshot;
+    closing_ = false;
+    OpenWindow(absl::Now());
   }
   if (job_done && !options_.final_params_path.empty()) WriteFinalParameters();
   {
@@ -680,10 +684,10 @@ void Trainer::CloseWindow(ClosingWindow window) {
   NotifyListeners();
 }
 
-v1::CheckpointState Trainer::CheckpointStateLocked() const {
+v1::CheckpointState Trainer::CheckpointStateLocked(uint64_t version) const {
   v1::CheckpointState s;
   *s.mutable_job() = spec_;
-  s.set_version(version_);
+  s.set_version(version);
   for (uint32_t i = 0; i < num_workers_; ++i) {
     const WorkerInfo& w = workers_[i];
     if (w.state == v1::WORKER_STATE_NEVER_JOINED && w.applied_keys.empty()) continue;
@@ -697,7 +701,7 @@ v1::CheckpointState Trainer::CheckpointStateLocked() const {
     for (const auto& [key, win] : w.applied_keys) {
       // Keys of the open window are not durable: its contributions are not
       // in the checkpoint and must be pushed again after a restart.
-      if (win < version_) (*cw->mutable_applied_keys())[key] = win;
+      if (win < version) (*cw->mutable_applied_keys())[key] = win;
     }
   }
   for (const v1::LossPoint& p : loss_history_) *s.add_loss_history() = p;
@@ -729,7 +733,9 @@ absl::Status Trainer::CheckpointNow() {
   v1::CheckpointState state;
   {
     absl::MutexLock lock(&mu_);
-    state = CheckpointStateLocked();
+    // The open window's contributions are not in a checkpoint: workers push
+    // them again after a restart.
+    state = CheckpointStateLocked(version_);
   }
   if (state.version() == last_checkpoint_version_) return absl::OkStatus();
   return WriteCheckpointLocked(state);

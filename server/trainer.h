@@ -229,7 +229,7 @@ class Trainer {
   // Starts window version_: empty slots, the expected set from membership.
   void OpenWindow(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Elastic() const { return spec_.window().max_workers() > 0; }
-  v1::CheckpointState CheckpointStateLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  v1::CheckpointState CheckpointStateLocked(uint64_t version) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status WriteCheckpointLocked(const v1::CheckpointState& state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
   void Restore(const Checkpoint& checkpoint) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MaybeKill(absl::string_view event, uint64_t window, uint64_t count) const;

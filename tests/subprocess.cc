@@ -110,12 +110,14 @@ RunResult RunCommand(const std::vector<std::string>& argv, absl::Duration timeou
 }
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::string& dir,
-                                                                    const std::vector<std::string>& extra_flags) {
+                                                                    const std::vector<std::string>& extra_flags,
+                                                                    int port) {
   auto server = std::make_unique<ServerProcess>();
   const std::string port_file = dir + "/server.port";
   ::unlink(port_file.c_str());
   server->log_path_ = dir + "/server.log";
-  std::vector<std::string> argv = {GRADACC_SERVER_BIN, "--listen=127.0.0.1:0", "--port_file=" + port_file};
+  std::vector<std::string> argv = {GRADACC_SERVER_BIN, absl::StrCat("--listen=127.0.0.1:", port),
+                                   "--port_file=" + port_file};
   argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
   auto p = Subprocess::Start(argv, server->log_path_);
   if (!p.ok()) return p.status();

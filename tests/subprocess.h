@@ -50,8 +50,10 @@ std::string MakeTempDir(const std::string& name);
 // A gradacc-server child on 127.0.0.1 with a port the OS chose.
 class ServerProcess {
  public:
+  // Listens on 127.0.0.1:`port` (0: a port the OS chooses).
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(const std::string& dir,
-                                                              const std::vector<std::string>& extra_flags);
+                                                              const std::vector<std::string>& extra_flags,
+                                                              int port = 0);
   int port() const { return port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   Subprocess& process() { return *process_; }

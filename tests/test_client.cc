@@ -13,12 +13,14 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
 #include "worker/client.h"
 
 ABSL_FLAG(std::string, server, "", "server address");
 ABSL_FLAG(int, worker, 0, "worker rank");
 ABSL_FLAG(int, micro_batches, 2, "micro-batches per window");
 ABSL_FLAG(int, chunk_elements, 100, "elements per pushed chunk");
+ABSL_FLAG(int, step_delay_ms, 0, "sleep this long in every window (a slow worker)");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
@@ -47,6 +49,9 @@ int main(int argc, char** argv) {
         g[i] += static_cast<float>(s) * (p[i] - target) + offset;
       }
       c.AddMicroBatch(s, s * 0.5);
+    }
+    if (absl::GetFlag(FLAGS_step_delay_ms) > 0) {
+      absl::SleepFor(absl::Milliseconds(absl::GetFlag(FLAGS_step_delay_ms)));
     }
     auto step = c.Step();
     if (!step.ok()) {

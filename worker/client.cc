@@ -65,6 +65,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
+  // Reconnect quickly after a server restart or a dropped connection (gRPC's
+  // default backoff grows to two minutes).
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   client->stubs_ = std::make_unique<GradaccStubs>(
       grpc::CreateCustomChannel(options.server, grpc::InsecureChannelCredentials(), args));
 
@@ -73,31 +78,44 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
     return absl::UnavailableError(absl::StrFormat("cannot reach gradacc server at %s within %s", options.server,
                                                   absl::FormatDuration(options.connect_timeout)));
   }
+  // Join and fetch the current parameters, retrying through dropped
+  // connections until the connect timeout.
+  absl::Duration backoff = options.retry_backoff;
+  while (true) {
+    absl::Status status = client->JoinAndFetch(give_up);
+    if (status.ok()) return client;
+    if (!Retryable(static_cast<grpc::StatusCode>(status.code())) || absl::Now() + backoff >= give_up) return status;
+    std::this_thread::sleep_for(absl::ToChronoNanoseconds(backoff));
+    backoff = std::min(backoff * 2, absl::Seconds(2));
+  }
+}
+
+absl::Status Client::JoinAndFetch(absl::Time give_up) {
   v1::JoinRequest request;
-  request.set_job_id(options.job_id);
-  request.set_worker(options.worker);
-  request.set_hostname(options.hostname.empty() ? LocalHostname() : options.hostname);
+  request.set_job_id(options_.job_id);
+  request.set_worker(options_.worker);
+  request.set_hostname(options_.hostname.empty() ? LocalHostname() : options_.hostname);
   v1::JoinResponse response;
   grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(std::max(give_up, absl::Now() + options.rpc_timeout)));
+  ctx.set_deadline(absl::ToChronoTime(std::max(give_up, absl::Now() + options_.rpc_timeout)));
   ctx.set_wait_for_ready(true);
-  GRADACC_RETURN_IF_ERROR(FromGrpc(client->stubs_->data->Join(&ctx, request, &response), "join"));
-  client->job_ = response.job();
-  GRADACC_ASSIGN_OR_RETURN(client->layout_, ModelLayout::FromSpec(client->job_.model()));
-  if (client->layout_.num_elements() != response.num_elements()) {
-    return absl::InternalError("server's job and element count disagree");
+  GRADACC_RETURN_IF_ERROR(FromGrpc(stubs_->data->Join(&ctx, request, &response), "join"));
+  if (params_.size() == 0) {
+    job_ = response.job();
+    GRADACC_ASSIGN_OR_RETURN(layout_, ModelLayout::FromSpec(job_.model()));
+    if (layout_.num_elements() != response.num_elements()) {
+      return absl::InternalError("server's job and element count disagree");
+    }
+    params_ = FloatBuffer(layout_.num_elements());
+    staging_ = FloatBuffer(layout_.num_elements());
+    grad_ = FloatBuffer(layout_.num_elements());
+    version_ = 0;
   }
-  client->params_ = FloatBuffer(client->layout_.num_elements());
-  client->staging_ = FloatBuffer(client->layout_.num_elements());
-  client->grad_ = FloatBuffer(client->layout_.num_elements());
-  client->version_ = 0;
   // Fetch the current parameters (whatever version the server is at); an
   // elastic job may make the next window this worker's first.
-  GRADACC_RETURN_IF_ERROR(client->Pull(response.version(), options.rpc_timeout));
-  if (response.window() > client->version_) {
-    GRADACC_RETURN_IF_ERROR(client->Pull(response.window(), options.window_timeout));
-  }
-  return client;
+  GRADACC_RETURN_IF_ERROR(Pull(response.version(), options_.rpc_timeout));
+  if (response.window() > version_) GRADACC_RETURN_IF_ERROR(Pull(response.window(), options_.window_timeout));
+  return absl::OkStatus();
 }
 
 absl::Span<const float> Client::param(int tensor) const {
@@ -335,13 +353,21 @@ absl::StatusOr<v1::Status> Client::GetStatus() {
 }
 
 absl::Status Client::Leave() {
-  v1::LeaveRequest request;
-  request.set_job_id(job_.job_id());
-  request.set_worker(options_.worker);
-  v1::LeaveResponse response;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
-  return FromGrpc(stubs_->data->Leave(&ctx, request, &response), "leave");
+  const absl::Time deadline = absl::Now() + options_.rpc_timeout;
+  absl::Duration backoff = options_.retry_backoff;
+  while (true) {
+    v1::LeaveRequest request;
+    request.set_job_id(job_.job_id());
+    request.set_worker(options_.worker);
+    v1::LeaveResponse response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(deadline));
+    ctx.set_wait_for_ready(true);
+    absl::Status s = FromGrpc(stubs_->data->Leave(&ctx, request, &response), "leave");
+    if (s.ok() || !Retryable(static_cast<grpc::StatusCode>(s.code())) || absl::Now() + backoff >= deadline) return s;
+    std::this_thread::sleep_for(absl::ToChronoNanoseconds(backoff));
+    backoff = std::min(backoff * 2, absl::Seconds(2));
+  }
 }
 
 }  // namespace gradacc

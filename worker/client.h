@@ -120,6 +120,7 @@ class Client {
  private:
   explicit Client(const ClientOptions& options);
   void ZeroGradients();
+  absl::Status JoinAndFetch(absl::Time give_up);
 
   const ClientOptions options_;
   std::unique_ptr<GradaccStubs> stubs_;
