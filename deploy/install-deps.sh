@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages that gradacc's build, tests and main job need.
+# Installs the Debian 12 packages that gradacc's build, tests and main job need
+# (clang and its sanitizer runtimes build the fuzz target of the fault tier).
 # Idempotent: packages already present are skipped, and apt is not touched at
 # all when nothing is missing. Usage: deploy/install-deps.sh [--golden]
 #   --golden  also install python3-torch / python3-numpy (only needed to
@@ -14,6 +15,7 @@ packages=(
   zlib1g-dev libopenblas-dev dataset-fashion-mnist
   python3 python3-grpcio
   procps
+  clang libclang-rt-14-dev
 )
 if [[ "${1:-}" == "--golden" ]]; then
   packages+=(python3-torch python3-numpy)

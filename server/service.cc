@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/synchronization/mutex.h"
+#include "server/push_assembler.h"
 
 namespace gradacc {
 namespace {
@@ -115,7 +116,7 @@ class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
   void OnReadDone(bool ok) override {
     if (!ok) {
       if (context_->IsCancelled()) {
-        session_.reset();
+        assembler_.Abandon();
         Finish(grpc::Status(grpc::StatusCode::CANCELLED,
                             "push cancelled (by the client, or past the server's push timeout); nothing was counted"));
         return;
@@ -123,12 +124,8 @@ class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
       Complete();
       return;
     }
-    absl::Status status = Consume();
+    absl::Status status = assembler_.Add(request_);
     if (!status.ok()) {
-      if (session_ != nullptr && status.code() != absl::StatusCode::kAlreadyExists) {
-        trainer_->RecordRejected(session_->header().worker());
-      }
-      session_.reset();
       Finish(ToGrpcStatus(status));
       return;
     }
@@ -150,26 +147,8 @@ class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
     grpc::CallbackServerContext* context ABSL_GUARDED_BY(mu) = nullptr;
   };
 
-  absl::Status Consume() {
-    if (request_.has_header()) {
-      if (session_ != nullptr) return absl::InvalidArgumentError("a push stream carries exactly one header");
-      auto session = trainer_->BeginPush(request_.header());
-      if (!session.ok()) return session.status();
-      session_ = std::move(*session);
-      return absl::OkStatus();
-    }
-    if (!request_.has_chunk()) return absl::InvalidArgumentError("empty push message");
-    if (session_ == nullptr) return absl::InvalidArgumentError("a push stream must start with its header");
-    const v1::GradientChunk& c = request_.chunk();
-    return session_->AddChunk(c.tensor(), c.offset(), c.data(), c.name());
-  }
-
   void Complete() {
-    if (session_ == nullptr) {
-      Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "push stream ended without a header"));
-      return;
-    }
-    auto result = trainer_->Commit(std::move(session_));
+    auto result = assembler_.Finish();
     if (!result.ok()) {
       Finish(ToGrpcStatus(result.status()));
       return;
@@ -185,7 +164,7 @@ class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
   grpc::CallbackServerContext* const context_;
   v1::PushResponse* const response_;
   v1::PushRequest request_;
-  std::unique_ptr<PushSession> session_;
+  PushAssembler assembler_{trainer_};
   std::shared_ptr<CancelState> cancel_;
   uint64_t handle_ = 0;
 };
