@@ -442,3 +442,88 @@ TEST(TrainerStatusTest, ReportsProgressMissingWorkersAndLoss) {
 
 }  // namespace
 }  // namespace gradacc
+
+namespace gradacc {
+namespace {
+
+TEST(TrainerElasticTest, MembershipChangesAtWindowBoundaries) {
+  v1::JobSpec spec = SmallJob(1, 10);
+  spec.mutable_window()->set_max_workers(4);
+  spec.mutable_window()->set_min_workers(1);
+  auto created = Trainer::Create(spec, TrainerOptions());
+  ASSERT_TRUE(created.ok()) << created.status();
+  Trainer& t = **created;
+  auto join = [&](uint32_t w) {
+    v1::JoinRequest r;
+    r.set_worker(w);
+    return t.Join(r).value();
+  };
+  auto contribution = [&](uint32_t w, uint64_t window) {
+    Contribution c = MakeWindow(window, 4, 418, 9)[w];
+    c.worker = w;
+    return c;
+  };
+  EXPECT_EQ(join(0).window(), 0u);
+  EXPECT_EQ(join(1).window(), 0u);  // window 0 untouched: joins it
+  EXPECT_EQ(t.GetStatus().window().contributions_expected(), 2u);
+  ASSERT_TRUE(Push(t, contribution(0, 0)).ok());
+  // Joining a window that already has contributions: the next one is its first.
+  EXPECT_EQ(join(2).window(), 1u);
+  EXPECT_EQ(Push(t, contribution(2, 0)).status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(Push(t, contribution(1, 0)).ok());
+  ASSERT_EQ(t.version(), 1u);
+  v1::Status s = t.GetStatus();
+  EXPECT_EQ(s.window().contributions_expected(), 3u);
+  EXPECT_EQ(s.members(), 3u);
+  // A member leaving before it contributed is no longer waited for.
+  ASSERT_TRUE(Push(t, contribution(0, 1)).ok());
+  ASSERT_TRUE(Push(t, contribution(2, 1)).ok());
+  EXPECT_EQ(t.version(), 1u);
+  v1::LeaveRequest leave;
+  leave.set_worker(1);
+  ASSERT_TRUE(t.Leave(leave).ok());
+  EXPECT_EQ(t.version(), 2u);
+  s = t.GetStatus();
+  EXPECT_EQ(s.members(), 2u);
+  EXPECT_EQ(s.window().contributions_expected(), 2u);
+  EXPECT_EQ(s.last_step_samples(), contribution(0, 1).samples + contribution(2, 1).samples);
+  // Unknown ids beyond max_workers are still refused.
+  v1::JoinRequest r;
+  r.set_worker(4);
+  EXPECT_EQ(t.Join(r).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(TrainerCheckpointTest, ResumesExactlyAndSkipsCorruptNewest) {
+  const std::string dir = ::testing::TempDir() + "/ckpt_unit_" + std::to_string(getpid());
+  v1::JobSpec spec = SmallJob(2, 6, v1::OptimizerSpec::KIND_ADAM);
+  TrainerOptions options;
+  options.checkpoint_dir = dir;
+  std::vector<float> reference;
+  {
+    auto t = NewTrainer(spec);
+    for (uint64_t w = 0; w < 6; ++w)
+      for (auto& c : MakeWindow(w, 2, 418, 10)) ASSERT_TRUE(Push(*t, c).ok());
+    reference = t->Parameters();
+  }
+  {
+    auto t = Trainer::Create(spec, options);
+    ASSERT_TRUE(t.ok());
+    testing::JoinAll(**t);
+    for (uint64_t w = 0; w < 3; ++w)
+      for (auto& c : MakeWindow(w, 2, 418, 10)) ASSERT_TRUE(Push(**t, c).ok());
+    // Half of window 3 is lost with the process.
+    ASSERT_TRUE(Push(**t, MakeWindow(3, 2, 418, 10)[0]).ok());
+  }
+  auto t = Trainer::Create(spec, options);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->version(), 3u);
+  // The ledger came back: window 2's keys are duplicates, window 3's are not.
+  EXPECT_EQ(Push(**t, MakeWindow(2, 2, 418, 10)[0]).status().code(), absl::StatusCode::kAlreadyExists);
+  for (uint64_t w = 3; w < 6; ++w)
+    for (auto& c : MakeWindow(w, 2, 418, 10)) ASSERT_TRUE(Push(**t, c).ok());
+  EXPECT_TRUE(testing::BitIdentical((*t)->Parameters(), reference));
+  EXPECT_EQ(ListCheckpoints(dir).size(), 3u);  // keep_checkpoints
+}
+
+}  // namespace
+}  // namespace gradacc
