@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages that gradacc's build, tests and main job need
-# (clang and its sanitizer runtimes build the fuzz target of the fault tier).
+# (clang and its sanitizer runtimes build the fuzz target of the fault tier;
+# chromium renders the dashboard in the observe tier).
 # Idempotent: packages already present are skipped, and apt is not touched at
 # all when nothing is missing. Usage: deploy/install-deps.sh [--golden]
 #   --golden  also install python3-torch / python3-numpy (only needed to
@@ -16,6 +17,7 @@ packages=(
   python3 python3-grpcio
   procps
   clang libclang-rt-14-dev
+  libcivetweb-dev chromium
 )
 if [[ "${1:-}" == "--golden" ]]; then
   packages+=(python3-torch python3-numpy)

@@ -32,6 +32,10 @@ ABSL_FLAG(int64_t, seed, -1, "override seed");
 ABSL_FLAG(std::string, output, "", "write the final parameters here (safetensors) when the job is done");
 ABSL_FLAG(std::string, dump_job, "", "write the effective job spec (text format) to this file");
 ABSL_FLAG(int, max_pull_wait_s, 1800, "a parked pull waits at most this long");
+ABSL_FLAG(std::string, metrics_listen, "", "HOST:PORT to serve Prometheus /metrics on (port 0: a free one)");
+ABSL_FLAG(std::string, metrics_port_file, "", "write the metrics port to this file once serving");
+ABSL_FLAG(std::string, ledger_file, "",
+          "append the step ledger here (JSON lines); default: <checkpoint_dir>/ledger.jsonl with checkpoints");
 ABSL_FLAG(std::string, checkpoint_dir, "",
           "resume from the newest valid checkpoint here and write checkpoints into it");
 ABSL_FLAG(int64_t, checkpoint_every, 1,
@@ -119,6 +123,11 @@ int main(int argc, char** argv) {
   options.trainer.push_timeout = absl::Seconds(absl::GetFlag(FLAGS_push_timeout_s));
   options.trainer.worker_timeout = absl::Seconds(absl::GetFlag(FLAGS_worker_timeout_s));
   options.trainer.kill_at = absl::GetFlag(FLAGS_kill_at);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.trainer.ledger_path = absl::GetFlag(FLAGS_ledger_file);
+  if (options.trainer.ledger_path.empty() && !options.trainer.checkpoint_dir.empty()) {
+    options.trainer.ledger_path = options.trainer.checkpoint_dir + "/ledger.jsonl";
+  }
   auto server = gradacc::GradaccServer::Start(spec, options);
   if (!server.ok()) return Fail(server.status().ToString());
 
@@ -132,6 +141,14 @@ int main(int argc, char** argv) {
                 (*server)->trainer()->spec().job_id(), (*server)->port(), layout.tensors().size(),
                 layout.num_elements(), (*server)->trainer()->spec().window().num_workers(),
                 (*server)->trainer()->spec().window().micro_batches(), (*server)->trainer()->spec().total_steps());
+  if ((*server)->metrics_port() != 0) {
+    absl::FPrintF(stderr, "gradacc-server: Prometheus metrics on port %d at /metrics\n", (*server)->metrics_port());
+    const std::string metrics_file = absl::GetFlag(FLAGS_metrics_port_file);
+    if (!metrics_file.empty()) {
+      std::ofstream(metrics_file + ".tmp") << (*server)->metrics_port() << "\n";
+      std::rename((metrics_file + ".tmp").c_str(), metrics_file.c_str());
+    }
+  }
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) {
     const std::string tmp = port_file + ".tmp";

@@ -21,10 +21,12 @@ absl::Status PushAssembler::Add(const v1::PushRequest& request) {
     return absl::InvalidArgumentError("a push stream must start with its header");
   } else {
     const v1::GradientChunk& c = request.chunk();
+    trainer_->CountBytes(c.data().size(), 0);
     status = session_->AddChunk(c.tensor(), c.offset(), c.data(), c.name());
   }
   if (!status.ok() && session_ != nullptr) {
-    trainer_->RecordRejected(session_->header().worker());
+    trainer_->RecordRejected(session_->header().worker(),
+                             *session_->reject_reason() ? session_->reject_reason() : "protocol");
     session_.reset();
   }
   return status;

@@ -5,6 +5,8 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/http_server.h"
+#include "server/metrics.h"
 #include "server/service.h"
 
 namespace gradacc {
@@ -30,10 +32,29 @@ absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::Jo
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen, "'"));
   }
+  if (!options.metrics_listen.empty()) {
+    Trainer* trainer = server->trainer_.get();
+    auto http = HttpServer::Start(options.metrics_listen, [trainer](const HttpRequest& request) {
+      HttpResponse response;
+      if (request.path == "/metrics") {
+        response.content_type = "text/plain; version=0.0.4; charset=utf-8";
+        response.body = RenderPrometheus(trainer->GetStatus(), trainer->Counters());
+      } else {
+        response.status = 404;
+        response.body = "gradacc-server: metrics are at /metrics\n";
+      }
+      return response;
+    });
+    if (!http.ok()) return http.status();
+    server->metrics_ = std::move(*http);
+  }
   return server;
 }
 
+int GradaccServer::metrics_port() const { return metrics_ != nullptr ? metrics_->port() : 0; }
+
 GradaccServer::~GradaccServer() {
+  metrics_.reset();
   Shutdown(absl::ZeroDuration());
   // The Trainer goes last: reactors hold raw pointers to it until the
   // server is fully shut down.

@@ -27,6 +27,8 @@ struct ServerOptions {
   std::string listen = "127.0.0.1:0";  // host:port; port 0 = pick a free one
   TrainerOptions trainer;
   int max_message_bytes = 64 << 20;
+  // HOST:PORT for Prometheus /metrics over HTTP; empty = none.
+  std::string metrics_listen;
 };
 
 class GradaccServer {
@@ -36,6 +38,7 @@ class GradaccServer {
   ~GradaccServer();
 
   int port() const { return port_; }
+  int metrics_port() const;
   Trainer* trainer() { return trainer_.get(); }
 
   void Shutdown(absl::Duration grace = absl::Seconds(5));
@@ -49,6 +52,7 @@ class GradaccServer {
   std::unique_ptr<class DataPlaneServiceImpl> data_plane_;
   std::unique_ptr<class ControlPlaneServiceImpl> control_plane_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<class HttpServer> metrics_;
   int port_ = 0;
   std::once_flag shutdown_once_;
 };

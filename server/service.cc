@@ -81,6 +81,7 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
 
   void WriteNext() {
     if (next_chunk_ < snapshot_->chunks.size()) {
+      trainer_->CountBytes(0, snapshot_->chunks[next_chunk_].chunk().data().size());
       StartWrite(&snapshot_->chunks[next_chunk_++]);
     } else {
       Finish(grpc::Status::OK);
@@ -304,6 +305,15 @@ grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetStatus(grpc::CallbackServe
 grpc::ServerWriteReactor<v1::Status>* ControlPlaneServiceImpl::WatchStatus(grpc::CallbackServerContext*,
                                                                            const v1::WatchStatusRequest*) {
   return new WatchReactor(trainer_);
+}
+
+grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetSteps(grpc::CallbackServerContext* context,
+                                                            const v1::GetStepsRequest* request,
+                                                            v1::GetStepsResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  *response = trainer_->GetSteps(request->from_step(), request->to_step());
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* ControlPlaneServiceImpl::ReportMetric(grpc::CallbackServerContext* context,

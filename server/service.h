@@ -44,6 +44,8 @@ class ControlPlaneServiceImpl final : public v1::ControlPlane::CallbackService {
   grpc::ServerUnaryReactor* ReportMetric(grpc::CallbackServerContext* context,
                                          const v1::ReportMetricRequest* request,
                                          v1::ReportMetricResponse* response) override;
+  grpc::ServerUnaryReactor* GetSteps(grpc::CallbackServerContext* context, const v1::GetStepsRequest* request,
+                                     v1::GetStepsResponse* response) override;
 
  private:
   Trainer* const trainer_;

@@ -14,6 +14,7 @@
 #include "common/kernels.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
+#include "google/protobuf/util/json_util.h"
 #include "server/lr_schedule.h"
 
 namespace gradacc {
@@ -26,6 +27,10 @@ constexpr size_t kKeepKeys = 1024;
 constexpr size_t kLossHistory = 32;
 constexpr size_t kRateWindow = 32;
 constexpr uint64_t kMaxSamples = uint64_t{1} << 40;
+constexpr size_t kLedgerKeep = 4096;
+constexpr size_t kAccuracyKeep = 256;
+const std::vector<double> kStepSecondsBounds = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                0.25,  0.5,    1,     2.5,  5,     10,   30};
 
 double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 
@@ -48,39 +53,49 @@ absl::Status PushSession::AddChunk(uint32_t tensor, uint64_t offset, absl::strin
                                    absl::string_view name) {
   const auto& tensors = trainer_->layout().tensors();
   if (tensor >= tensors.size()) {
+    reject_reason_ = "tensor_index";
     return absl::InvalidArgumentError(absl::StrFormat(
         "chunk names tensor %d; the model has %d tensors (0..%d)", tensor, tensors.size(), tensors.size() - 1));
   }
   const ModelLayout::Tensor& t = tensors[tensor];
   if (!name.empty() && name != t.name) {
+    reject_reason_ = "tensor_name";
     return absl::InvalidArgumentError(
         absl::StrFormat("chunk names tensor %d '%s', but tensor %d of this job is '%s'", tensor, name, tensor, t.name));
   }
   if (bytes.size() % sizeof(float) != 0) {
+    reject_reason_ = "chunk_size";
     return absl::InvalidArgumentError(absl::StrFormat(
         "chunk of tensor '%s' has %d bytes, not a multiple of 4 (f32)", t.name, bytes.size()));
   }
   const uint64_t n = bytes.size() / sizeof(float);
-  if (n == 0) return absl::InvalidArgumentError(absl::StrCat("empty chunk for tensor '", t.name, "'"));
+  if (n == 0) {
+    reject_reason_ = "chunk_size";
+    return absl::InvalidArgumentError(absl::StrCat("empty chunk for tensor '", t.name, "'"));
+  }
   if (offset > t.size || n > t.size - offset) {
+    reject_reason_ = "chunk_range";
     return absl::InvalidArgumentError(absl::StrFormat(
         "chunk [%d, %d) is past the end of tensor '%s' (%d elements)", offset, offset + n, t.name, t.size));
   }
   std::map<uint64_t, uint64_t>& ranges = covered_[tensor];
   auto next = ranges.upper_bound(offset);
   if (next != ranges.end() && next->first < offset + n) {
+    reject_reason_ = "overlap";
     return absl::InvalidArgumentError(absl::StrFormat(
         "chunk [%d, %d) of tensor '%s' overlaps elements already received at [%d, %d)", offset, offset + n,
         t.name, next->first, next->second));
   }
   auto prev = next == ranges.begin() ? ranges.end() : std::prev(next);
   if (prev != ranges.end() && prev->second > offset) {
+    reject_reason_ = "overlap";
     return absl::InvalidArgumentError(absl::StrFormat(
         "chunk [%d, %d) of tensor '%s' overlaps elements already received at [%d, %d)", offset, offset + n,
         t.name, prev->first, prev->second));
   }
   const int64_t bad = CopyFromLittleEndian(bytes.data(), absl::MakeSpan(buffer_.data() + t.offset + offset, n));
   if (bad >= 0) {
+    reject_reason_ = "not_finite";
     return absl::InvalidArgumentError(absl::StrFormat("gradient of tensor '%s' is not finite at element %d (%f)",
                                                       t.name, offset + bad, buffer_[t.offset + offset + bad]));
   }
@@ -192,6 +207,8 @@ Trainer::~Trainer() {
     expiry_stop_ = true;
   }
   if (expiry_thread_.joinable()) expiry_thread_.join();
+  absl::MutexLock lock(&mu_);
+  if (ledger_file_ != nullptr) std::fclose(ledger_file_);
 }
 
 void Trainer::Restore(const Checkpoint& c) {
@@ -379,10 +396,86 @@ void Trainer::ReleaseInflight() {
   --inflight_pushes_;
 }
 
-void Trainer::RecordRejected(uint32_t worker) {
+void Trainer::RecordRejected(uint32_t worker, const std::string& reason) {
   absl::MutexLock lock(&mu_);
   ++rejected_;
+  ++rejected_by_reason_[reason.empty() ? "other" : reason];
   if (worker < num_workers_) ++workers_[worker].rejected;
+}
+
+void Trainer::RejectedLocked(WorkerInfo& w, const std::string& reason) {
+  ++rejected_;
+  ++w.rejected;
+  ++rejected_by_reason_[reason];
+}
+
+void Trainer::CountBytes(uint64_t received, uint64_t sent) {
+  bytes_received_ += received;
+  bytes_sent_ += sent;
+}
+
+TrainerCounters Trainer::Counters() const {
+  TrainerCounters c;
+  c.bytes_received = bytes_received_;
+  c.bytes_sent = bytes_sent_;
+  absl::MutexLock lock(&mu_);
+  c.rejected_by_reason = rejected_by_reason_;
+  c.step_seconds_bounds = kStepSecondsBounds;
+  uint64_t cumulative = 0;
+  for (uint64_t n : step_seconds_buckets_) c.step_seconds_counts.push_back(cumulative += n);
+  c.step_seconds_count = step_seconds_count_;
+  c.step_seconds_sum = step_seconds_sum_;
+  return c;
+}
+
+void Trainer::NoteLateLocked(uint32_t worker, uint64_t window, uint64_t key, const char* outcome) {
+  if (window >= version_) {
+    // A duplicate of a contribution in the open window: it goes in the
+    // record when the window closes.
+    if (window == version_ && slots_[worker].has_value()) ++slots_[worker]->duplicates;
+    return;
+  }
+  for (auto it = ledger_.rbegin(); it != ledger_.rend(); ++it) {
+    if (it->window() != window) continue;
+    for (v1::ContributionRecord& c : *it->mutable_contributions()) {
+      if (c.worker() == worker && c.contribution_key() == key) c.set_duplicates(c.duplicates() + 1);
+    }
+    v1::LateRecord* late = it->add_late();
+    late->set_worker(worker);
+    late->set_contribution_key(key);
+    late->set_arrival_unix_micros(absl::ToUnixMicros(absl::Now()));
+    late->set_outcome(outcome);
+    AppendLedgerLocked(*it);
+    return;
+  }
+}
+
+void Trainer::AppendLedgerLocked(const v1::StepRecord& record) {
+  if (options_.ledger_path.empty()) return;
+  if (ledger_file_ == nullptr) {
+    ledger_file_ = std::fopen(options_.ledger_path.c_str(), "a");
+    if (ledger_file_ == nullptr) {
+      absl::FPrintF(stderr, "gradacc-server: cannot append to ledger '%s'\n", options_.ledger_path);
+      return;
+    }
+  }
+  std::string line;
+  google::protobuf::util::JsonPrintOptions json;
+  json.add_whitespace = false;
+  (void)google::protobuf::util::MessageToJsonString(record, &line, json);
+  line += '\n';
+  std::fwrite(line.data(), 1, line.size(), ledger_file_);
+  std::fflush(ledger_file_);
+}
+
+v1::GetStepsResponse Trainer::GetSteps(uint64_t from, uint64_t to) const {
+  v1::GetStepsResponse r;
+  absl::MutexLock lock(&mu_);
+  r.set_oldest_kept(ledger_.empty() ? 0 : ledger_.front().step());
+  for (const v1::StepRecord& rec : ledger_) {
+    if (rec.step() >= from && (to == 0 || rec.step() <= to)) *r.add_steps() = rec;
+  }
+  return r;
 }
 
 absl::Status Trainer::CheckManifest(const v1::PushHeader& h) const {
@@ -407,30 +500,43 @@ absl::Status Trainer::CheckManifest(const v1::PushHeader& h) const {
 }
 
 absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHeader& h) {
-  GRADACC_RETURN_IF_ERROR(CheckJob(h.job_id()));
-  GRADACC_RETURN_IF_ERROR(CheckWorker(h.worker()));
+  if (absl::Status s = CheckJob(h.job_id()); !s.ok()) {
+    absl::MutexLock lock(&mu_);
+    ++rejected_;
+    ++rejected_by_reason_["unknown_job"];
+    return s;
+  }
+  if (absl::Status s = CheckWorker(h.worker()); !s.ok()) {
+    absl::MutexLock lock(&mu_);
+    ++rejected_;
+    ++rejected_by_reason_["unknown_worker"];
+    return s;
+  }
   absl::Status invalid;
+  std::string reason;
   if (h.num_elements() != layout_.num_elements()) {
     invalid = absl::InvalidArgumentError(absl::StrFormat(
         "push declares %d elements; the model has %d", h.num_elements(), layout_.num_elements()));
+    reason = "size";
   } else if (h.samples() > kMaxSamples) {
     invalid = absl::InvalidArgumentError(absl::StrCat("push declares an absurd sample count ", h.samples()));
+    reason = "samples";
   } else if (!std::isfinite(h.loss_sum())) {
     invalid = absl::InvalidArgumentError("push declares a loss sum that is NaN or Inf");
+    reason = "not_finite";
   } else if (h.tensors_size() > 0) {
     invalid = CheckManifest(h);
+    reason = "manifest";
   }
   absl::MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("server is shutting down");
   WorkerInfo& w = workers_[h.worker()];
   if (!invalid.ok()) {
-    ++rejected_;
-    ++w.rejected;
+    RejectedLocked(w, reason);
     return invalid;
   }
   if (w.state == v1::WORKER_STATE_NEVER_JOINED || w.state == v1::WORKER_STATE_LEFT) {
-    ++rejected_;
-    ++w.rejected;
+    RejectedLocked(w, "not_joined");
     return absl::FailedPreconditionError(absl::StrFormat("worker %d pushed before joining job '%s'; call Join first",
                                                          h.worker(), spec_.job_id()));
   }
@@ -439,35 +545,35 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
   if (key != w.applied_keys.end()) {
     ++duplicates_;
     ++w.duplicates;
+    NoteLateLocked(h.worker(), key->second, h.contribution_key(), "duplicate");
     return absl::AlreadyExistsError(absl::StrFormat(
         "duplicate: contribution key %d of worker %d was already applied to window %d; acknowledged, not counted",
         h.contribution_key(), h.worker(), key->second));
   }
   if (version_ >= spec_.total_steps()) {
+    RejectedLocked(w, "job_done");
     return absl::FailedPreconditionError(
         absl::StrFormat("job '%s' is done (%d steps); no more contributions", spec_.job_id(), version_));
   }
   if (h.window() < version_) {
     ++stale_;
+    NoteLateLocked(h.worker(), h.window(), h.contribution_key(), "stale");
     return absl::AbortedError(absl::StrFormat(
         "stale: window %d is closed; the open window is %d (pull version %d and recompute)", h.window(), version_,
         version_));
   }
   if (h.window() > version_) {
-    ++rejected_;
-    ++w.rejected;
+    RejectedLocked(w, "future_window");
     return absl::FailedPreconditionError(
         absl::StrFormat("window %d is not open yet; the open window is %d", h.window(), version_));
   }
   if (slots_[h.worker()].has_value()) {
-    ++rejected_;
-    ++w.rejected;
+    RejectedLocked(w, "second_contribution");
     return absl::FailedPreconditionError(absl::StrFormat(
         "worker %d already contributed to window %d under another key", h.worker(), version_));
   }
   if (!expected_[h.worker()]) {
-    ++rejected_;
-    ++w.rejected;
+    RejectedLocked(w, "not_member");
     return absl::FailedPreconditionError(absl::StrFormat(
         "worker %d is not a member of window %d (it joined after the window started); its first window is %d",
         h.worker(), version_, version_ + 1));
@@ -498,7 +604,7 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
       }
       if (expect != t.size) gap = absl::StrFormat("tensor '%s' from element %d", t.name, expect);
     }
-    RecordRejected(h.worker());
+    RecordRejected(h.worker(), "missing_chunks");
     return absl::InvalidArgumentError(absl::StrFormat(
         "incomplete push: received %d of %d elements; missing %s; nothing was counted",
         session->covered_elements_, layout_.num_elements(), gap));
@@ -506,6 +612,7 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
   PushResult result;
   std::optional<ClosingWindow> closing;
   absl::Time now = absl::Now();
+  const double grad_norm = std::sqrt(SumOfSquares(session->buffer_.span()));
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("server is shutting down");
@@ -514,22 +621,27 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
     if (key != w.applied_keys.end()) {
       ++duplicates_;
       ++w.duplicates;
+      NoteLateLocked(h.worker(), key->second, h.contribution_key(), "duplicate");
       return absl::AlreadyExistsError(absl::StrFormat(
           "duplicate: contribution key %d of worker %d was already applied to window %d; acknowledged, not counted",
           h.contribution_key(), h.worker(), key->second));
     }
     if (h.window() != version_ || closing_) {
       ++stale_;
+      NoteLateLocked(h.worker(), h.window(), h.contribution_key(), "stale");
       return absl::AbortedError(absl::StrFormat(
           "stale: window %d closed while the push was in flight; the open window is %d", h.window(), version_));
     }
     if (slots_[h.worker()].has_value()) {
-      ++rejected_;
-      ++w.rejected;
+      RejectedLocked(w, "second_contribution");
       return absl::FailedPreconditionError(absl::StrFormat(
           "worker %d already contributed to window %d under another key", h.worker(), version_));
     }
     Slot slot;
+    slot.key = h.contribution_key();
+    slot.attempt = std::max(1u, h.attempt());
+    slot.grad_norm = grad_norm;
+    slot.arrival = now;
     slot.grad = std::move(session->buffer_);
     slot.samples = h.samples();
     slot.micro_batches = h.micro_batches();
@@ -607,9 +719,13 @@ void Trainer::CloseWindow(ClosingWindow window) {
     norms.push_back(std::sqrt(SumOfSquaresF32(absl::MakeConstSpan(acc.data() + t.offset, t.size))));
   }
   const float grad_norm = std::sqrt(SumOfSquaresF32(norms));
+  float clipped_norm = grad_norm;
   if (spec_.clipping().max_norm() > 0) {
     const float coef = (1.0f / (grad_norm + 1e-6f)) * static_cast<float>(spec_.clipping().max_norm());
-    if (coef < 1.0f) ScaleInPlace(acc.span(), coef);
+    if (coef < 1.0f) {
+      ScaleInPlace(acc.span(), coef);
+      clipped_norm = grad_norm * coef;
+    }
   }
   const double lr = LearningRateAt(spec_.optimizer(), spec_.schedule(), version);
   optimizer_->Step(params_.span(), acc.span(), lr);
@@ -679,7 +795,46 @@ void Trainer::CloseWindow(ClosingWindow window) {
   }
   {
     absl::MutexLock lock(&mu_);
-    last_timing_.set_broadcast_seconds(Seconds(absl::Now() - t2));
+    const absl::Time published = absl::Now();
+    last_timing_.set_broadcast_seconds(Seconds(published - t2));
+    const double step_seconds = Seconds(published - opened);
+    step_seconds_buckets_.resize(kStepSecondsBounds.size(), 0);
+    for (size_t b = 0; b < kStepSecondsBounds.size(); ++b) {
+      if (step_seconds <= kStepSecondsBounds[b]) {
+        ++step_seconds_buckets_[b];
+        break;
+      }
+    }
+    ++step_seconds_count_;
+    step_seconds_sum_ += step_seconds;
+    v1::StepRecord record;
+    record.set_step(new_version);
+    record.set_window(version);
+    record.set_closed_unix_micros(absl::ToUnixMicros(t2));
+    for (size_t i = 0; i < slots.size(); ++i) {
+      const Slot& slot = slots[i];
+      v1::ContributionRecord* c = record.add_contributions();
+      c->set_worker(window.workers[i]);
+      c->set_window(version);
+      c->set_contribution_key(slot.key);
+      c->set_micro_batches(slot.micro_batches);
+      c->set_samples(slot.samples);
+      c->set_loss_sum(slot.loss_sum);
+      c->set_grad_norm(slot.grad_norm);
+      c->set_arrival_unix_micros(absl::ToUnixMicros(slot.arrival));
+      c->set_attempt(slot.attempt);
+      c->set_duplicates(slot.duplicates);
+    }
+    record.set_samples(samples);
+    record.set_loss(loss);
+    record.set_grad_norm(grad_norm);
+    record.set_grad_norm_clipped(clipped_norm);
+    record.set_lr(lr);
+    *record.mutable_timing() = last_timing_;
+    for (uint32_t m : window.missing) record.add_missing_workers(m);
+    AppendLedgerLocked(record);
+    ledger_.push_back(std::move(record));
+    if (ledger_.size() > kLedgerKeep) ledger_.pop_front();
   }
   MaybeKill("after_publish", version, 0);
   NotifyListeners();
@@ -927,6 +1082,11 @@ absl::Status Trainer::ReportMetric(const v1::ReportMetricRequest& request) {
     absl::MutexLock lock(&mu_);
     test_accuracy_ = request.test_accuracy();
     test_accuracy_step_ = request.step();
+    v1::AccuracyPoint point;
+    point.set_step(request.step());
+    point.set_test_accuracy(request.test_accuracy());
+    accuracy_history_.push_back(point);
+    if (accuracy_history_.size() > kAccuracyKeep) accuracy_history_.pop_front();
   }
   NotifyListeners();
   return absl::OkStatus();
@@ -1016,6 +1176,7 @@ v1::Status Trainer::GetStatus() const {
       last_checkpoint_time_ == absl::InfinitePast() ? 0 : absl::ToUnixMicros(last_checkpoint_time_));
   s.set_restored_from(restored_from_);
   s.set_server_restarts(restarts_);
+  for (const v1::AccuracyPoint& p : accuracy_history_) *s.add_accuracy_history() = p;
   return s;
 }
 

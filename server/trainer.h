@@ -13,7 +13,9 @@
 #ifndef GRADACC_SERVER_TRAINER_H_
 #define GRADACC_SERVER_TRAINER_H_
 
+#include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <deque>
 #include <functional>
 #include <map>
@@ -64,6 +66,8 @@ class PushSession {
   absl::Status AddChunk(uint32_t tensor, uint64_t offset, absl::string_view bytes, absl::string_view name = "");
   const v1::PushHeader& header() const { return header_; }
   uint64_t covered_elements() const { return covered_elements_; }
+  // Why the last AddChunk failed (a metrics label), or "".
+  const char* reject_reason() const { return reject_reason_; }
 
  private:
   friend class Trainer;
@@ -75,6 +79,8 @@ class PushSession {
   // Per tensor: begin -> end of the element ranges received (merged).
   std::vector<std::map<uint64_t, uint64_t>> covered_;
   uint64_t covered_elements_ = 0;
+  const char* reject_reason_ = "";
+  absl::Time arrival_ = absl::Now();
 };
 
 struct TrainerOptions {
@@ -106,6 +112,19 @@ struct TrainerOptions {
   // durable and the first parked pull has its answer), "after_publish:W"
   // (after window W closed and every parked pull was answered).
   std::vector<std::string> kill_at;
+  // The step ledger is appended here (one JSON object a line) when set.
+  std::string ledger_path;
+};
+
+// Counters for /metrics that Status does not carry.
+struct TrainerCounters {
+  uint64_t bytes_received = 0;  // gradient bytes in pushes
+  uint64_t bytes_sent = 0;      // parameter bytes in pulls
+  std::map<std::string, uint64_t> rejected_by_reason;
+  std::vector<double> step_seconds_bounds;   // histogram bucket upper bounds
+  std::vector<uint64_t> step_seconds_counts;  // cumulative, one per bound
+  uint64_t step_seconds_count = 0;
+  double step_seconds_sum = 0;
 };
 
 struct PushResult {
@@ -140,8 +159,12 @@ class Trainer {
   // key under the lock). When it completes the window, the step is applied
   // before this returns.
   absl::StatusOr<PushResult> Commit(std::unique_ptr<PushSession> session);
-  // Counts a push that failed after BeginPush (for status).
-  void RecordRejected(uint32_t worker);
+  // Counts a push that failed after BeginPush (for status and metrics).
+  void RecordRejected(uint32_t worker, const std::string& reason);
+  void CountBytes(uint64_t received, uint64_t sent);
+  TrainerCounters Counters() const;
+  // The step ledger: records with from <= step <= to (0 = open end).
+  v1::GetStepsResponse GetSteps(uint64_t from, uint64_t to) const;
 
   // Calls `done` with the snapshot of version >= min_version: at once when it
   // exists (or the job is done), else when it is published. Returns an id for
@@ -198,6 +221,11 @@ class Trainer {
     uint64_t samples = 0;
     uint32_t micro_batches = 0;
     double loss_sum = 0;
+    uint64_t key = 0;
+    uint32_t attempt = 0;
+    uint32_t duplicates = 0;
+    double grad_norm = 0;
+    absl::Time arrival;
   };
   struct Waiter {
     uint64_t min_version;
@@ -234,6 +262,12 @@ class Trainer {
   void Restore(const Checkpoint& checkpoint) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MaybeKill(absl::string_view event, uint64_t window, uint64_t count) const;
   void ReleaseWaiter(int64_t worker) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RejectedLocked(WorkerInfo& w, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A push for `window` arrived after it closed (or a duplicate while open):
+  // notes it in that step's ledger record.
+  void NoteLateLocked(uint32_t worker, uint64_t window, uint64_t key, const char* outcome)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AppendLedgerLocked(const v1::StepRecord& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::shared_ptr<const ParamSnapshot> BuildSnapshot(uint64_t version, bool job_done, double lr,
                                                      double loss) const;
   void NotifyListeners() ABSL_LOCKS_EXCLUDED(mu_);
@@ -298,6 +332,15 @@ class Trainer {
   };
   uint64_t next_push_stream_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, PushStream> push_streams_ ABSL_GUARDED_BY(mu_);
+  std::deque<v1::StepRecord> ledger_ ABSL_GUARDED_BY(mu_);
+  std::FILE* ledger_file_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::deque<v1::AccuracyPoint> accuracy_history_ ABSL_GUARDED_BY(mu_);
+  std::atomic<uint64_t> bytes_received_{0};
+  std::atomic<uint64_t> bytes_sent_{0};
+  std::map<std::string, uint64_t> rejected_by_reason_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> step_seconds_buckets_ ABSL_GUARDED_BY(mu_);
+  uint64_t step_seconds_count_ ABSL_GUARDED_BY(mu_) = 0;
+  double step_seconds_sum_ ABSL_GUARDED_BY(mu_) = 0;
 
   absl::Mutex expiry_mu_;
   bool expiry_stop_ ABSL_GUARDED_BY(expiry_mu_) = false;

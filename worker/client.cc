@@ -135,6 +135,7 @@ void Client::AddMicroBatch(uint64_t samples, double loss_sum) {
 }
 
 void Client::ZeroGradients() {
+  push_attempts_for_key_ = 0;
   std::fill(grad_.data(), grad_.data() + grad_.size(), 0.0f);
   samples_ = 0;
   micro_batches_ = 0;
@@ -168,6 +169,7 @@ absl::StatusOr<v1::PushResponse> Client::Push(bool* duplicate, int* attempts_out
   v1::PushRequest chunk_msg;
   for (int attempt = 1; attempt <= options_.max_push_attempts; ++attempt) {
     if (attempts_out != nullptr) *attempts_out = attempt;
+    h->set_attempt(++push_attempts_for_key_);
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
     ctx.set_wait_for_ready(true);

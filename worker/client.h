@@ -134,6 +134,7 @@ class Client {
   uint64_t samples_ = 0;
   uint32_t micro_batches_ = 0;
   double loss_sum_ = 0;
+  uint32_t push_attempts_for_key_ = 0;  // across Step's retries of one window
 };
 
 }  // namespace gradacc

@@ -1,0 +1,86 @@
+#include "server/metrics.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+
+namespace gradacc {
+namespace {
+
+void Metric(std::string& out, const char* name, const char* type, const char* help) {
+  absl::StrAppend(&out, "# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n");
+}
+
+std::string Num(double v) { return absl::StrFormat("%.17g", v); }
+
+}  // namespace
+
+std::string RenderPrometheus(const v1::Status& s, const TrainerCounters& c) {
+  std::string out;
+  const std::string job = absl::StrCat("job=\"", s.job_id(), "\"");
+  Metric(out, "gradacc_steps_total", "counter", "Optimizer steps applied.");
+  absl::StrAppend(&out, "gradacc_steps_total{", job, "} ", s.step(), "\n");
+  Metric(out, "gradacc_total_steps", "gauge", "Steps the job runs in all.");
+  absl::StrAppend(&out, "gradacc_total_steps{", job, "} ", s.total_steps(), "\n");
+  Metric(out, "gradacc_job_done", "gauge", "1 once the job has taken its last step.");
+  absl::StrAppend(&out, "gradacc_job_done{", job, "} ", s.state() == v1::JOB_STATE_DONE ? 1 : 0, "\n");
+  Metric(out, "gradacc_window_contributions", "gauge", "Contributions of the open window, received and expected.");
+  absl::StrAppend(&out, "gradacc_window_contributions{", job, ",kind=\"received\"} ",
+                  s.window().contributions_received(), "\n");
+  absl::StrAppend(&out, "gradacc_window_contributions{", job, ",kind=\"expected\"} ",
+                  s.window().contributions_expected(), "\n");
+  Metric(out, "gradacc_window_samples", "gauge", "Samples received in the open window.");
+  absl::StrAppend(&out, "gradacc_window_samples{", job, "} ", s.window().samples_received(), "\n");
+  Metric(out, "gradacc_contributions_total", "counter", "Pushes by outcome.");
+  absl::StrAppend(&out, "gradacc_contributions_total{", job, ",outcome=\"accepted\"} ", s.contributions_accepted(),
+                  "\n");
+  absl::StrAppend(&out, "gradacc_contributions_total{", job, ",outcome=\"duplicate\"} ",
+                  s.contributions_duplicate(), "\n");
+  absl::StrAppend(&out, "gradacc_contributions_total{", job, ",outcome=\"stale\"} ", s.contributions_stale(), "\n");
+  absl::StrAppend(&out, "gradacc_contributions_total{", job, ",outcome=\"rejected\"} ", s.contributions_rejected(),
+                  "\n");
+  Metric(out, "gradacc_rejected_contributions_total", "counter", "Rejected pushes by reason.");
+  for (const auto& [reason, n] : c.rejected_by_reason) {
+    absl::StrAppend(&out, "gradacc_rejected_contributions_total{", job, ",reason=\"", reason, "\"} ", n, "\n");
+  }
+  Metric(out, "gradacc_received_bytes_total", "counter", "Gradient bytes received in pushes.");
+  absl::StrAppend(&out, "gradacc_received_bytes_total{", job, "} ", c.bytes_received, "\n");
+  Metric(out, "gradacc_sent_bytes_total", "counter", "Parameter bytes sent in pulls.");
+  absl::StrAppend(&out, "gradacc_sent_bytes_total{", job, "} ", c.bytes_sent, "\n");
+  Metric(out, "gradacc_step_duration_seconds", "histogram", "From a window's opening to its new version's broadcast.");
+  for (size_t i = 0; i < c.step_seconds_bounds.size(); ++i) {
+    absl::StrAppend(&out, "gradacc_step_duration_seconds_bucket{", job, ",le=\"", Num(c.step_seconds_bounds[i]),
+                    "\"} ", i < c.step_seconds_counts.size() ? c.step_seconds_counts[i] : 0, "\n");
+  }
+  absl::StrAppend(&out, "gradacc_step_duration_seconds_bucket{", job, ",le=\"+Inf\"} ", c.step_seconds_count, "\n");
+  absl::StrAppend(&out, "gradacc_step_duration_seconds_sum{", job, "} ", Num(c.step_seconds_sum), "\n");
+  absl::StrAppend(&out, "gradacc_step_duration_seconds_count{", job, "} ", c.step_seconds_count, "\n");
+  uint32_t alive = 0, missing = 0, lost = 0;
+  for (const auto& w : s.workers()) {
+    alive += w.state() == v1::WORKER_STATE_JOINED || w.state() == v1::WORKER_STATE_PUSHED;
+    lost += w.state() == v1::WORKER_STATE_LOST;
+  }
+  missing = s.window().missing_workers_size();
+  Metric(out, "gradacc_workers", "gauge", "Workers by state: alive (joined, heard from), lost, missing from the open window.");
+  absl::StrAppend(&out, "gradacc_workers{", job, ",state=\"alive\"} ", alive, "\n");
+  absl::StrAppend(&out, "gradacc_workers{", job, ",state=\"lost\"} ", lost, "\n");
+  absl::StrAppend(&out, "gradacc_workers{", job, ",state=\"missing\"} ", missing, "\n");
+  Metric(out, "gradacc_last_loss", "gauge", "Mean loss per sample of the last closed window.");
+  absl::StrAppend(&out, "gradacc_last_loss{", job, "} ", Num(s.last_loss()), "\n");
+  Metric(out, "gradacc_learning_rate", "gauge", "Learning rate of the open window.");
+  absl::StrAppend(&out, "gradacc_learning_rate{", job, "} ", Num(s.learning_rate()), "\n");
+  if (s.test_accuracy() >= 0) {
+    Metric(out, "gradacc_test_accuracy_ratio", "gauge", "Last test accuracy reported by a worker.");
+    absl::StrAppend(&out, "gradacc_test_accuracy_ratio{", job, "} ", Num(s.test_accuracy()), "\n");
+  }
+  Metric(out, "gradacc_checkpoint_age_seconds", "gauge", "Seconds since the last checkpoint (-1: none yet).");
+  const double age = s.last_checkpoint_unix_micros() == 0
+                         ? -1
+                         : (absl::ToUnixMicros(absl::Now()) - s.last_checkpoint_unix_micros()) / 1e6;
+  absl::StrAppend(&out, "gradacc_checkpoint_age_seconds{", job, "} ", Num(age), "\n");
+  Metric(out, "gradacc_uptime_seconds", "gauge", "Seconds since the server started.");
+  absl::StrAppend(&out, "gradacc_uptime_seconds{", job, "} ", Num(s.uptime_seconds()), "\n");
+  return out;
+}
+
+}  // namespace gradacc
