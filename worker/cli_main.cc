@@ -3,7 +3,10 @@
 //   gradacc health --server=ADDR [--timeout_s=N]
 #include <grpcpp/grpcpp.h>
 
+#include <signal.h>
+
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -15,19 +18,27 @@
 #include "google/protobuf/util/json_util.h"
 #include "gradacc/v1/control.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "worker/dashboard.h"
 #include "worker/status_format.h"
 
 ABSL_FLAG(std::string, server, "127.0.0.1:7070", "gradacc server address host:port");
 ABSL_FLAG(bool, json, false, "status: print protobuf's JSON mapping of gradacc.v1.Status");
 ABSL_FLAG(bool, watch, false, "status: keep printing on every step (WatchStatus) until the job ends");
 ABSL_FLAG(double, timeout_s, 10, "deadline of one call (for --watch: of connecting)");
+ABSL_FLAG(int64_t, from, 0, "steps: first step (0 = the oldest kept)");
+ABSL_FLAG(int64_t, to, 0, "steps: last step (0 = the newest)");
+ABSL_FLAG(std::string, listen, "127.0.0.1:8080", "dashboard: HOST:PORT to serve the page on (port 0: a free one)");
+ABSL_FLAG(std::string, ledger, "", "dashboard: also read steps from this ledger.jsonl (works after the job)");
+ABSL_FLAG(std::string, port_file, "", "dashboard: write the bound port here once serving");
 
 namespace {
 
 constexpr char kUsage[] =
     "gradacc <command> [flags]\n"
-    "  status --server=ADDR [--json] [--watch]   how training is going\n"
-    "  health --server=ADDR                      exit 0 only when the server is serving";
+    "  status --server=ADDR [--json] [--watch]          how training is going\n"
+    "  steps --server=ADDR [--from=N --to=M] [--json]   the step ledger\n"
+    "  dashboard --server=ADDR --listen=HOST:PORT [--ledger=FILE]   a live web page\n"
+    "  health --server=ADDR                             exit 0 only when the server is serving";
 
 std::shared_ptr<grpc::Channel> Channel() {
   return grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
@@ -81,6 +92,58 @@ int Status() {
   return 0;
 }
 
+int Steps() {
+  auto stub = gradacc::v1::ControlPlane::NewStub(Channel());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(Deadline()));
+  gradacc::v1::GetStepsRequest request;
+  request.set_from_step(absl::GetFlag(FLAGS_from));
+  request.set_to_step(absl::GetFlag(FLAGS_to));
+  gradacc::v1::GetStepsResponse response;
+  grpc::Status s = stub->GetSteps(&ctx, request, &response);
+  if (!s.ok()) return Fail("steps of", s);
+  if (absl::GetFlag(FLAGS_json)) {
+    std::string json;
+    google::protobuf::util::JsonPrintOptions options;
+    options.add_whitespace = true;
+    options.always_print_primitive_fields = true;
+    (void)google::protobuf::util::MessageToJsonString(response, &json, options);
+    std::printf("%s\n", json.c_str());
+  } else {
+    std::fputs(gradacc::FormatStepsTable(response).c_str(), stdout);
+  }
+  return 0;
+}
+
+int Dashboard() {
+  // Taken with sigwait below; blocked before any thread starts so that all
+  // inherit the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  gradacc::DashboardOptions options;
+  options.server = absl::GetFlag(FLAGS_server);
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.ledger = absl::GetFlag(FLAGS_ledger);
+  auto dashboard = gradacc::Dashboard::Start(options);
+  if (!dashboard.ok()) {
+    absl::FPrintF(stderr, "gradacc: dashboard: %s\n", dashboard.status().ToString());
+    return 2;
+  }
+  absl::FPrintF(stderr, "gradacc: dashboard of %s on http://127.0.0.1:%d/ (Ctrl-C stops it)\n", options.server,
+                (*dashboard)->port());
+  if (!absl::GetFlag(FLAGS_port_file).empty()) {
+    const std::string tmp = absl::GetFlag(FLAGS_port_file) + ".tmp";
+    std::ofstream(tmp) << (*dashboard)->port() << "\n";
+    std::rename(tmp.c_str(), absl::GetFlag(FLAGS_port_file).c_str());
+  }
+  int signal = 0;
+  sigwait(&signals, &signal);
+  return 0;
+}
+
 int Health() {
   auto stub = grpc::health::v1::Health::NewStub(Channel());
   grpc::ClientContext ctx;
@@ -106,6 +169,8 @@ int main(int argc, char** argv) {
   const std::string command = args[1];
   if (command == "status") return Status();
   if (command == "health") return Health();
+  if (command == "steps") return Steps();
+  if (command == "dashboard") return Dashboard();
   absl::FPrintF(stderr, "gradacc: unknown command '%s'\n%s\n", command, kUsage);
   return 2;
 }

@@ -106,4 +106,29 @@ std::string FormatStatusTable(const v1::Status& s) {
   return out;
 }
 
+std::string FormatStepsTable(const v1::GetStepsResponse& steps) {
+  std::string out = absl::StrFormat("%6s %8s %9s %10s %10s %10s %9s %9s %9s %9s %-12s %-8s %s\n", "STEP", "SAMPLES",
+                                    "LOSS", "GRAD NORM", "CLIPPED", "LR", "WAIT", "REDUCE", "APPLY", "BCAST",
+                                    "WORKERS", "MISSING", "LATE");
+  for (const v1::StepRecord& r : steps.steps()) {
+    std::vector<std::string> workers, missing, late;
+    for (const auto& c : r.contributions()) {
+      std::string w = absl::StrCat(c.worker());
+      if (c.attempt() > 1) absl::StrAppend(&w, "(try ", c.attempt(), ")");
+      if (c.duplicates() > 0) absl::StrAppend(&w, "+", c.duplicates(), "dup");
+      workers.push_back(w);
+    }
+    for (uint32_t m : r.missing_workers()) missing.push_back(absl::StrCat(m));
+    for (const auto& l : r.late()) late.push_back(absl::StrCat(l.worker(), ":", l.outcome()));
+    absl::StrAppendFormat(&out, "%6d %8d %9.4f %10.4g %10.4g %10.4g %9s %9s %9s %9s %-12s %-8s %s\n", r.step(),
+                          r.samples(), r.loss(), r.grad_norm(), r.grad_norm_clipped(), r.lr(),
+                          Duration(r.timing().wait_seconds()), Duration(r.timing().reduce_seconds()),
+                          Duration(r.timing().apply_seconds()), Duration(r.timing().broadcast_seconds()),
+                          absl::StrJoin(workers, ","), missing.empty() ? "-" : absl::StrJoin(missing, ","),
+                          late.empty() ? "-" : absl::StrJoin(late, ","));
+  }
+  if (steps.steps_size() == 0) out += "(no steps recorded)\n";
+  return out;
+}
+
 }  // namespace gradacc

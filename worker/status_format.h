@@ -9,6 +9,8 @@
 namespace gradacc {
 
 std::string FormatStatusTable(const v1::Status& status);
+// One line per step of the ledger (`gradacc steps`).
+std::string FormatStepsTable(const v1::GetStepsResponse& steps);
 
 }  // namespace gradacc
 

@@ -1,5 +1,7 @@
 #include "worker/training.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -75,6 +77,7 @@ absl::StatusOr<TrainingResult> RunTraining(Client& client, Backend& backend, con
   GRADACC_RETURN_IF_ERROR(backend.SetParameters(client.params()));
 
   const uint64_t first = client.version();
+  const bool bar = options.progress == "bar" && isatty(fileno(options.out));
   const absl::Time start = absl::Now();
   uint64_t samples_done = 0;
   if (options.report) {
@@ -113,7 +116,18 @@ absl::StatusOr<TrainingResult> RunTraining(Client& client, Backend& backend, con
 
     const uint64_t done = step.version;
     const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
-    if (done % log_every == 0 || step.job_done || done == first + 1) {
+    if (bar) {
+      const double rate = elapsed > 0 ? static_cast<double>(samples_done) / elapsed : 0;
+      const double eta = done > first ? elapsed / static_cast<double>(done - first) * static_cast<double>(total - done) : 0;
+      constexpr int kWidth = 30;
+      const int filled = static_cast<int>(kWidth * done / std::max<uint64_t>(1, total));
+      absl::FPrintF(options.out, "\r[%s%s] %3.0f%% step %d/%d epoch %d/%d loss %.4f %.0f samples/s ETA %s  ",
+                    std::string(filled, '#'), std::string(kWidth - filled, '.'), 100.0 * done / total, done, total,
+                    std::min<uint64_t>(done == 0 ? 1 : (done - 1) / per_epoch + 1, epochs), epochs, step.loss, rate,
+                    Clock(eta));
+      if (step.job_done) absl::FPrintF(options.out, "\n");
+      std::fflush(options.out);
+    } else if (done % log_every == 0 || step.job_done || done == first + 1) {
       const double rate = elapsed > 0 ? static_cast<double>(samples_done) / elapsed : 0;
       const double eta = done > first ? elapsed / static_cast<double>(done - first) * static_cast<double>(total - done) : 0;
       absl::FPrintF(options.out, "step %*d/%d | epoch %d/%d | loss %.4f | %.0f samples/s | ETA %s\n",
@@ -125,7 +139,7 @@ absl::StatusOr<TrainingResult> RunTraining(Client& client, Backend& backend, con
     if (test != nullptr && (done % per_epoch == 0 || step.job_done)) {
       GRADACC_ASSIGN_OR_RETURN(double acc, Evaluate(backend, *test));
       result.test_accuracy = acc;
-      absl::FPrintF(options.out, "%s %d (step %d): test accuracy %.2f%%\n",
+      absl::FPrintF(options.out, "%s%s %d (step %d): test accuracy %.2f%%\n", bar && !step.job_done ? "\n" : "",
                     done % per_epoch == 0 ? "epoch" : "after epoch fraction",
                     done % per_epoch == 0 ? done / per_epoch : done / per_epoch + 1, done, 100 * acc);
       std::fflush(options.out);

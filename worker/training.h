@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "worker/client.h"
@@ -27,6 +28,9 @@ struct TrainingOptions {
   uint64_t epochs = 0;
   uint64_t log_every = 0;  // progress line every N steps; 0 = ~20 lines a run
   bool report = false;     // print progress and evaluate (worker 0)
+  // "lines" (one line per log_every steps) or "bar" (a bar redrawn in place
+  // on a terminal; falls back to lines when `out` is not one).
+  std::string progress = "lines";
   std::FILE* out = stdout;
 };
 

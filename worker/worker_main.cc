@@ -28,6 +28,7 @@ ABSL_FLAG(int64_t, steps, 0, "steps to train; must agree with the server's job (
 ABSL_FLAG(int, micro_batch, 0, "samples per micro-batch (0 = the job's micro_batch_size)");
 ABSL_FLAG(int, accumulation_steps, 0, "micro-batches per window (0 = the job's micro_batches)");
 ABSL_FLAG(int64_t, log_every, 0, "worker 0 prints a progress line every N steps (0 = ~20 lines)");
+ABSL_FLAG(std::string, progress, "lines", "lines, or bar (a progress bar redrawn in place on a terminal)");
 ABSL_FLAG(double, connect_timeout_s, 30, "give up when the server is unreachable for this long");
 ABSL_FLAG(double, window_timeout_s, 1800, "give up when a window does not close within this long");
 
@@ -55,6 +56,9 @@ absl::Status Prepare(int rank, int size, Setup& s) {
     return absl::InvalidArgumentError(absl::StrCat("unknown --model '", model_flag, "'; known: mlp, softmax"));
   }
   if (absl::GetFlag(FLAGS_server).empty()) return absl::InvalidArgumentError("--server=HOST:PORT is required");
+  if (absl::GetFlag(FLAGS_progress) != "lines" && absl::GetFlag(FLAGS_progress) != "bar") {
+    return absl::InvalidArgumentError("--progress must be lines or bar");
+  }
   if (absl::GetFlag(FLAGS_micro_batch) < 0 || absl::GetFlag(FLAGS_accumulation_steps) < 0 ||
       absl::GetFlag(FLAGS_epochs) < 0 || absl::GetFlag(FLAGS_steps) < 0 || absl::GetFlag(FLAGS_train_limit) < 0) {
     return absl::InvalidArgumentError("--micro_batch, --accumulation_steps, --epochs, --steps and --train_limit must be >= 0");
@@ -129,6 +133,7 @@ int main(int argc, char** argv) {
   options.steps = absl::GetFlag(FLAGS_steps);
   options.log_every = absl::GetFlag(FLAGS_log_every);
   options.report = rank == 0;
+  options.progress = absl::GetFlag(FLAGS_progress);
   auto result = gradacc::RunTraining(*setup.client, *setup.backend, setup.train, rank == 0 ? &setup.test : nullptr,
                                      options);
   if (!result.ok()) {

@@ -1,0 +1,150 @@
+#include "worker/dashboard.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/http_server.h"
+#include "google/protobuf/util/json_util.h"
+#include "gradacc/v1/control.grpc.pb.h"
+#include "worker/dashboard_page.h"
+
+namespace gradacc {
+namespace {
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions options;
+  options.always_print_primitive_fields = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, options);
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::map<uint64_t, v1::StepRecord>> ReadLedger(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ledger '", path, "'"));
+  std::map<uint64_t, v1::StepRecord> steps;
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    ++n;
+    if (line.empty()) continue;
+    v1::StepRecord r;
+    google::protobuf::util::JsonParseOptions options;
+    options.ignore_unknown_fields = true;
+    if (!google::protobuf::util::JsonStringToMessage(line, &r, options).ok()) {
+      return absl::DataLossError(absl::StrCat("ledger '", path, "' line ", n, " is not a step record"));
+    }
+    steps[r.step()] = std::move(r);
+  }
+  return steps;
+}
+
+absl::StatusOr<std::unique_ptr<Dashboard>> Dashboard::Start(const DashboardOptions& options) {
+  std::unique_ptr<Dashboard> d(new Dashboard());
+  d->options_ = options;
+  if (!options.ledger.empty()) {
+    auto steps = ReadLedger(options.ledger);
+    if (!steps.ok()) return steps.status();
+    absl::MutexLock lock(&d->mu_);
+    d->steps_ = std::move(*steps);
+  }
+  Dashboard* self = d.get();
+  auto http = HttpServer::Start(options.listen, [self](const HttpRequest& request) {
+    HttpResponse r;
+    if (request.path == "/" || request.path == "/index.html") {
+      r.content_type = "text/html; charset=utf-8";
+      r.body = kDashboardPage;
+    } else if (request.path == "/api/status") {
+      r.content_type = "application/json";
+      r.body = self->StatusJson();
+    } else if (request.path == "/api/steps") {
+      r.content_type = "application/json";
+      r.body = self->StepsJson();
+    } else {
+      r.status = 404;
+      r.body = "not found\n";
+    }
+    return r;
+  });
+  if (!http.ok()) return http.status();
+  d->http_ = std::move(*http);
+  if (!options.server.empty()) d->follower_ = std::thread([self] { self->FollowLoop(); });
+  return d;
+}
+
+Dashboard::~Dashboard() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+    if (watch_ != nullptr) watch_->TryCancel();
+  }
+  if (follower_.joinable()) follower_.join();
+  http_.reset();
+}
+
+int Dashboard::port() const { return http_->port(); }
+
+std::string Dashboard::StatusJson() {
+  absl::MutexLock lock(&mu_);
+  return absl::StrCat("{\"connected\":", connected_ ? "true" : "false",
+                      ",\"status\":", have_status_ ? ToJson(status_) : "null", "}");
+}
+
+std::string Dashboard::StepsJson() {
+  v1::GetStepsResponse r;
+  absl::MutexLock lock(&mu_);
+  for (const auto& [step, record] : steps_) *r.add_steps() = record;
+  r.set_oldest_kept(steps_.empty() ? 0 : steps_.begin()->first);
+  return ToJson(r);
+}
+
+void Dashboard::FollowLoop() {
+  auto channel = grpc::CreateChannel(options_.server, grpc::InsecureChannelCredentials());
+  auto stub = v1::ControlPlane::NewStub(channel);
+  while (true) {
+    grpc::ClientContext ctx;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stop_) return;
+      watch_ = &ctx;  // the destructor cancels it
+    }
+    auto reader = stub->WatchStatus(&ctx, v1::WatchStatusRequest());
+    v1::Status status;
+    while (reader->Read(&status)) {
+      uint64_t have = 0;
+      {
+        absl::MutexLock lock(&mu_);
+        connected_ = true;
+        have_status_ = true;
+        status_ = status;
+        have = steps_.empty() ? 0 : steps_.rbegin()->first;
+      }
+      // New steps, and the last few again: late pushes update them.
+      v1::GetStepsRequest req;
+      req.set_from_step(have > 4 ? have - 4 : 0);
+      v1::GetStepsResponse resp;
+      grpc::ClientContext sctx;
+      sctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      if (stub->GetSteps(&sctx, req, &resp).ok()) {
+        absl::MutexLock lock(&mu_);
+        for (const v1::StepRecord& r : resp.steps()) steps_[r.step()] = r;
+      }
+    }
+    reader->Finish();
+    {
+      absl::MutexLock lock(&mu_);
+      watch_ = nullptr;
+      connected_ = false;
+      // The server is away: try again shortly (or stop).
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Seconds(1));
+      if (stop_) return;
+    }
+  }
+}
+
+}  // namespace gradacc
