@@ -32,6 +32,14 @@ ABSL_FLAG(int64_t, seed, -1, "override seed");
 ABSL_FLAG(std::string, output, "", "write the final parameters here (safetensors) when the job is done");
 ABSL_FLAG(std::string, dump_job, "", "write the effective job spec (text format) to this file");
 ABSL_FLAG(int, max_pull_wait_s, 1800, "a parked pull waits at most this long");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate (chain) of the server; enables TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA: require client certificates signed by it (mutual TLS)");
+ABSL_FLAG(std::string, worker_token_file, "",
+          "file holding the worker bearer token (join, push, pull); default: $GRADACC_WORKER_TOKEN");
+ABSL_FLAG(std::string, reader_token_file, "",
+          "file holding the read-only bearer token (status, ledger); default: $GRADACC_READER_TOKEN");
+ABSL_FLAG(bool, allow_remote_plaintext, false, "serve non-loopback addresses without TLS (trusted networks only)");
 ABSL_FLAG(std::string, metrics_listen, "", "HOST:PORT to serve Prometheus /metrics on (port 0: a free one)");
 ABSL_FLAG(std::string, metrics_port_file, "", "write the metrics port to this file once serving");
 ABSL_FLAG(std::string, ledger_file, "",
@@ -124,6 +132,16 @@ int main(int argc, char** argv) {
   options.trainer.worker_timeout = absl::Seconds(absl::GetFlag(FLAGS_worker_timeout_s));
   options.trainer.kill_at = absl::GetFlag(FLAGS_kill_at);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.allow_remote_plaintext = absl::GetFlag(FLAGS_allow_remote_plaintext);
+  auto worker_token = gradacc::LoadSecret(absl::GetFlag(FLAGS_worker_token_file), "GRADACC_WORKER_TOKEN");
+  if (!worker_token.ok()) return Fail(worker_token.status().ToString());
+  auto reader_token = gradacc::LoadSecret(absl::GetFlag(FLAGS_reader_token_file), "GRADACC_READER_TOKEN");
+  if (!reader_token.ok()) return Fail(reader_token.status().ToString());
+  options.tokens.worker = *worker_token;
+  options.tokens.reader = *reader_token;
   options.trainer.ledger_path = absl::GetFlag(FLAGS_ledger_file);
   if (options.trainer.ledger_path.empty() && !options.trainer.checkpoint_dir.empty()) {
     options.trainer.ledger_path = options.trainer.checkpoint_dir + "/ledger.jsonl";
@@ -131,6 +149,13 @@ int main(int argc, char** argv) {
   auto server = gradacc::GradaccServer::Start(spec, options);
   if (!server.ok()) return Fail(server.status().ToString());
 
+  absl::FPrintF(stderr, "gradacc-server: %s; %s\n",
+                options.tls_cert_file.empty()
+                    ? "plaintext (no TLS)" + std::string(options.allow_remote_plaintext ? ", remote clients allowed"
+                                                                                       : ", loopback only")
+                    : std::string(options.tls_client_ca_file.empty() ? "TLS" : "mutual TLS"),
+                options.tokens.enabled() ? "bearer tokens required (worker and/or read-only)"
+                                         : "no tokens: any client that reaches the port may train");
   for (const std::string& note : (*server)->trainer()->restore_notes()) {
     absl::FPrintF(stderr, "gradacc-server: %s\n", note);
   }

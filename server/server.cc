@@ -3,7 +3,12 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
 
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/http_server.h"
 #include "server/metrics.h"
@@ -11,19 +16,67 @@
 
 namespace gradacc {
 
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool IsLoopback(const std::string& listen) {
+  const std::string host = listen.substr(0, listen.rfind(':'));
+  return host == "127.0.0.1" || host == "localhost" || host == "[::1]" || absl::StartsWith(host, "127.");
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerOptions& options) {
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  if (options.tls_cert_file.empty()) {
+    if (!options.tls_client_ca_file.empty()) return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert");
+    if (!IsLoopback(options.listen) && !options.allow_remote_plaintext) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "refusing to serve plaintext on '", options.listen,
+          "': without --tls_cert/--tls_key the server listens on loopback only; pass "
+          "--allow_remote_plaintext to serve other hosts without TLS on a trusted network"));
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  grpc::SslServerCredentialsOptions ssl;
+  auto cert = ReadPem(options.tls_cert_file);
+  if (!cert.ok()) return cert.status();
+  auto key = ReadPem(options.tls_key_file);
+  if (!key.ok()) return key.status();
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!options.tls_client_ca_file.empty()) {
+    auto ca = ReadPem(options.tls_client_ca_file);
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *ca;
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::JobSpec& spec,
                                                                     const ServerOptions& options) {
+  auto credentials = Credentials(options);
+  if (!credentials.ok()) return credentials.status();
   auto trainer = Trainer::Create(spec, options.trainer);
   if (!trainer.ok()) return trainer.status();
   std::unique_ptr<GradaccServer> server(new GradaccServer());
   server->trainer_ = std::move(*trainer);
-  server->data_plane_ = std::make_unique<DataPlaneServiceImpl>(server->trainer_.get());
-  server->control_plane_ = std::make_unique<ControlPlaneServiceImpl>(server->trainer_.get());
+  server->data_plane_ = std::make_unique<DataPlaneServiceImpl>(server->trainer_.get(), options.tokens);
+  server->control_plane_ = std::make_unique<ControlPlaneServiceImpl>(server->trainer_.get(), options.tokens);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.AddListeningPort(options.listen, *credentials, &server->port_);
   builder.RegisterService(server->data_plane_.get());
   builder.RegisterService(server->control_plane_.get());
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);

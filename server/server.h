@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/auth.h"
 #include "gradacc/v1/job.pb.h"
 #include "server/trainer.h"
 
@@ -29,6 +30,15 @@ struct ServerOptions {
   int max_message_bytes = 64 << 20;
   // HOST:PORT for Prometheus /metrics over HTTP; empty = none.
   std::string metrics_listen;
+  // TLS: PEM files. With client_ca_file, clients must present a certificate
+  // signed by that CA (mutual TLS).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  std::string tls_client_ca_file;
+  // Bearer tokens; none configured = no token checks.
+  TokenSet tokens;
+  // Without TLS the server refuses non-loopback addresses unless this is set.
+  bool allow_remote_plaintext = false;
 };
 
 class GradaccServer {

@@ -261,7 +261,39 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Status> {
   v1::Status status_;
 };
 
+// A streaming call refused before it starts.
+template <typename Request>
+class RefusedRead final : public grpc::ServerReadReactor<Request> {
+ public:
+  explicit RefusedRead(const grpc::Status& status) { this->Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+template <typename Response>
+class RefusedWrite final : public grpc::ServerWriteReactor<Response> {
+ public:
+  explicit RefusedWrite(const grpc::Status& status) { this->Finish(status); }
+  void OnDone() override { delete this; }
+};
+
 }  // namespace
+
+grpc::Status Authorize(const grpc::CallbackServerContext* context, const TokenSet& tokens, Role needed) {
+  if (!tokens.enabled()) return grpc::Status::OK;
+  const auto& metadata = context->client_metadata();
+  auto it = metadata.find("authorization");
+  const Role role =
+      it == metadata.end() ? Role::kNone : RoleOf(tokens, absl::string_view(it->second.data(), it->second.size()));
+  if (role == Role::kNone) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        it == metadata.end() ? "missing bearer token (authorization: Bearer <token>)"
+                                             : "unknown bearer token");
+  }
+  if (needed == Role::kWorker && role != Role::kWorker) {
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "this token may only read status; a worker token is needed");
+  }
+  return grpc::Status::OK;
+}
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
@@ -271,6 +303,10 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 grpc::ServerUnaryReactor* DataPlaneServiceImpl::Join(grpc::CallbackServerContext* context,
                                                      const v1::JoinRequest* request, v1::JoinResponse* response) {
   auto* reactor = context->DefaultReactor();
+  if (grpc::Status denied = Authorize(context, tokens_, Role::kWorker); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
   auto result = trainer_->Join(*request);
   if (result.ok()) *response = std::move(*result);
   reactor->Finish(ToGrpcStatus(result.status()));
@@ -279,17 +315,27 @@ grpc::ServerUnaryReactor* DataPlaneServiceImpl::Join(grpc::CallbackServerContext
 
 grpc::ServerReadReactor<v1::PushRequest>* DataPlaneServiceImpl::Push(grpc::CallbackServerContext* context,
                                                                      v1::PushResponse* response) {
+  if (grpc::Status denied = Authorize(context, tokens_, Role::kWorker); !denied.ok()) {
+    return new RefusedRead<v1::PushRequest>(denied);
+  }
   return new PushReactor(trainer_, context, response);
 }
 
 grpc::ServerWriteReactor<v1::PullResponse>* DataPlaneServiceImpl::Pull(grpc::CallbackServerContext* context,
                                                                        const v1::PullRequest* request) {
+  if (grpc::Status denied = Authorize(context, tokens_, Role::kWorker); !denied.ok()) {
+    return new RefusedWrite<v1::PullResponse>(denied);
+  }
   return new PullReactor(trainer_, *request);
 }
 
 grpc::ServerUnaryReactor* DataPlaneServiceImpl::Leave(grpc::CallbackServerContext* context,
                                                       const v1::LeaveRequest* request, v1::LeaveResponse*) {
   auto* reactor = context->DefaultReactor();
+  if (grpc::Status denied = Authorize(context, tokens_, Role::kWorker); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
   reactor->Finish(ToGrpcStatus(trainer_->Leave(*request)));
   return reactor;
 }
@@ -297,13 +343,20 @@ grpc::ServerUnaryReactor* DataPlaneServiceImpl::Leave(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetStatus(grpc::CallbackServerContext* context,
                                                              const v1::GetStatusRequest*, v1::Status* response) {
   auto* reactor = context->DefaultReactor();
+  if (grpc::Status denied = Authorize(context, tokens_, Role::kReader); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
   *response = trainer_->GetStatus();
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
 
-grpc::ServerWriteReactor<v1::Status>* ControlPlaneServiceImpl::WatchStatus(grpc::CallbackServerContext*,
+grpc::ServerWriteReactor<v1::Status>* ControlPlaneServiceImpl::WatchStatus(grpc::CallbackServerContext* context,
                                                                            const v1::WatchStatusRequest*) {
+  if (grpc::Status denied = Authorize(context, tokens_, Role::kReader); !denied.ok()) {
+    return new RefusedWrite<v1::Status>(denied);
+  }
   return new WatchReactor(trainer_);
 }
 
@@ -311,6 +364,10 @@ grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetSteps(grpc::CallbackServer
                                                             const v1::GetStepsRequest* request,
                                                             v1::GetStepsResponse* response) {
   auto* reactor = context->DefaultReactor();
+  if (grpc::Status denied = Authorize(context, tokens_, Role::kReader); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
   *response = trainer_->GetSteps(request->from_step(), request->to_step());
   reactor->Finish(grpc::Status::OK);
   return reactor;
@@ -320,6 +377,10 @@ grpc::ServerUnaryReactor* ControlPlaneServiceImpl::ReportMetric(grpc::CallbackSe
                                                                 const v1::ReportMetricRequest* request,
                                                                 v1::ReportMetricResponse*) {
   auto* reactor = context->DefaultReactor();
+  if (grpc::Status denied = Authorize(context, tokens_, Role::kWorker); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
   reactor->Finish(ToGrpcStatus(trainer_->ReportMetric(*request)));
   return reactor;
 }

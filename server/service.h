@@ -10,15 +10,20 @@
 
 #include "gradacc/v1/control.grpc.pb.h"
 #include "gradacc/v1/data.grpc.pb.h"
+#include "common/auth.h"
 #include "server/trainer.h"
 
 namespace gradacc {
 
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
+// The role a call's bearer token grants (OK when tokens are off); else
+// UNAUTHENTICATED (no or unknown token) or PERMISSION_DENIED (too weak).
+grpc::Status Authorize(const grpc::CallbackServerContext* context, const TokenSet& tokens, Role needed);
+
 class DataPlaneServiceImpl final : public v1::DataPlane::CallbackService {
  public:
-  explicit DataPlaneServiceImpl(Trainer* trainer) : trainer_(trainer) {}
+  DataPlaneServiceImpl(Trainer* trainer, TokenSet tokens) : trainer_(trainer), tokens_(std::move(tokens)) {}
 
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* context, const v1::JoinRequest* request,
                                  v1::JoinResponse* response) override;
@@ -31,11 +36,12 @@ class DataPlaneServiceImpl final : public v1::DataPlane::CallbackService {
 
  private:
   Trainer* const trainer_;
+  const TokenSet tokens_;
 };
 
 class ControlPlaneServiceImpl final : public v1::ControlPlane::CallbackService {
  public:
-  explicit ControlPlaneServiceImpl(Trainer* trainer) : trainer_(trainer) {}
+  ControlPlaneServiceImpl(Trainer* trainer, TokenSet tokens) : trainer_(trainer), tokens_(std::move(tokens)) {}
 
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context, const v1::GetStatusRequest* request,
                                       v1::Status* response) override;
@@ -49,6 +55,7 @@ class ControlPlaneServiceImpl final : public v1::ControlPlane::CallbackService {
 
  private:
   Trainer* const trainer_;
+  const TokenSet tokens_;
 };
 
 }  // namespace gradacc

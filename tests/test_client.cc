@@ -21,6 +21,10 @@ ABSL_FLAG(int, worker, 0, "worker rank");
 ABSL_FLAG(int, micro_batches, 2, "micro-batches per window");
 ABSL_FLAG(int, chunk_elements, 100, "elements per pushed chunk");
 ABSL_FLAG(int, step_delay_ms, 0, "sleep this long in every window (a slow worker)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the server");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate");
+ABSL_FLAG(std::string, tls_key, "", "PEM client key");
+ABSL_FLAG(std::string, token_file, "", "bearer token file (default $GRADACC_TOKEN)");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
@@ -30,6 +34,13 @@ int main(int argc, char** argv) {
   options.chunk_elements = absl::GetFlag(FLAGS_chunk_elements);
   options.connect_timeout = absl::Seconds(20);
   options.window_timeout = absl::Seconds(60);
+  options.connection.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
+  options.connection.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.connection.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  if (absl::Status t = gradacc::LoadToken(absl::GetFlag(FLAGS_token_file), options.connection); !t.ok()) {
+    absl::FPrintF(stderr, "test_client: %s\n", t.ToString());
+    return 1;
+  }
   auto client = gradacc::Client::Connect(options);
   if (!client.ok()) {
     absl::FPrintF(stderr, "test_client %d: %s\n", options.worker, client.status().ToString());

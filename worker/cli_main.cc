@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "gradacc/v1/control.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "worker/channel.h"
 #include "worker/dashboard.h"
 #include "worker/status_format.h"
 
@@ -25,6 +27,10 @@ ABSL_FLAG(std::string, server, "127.0.0.1:7070", "gradacc server address host:po
 ABSL_FLAG(bool, json, false, "status: print protobuf's JSON mapping of gradacc.v1.Status");
 ABSL_FLAG(bool, watch, false, "status: keep printing on every step (WatchStatus) until the job ends");
 ABSL_FLAG(double, timeout_s, 10, "deadline of one call (for --watch: of connecting)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the server's certificate (enables TLS)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (mutual TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls_cert");
+ABSL_FLAG(std::string, token_file, "", "file holding the bearer token; default: $GRADACC_TOKEN");
 ABSL_FLAG(int64_t, from, 0, "steps: first step (0 = the oldest kept)");
 ABSL_FLAG(int64_t, to, 0, "steps: last step (0 = the newest)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:8080", "dashboard: HOST:PORT to serve the page on (port 0: a free one)");
@@ -40,8 +46,31 @@ constexpr char kUsage[] =
     "  dashboard --server=ADDR --listen=HOST:PORT [--ledger=FILE]   a live web page\n"
     "  health --server=ADDR                             exit 0 only when the server is serving";
 
+gradacc::ConnectionOptions Connection() {
+  gradacc::ConnectionOptions c;
+  c.server = absl::GetFlag(FLAGS_server);
+  c.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
+  c.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  c.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  if (absl::Status s = gradacc::LoadToken(absl::GetFlag(FLAGS_token_file), c); !s.ok()) {
+    absl::FPrintF(stderr, "gradacc: %s\n", s.message());
+    std::exit(2);
+  }
+  return c;
+}
+
 std::shared_ptr<grpc::Channel> Channel() {
-  return grpc::CreateChannel(absl::GetFlag(FLAGS_server), grpc::InsecureChannelCredentials());
+  auto channel = gradacc::MakeChannel(Connection());
+  if (!channel.ok()) {
+    absl::FPrintF(stderr, "gradacc: %s\n", channel.status().message());
+    std::exit(2);
+  }
+  return *channel;
+}
+
+const std::string& Token() {
+  static const std::string* token = new std::string(Connection().token);
+  return *token;
 }
 
 absl::Time Deadline() { return absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_timeout_s)); }
@@ -66,6 +95,7 @@ int Status() {
   auto stub = gradacc::v1::ControlPlane::NewStub(Channel());
   if (!absl::GetFlag(FLAGS_watch)) {
     grpc::ClientContext ctx;
+    gradacc::Authenticate(ctx, Token());
     ctx.set_deadline(absl::ToChronoTime(Deadline()));
     gradacc::v1::Status status;
     grpc::Status s = stub->GetStatus(&ctx, gradacc::v1::GetStatusRequest(), &status);
@@ -74,6 +104,7 @@ int Status() {
     return 0;
   }
   grpc::ClientContext ctx;
+  gradacc::Authenticate(ctx, Token());
   auto reader = stub->WatchStatus(&ctx, gradacc::v1::WatchStatusRequest());
   gradacc::v1::Status status;
   const bool tty = isatty(fileno(stdout)) && !absl::GetFlag(FLAGS_json);
@@ -95,6 +126,7 @@ int Status() {
 int Steps() {
   auto stub = gradacc::v1::ControlPlane::NewStub(Channel());
   grpc::ClientContext ctx;
+  gradacc::Authenticate(ctx, Token());
   ctx.set_deadline(absl::ToChronoTime(Deadline()));
   gradacc::v1::GetStepsRequest request;
   request.set_from_step(absl::GetFlag(FLAGS_from));
@@ -125,6 +157,7 @@ int Dashboard() {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   gradacc::DashboardOptions options;
   options.server = absl::GetFlag(FLAGS_server);
+  options.connection = Connection();
   options.listen = absl::GetFlag(FLAGS_listen);
   options.ledger = absl::GetFlag(FLAGS_ledger);
   auto dashboard = gradacc::Dashboard::Start(options);
@@ -147,6 +180,7 @@ int Dashboard() {
 int Health() {
   auto stub = grpc::health::v1::Health::NewStub(Channel());
   grpc::ClientContext ctx;
+  gradacc::Authenticate(ctx, Token());
   ctx.set_deadline(absl::ToChronoTime(Deadline()));
   grpc::health::v1::HealthCheckRequest request;
   grpc::health::v1::HealthCheckResponse response;

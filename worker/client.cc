@@ -70,8 +70,11 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  client->stubs_ = std::make_unique<GradaccStubs>(
-      grpc::CreateCustomChannel(options.server, grpc::InsecureChannelCredentials(), args));
+  ConnectionOptions connection = options.connection;
+  connection.server = options.server;
+  auto channel = MakeChannel(connection, args);
+  if (!channel.ok()) return channel.status();
+  client->stubs_ = std::make_unique<GradaccStubs>(*channel);
 
   const absl::Time give_up = absl::Now() + options.connect_timeout;
   if (!client->stubs_->channel->WaitForConnected(absl::ToChronoTime(give_up))) {
@@ -97,6 +100,7 @@ absl::Status Client::JoinAndFetch(absl::Time give_up) {
   request.set_hostname(options_.hostname.empty() ? LocalHostname() : options_.hostname);
   v1::JoinResponse response;
   grpc::ClientContext ctx;
+  Authenticate(ctx, options_.connection.token);
   ctx.set_deadline(absl::ToChronoTime(std::max(give_up, absl::Now() + options_.rpc_timeout)));
   ctx.set_wait_for_ready(true);
   GRADACC_RETURN_IF_ERROR(FromGrpc(stubs_->data->Join(&ctx, request, &response), "join"));
@@ -171,6 +175,7 @@ absl::StatusOr<v1::PushResponse> Client::Push(bool* duplicate, int* attempts_out
     if (attempts_out != nullptr) *attempts_out = attempt;
     h->set_attempt(++push_attempts_for_key_);
     grpc::ClientContext ctx;
+    Authenticate(ctx, options_.connection.token);
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
     ctx.set_wait_for_ready(true);
     v1::PushResponse response;
@@ -213,6 +218,7 @@ absl::Status Client::Pull(uint64_t min_version, absl::Duration timeout, v1::Para
   request.set_worker(options_.worker);
   request.set_min_version(min_version);
   grpc::ClientContext ctx;
+  Authenticate(ctx, options_.connection.token);
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   ctx.set_wait_for_ready(true);
   auto reader = stubs_->data->Pull(&ctx, request);
@@ -268,6 +274,7 @@ absl::StatusOr<v1::JoinResponse> Client::Rejoin(absl::Time deadline) {
     request.set_hostname(options_.hostname.empty() ? LocalHostname() : options_.hostname);
     v1::JoinResponse response;
     grpc::ClientContext ctx;
+    Authenticate(ctx, options_.connection.token);
     ctx.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + options_.rpc_timeout)));
     ctx.set_wait_for_ready(true);
     last = FromGrpc(stubs_->data->Join(&ctx, request, &response), "rejoin");
@@ -342,6 +349,7 @@ absl::Status Client::ReportTestAccuracy(double accuracy, uint64_t step) {
   request.set_test_accuracy(accuracy);
   v1::ReportMetricResponse response;
   grpc::ClientContext ctx;
+  Authenticate(ctx, options_.connection.token);
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
   return FromGrpc(stubs_->control->ReportMetric(&ctx, request, &response), "report metric");
 }
@@ -349,6 +357,7 @@ absl::Status Client::ReportTestAccuracy(double accuracy, uint64_t step) {
 absl::StatusOr<v1::Status> Client::GetStatus() {
   v1::Status status;
   grpc::ClientContext ctx;
+  Authenticate(ctx, options_.connection.token);
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
   GRADACC_RETURN_IF_ERROR(FromGrpc(stubs_->control->GetStatus(&ctx, v1::GetStatusRequest(), &status), "status"));
   return status;
@@ -363,6 +372,7 @@ absl::Status Client::Leave() {
     request.set_worker(options_.worker);
     v1::LeaveResponse response;
     grpc::ClientContext ctx;
+    Authenticate(ctx, options_.connection.token);
     ctx.set_deadline(absl::ToChronoTime(deadline));
     ctx.set_wait_for_ready(true);
     absl::Status s = FromGrpc(stubs_->data->Leave(&ctx, request, &response), "leave");

@@ -36,6 +36,7 @@
 #include "absl/types/span.h"
 #include "common/buffer.h"
 #include "common/job_spec.h"
+#include "worker/channel.h"
 #include "gradacc/v1/control.pb.h"
 #include "gradacc/v1/data.pb.h"
 
@@ -43,6 +44,8 @@ namespace gradacc {
 
 struct ClientOptions {
   std::string server;   // host:port
+  // TLS and the bearer token (worker/channel.h); server is ignored there.
+  ConnectionOptions connection;
   std::string job_id;   // empty = whatever job the server runs
   uint32_t worker = 0;  // this worker's rank
   std::string hostname;

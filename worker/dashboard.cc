@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/http_server.h"
 #include "google/protobuf/util/json_util.h"
@@ -104,10 +105,17 @@ std::string Dashboard::StepsJson() {
 }
 
 void Dashboard::FollowLoop() {
-  auto channel = grpc::CreateChannel(options_.server, grpc::InsecureChannelCredentials());
-  auto stub = v1::ControlPlane::NewStub(channel);
+  ConnectionOptions connection = options_.connection;
+  connection.server = options_.server;
+  auto made = MakeChannel(connection);
+  if (!made.ok()) {
+    absl::FPrintF(stderr, "gradacc: dashboard: %s\n", made.status().message());
+    return;
+  }
+  auto stub = v1::ControlPlane::NewStub(*made);
   while (true) {
     grpc::ClientContext ctx;
+    Authenticate(ctx, connection.token);
     {
       absl::MutexLock lock(&mu_);
       if (stop_) return;
@@ -129,6 +137,7 @@ void Dashboard::FollowLoop() {
       req.set_from_step(have > 4 ? have - 4 : 0);
       v1::GetStepsResponse resp;
       grpc::ClientContext sctx;
+      Authenticate(sctx, connection.token);
       sctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
       if (stub->GetSteps(&sctx, req, &resp).ok()) {
         absl::MutexLock lock(&mu_);

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "gradacc/v1/control.pb.h"
+#include "worker/channel.h"
 
 namespace grpc {
 class ClientContext;
@@ -30,6 +31,7 @@ struct DashboardOptions {
   std::string server;  // gRPC address of the gradacc server; may be down
   std::string listen = "127.0.0.1:8080";
   std::string ledger;  // optional ledger.jsonl to read steps from
+  ConnectionOptions connection;  // TLS and token (its server is ignored)
 };
 
 class Dashboard {

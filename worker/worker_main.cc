@@ -29,6 +29,10 @@ ABSL_FLAG(int, micro_batch, 0, "samples per micro-batch (0 = the job's micro_bat
 ABSL_FLAG(int, accumulation_steps, 0, "micro-batches per window (0 = the job's micro_batches)");
 ABSL_FLAG(int64_t, log_every, 0, "worker 0 prints a progress line every N steps (0 = ~20 lines)");
 ABSL_FLAG(std::string, progress, "lines", "lines, or bar (a progress bar redrawn in place on a terminal)");
+ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the server's certificate (enables TLS)");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (mutual TLS)");
+ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls_cert");
+ABSL_FLAG(std::string, token_file, "", "file holding the worker bearer token; default: $GRADACC_TOKEN");
 ABSL_FLAG(double, connect_timeout_s, 30, "give up when the server is unreachable for this long");
 ABSL_FLAG(double, window_timeout_s, 1800, "give up when a window does not close within this long");
 
@@ -79,6 +83,10 @@ absl::Status Prepare(int rank, int size, Setup& s) {
   options.worker = static_cast<uint32_t>(rank);
   options.connect_timeout = absl::Seconds(absl::GetFlag(FLAGS_connect_timeout_s));
   options.window_timeout = absl::Seconds(absl::GetFlag(FLAGS_window_timeout_s));
+  options.connection.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
+  options.connection.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.connection.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  if (absl::Status t = gradacc::LoadToken(absl::GetFlag(FLAGS_token_file), options.connection); !t.ok()) return t;
   auto client = gradacc::Client::Connect(options);
   if (!client.ok()) return client.status();
   s.client = *std::move(client);

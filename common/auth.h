@@ -1,0 +1,39 @@
+// Bearer tokens: loading them (from a file or the environment, never from a
+// flag's value, so they stay out of `ps` and logs), comparing them in
+// constant time, and the roles they grant. Free functions; thread-safe.
+#ifndef GRADACC_COMMON_AUTH_H_
+#define GRADACC_COMMON_AUTH_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace gradacc {
+
+enum class Role {
+  kNone,    // no or unknown token
+  kReader,  // may read status and the ledger
+  kWorker,  // may also join, push, pull, leave and report metrics
+};
+
+struct TokenSet {
+  std::string worker;  // empty: not configured
+  std::string reader;
+  bool enabled() const { return !worker.empty() || !reader.empty(); }
+};
+
+// The secret in `file` (surrounding whitespace removed) when `file` is set,
+// else the environment variable `env` (may be unset: returns "").
+absl::StatusOr<std::string> LoadSecret(const std::string& file, const char* env);
+
+// Equal length and content, in time that depends on neither (both sides are
+// hashed with SHA-256 first, then compared with CRYPTO_memcmp).
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b);
+
+// The role an "authorization" header value ("Bearer <token>") grants.
+Role RoleOf(const TokenSet& tokens, absl::string_view authorization);
+
+}  // namespace gradacc
+
+#endif  // GRADACC_COMMON_AUTH_H_

@@ -1,0 +1,65 @@
+#include "worker/channel.h"
+
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/security/credentials.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "common/auth.h"
+
+namespace gradacc {
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+absl::Status LoadToken(const std::string& token_file, ConnectionOptions& options) {
+  auto token = LoadSecret(token_file, "GRADACC_TOKEN");
+  if (!token.ok()) return token.status();
+  options.token = *token;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ConnectionOptions& options,
+                                                           const grpc::ChannelArguments& args) {
+  if (options.tls_ca_file.empty() && options.tls_cert_file.empty()) {
+    return grpc::CreateCustomChannel(options.server, grpc::InsecureChannelCredentials(), args);
+  }
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
+  }
+  grpc::SslCredentialsOptions ssl;
+  if (!options.tls_ca_file.empty()) {
+    auto ca = ReadPem(options.tls_ca_file);
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *ca;
+  }
+  if (!options.tls_cert_file.empty()) {
+    auto cert = ReadPem(options.tls_cert_file);
+    if (!cert.ok()) return cert.status();
+    auto key = ReadPem(options.tls_key_file);
+    if (!key.ok()) return key.status();
+    ssl.pem_cert_chain = *cert;
+    ssl.pem_private_key = *key;
+  }
+  return grpc::CreateCustomChannel(options.server, grpc::SslCredentials(ssl), args);
+}
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ConnectionOptions& options) {
+  return MakeChannel(options, grpc::ChannelArguments());
+}
+
+void Authenticate(grpc::ClientContext& context, const std::string& token) {
+  if (!token.empty()) context.AddMetadata("authorization", "Bearer " + token);
+}
+
+}  // namespace gradacc
