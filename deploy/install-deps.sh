@@ -19,6 +19,11 @@ packages=(
   clang libclang-rt-14-dev
   libcivetweb-dev chromium
 )
+# Node.js and npm run the offline deployment validation; machines that
+# already have them (from elsewhere than Debian) keep theirs.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  packages+=(nodejs npm)
+fi
 if [[ "${1:-}" == "--golden" ]]; then
   packages+=(python3-torch python3-numpy)
 fi

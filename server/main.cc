@@ -30,6 +30,7 @@ ABSL_FLAG(int64_t, epochs, 0, "set total_steps to this many epochs of worker_hin
 ABSL_FLAG(double, lr, 0, "override optimizer.lr");
 ABSL_FLAG(int64_t, seed, -1, "override seed");
 ABSL_FLAG(std::string, output, "", "write the final parameters here (safetensors) when the job is done");
+ABSL_FLAG(bool, check_job, false, "load and check the job spec, print a summary, and exit");
 ABSL_FLAG(std::string, dump_job, "", "write the effective job spec (text format) to this file");
 ABSL_FLAG(int, max_pull_wait_s, 1800, "a parked pull waits at most this long");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate (chain) of the server; enables TLS");
@@ -115,6 +116,12 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_quorum) > 0) spec.mutable_window()->set_quorum(absl::GetFlag(FLAGS_quorum));
   if (absl::GetFlag(FLAGS_deadline_ms) > 0) spec.mutable_window()->set_deadline_ms(absl::GetFlag(FLAGS_deadline_ms));
   if (absl::Status s = gradacc::NormalizeJobSpec(spec); !s.ok()) return Fail(s.ToString());
+  if (absl::GetFlag(FLAGS_check_job)) {
+    auto layout = gradacc::ModelLayout::FromSpec(spec.model());
+    absl::PrintF("job '%s' is valid: %d tensors, %d parameters, %d workers, %d steps\n", spec.job_id(),
+                 layout->tensors().size(), layout->num_elements(), spec.window().num_workers(), spec.total_steps());
+    return 0;
+  }
   if (!absl::GetFlag(FLAGS_dump_job).empty()) {
     std::string text;
     google::protobuf::TextFormat::PrintToString(spec, &text);
