@@ -122,8 +122,17 @@ absl::StatusOr<Checkpoint> LoadOne(const std::string& dir, const std::string& na
   if (!c.state.ParseFromString(state_bytes)) return absl::DataLossError("state.binpb does not parse");
   GRADACC_ASSIGN_OR_RETURN(ModelLayout layout, ModelLayout::FromSpec(c.state.job().model()));
   GRADACC_ASSIGN_OR_RETURN(SafetensorsContents tensors, DecodeSafetensors(params));
-  c.params = FloatBuffer(layout.num_elements());
-  for (const ModelLayout::Tensor& t : layout.tensors()) {
+  const bool sharded = c.state.num_shards() > 1;
+  const uint64_t size = sharded ? c.state.shard_end() - c.state.shard_begin() : layout.num_elements();
+  c.params = FloatBuffer(size);
+  if (sharded) {
+    auto it = tensors.tensors.find("shard_params");
+    if (it == tensors.tensors.end() || it->second.data.size() != size) {
+      return absl::DataLossError("shard_params missing or resized");
+    }
+    std::copy(it->second.data.begin(), it->second.data.end(), c.params.data());
+  }
+  for (const ModelLayout::Tensor& t : sharded ? std::vector<ModelLayout::Tensor>() : layout.tensors()) {
     auto it = tensors.tensors.find(t.name);
     if (it == tensors.tensors.end() || it->second.data.size() != t.size) {
       return absl::DataLossError(absl::StrCat("tensor '", t.name, "' missing or resized"));
@@ -132,10 +141,10 @@ absl::StatusOr<Checkpoint> LoadOne(const std::string& dir, const std::string& na
   }
   for (const std::string& b : c.state.optimizer_buffers()) {
     auto it = tensors.tensors.find("optimizer/" + b);
-    if (it == tensors.tensors.end() || it->second.data.size() != layout.num_elements()) {
+    if (it == tensors.tensors.end() || it->second.data.size() != size) {
       return absl::DataLossError(absl::StrCat("optimizer buffer '", b, "' missing or resized"));
     }
-    FloatBuffer buf(layout.num_elements());
+    FloatBuffer buf(size);
     std::copy(it->second.data.begin(), it->second.data.end(), buf.data());
     c.optimizer.emplace_back(b, std::move(buf));
   }
@@ -163,8 +172,12 @@ absl::Status WriteCheckpoint(const std::string& dir, const ModelLayout& layout, 
                              const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer, int keep) {
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) return Errno("mkdir", dir);
   std::vector<NamedTensor> tensors;
-  for (const ModelLayout::Tensor& t : layout.tensors()) {
-    tensors.push_back({t.name, t.shape, params.subspan(t.offset, t.size)});
+  if (state.num_shards() > 1) {
+    tensors.push_back({"shard_params", {params.size()}, params});
+  } else {
+    for (const ModelLayout::Tensor& t : layout.tensors()) {
+      tensors.push_back({t.name, t.shape, params.subspan(t.offset, t.size)});
+    }
   }
   v1::CheckpointState s = state;
   s.clear_optimizer_buffers();

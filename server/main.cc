@@ -41,6 +41,10 @@ ABSL_FLAG(std::string, worker_token_file, "",
 ABSL_FLAG(std::string, reader_token_file, "",
           "file holding the read-only bearer token (status, ledger); default: $GRADACC_READER_TOKEN");
 ABSL_FLAG(bool, allow_remote_plaintext, false, "serve non-loopback addresses without TLS (trusted networks only)");
+ABSL_FLAG(int, shard, 0, "this server's shard (0-based) of a sharded job");
+ABSL_FLAG(int, num_shards, 1, "shards the parameters are split over (each owns a contiguous flat range)");
+ABSL_FLAG(std::vector<std::string>, shard_peers, {},
+          "every shard's HOST:PORT in shard order, this one included (sharded jobs)");
 ABSL_FLAG(std::string, metrics_listen, "", "HOST:PORT to serve Prometheus /metrics on (port 0: a free one)");
 ABSL_FLAG(std::string, metrics_port_file, "", "write the metrics port to this file once serving");
 ABSL_FLAG(std::string, ledger_file, "",
@@ -139,6 +143,10 @@ int main(int argc, char** argv) {
   options.trainer.worker_timeout = absl::Seconds(absl::GetFlag(FLAGS_worker_timeout_s));
   options.trainer.kill_at = absl::GetFlag(FLAGS_kill_at);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (absl::GetFlag(FLAGS_num_shards) < 1 || absl::GetFlag(FLAGS_shard) < 0) return Fail("bad --shard/--num_shards");
+  options.trainer.shard = absl::GetFlag(FLAGS_shard);
+  options.trainer.num_shards = absl::GetFlag(FLAGS_num_shards);
+  options.shard_peers = absl::GetFlag(FLAGS_shard_peers);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
@@ -167,6 +175,11 @@ int main(int argc, char** argv) {
     absl::FPrintF(stderr, "gradacc-server: %s\n", note);
   }
   const gradacc::ModelLayout& layout = (*server)->trainer()->layout();
+  if ((*server)->trainer()->num_shards() > 1) {
+    absl::FPrintF(stderr, "gradacc-server: shard %d of %d: flat elements [%d, %d) of %d\n",
+                  (*server)->trainer()->shard(), (*server)->trainer()->num_shards(), (*server)->trainer()->begin(),
+                  (*server)->trainer()->end(), layout.num_elements());
+  }
   absl::FPrintF(stderr,
                 "gradacc-server: serving job '%s' on port %d: %d tensors, %d parameters, %d workers x %d "
                 "micro-batches, %d steps\n",

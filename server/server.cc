@@ -10,9 +10,11 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/http_server.h"
 #include "server/metrics.h"
 #include "server/service.h"
+#include "server/shard_exchange.h"
 
 namespace gradacc {
 
@@ -66,12 +68,28 @@ absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::Jo
                                                                     const ServerOptions& options) {
   auto credentials = Credentials(options);
   if (!credentials.ok()) return credentials.status();
-  auto trainer = Trainer::Create(spec, options.trainer);
-  if (!trainer.ok()) return trainer.status();
   std::unique_ptr<GradaccServer> server(new GradaccServer());
+  TrainerOptions trainer_options = options.trainer;
+  if (trainer_options.num_shards > 1) {
+    if (options.shard_peers.size() != trainer_options.num_shards) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "--shard_peers must list all %d shards' addresses in shard order", trainer_options.num_shards));
+    }
+    if (!options.tls_cert_file.empty()) {
+      return absl::UnimplementedError("sharded servers talk to each other in plaintext; TLS between shards is not "
+                                      "supported yet");
+    }
+    server->exchange_ = std::make_unique<ShardExchange>(trainer_options.shard, options.shard_peers,
+                                                        spec.job_id().empty() ? "default" : spec.job_id(),
+                                                        options.tokens.worker, options.shard_timeout);
+    trainer_options.exchange = server->exchange_.get();
+  }
+  auto trainer = Trainer::Create(spec, trainer_options);
+  if (!trainer.ok()) return trainer.status();
   server->trainer_ = std::move(*trainer);
   server->data_plane_ = std::make_unique<DataPlaneServiceImpl>(server->trainer_.get(), options.tokens);
-  server->control_plane_ = std::make_unique<ControlPlaneServiceImpl>(server->trainer_.get(), options.tokens);
+  server->control_plane_ =
+      std::make_unique<ControlPlaneServiceImpl>(server->trainer_.get(), options.tokens, server->exchange_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -39,6 +40,10 @@ struct ServerOptions {
   TokenSet tokens;
   // Without TLS the server refuses non-loopback addresses unless this is set.
   bool allow_remote_plaintext = false;
+  // Sharded job: every shard's gRPC address, in shard order (this shard's
+  // own entry included); trainer.shard / trainer.num_shards say which.
+  std::vector<std::string> shard_peers;
+  absl::Duration shard_timeout = absl::Minutes(5);
 };
 
 class GradaccServer {
@@ -58,6 +63,7 @@ class GradaccServer {
  private:
   GradaccServer() = default;
 
+  std::unique_ptr<class ShardExchange> exchange_;  // outlives trainer_
   std::unique_ptr<Trainer> trainer_;
   std::unique_ptr<class DataPlaneServiceImpl> data_plane_;
   std::unique_ptr<class ControlPlaneServiceImpl> control_plane_;

@@ -1,10 +1,14 @@
 #include "server/service.h"
 
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+
 #include <memory>
 #include <utility>
 
 #include "absl/synchronization/mutex.h"
 #include "server/push_assembler.h"
+#include "server/shard_exchange.h"
 
 namespace gradacc {
 namespace {
@@ -348,6 +352,35 @@ grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetStatus(grpc::CallbackServe
     return reactor;
   }
   *response = trainer_->GetStatus();
+  // Sharded: the job-wide picture from every shard (one level deep; peers
+  // asked with x-gradacc-local do not ask further).
+  if (exchange_ != nullptr && context->client_metadata().find("x-gradacc-local") == context->client_metadata().end()) {
+    for (size_t i = 0; i < exchange_->peers().size(); ++i) {
+      v1::ShardSummary* summary = response->add_shards();
+      summary->set_shard(i);
+      summary->set_address(exchange_->peers()[i]);
+      v1::Status peer;
+      bool ok = true;
+      if (i == exchange_->shard()) {
+        peer = *response;
+      } else {
+        auto channel = grpc::CreateChannel(exchange_->peers()[i], grpc::InsecureChannelCredentials());
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+        ctx.AddMetadata("x-gradacc-local", "1");
+        if (!exchange_->token().empty()) ctx.AddMetadata("authorization", "Bearer " + exchange_->token());
+        ok = v1::ControlPlane::NewStub(channel)->GetStatus(&ctx, v1::GetStatusRequest(), &peer).ok();
+      }
+      summary->set_reachable(ok);
+      if (!ok) continue;
+      summary->set_step(peer.step());
+      summary->set_state(peer.state());
+      summary->set_contributions_received(peer.window().contributions_received());
+      summary->set_contributions_expected(peer.window().contributions_expected());
+      summary->set_shard_begin(peer.shard_begin());
+      summary->set_shard_end(peer.shard_end());
+    }
+  }
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -358,6 +391,64 @@ grpc::ServerWriteReactor<v1::Status>* ControlPlaneServiceImpl::WatchStatus(grpc:
     return new RefusedWrite<v1::Status>(denied);
   }
   return new WatchReactor(trainer_);
+}
+
+namespace {
+
+// GetNormPartial: parked until this shard has reduced the window.
+class NormReactor final : public grpc::ServerUnaryReactor {
+ public:
+  NormReactor(ShardExchange* exchange, uint64_t window, v1::GetNormPartialResponse* response)
+      : exchange_(exchange), response_(response), state_(std::make_shared<State>()) {
+    std::shared_ptr<State> state = state_;
+    const uint32_t shard = exchange->shard();
+    const uint64_t id = exchange_->WhenPublished(window, [this, state, shard](double value) {
+      absl::MutexLock lock(&state->mu);
+      if (state->finished) return;
+      state->finished = true;
+      response_->set_shard(shard);
+      response_->set_sum_of_squares(value);
+      Finish(grpc::Status::OK);
+    });
+    absl::MutexLock lock(&state_->mu);
+    id_ = id;
+  }
+  void OnCancel() override {
+    uint64_t id;
+    {
+      absl::MutexLock lock(&state_->mu);
+      if (state_->finished) return;
+      state_->finished = true;
+      id = id_;
+    }
+    exchange_->Cancel(id);
+    Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  struct State {
+    absl::Mutex mu;
+    bool finished ABSL_GUARDED_BY(mu) = false;
+  };
+  ShardExchange* const exchange_;
+  v1::GetNormPartialResponse* const response_;
+  std::shared_ptr<State> state_;
+  uint64_t id_ = 0;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetNormPartial(grpc::CallbackServerContext* context,
+                                                                  const v1::GetNormPartialRequest* request,
+                                                                  v1::GetNormPartialResponse* response) {
+  if (grpc::Status denied = Authorize(context, tokens_, Role::kWorker); !denied.ok() || exchange_ == nullptr) {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(denied.ok() ? grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "this server is not sharded")
+                                : denied);
+    return reactor;
+  }
+  return new NormReactor(exchange_, request->window(), response);
 }
 
 grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetSteps(grpc::CallbackServerContext* context,

@@ -39,9 +39,14 @@ class DataPlaneServiceImpl final : public v1::DataPlane::CallbackService {
   const TokenSet tokens_;
 };
 
+class ShardExchange;
+
 class ControlPlaneServiceImpl final : public v1::ControlPlane::CallbackService {
  public:
-  ControlPlaneServiceImpl(Trainer* trainer, TokenSet tokens) : trainer_(trainer), tokens_(std::move(tokens)) {}
+  // `exchange` (may be null) serves GetNormPartial and the job-wide status of
+  // a sharded job.
+  ControlPlaneServiceImpl(Trainer* trainer, TokenSet tokens, ShardExchange* exchange = nullptr)
+      : trainer_(trainer), tokens_(std::move(tokens)), exchange_(exchange) {}
 
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context, const v1::GetStatusRequest* request,
                                       v1::Status* response) override;
@@ -52,10 +57,14 @@ class ControlPlaneServiceImpl final : public v1::ControlPlane::CallbackService {
                                          v1::ReportMetricResponse* response) override;
   grpc::ServerUnaryReactor* GetSteps(grpc::CallbackServerContext* context, const v1::GetStepsRequest* request,
                                      v1::GetStepsResponse* response) override;
+  grpc::ServerUnaryReactor* GetNormPartial(grpc::CallbackServerContext* context,
+                                           const v1::GetNormPartialRequest* request,
+                                           v1::GetNormPartialResponse* response) override;
 
  private:
   Trainer* const trainer_;
   const TokenSet tokens_;
+  ShardExchange* const exchange_;
 };
 
 }  // namespace gradacc

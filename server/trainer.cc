@@ -78,6 +78,15 @@ absl::Status PushSession::AddChunk(uint32_t tensor, uint64_t offset, absl::strin
     return absl::InvalidArgumentError(absl::StrFormat(
         "chunk [%d, %d) is past the end of tensor '%s' (%d elements)", offset, offset + n, t.name, t.size));
   }
+  // Sharded: only this server's flat elements may be pushed here.
+  const uint64_t flat = t.offset + offset;
+  if (flat < trainer_->begin() || flat + n > trainer_->end()) {
+    reject_reason_ = "outside_shard";
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "chunk [%d, %d) of tensor '%s' (flat [%d, %d)) is outside shard %d's elements [%d, %d)", offset, offset + n,
+        t.name, flat, flat + n, trainer_->shard(), trainer_->begin(), trainer_->end()));
+  }
+  float* const dst = buffer_.data() + (flat - trainer_->begin());
   std::map<uint64_t, uint64_t>& ranges = covered_[tensor];
   auto next = ranges.upper_bound(offset);
   if (next != ranges.end() && next->first < offset + n) {
@@ -93,11 +102,11 @@ absl::Status PushSession::AddChunk(uint32_t tensor, uint64_t offset, absl::strin
         "chunk [%d, %d) of tensor '%s' overlaps elements already received at [%d, %d)", offset, offset + n,
         t.name, prev->first, prev->second));
   }
-  const int64_t bad = CopyFromLittleEndian(bytes.data(), absl::MakeSpan(buffer_.data() + t.offset + offset, n));
+  const int64_t bad = CopyFromLittleEndian(bytes.data(), absl::MakeSpan(dst, n));
   if (bad >= 0) {
     reject_reason_ = "not_finite";
     return absl::InvalidArgumentError(absl::StrFormat("gradient of tensor '%s' is not finite at element %d (%f)",
-                                                      t.name, offset + bad, buffer_[t.offset + offset + bad]));
+                                                      t.name, offset + bad, dst[bad]));
   }
   // Merge with the neighbours so in-order chunking keeps one range per tensor.
   uint64_t begin = offset, end = offset + n;
@@ -136,6 +145,22 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
   }
   GRADACC_RETURN_IF_ERROR(NormalizeJobSpec(spec));
   GRADACC_ASSIGN_OR_RETURN(ModelLayout layout, ModelLayout::FromSpec(spec.model()));
+  if (options.num_shards == 0) options.num_shards = 1;
+  if (options.shard >= options.num_shards) {
+    return absl::InvalidArgumentError(absl::StrFormat("--shard=%d must be below --num_shards=%d", options.shard,
+                                                      options.num_shards));
+  }
+  if (options.num_shards > layout.num_elements()) {
+    return absl::InvalidArgumentError("more shards than parameters");
+  }
+  const uint64_t begin = layout.num_elements() * options.shard / options.num_shards;
+  const uint64_t end = layout.num_elements() * (options.shard + 1) / options.num_shards;
+  if (restored.has_value() && (restored->state.shard() != options.shard ||
+                               std::max(1u, restored->state.num_shards()) != options.num_shards)) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "checkpoint %s belongs to shard %d of %d, not shard %d of %d", restored->name, restored->state.shard(),
+        std::max(1u, restored->state.num_shards()), options.shard, options.num_shards));
+  }
   FloatBuffer params;
   if (restored.has_value()) {
     params = std::move(restored->params);
@@ -148,8 +173,16 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
   } else {
     GRADACC_ASSIGN_OR_RETURN(params, InitialParameters(spec));
   }
-  GRADACC_ASSIGN_OR_RETURN(std::unique_ptr<Optimizer> optimizer,
-                           Optimizer::Create(spec.optimizer(), layout.num_elements()));
+  if (!restored.has_value() && (begin != 0 || end != layout.num_elements())) {
+    FloatBuffer part(end - begin);
+    std::copy(params.data() + begin, params.data() + end, part.data());
+    params = std::move(part);
+  }
+  if (params.size() != end - begin) {
+    return absl::DataLossError(absl::StrFormat("parameters have %d elements; this shard owns %d", params.size(),
+                                               end - begin));
+  }
+  GRADACC_ASSIGN_OR_RETURN(std::unique_ptr<Optimizer> optimizer, Optimizer::Create(spec.optimizer(), end - begin));
   if (restored.has_value()) {
     optimizer->set_steps(restored->state.optimizer_steps());
     for (auto& state : optimizer->StateBuffers()) {
@@ -177,6 +210,8 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
       started_(absl::Now()),
       num_workers_(spec_.window().max_workers() > 0 ? spec_.window().max_workers()
                                                     : spec_.window().num_workers()),
+      begin_(layout_.num_elements() * options_.shard / std::max(1u, options_.num_shards)),
+      end_(layout_.num_elements() * (options_.shard + 1) / std::max(1u, options_.num_shards)),
       params_(std::move(params)),
       optimizer_(std::move(optimizer)) {
   absl::MutexLock step_lock(&step_mu_);
@@ -339,6 +374,10 @@ absl::StatusOr<v1::JoinResponse> Trainer::Join(const v1::JoinRequest& request) {
     response.set_version(version_);
     response.set_num_elements(layout_.num_elements());
     response.set_job_done(version_ >= spec_.total_steps());
+    response.set_shard(options_.shard);
+    response.set_num_shards(options_.num_shards);
+    response.set_shard_begin(begin_);
+    response.set_shard_end(end_);
   }
   NotifyListeners();
   return response;
@@ -380,7 +419,7 @@ FloatBuffer Trainer::TakeBuffer() {
     free_buffers_.pop_back();
     return b;
   }
-  return FloatBuffer(layout_.num_elements());
+  return FloatBuffer(size());
 }
 
 void Trainer::ReturnBuffer(FloatBuffer buffer) {
@@ -514,9 +553,12 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
   }
   absl::Status invalid;
   std::string reason;
-  if (h.num_elements() != layout_.num_elements()) {
-    invalid = absl::InvalidArgumentError(absl::StrFormat(
-        "push declares %d elements; the model has %d", h.num_elements(), layout_.num_elements()));
+  if (h.num_elements() != size()) {
+    invalid = absl::InvalidArgumentError(
+        options_.num_shards > 1
+            ? absl::StrFormat("push declares %d elements; shard %d of %d owns %d (elements [%d, %d))",
+                              h.num_elements(), options_.shard, options_.num_shards, size(), begin_, end_)
+            : absl::StrFormat("push declares %d elements; the model has %d", h.num_elements(), size()));
     reason = "size";
   } else if (h.samples() > kMaxSamples) {
     invalid = absl::InvalidArgumentError(absl::StrCat("push declares an absurd sample count ", h.samples()));
@@ -592,22 +634,25 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
 
 absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session) {
   const v1::PushHeader& h = session->header();
-  if (session->covered_elements_ != layout_.num_elements()) {
+  if (session->covered_elements_ != size()) {
     // Find the first gap to name it.
     std::string gap;
     for (size_t i = 0; i < layout_.tensors().size() && gap.empty(); ++i) {
       const auto& t = layout_.tensors()[i];
-      uint64_t expect = 0;
+      // The part of this tensor the server owns.
+      const uint64_t lo = std::max(t.offset, begin_), hi = std::min(t.offset + t.size, end_);
+      if (lo >= hi) continue;
+      uint64_t expect = lo - t.offset;
       for (const auto& [b, e] : session->covered_[i]) {
         if (b != expect) break;
         expect = e;
       }
-      if (expect != t.size) gap = absl::StrFormat("tensor '%s' from element %d", t.name, expect);
+      if (expect != hi - t.offset) gap = absl::StrFormat("tensor '%s' from element %d", t.name, expect);
     }
     RecordRejected(h.worker(), "missing_chunks");
     return absl::InvalidArgumentError(absl::StrFormat(
         "incomplete push: received %d of %d elements; missing %s; nothing was counted",
-        session->covered_elements_, layout_.num_elements(), gap));
+        session->covered_elements_, size(), gap));
   }
   PushResult result;
   std::optional<ClosingWindow> closing;
@@ -713,12 +758,30 @@ void Trainer::CloseWindow(ClosingWindow window) {
   const absl::Time t1 = absl::Now();
   // torch.nn.utils.clip_grad_norm_ in f32: the norm of the per-tensor norms,
   // coef = (1 / (norm + 1e-6)) * max_norm, applied when below 1.
-  std::vector<float> norms;
-  norms.reserve(layout_.tensors().size());
-  for (const ModelLayout::Tensor& t : layout_.tensors()) {
-    norms.push_back(std::sqrt(SumOfSquaresF32(absl::MakeConstSpan(acc.data() + t.offset, t.size))));
+  float grad_norm;
+  if (options_.num_shards > 1) {
+    // Sharded: the norm of the whole gradient, from every shard's sum of
+    // squares (in double, summed in shard order by every shard alike).
+    const double local = SumOfSquares(acc.span());
+    double global = local;
+    if (options_.exchange != nullptr) {
+      auto g = options_.exchange->GlobalSumOfSquares(version, local);
+      if (g.ok()) {
+        global = *g;
+      } else if (spec_.clipping().max_norm() > 0) {
+        absl::FPrintF(stderr, "gradacc-server: no global norm for window %d (%s); clipping on this shard's part\n",
+                      version, g.status().ToString());
+      }
+    }
+    grad_norm = static_cast<float>(std::sqrt(global));
+  } else {
+    std::vector<float> norms;
+    norms.reserve(layout_.tensors().size());
+    for (const ModelLayout::Tensor& t : layout_.tensors()) {
+      norms.push_back(std::sqrt(SumOfSquaresF32(absl::MakeConstSpan(acc.data() + t.offset, t.size))));
+    }
+    grad_norm = std::sqrt(SumOfSquaresF32(norms));
   }
-  const float grad_norm = std::sqrt(SumOfSquaresF32(norms));
   float clipped_norm = grad_norm;
   if (spec_.clipping().max_norm() > 0) {
     const float coef = (1.0f / (grad_norm + 1e-6f)) * static_cast<float>(spec_.clipping().max_norm());
@@ -874,6 +937,10 @@ absl::Status Trainer::WriteCheckpointLocked(const v1::CheckpointState& state) {
   for (auto& [name, buf] : optimizer_->StateBuffers()) buffers.emplace_back(name, buf);
   v1::CheckpointState s = state;
   s.set_optimizer_steps(optimizer_->steps());
+  s.set_shard(options_.shard);
+  s.set_num_shards(options_.num_shards);
+  s.set_shard_begin(begin_);
+  s.set_shard_end(end_);
   GRADACC_RETURN_IF_ERROR(
       WriteCheckpoint(options_.checkpoint_dir, layout_, s, params_.span(), buffers, options_.keep_checkpoints));
   last_checkpoint_version_ = state.version();
@@ -927,19 +994,21 @@ std::shared_ptr<const ParamSnapshot> Trainer::BuildSnapshot(uint64_t version, bo
   h->set_job_done(job_done);
   h->set_lr(lr);
   h->set_loss(loss);
-  h->set_num_elements(layout_.num_elements());
+  h->set_num_elements(size());
   const uint64_t chunk = std::max<uint64_t>(1, options_.pull_chunk_elements);
   for (size_t i = 0; i < layout_.tensors().size(); ++i) {
     const ModelLayout::Tensor& t = layout_.tensors()[i];
-    for (uint64_t off = 0; off < t.size; off += chunk) {
-      const uint64_t n = std::min(chunk, t.size - off);
+    const uint64_t lo = std::max(t.offset, begin_), hi = std::min(t.offset + t.size, end_);
+    if (lo >= hi) continue;
+    for (uint64_t off = lo - t.offset; off < hi - t.offset; off += chunk) {
+      const uint64_t n = std::min(chunk, hi - t.offset - off);
       v1::PullResponse& r = snap->chunks.emplace_back();
       v1::GradientChunk* c = r.mutable_chunk();
       c->set_tensor(static_cast<uint32_t>(i));
       c->set_offset(off);
       std::string* data = c->mutable_data();
       data->resize(n * sizeof(float));
-      CopyToLittleEndian(absl::MakeConstSpan(params_.data() + t.offset + off, n), data->data());
+      CopyToLittleEndian(absl::MakeConstSpan(params_.data() + (t.offset + off - begin_), n), data->data());
     }
   }
   return snap;
@@ -947,12 +1016,21 @@ std::shared_ptr<const ParamSnapshot> Trainer::BuildSnapshot(uint64_t version, bo
 
 void Trainer::WriteFinalParameters() {
   std::vector<NamedTensor> tensors;
-  for (const ModelLayout::Tensor& t : layout_.tensors()) {
-    tensors.push_back({t.name, t.shape, absl::MakeConstSpan(params_.data() + t.offset, t.size)});
-  }
   std::map<std::string, std::string> meta = {{"job_id", spec_.job_id()},
                                              {"step", absl::StrCat(optimizer_->steps())},
                                              {"format", "pt"}};
+  if (options_.num_shards > 1) {
+    // A shard's part: flat elements [shard_begin, shard_end) of the model.
+    tensors.push_back({"shard_params", {size()}, params_.span()});
+    meta["shard"] = absl::StrCat(options_.shard);
+    meta["num_shards"] = absl::StrCat(options_.num_shards);
+    meta["shard_begin"] = absl::StrCat(begin_);
+    meta["shard_end"] = absl::StrCat(end_);
+  } else {
+    for (const ModelLayout::Tensor& t : layout_.tensors()) {
+      tensors.push_back({t.name, t.shape, absl::MakeConstSpan(params_.data() + t.offset, t.size)});
+    }
+  }
   absl::Status s = WriteSafetensorsFile(options_.final_params_path, tensors, meta);
   if (!s.ok()) {
     absl::FPrintF(stderr, "gradacc-server: cannot write final parameters: %s\n", s.ToString());
@@ -1062,12 +1140,12 @@ bool Trainer::done() const {
 
 std::vector<float> Trainer::Parameters() const {
   std::shared_ptr<const ParamSnapshot> snap = Current();
-  std::vector<float> out(layout_.num_elements());
+  std::vector<float> out(size());
   for (const v1::PullResponse& r : snap->chunks) {
     const v1::GradientChunk& c = r.chunk();
     const ModelLayout::Tensor& t = layout_.tensors()[c.tensor()];
-    CopyFromLittleEndian(c.data().data(),
-                         absl::MakeSpan(out.data() + t.offset + c.offset(), c.data().size() / sizeof(float)));
+    CopyFromLittleEndian(c.data().data(), absl::MakeSpan(out.data() + (t.offset + c.offset() - begin_),
+                                                         c.data().size() / sizeof(float)));
   }
   return out;
 }
@@ -1155,6 +1233,10 @@ v1::Status Trainer::GetStatus() const {
   s.set_uptime_seconds(Seconds(now - started_));
   s.set_reduction(spec_.reduction());
   s.set_num_elements(layout_.num_elements());
+  s.set_shard(options_.shard);
+  s.set_num_shards(options_.num_shards);
+  s.set_shard_begin(begin_);
+  s.set_shard_end(end_);
   s.set_server_time_unix_micros(absl::ToUnixMicros(now));
   s.set_test_accuracy(test_accuracy_);
   s.set_test_accuracy_step(test_accuracy_step_);

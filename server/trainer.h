@@ -83,7 +83,23 @@ class PushSession {
   absl::Time arrival_ = absl::Now();
 };
 
+// How shards agree on the global gradient norm: publish this shard's sum of
+// squares for a window and get the sum over every shard (in shard order, so
+// every shard gets the same bits). Implemented over gRPC in the server layer.
+class NormExchange {
+ public:
+  virtual ~NormExchange() = default;
+  virtual absl::StatusOr<double> GlobalSumOfSquares(uint64_t window, double local) = 0;
+};
+
 struct TrainerOptions {
+  // Sharding: this trainer owns flat elements [floor(shard*N/num_shards),
+  // floor((shard+1)*N/num_shards)) of the model. `exchange` is required when
+  // num_shards > 1 and the job clips.
+  uint32_t shard = 0;
+  uint32_t num_shards = 1;
+  NormExchange* exchange = nullptr;
+
   // Pushes that may be in flight at once (each holds a model-sized buffer);
   // 0 = 2 * num_workers + 2.
   int max_inflight_pushes = 0;
@@ -147,6 +163,12 @@ class Trainer {
 
   const v1::JobSpec& spec() const { return spec_; }
   const ModelLayout& layout() const { return layout_; }
+  // The flat elements this trainer owns (the whole model unsharded).
+  uint64_t begin() const { return begin_; }
+  uint64_t end() const { return end_; }
+  uint64_t size() const { return end_ - begin_; }
+  uint32_t shard() const { return options_.shard; }
+  uint32_t num_shards() const { return options_.num_shards; }
 
   absl::StatusOr<v1::JoinResponse> Join(const v1::JoinRequest& request);
   absl::Status Leave(const v1::LeaveRequest& request);
@@ -279,6 +301,8 @@ class Trainer {
   const TrainerOptions options_;
   const absl::Time started_;
   const uint32_t num_workers_;
+  const uint64_t begin_;
+  const uint64_t end_;
 
   // Orders steps and checkpoints; taken before mu_, never while holding it.
   absl::Mutex step_mu_;
