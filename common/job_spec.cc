@@ -84,6 +84,18 @@ int ModelLayout::Find(absl::string_view name) const {
   return -1;
 }
 
+std::pair<uint64_t, uint64_t> ShardRange(const ModelLayout& layout, uint32_t shard, uint32_t num_shards) {
+  const uint64_t n = layout.num_elements();
+  auto boundary = [&](uint64_t i) {
+    uint64_t b = n * i / std::max(1u, num_shards);
+    for (const ModelLayout::Tensor& t : layout.tensors()) {
+      if (b > t.offset && b < t.offset + t.size && t.size <= kShardSplitLimit) return t.offset + t.size;
+    }
+    return b;
+  };
+  return {boundary(shard), boundary(shard + 1)};
+}
+
 absl::StatusOr<v1::JobSpec> LoadJobSpecFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open job file '", path, "'"));

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -39,6 +40,14 @@ class ModelLayout {
   std::vector<Tensor> tensors_;
   uint64_t num_elements_ = 0;
 };
+
+// The flat elements [begin, end) shard `shard` of `num_shards` owns:
+// boundaries start at floor(i * N / num_shards) and move to the end of the
+// tensor they fall in when that tensor is small (at most
+// kShardSplitLimit elements), so small tensors are never split and global-norm
+// clipping computes exactly what one server would.
+inline constexpr uint64_t kShardSplitLimit = 4096;
+std::pair<uint64_t, uint64_t> ShardRange(const ModelLayout& layout, uint32_t shard, uint32_t num_shards);
 
 // Hard limits that protect the server from absurd specs and requests.
 inline constexpr uint64_t kMaxModelElements = uint64_t{1} << 32;  // 16 GiB

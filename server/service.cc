@@ -402,12 +402,12 @@ class NormReactor final : public grpc::ServerUnaryReactor {
       : exchange_(exchange), response_(response), state_(std::make_shared<State>()) {
     std::shared_ptr<State> state = state_;
     const uint32_t shard = exchange->shard();
-    const uint64_t id = exchange_->WhenPublished(window, [this, state, shard](double value) {
+    const uint64_t id = exchange_->WhenPublished(window, [this, state, shard](const std::vector<double>& value) {
       absl::MutexLock lock(&state->mu);
       if (state->finished) return;
       state->finished = true;
       response_->set_shard(shard);
-      response_->set_sum_of_squares(value);
+      for (double v : value) response_->add_tensor_sums(v);
       Finish(grpc::Status::OK);
     });
     absl::MutexLock lock(&state_->mu);

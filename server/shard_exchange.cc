@@ -25,8 +25,8 @@ ShardExchange::ShardExchange(uint32_t shard, std::vector<std::string> peers, std
 
 ShardExchange::~ShardExchange() = default;
 
-absl::StatusOr<double> ShardExchange::GlobalSumOfSquares(uint64_t window, double local) {
-  std::vector<std::function<void(double)>> ready;
+absl::StatusOr<std::vector<double>> ShardExchange::GlobalSums(uint64_t window, const std::vector<double>& local) {
+  std::vector<std::function<void(const std::vector<double>&)>> ready;
   {
     absl::MutexLock lock(&mu_);
     published_[window] = local;
@@ -42,11 +42,11 @@ absl::StatusOr<double> ShardExchange::GlobalSumOfSquares(uint64_t window, double
   }
   for (auto& done : ready) done(local);
   // Every shard adds the parts in shard order: the same bits everywhere.
-  double total = 0;
+  std::vector<double> total(local.size(), 0.0);
   const absl::Time deadline = absl::Now() + timeout_;
   for (size_t i = 0; i < peers_.size(); ++i) {
     if (i == shard_) {
-      total += local;
+      for (size_t t = 0; t < local.size(); ++t) total[t] += local[t];
       continue;
     }
     auto stub = v1::ControlPlane::NewStub(channels_[i]);
@@ -61,7 +61,11 @@ absl::StatusOr<double> ShardExchange::GlobalSumOfSquares(uint64_t window, double
       v1::GetNormPartialResponse resp;
       const grpc::Status s = stub->GetNormPartial(&ctx, req, &resp);
       if (s.ok()) {
-        total += resp.sum_of_squares();
+        if (static_cast<size_t>(resp.tensor_sums_size()) != local.size()) {
+          return absl::InternalError(absl::StrFormat("shard %d sent %d tensor sums, not %d", i,
+                                                     resp.tensor_sums_size(), local.size()));
+        }
+        for (size_t t = 0; t < local.size(); ++t) total[t] += resp.tensor_sums(static_cast<int>(t));
         break;
       }
       if (absl::Now() >= deadline || (s.error_code() != grpc::StatusCode::UNAVAILABLE &&
@@ -75,8 +79,8 @@ absl::StatusOr<double> ShardExchange::GlobalSumOfSquares(uint64_t window, double
   return total;
 }
 
-uint64_t ShardExchange::WhenPublished(uint64_t window, std::function<void(double)> done) {
-  double value;
+uint64_t ShardExchange::WhenPublished(uint64_t window, std::function<void(const std::vector<double>&)> done) {
+  std::vector<double> value;
   {
     absl::MutexLock lock(&mu_);
     auto it = published_.find(window);

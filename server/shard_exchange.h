@@ -29,11 +29,11 @@ class ShardExchange final : public NormExchange {
                 absl::Duration timeout);
   ~ShardExchange() override;
 
-  absl::StatusOr<double> GlobalSumOfSquares(uint64_t window, double local) override;
+  absl::StatusOr<std::vector<double>> GlobalSums(uint64_t window, const std::vector<double>& local) override;
 
   // Calls `done` with this shard's partial of `window` once it is published
   // (at once when it already is). Returns an id for Cancel, 0 if done ran.
-  uint64_t WhenPublished(uint64_t window, std::function<void(double)> done);
+  uint64_t WhenPublished(uint64_t window, std::function<void(const std::vector<double>&)> done);
   void Cancel(uint64_t id);
 
   const std::vector<std::string>& peers() const { return peers_; }
@@ -49,10 +49,10 @@ class ShardExchange final : public NormExchange {
   std::vector<std::shared_ptr<grpc::Channel>> channels_;
 
   absl::Mutex mu_;
-  std::map<uint64_t, double> published_ ABSL_GUARDED_BY(mu_);  // the last few windows
+  std::map<uint64_t, std::vector<double>> published_ ABSL_GUARDED_BY(mu_);  // the last few windows
   struct Waiter {
     uint64_t window;
-    std::function<void(double)> done;
+    std::function<void(const std::vector<double>&)> done;
   };
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, Waiter> waiters_ ABSL_GUARDED_BY(mu_);

@@ -153,8 +153,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
   if (options.num_shards > layout.num_elements()) {
     return absl::InvalidArgumentError("more shards than parameters");
   }
-  const uint64_t begin = layout.num_elements() * options.shard / options.num_shards;
-  const uint64_t end = layout.num_elements() * (options.shard + 1) / options.num_shards;
+  const auto [begin, end] = ShardRange(layout, options.shard, options.num_shards);
+  if (begin >= end) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "shard %d of %d would own no parameters (small tensors are not split); use fewer shards", options.shard,
+        options.num_shards));
+  }
   if (restored.has_value() && (restored->state.shard() != options.shard ||
                                std::max(1u, restored->state.num_shards()) != options.num_shards)) {
     return absl::FailedPreconditionError(absl::StrFormat(
@@ -210,8 +214,8 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
       started_(absl::Now()),
       num_workers_(spec_.window().max_workers() > 0 ? spec_.window().max_workers()
                                                     : spec_.window().num_workers()),
-      begin_(layout_.num_elements() * options_.shard / std::max(1u, options_.num_shards)),
-      end_(layout_.num_elements() * (options_.shard + 1) / std::max(1u, options_.num_shards)),
+      begin_(ShardRange(layout_, options_.shard, std::max(1u, options_.num_shards)).first),
+      end_(ShardRange(layout_, options_.shard, std::max(1u, options_.num_shards)).second),
       params_(std::move(params)),
       optimizer_(std::move(optimizer)) {
   absl::MutexLock step_lock(&step_mu_);
@@ -233,6 +237,32 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
                             LearningRateAt(spec_.optimizer(), spec_.schedule(), version_ ? version_ - 1 : 0),
                             last_loss_);
   expiry_thread_ = std::thread([this] { ExpireWaitersLoop(); });
+  if (options_.close_async || options_.num_shards > 1) stepper_thread_ = std::thread([this] { StepperLoop(); });
+}
+
+void Trainer::StepperLoop() {
+  while (true) {
+    ClosingWindow window;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](Trainer* t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu_) { return t->pending_close_.has_value() || t->stepper_stop_; },
+          this));
+      if (!pending_close_.has_value()) return;
+      window = std::move(*pending_close_);
+      pending_close_.reset();
+    }
+    CloseWindow(std::move(window));
+  }
+}
+
+void Trainer::Close(ClosingWindow window) {
+  if (!stepper_thread_.joinable()) {
+    CloseWindow(std::move(window));
+    return;
+  }
+  absl::MutexLock lock(&mu_);
+  pending_close_ = std::move(window);
 }
 
 Trainer::~Trainer() {
@@ -242,6 +272,11 @@ Trainer::~Trainer() {
     expiry_stop_ = true;
   }
   if (expiry_thread_.joinable()) expiry_thread_.join();
+  {
+    absl::MutexLock lock(&mu_);
+    stepper_stop_ = true;
+  }
+  if (stepper_thread_.joinable()) stepper_thread_.join();
   absl::MutexLock lock(&mu_);
   if (ledger_file_ != nullptr) std::fclose(ledger_file_);
 }
@@ -406,7 +441,7 @@ absl::Status Trainer::Leave(const v1::LeaveRequest& request) {
     }
   }
   if (closing.has_value()) {
-    CloseWindow(std::move(*closing));
+    Close(std::move(*closing));
   } else {
     NotifyListeners();
   }
@@ -711,7 +746,7 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
   session.reset();
   MaybeKill("push", result.window, result.received);
   if (closing.has_value()) {
-    CloseWindow(std::move(*closing));
+    Close(std::move(*closing));
   } else {
     NotifyListeners();
   }
@@ -758,30 +793,31 @@ void Trainer::CloseWindow(ClosingWindow window) {
   const absl::Time t1 = absl::Now();
   // torch.nn.utils.clip_grad_norm_ in f32: the norm of the per-tensor norms,
   // coef = (1 / (norm + 1e-6)) * max_norm, applied when below 1.
-  float grad_norm;
-  if (options_.num_shards > 1) {
-    // Sharded: the norm of the whole gradient, from every shard's sum of
-    // squares (in double, summed in shard order by every shard alike).
-    const double local = SumOfSquares(acc.span());
-    double global = local;
-    if (options_.exchange != nullptr) {
-      auto g = options_.exchange->GlobalSumOfSquares(version, local);
-      if (g.ok()) {
-        global = *g;
-      } else if (spec_.clipping().max_norm() > 0) {
-        absl::FPrintF(stderr, "gradacc-server: no global norm for window %d (%s); clipping on this shard's part\n",
-                      version, g.status().ToString());
-      }
-    }
-    grad_norm = static_cast<float>(std::sqrt(global));
-  } else {
-    std::vector<float> norms;
-    norms.reserve(layout_.tensors().size());
-    for (const ModelLayout::Tensor& t : layout_.tensors()) {
-      norms.push_back(std::sqrt(SumOfSquaresF32(absl::MakeConstSpan(acc.data() + t.offset, t.size))));
-    }
-    grad_norm = std::sqrt(SumOfSquaresF32(norms));
+  // Per tensor: a sequential f32 sum (small tensors, as torch), or a double
+  // sum rounded once (large ones). Sharded, every shard adds its part of each
+  // tensor and the parts are summed in shard order; small tensors are never
+  // split, so the result is what one server computes.
+  std::vector<double> sums(layout_.tensors().size(), 0.0);
+  for (size_t i = 0; i < layout_.tensors().size(); ++i) {
+    const ModelLayout::Tensor& t = layout_.tensors()[i];
+    const uint64_t lo = std::max(t.offset, begin_), hi = std::min(t.offset + t.size, end_);
+    if (lo >= hi) continue;
+    const auto part = absl::MakeConstSpan(acc.data() + (lo - begin_), hi - lo);
+    sums[i] = t.size <= kSequentialSumOfSquaresLimit ? double{SumOfSquaresF32(part)} : SumOfSquares(part);
   }
+  if (options_.num_shards > 1 && options_.exchange != nullptr) {
+    auto global = options_.exchange->GlobalSums(version, sums);
+    if (global.ok()) {
+      sums = *std::move(global);
+    } else if (spec_.clipping().max_norm() > 0) {
+      absl::FPrintF(stderr, "gradacc-server: no global norm for window %d (%s); clipping on this shard's part\n",
+                    version, global.status().ToString());
+    }
+  }
+  std::vector<float> norms;
+  norms.reserve(sums.size());
+  for (double v : sums) norms.push_back(std::sqrt(static_cast<float>(v)));
+  const float grad_norm = std::sqrt(SumOfSquaresF32(norms));
   float clipped_norm = grad_norm;
   if (spec_.clipping().max_norm() > 0) {
     const float coef = (1.0f / (grad_norm + 1e-6f)) * static_cast<float>(spec_.clipping().max_norm());
@@ -1117,7 +1153,7 @@ void Trainer::ExpireWaitersLoop() {
       // Closing (and checkpointing) runs on this thread; the expiry lock is
       // not needed for it.
       expiry_mu_.Unlock();
-      CloseWindow(std::move(*closing));
+      Close(std::move(*closing));
       expiry_mu_.Lock();
     }
   }

@@ -89,7 +89,9 @@ class PushSession {
 class NormExchange {
  public:
   virtual ~NormExchange() = default;
-  virtual absl::StatusOr<double> GlobalSumOfSquares(uint64_t window, double local) = 0;
+  // `local[t]`: this shard's part of tensor t's sum of squares. Returns the
+  // per-tensor totals over all shards, added in shard order.
+  virtual absl::StatusOr<std::vector<double>> GlobalSums(uint64_t window, const std::vector<double>& local) = 0;
 };
 
 struct TrainerOptions {
@@ -99,6 +101,11 @@ struct TrainerOptions {
   uint32_t shard = 0;
   uint32_t num_shards = 1;
   NormExchange* exchange = nullptr;
+  // Close windows on a trainer thread instead of in the call that
+  // completed them (sharded jobs must: a shard's step waits for its peers,
+  // and the worker whose push completed the window must be free to push to
+  // them). Forced on when num_shards > 1.
+  bool close_async = false;
 
   // Pushes that may be in flight at once (each holds a model-sized buffer);
   // 0 = 2 * num_workers + 2.
@@ -369,6 +376,13 @@ class Trainer {
   absl::Mutex expiry_mu_;
   bool expiry_stop_ ABSL_GUARDED_BY(expiry_mu_) = false;
   std::thread expiry_thread_;
+  // close_async: the window handed to the stepper thread.
+  std::optional<ClosingWindow> pending_close_ ABSL_GUARDED_BY(mu_);
+  bool stepper_stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread stepper_thread_;
+  void StepperLoop();
+  // Runs CloseWindow now, or hands it to the stepper thread.
+  void Close(ClosingWindow window) ABSL_LOCKS_EXCLUDED(mu_);
 };
 
 }  // namespace gradacc

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "common/kernels.h"
 #include "common/status_macros.h"
 #include "gradacc/v1/control.grpc.pb.h"
@@ -70,16 +71,21 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  ConnectionOptions connection = options.connection;
-  connection.server = options.server;
-  auto channel = MakeChannel(connection, args);
-  if (!channel.ok()) return channel.status();
-  client->stubs_ = std::make_unique<GradaccStubs>(*channel);
-
+  // A sharded job lists every shard's address, in shard order.
   const absl::Time give_up = absl::Now() + options.connect_timeout;
-  if (!client->stubs_->channel->WaitForConnected(absl::ToChronoTime(give_up))) {
-    return absl::UnavailableError(absl::StrFormat("cannot reach gradacc server at %s within %s", options.server,
-                                                  absl::FormatDuration(options.connect_timeout)));
+  for (absl::string_view address : absl::StrSplit(options.server, ',', absl::SkipWhitespace())) {
+    ConnectionOptions connection = options.connection;
+    connection.server = std::string(address);
+    auto channel = MakeChannel(connection, args);
+    if (!channel.ok()) return channel.status();
+    Shard shard;
+    shard.address = std::string(address);
+    shard.stubs = std::make_unique<GradaccStubs>(*channel);
+    if (!shard.stubs->channel->WaitForConnected(absl::ToChronoTime(give_up))) {
+      return absl::UnavailableError(absl::StrFormat("cannot reach gradacc server at %s within %s", address,
+                                                    absl::FormatDuration(options.connect_timeout)));
+    }
+    client->shards_.push_back(std::move(shard));
   }
   // Join and fetch the current parameters, retrying through dropped
   // connections until the connect timeout.
@@ -94,22 +100,44 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
 }
 
 absl::Status Client::JoinAndFetch(absl::Time give_up) {
-  v1::JoinRequest request;
-  request.set_job_id(options_.job_id);
-  request.set_worker(options_.worker);
-  request.set_hostname(options_.hostname.empty() ? LocalHostname() : options_.hostname);
-  v1::JoinResponse response;
-  grpc::ClientContext ctx;
-  Authenticate(ctx, options_.connection.token);
-  ctx.set_deadline(absl::ToChronoTime(std::max(give_up, absl::Now() + options_.rpc_timeout)));
-  ctx.set_wait_for_ready(true);
-  GRADACC_RETURN_IF_ERROR(FromGrpc(stubs_->data->Join(&ctx, request, &response), "join"));
-  if (params_.size() == 0) {
-    job_ = response.job();
-    GRADACC_ASSIGN_OR_RETURN(layout_, ModelLayout::FromSpec(job_.model()));
-    if (layout_.num_elements() != response.num_elements()) {
-      return absl::InternalError("server's job and element count disagree");
+  uint64_t first_window = 0, version = 0;
+  for (size_t i = 0; i < shards_.size(); ++i) {
+    v1::JoinRequest request;
+    request.set_job_id(options_.job_id);
+    request.set_worker(options_.worker);
+    request.set_hostname(options_.hostname.empty() ? LocalHostname() : options_.hostname);
+    v1::JoinResponse response;
+    grpc::ClientContext ctx;
+    Authenticate(ctx, options_.connection.token);
+    ctx.set_deadline(absl::ToChronoTime(std::max(give_up, absl::Now() + options_.rpc_timeout)));
+    ctx.set_wait_for_ready(true);
+    GRADACC_RETURN_IF_ERROR(
+        FromGrpc(shards_[i].stubs->data->Join(&ctx, request, &response), "join " + shards_[i].address));
+    if (params_.size() == 0 && i == 0) {
+      job_ = response.job();
+      GRADACC_ASSIGN_OR_RETURN(layout_, ModelLayout::FromSpec(job_.model()));
+      if (layout_.num_elements() != response.num_elements()) {
+        return absl::InternalError("server's job and element count disagree");
+      }
     }
+    const uint32_t num_shards = std::max(1u, response.num_shards());
+    if (num_shards != shards_.size() || response.shard() != i) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "%s is shard %d of %d, but it was given as shard %d of %d: list every shard's address, in shard order",
+          shards_[i].address, response.shard(), num_shards, i, shards_.size()));
+    }
+    shards_[i].begin = num_shards > 1 ? response.shard_begin() : 0;
+    shards_[i].end = num_shards > 1 ? response.shard_end() : layout_.num_elements();
+    if (shards_[i].begin != (i == 0 ? 0 : shards_[i - 1].end)) {
+      return absl::FailedPreconditionError("the shards' element ranges do not tile the model");
+    }
+    first_window = std::max<uint64_t>(first_window, response.window());
+    version = i == 0 ? response.version() : std::min<uint64_t>(version, response.version());
+  }
+  if (shards_.back().end != layout_.num_elements()) {
+    return absl::FailedPreconditionError("the shards' element ranges do not cover the model");
+  }
+  if (params_.size() == 0) {
     params_ = FloatBuffer(layout_.num_elements());
     staging_ = FloatBuffer(layout_.num_elements());
     grad_ = FloatBuffer(layout_.num_elements());
@@ -117,8 +145,8 @@ absl::Status Client::JoinAndFetch(absl::Time give_up) {
   }
   // Fetch the current parameters (whatever version the server is at); an
   // elastic job may make the next window this worker's first.
-  GRADACC_RETURN_IF_ERROR(Pull(response.version(), options_.rpc_timeout));
-  if (response.window() > version_) GRADACC_RETURN_IF_ERROR(Pull(response.window(), options_.window_timeout));
+  GRADACC_RETURN_IF_ERROR(Pull(version, options_.rpc_timeout));
+  if (first_window > version_) GRADACC_RETURN_IF_ERROR(Pull(first_window, options_.window_timeout));
   return absl::OkStatus();
 }
 
@@ -161,13 +189,36 @@ absl::StatusOr<v1::PushResponse> Client::Push(bool* duplicate, int* attempts_out
   h->set_micro_batches(micro_batches_);
   h->set_samples(samples_);
   h->set_loss_sum(loss_sum_);
-  h->set_num_elements(layout_.num_elements());
   for (const ModelLayout::Tensor& t : layout_.tensors()) {
     v1::TensorShape* shape = h->add_tensors();
     shape->set_name(t.name);
     for (uint64_t d : t.shape) shape->add_shape(d);
   }
+  // Each shard gets its part. A shard that already has it answers
+  // ALREADY_EXISTS, so pushing every shard again after a failure is safe.
+  v1::PushResponse last_response;
+  bool all_duplicates = true;
+  const uint32_t first_attempt = push_attempts_for_key_;
+  int attempts = 0;
+  for (Shard& shard : shards_) {
+    push_attempts_for_key_ = first_attempt;
+    bool dup = false;
+    int used = 0;
+    auto r = PushShard(shard, header_msg, &dup, &used);
+    attempts = std::max(attempts, used);
+    if (!r.ok()) return r.status();
+    all_duplicates &= dup;
+    last_response = *r;
+  }
+  if (duplicate != nullptr) *duplicate = all_duplicates;
+  if (attempts_out != nullptr) *attempts_out = attempts;
+  return last_response;
+}
 
+absl::StatusOr<v1::PushResponse> Client::PushShard(Shard& shard, v1::PushRequest header_msg, bool* duplicate,
+                                                    int* attempts_out) {
+  v1::PushHeader* h = header_msg.mutable_header();
+  h->set_num_elements(shard.end - shard.begin);
   absl::Duration backoff = options_.retry_backoff;
   grpc::Status last;
   v1::PushRequest chunk_msg;
@@ -179,12 +230,15 @@ absl::StatusOr<v1::PushResponse> Client::Push(bool* duplicate, int* attempts_out
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
     ctx.set_wait_for_ready(true);
     v1::PushResponse response;
-    auto writer = stubs_->data->Push(&ctx, &response);
+    auto writer = shard.stubs->data->Push(&ctx, &response);
     bool ok = writer->Write(header_msg);
     for (size_t i = 0; ok && i < layout_.tensors().size(); ++i) {
       const ModelLayout::Tensor& t = layout_.tensors()[i];
-      for (uint64_t off = 0; ok && off < t.size; off += options_.chunk_elements) {
-        const uint64_t n = std::min<uint64_t>(options_.chunk_elements, t.size - off);
+      // The part of this tensor the shard owns.
+      const uint64_t lo = std::max(t.offset, shard.begin), hi = std::min(t.offset + t.size, shard.end);
+      if (lo >= hi) continue;
+      for (uint64_t off = lo - t.offset; ok && off < hi - t.offset; off += options_.chunk_elements) {
+        const uint64_t n = std::min<uint64_t>(options_.chunk_elements, hi - t.offset - off);
         v1::GradientChunk* c = chunk_msg.mutable_chunk();
         c->set_tensor(static_cast<uint32_t>(i));
         c->set_offset(off);
@@ -209,28 +263,31 @@ absl::StatusOr<v1::PushResponse> Client::Push(bool* duplicate, int* attempts_out
     std::this_thread::sleep_for(absl::ToChronoNanoseconds(backoff));
     backoff = std::min(backoff * 2, absl::Seconds(2));
   }
-  return FromGrpc(last, absl::StrFormat("push of window %d by worker %d", version_, options_.worker));
+  return FromGrpc(last, absl::StrFormat("push of window %d by worker %d to %s", version_, options_.worker,
+                                        shard.address));
 }
 
-absl::Status Client::Pull(uint64_t min_version, absl::Duration timeout, v1::ParametersHeader* header_out) {
+absl::Status Client::PullShard(Shard& shard, uint64_t min_version, absl::Time deadline,
+                              v1::ParametersHeader* header_out) {
   v1::PullRequest request;
   request.set_job_id(job_.job_id());
   request.set_worker(options_.worker);
   request.set_min_version(min_version);
   grpc::ClientContext ctx;
   Authenticate(ctx, options_.connection.token);
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  ctx.set_deadline(absl::ToChronoTime(deadline));
   ctx.set_wait_for_ready(true);
-  auto reader = stubs_->data->Pull(&ctx, request);
+  auto reader = shard.stubs->data->Pull(&ctx, request);
   v1::PullResponse msg;
   v1::ParametersHeader header;
   bool have_header = false;
   uint64_t received = 0;
+  const uint64_t expect = shard.end - shard.begin;
   while (reader->Read(&msg)) {
     if (msg.has_header()) {
       header = msg.header();
       have_header = true;
-      if (header.num_elements() != layout_.num_elements()) {
+      if (header.num_elements() != expect) {
         ctx.TryCancel();
         break;
       }
@@ -243,17 +300,48 @@ absl::Status Client::Pull(uint64_t min_version, absl::Duration timeout, v1::Para
     }
     const ModelLayout::Tensor& t = layout_.tensors()[c.tensor()];
     const uint64_t n = c.data().size() / sizeof(float);
-    if (c.offset() > t.size || n > t.size - c.offset()) {
+    const uint64_t flat = t.offset + c.offset();
+    if (c.offset() > t.size || n > t.size - c.offset() || flat < shard.begin || flat + n > shard.end) {
       ctx.TryCancel();
       break;
     }
-    CopyFromLittleEndian(c.data().data(), absl::MakeSpan(staging_.data() + t.offset + c.offset(), n));
+    CopyFromLittleEndian(c.data().data(), absl::MakeSpan(staging_.data() + flat, n));
     received += n;
   }
-  GRADACC_RETURN_IF_ERROR(FromGrpc(reader->Finish(), absl::StrFormat("pull of version >= %d", min_version)));
-  if (!have_header || received != layout_.num_elements()) {
-    return absl::DataLossError(absl::StrFormat("pull of version >= %d: incomplete parameters (%d of %d elements)",
-                                               min_version, received, layout_.num_elements()));
+  GRADACC_RETURN_IF_ERROR(
+      FromGrpc(reader->Finish(), absl::StrFormat("pull of version >= %d from %s", min_version, shard.address)));
+  if (!have_header || received != expect) {
+    return absl::DataLossError(absl::StrFormat("pull of version >= %d from %s: incomplete parameters (%d of %d)",
+                                               min_version, shard.address, received, expect));
+  }
+  *header_out = header;
+  return absl::OkStatus();
+}
+
+absl::Status Client::Pull(uint64_t min_version, absl::Duration timeout, v1::ParametersHeader* header_out) {
+  const absl::Time deadline = absl::Now() + timeout;
+  std::vector<v1::ParametersHeader> headers(shards_.size());
+  uint64_t want = min_version;
+  // Every shard must hand over the same version; a shard that lags (another
+  // worker's window may be closing) is asked again for the newest one seen.
+  for (int round = 0; round < 4; ++round) {
+    uint64_t newest = 0, oldest = ~uint64_t{0};
+    for (size_t i = 0; i < shards_.size(); ++i) {
+      if (round > 0 && headers[i].version() >= want) continue;
+      GRADACC_RETURN_IF_ERROR(PullShard(shards_[i], want, deadline, &headers[i]));
+    }
+    for (const auto& h : headers) {
+      newest = std::max<uint64_t>(newest, h.version());
+      oldest = std::min<uint64_t>(oldest, h.version());
+    }
+    if (newest == oldest || headers[0].job_done()) break;
+    want = newest;
+  }
+  const v1::ParametersHeader& header = headers[0];
+  for (const auto& h : headers) {
+    if (h.version() != header.version()) {
+      return absl::UnavailableError("the shards did not settle on one version; try again");
+    }
   }
   if (header_out != nullptr) *header_out = header;
   done_ = header.job_done();
@@ -265,24 +353,31 @@ absl::Status Client::Pull(uint64_t min_version, absl::Duration timeout, v1::Para
 }
 
 absl::StatusOr<v1::JoinResponse> Client::Rejoin(absl::Time deadline) {
-  absl::Duration backoff = options_.retry_backoff;
-  absl::Status last;
-  while (true) {
-    v1::JoinRequest request;
-    request.set_job_id(job_.job_id());
-    request.set_worker(options_.worker);
-    request.set_hostname(options_.hostname.empty() ? LocalHostname() : options_.hostname);
-    v1::JoinResponse response;
-    grpc::ClientContext ctx;
-    Authenticate(ctx, options_.connection.token);
-    ctx.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + options_.rpc_timeout)));
-    ctx.set_wait_for_ready(true);
-    last = FromGrpc(stubs_->data->Join(&ctx, request, &response), "rejoin");
-    if (last.ok()) return response;
-    if (!Retryable(static_cast<grpc::StatusCode>(last.code())) || absl::Now() + backoff >= deadline) return last;
-    std::this_thread::sleep_for(absl::ToChronoNanoseconds(backoff));
-    backoff = std::min(backoff * 2, absl::Seconds(2));
+  v1::JoinResponse oldest;
+  for (size_t i = 0; i < shards_.size(); ++i) {
+    absl::Duration backoff = options_.retry_backoff;
+    while (true) {
+      v1::JoinRequest request;
+      request.set_job_id(job_.job_id());
+      request.set_worker(options_.worker);
+      request.set_hostname(options_.hostname.empty() ? LocalHostname() : options_.hostname);
+      v1::JoinResponse response;
+      grpc::ClientContext ctx;
+      Authenticate(ctx, options_.connection.token);
+      ctx.set_deadline(absl::ToChronoTime(std::min(deadline, absl::Now() + options_.rpc_timeout)));
+      ctx.set_wait_for_ready(true);
+      absl::Status last =
+          FromGrpc(shards_[i].stubs->data->Join(&ctx, request, &response), "rejoin " + shards_[i].address);
+      if (last.ok()) {
+        if (i == 0 || response.version() < oldest.version()) oldest = response;
+        break;
+      }
+      if (!Retryable(static_cast<grpc::StatusCode>(last.code())) || absl::Now() + backoff >= deadline) return last;
+      std::this_thread::sleep_for(absl::ToChronoNanoseconds(backoff));
+      backoff = std::min(backoff * 2, absl::Seconds(2));
+    }
   }
+  return oldest;
 }
 
 absl::StatusOr<StepResult> Client::Step() {
@@ -351,7 +446,7 @@ absl::Status Client::ReportTestAccuracy(double accuracy, uint64_t step) {
   grpc::ClientContext ctx;
   Authenticate(ctx, options_.connection.token);
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
-  return FromGrpc(stubs_->control->ReportMetric(&ctx, request, &response), "report metric");
+  return FromGrpc(shards_[0].stubs->control->ReportMetric(&ctx, request, &response), "report metric");
 }
 
 absl::StatusOr<v1::Status> Client::GetStatus() {
@@ -359,27 +454,35 @@ absl::StatusOr<v1::Status> Client::GetStatus() {
   grpc::ClientContext ctx;
   Authenticate(ctx, options_.connection.token);
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
-  GRADACC_RETURN_IF_ERROR(FromGrpc(stubs_->control->GetStatus(&ctx, v1::GetStatusRequest(), &status), "status"));
+  GRADACC_RETURN_IF_ERROR(FromGrpc(shards_[0].stubs->control->GetStatus(&ctx, v1::GetStatusRequest(), &status), "status"));
   return status;
 }
 
 absl::Status Client::Leave() {
   const absl::Time deadline = absl::Now() + options_.rpc_timeout;
-  absl::Duration backoff = options_.retry_backoff;
-  while (true) {
-    v1::LeaveRequest request;
-    request.set_job_id(job_.job_id());
-    request.set_worker(options_.worker);
-    v1::LeaveResponse response;
-    grpc::ClientContext ctx;
-    Authenticate(ctx, options_.connection.token);
-    ctx.set_deadline(absl::ToChronoTime(deadline));
-    ctx.set_wait_for_ready(true);
-    absl::Status s = FromGrpc(stubs_->data->Leave(&ctx, request, &response), "leave");
-    if (s.ok() || !Retryable(static_cast<grpc::StatusCode>(s.code())) || absl::Now() + backoff >= deadline) return s;
-    std::this_thread::sleep_for(absl::ToChronoNanoseconds(backoff));
-    backoff = std::min(backoff * 2, absl::Seconds(2));
+  absl::Status result;
+  for (Shard& shard : shards_) {
+    absl::Duration backoff = options_.retry_backoff;
+    while (true) {
+      v1::LeaveRequest request;
+      request.set_job_id(job_.job_id());
+      request.set_worker(options_.worker);
+      v1::LeaveResponse response;
+      grpc::ClientContext ctx;
+      Authenticate(ctx, options_.connection.token);
+      ctx.set_deadline(absl::ToChronoTime(deadline));
+      ctx.set_wait_for_ready(true);
+      absl::Status s = FromGrpc(shard.stubs->data->Leave(&ctx, request, &response), "leave " + shard.address);
+      if (s.ok()) break;
+      if (!Retryable(static_cast<grpc::StatusCode>(s.code())) || absl::Now() + backoff >= deadline) {
+        result = s;
+        break;
+      }
+      std::this_thread::sleep_for(absl::ToChronoNanoseconds(backoff));
+      backoff = std::min(backoff * 2, absl::Seconds(2));
+    }
   }
+  return result;
 }
 
 }  // namespace gradacc

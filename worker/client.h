@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -43,7 +44,9 @@
 namespace gradacc {
 
 struct ClientOptions {
-  std::string server;   // host:port
+  // host:port; for a sharded job every shard's address, comma-separated, in
+  // shard order.
+  std::string server;
   // TLS and the bearer token (worker/channel.h); server is ignored there.
   ConnectionOptions connection;
   std::string job_id;   // empty = whatever job the server runs
@@ -121,12 +124,22 @@ class Client {
   absl::Status Leave();
 
  private:
+  // One server of the job (the only one unless the job is sharded) and the
+  // flat elements it owns.
+  struct Shard {
+    std::string address;
+    std::unique_ptr<GradaccStubs> stubs;
+    uint64_t begin = 0, end = 0;
+  };
+
   explicit Client(const ClientOptions& options);
   void ZeroGradients();
   absl::Status JoinAndFetch(absl::Time give_up);
+  absl::StatusOr<v1::PushResponse> PushShard(Shard& shard, v1::PushRequest header, bool* duplicate, int* attempts);
+  absl::Status PullShard(Shard& shard, uint64_t min_version, absl::Time deadline, v1::ParametersHeader* header);
 
   const ClientOptions options_;
-  std::unique_ptr<GradaccStubs> stubs_;
+  std::vector<Shard> shards_;
   v1::JobSpec job_;
   ModelLayout layout_;
   uint64_t version_ = 0;
