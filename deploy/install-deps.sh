@@ -15,7 +15,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   zlib1g-dev libopenblas-dev dataset-fashion-mnist
   python3 python3-grpcio
-  procps
+  procps iproute2 util-linux openssl
   clang libclang-rt-14-dev
   libcivetweb-dev chromium
 )
