@@ -205,6 +205,7 @@ int main(int argc, char** argv) {
   sigwait(&signals, &signal);
   absl::FPrintF(stderr, "gradacc-server: %s received, shutting down (step %d)\n",
                 signal == SIGTERM ? "SIGTERM" : "SIGINT", (*server)->trainer()->version());
+  (*server)->StopPeers();
   if (absl::Status c = (*server)->trainer()->CheckpointNow(); !c.ok()) {
     absl::FPrintF(stderr, "gradacc-server: final checkpoint failed: %s\n", c.ToString());
   } else if (!absl::GetFlag(FLAGS_checkpoint_dir).empty()) {

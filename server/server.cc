@@ -132,9 +132,14 @@ GradaccServer::~GradaccServer() {
   server_.reset();
 }
 
+void GradaccServer::StopPeers() {
+  if (exchange_ != nullptr) exchange_->Stop();
+}
+
 void GradaccServer::Shutdown(absl::Duration grace) {
   if (server_ == nullptr) return;
   std::call_once(shutdown_once_, [&] {
+    StopPeers();
     trainer_->Shutdown();
     if (auto* health = server_->GetHealthCheckService()) health->Shutdown();
     server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));

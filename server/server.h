@@ -56,6 +56,9 @@ class GradaccServer {
   int metrics_port() const;
   Trainer* trainer() { return trainer_.get(); }
 
+  // Stops waiting for peer shards (a step in progress then finishes on this
+  // shard's own norm), so a final checkpoint is not held up by a peer.
+  void StopPeers();
   void Shutdown(absl::Duration grace = absl::Seconds(5));
   // Blocks until Shutdown() has completed.
   void Wait();

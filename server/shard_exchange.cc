@@ -52,6 +52,11 @@ absl::StatusOr<std::vector<double>> ShardExchange::GlobalSums(uint64_t window, c
     auto stub = v1::ControlPlane::NewStub(channels_[i]);
     while (true) {
       grpc::ClientContext ctx;
+      {
+        absl::MutexLock lock(&mu_);
+        if (stopped_) return absl::CancelledError("shard exchange stopped: the server is shutting down");
+        in_flight_ = &ctx;
+      }
       ctx.set_deadline(absl::ToChronoTime(deadline));
       ctx.set_wait_for_ready(true);
       if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
@@ -60,6 +65,11 @@ absl::StatusOr<std::vector<double>> ShardExchange::GlobalSums(uint64_t window, c
       req.set_window(window);
       v1::GetNormPartialResponse resp;
       const grpc::Status s = stub->GetNormPartial(&ctx, req, &resp);
+      {
+        absl::MutexLock lock(&mu_);
+        in_flight_ = nullptr;
+        if (stopped_) return absl::CancelledError("shard exchange stopped: the server is shutting down");
+      }
       if (s.ok()) {
         if (static_cast<size_t>(resp.tensor_sums_size()) != local.size()) {
           return absl::InternalError(absl::StrFormat("shard %d sent %d tensor sums, not %d", i,
@@ -93,6 +103,12 @@ uint64_t ShardExchange::WhenPublished(uint64_t window, std::function<void(const 
   }
   done(value);
   return 0;
+}
+
+void ShardExchange::Stop() {
+  absl::MutexLock lock(&mu_);
+  stopped_ = true;
+  if (in_flight_ != nullptr) in_flight_->TryCancel();
 }
 
 void ShardExchange::Cancel(uint64_t id) {

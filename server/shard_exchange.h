@@ -18,6 +18,7 @@
 
 namespace grpc {
 class Channel;
+class ClientContext;
 }  // namespace grpc
 
 namespace gradacc {
@@ -35,6 +36,9 @@ class ShardExchange final : public NormExchange {
   // (at once when it already is). Returns an id for Cancel, 0 if done ran.
   uint64_t WhenPublished(uint64_t window, std::function<void(const std::vector<double>&)> done);
   void Cancel(uint64_t id);
+  // Gives up every wait for a peer now (server shutdown): GlobalSums returns
+  // CANCELLED instead of waiting out its timeout.
+  void Stop();
 
   const std::vector<std::string>& peers() const { return peers_; }
   uint32_t shard() const { return shard_; }
@@ -56,6 +60,8 @@ class ShardExchange final : public NormExchange {
   };
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, Waiter> waiters_ ABSL_GUARDED_BY(mu_);
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::ClientContext* in_flight_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
 
 }  // namespace gradacc

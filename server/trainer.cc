@@ -806,12 +806,22 @@ void Trainer::CloseWindow(ClosingWindow window) {
     sums[i] = t.size <= kSequentialSumOfSquaresLimit ? double{SumOfSquaresF32(part)} : SumOfSquares(part);
   }
   if (options_.num_shards > 1 && options_.exchange != nullptr) {
-    auto global = options_.exchange->GlobalSums(version, sums);
-    if (global.ok()) {
-      sums = *std::move(global);
-    } else if (spec_.clipping().max_norm() > 0) {
-      absl::FPrintF(stderr, "gradacc-server: no global norm for window %d (%s); clipping on this shard's part\n",
-                    version, global.status().ToString());
+    // Every shard must step on the same norm: wait for the peers (retrying
+    // while they are away), or abandon the step when shutting down; its
+    // contributions are not in any checkpoint and get pushed again.
+    while (true) {
+      auto global = options_.exchange->GlobalSums(version, sums);
+      if (global.ok()) {
+        sums = *std::move(global);
+        break;
+      }
+      if (global.status().code() == absl::StatusCode::kCancelled) {
+        absl::FPrintF(stderr, "gradacc-server: window %d abandoned: %s\n", version, global.status().message());
+        return;
+      }
+      absl::FPrintF(stderr, "gradacc-server: waiting for the other shards' norms of window %d: %s\n", version,
+                    global.status().ToString());
+      absl::SleepFor(absl::Seconds(1));
     }
   }
   std::vector<float> norms;
@@ -888,6 +898,9 @@ void Trainer::CloseWindow(ClosingWindow window) {
       }
     }
   }
+  // mid_broadcast: the version is published and (when anyone was parked)
+  // one pull has its answer, the others not yet.
+  if (ready.empty()) MaybeKill("mid_broadcast", version, 0);
   for (size_t i = 0; i < ready.size(); ++i) {
     ready[i](snapshot);
     if (i == 0) MaybeKill("mid_broadcast", version, 0);

@@ -90,7 +90,9 @@ class NormExchange {
  public:
   virtual ~NormExchange() = default;
   // `local[t]`: this shard's part of tensor t's sum of squares. Returns the
-  // per-tensor totals over all shards, added in shard order.
+  // per-tensor totals over all shards, added in shard order; CANCELLED when
+  // the server is shutting down (the step is then abandoned, not taken on a
+  // partial norm).
   virtual absl::StatusOr<std::vector<double>> GlobalSums(uint64_t window, const std::vector<double>& local) = 0;
 };
 
