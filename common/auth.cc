@@ -10,16 +10,15 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 
 namespace gradacc {
 
 absl::StatusOr<std::string> LoadSecret(const std::string& file, const char* env) {
   if (!file.empty()) {
-    std::ifstream in(file, std::ios::binary);
-    if (!in) return absl::NotFoundError(absl::StrCat("cannot read secret file '", file, "'"));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    std::string secret(absl::StripAsciiWhitespace(ss.str()));
+    auto read = ReadFileToString(file);
+    if (!read.ok()) return absl::NotFoundError(absl::StrCat("cannot read secret file '", file, "'"));
+    std::string secret(absl::StripAsciiWhitespace(*read));
     if (secret.empty()) return absl::InvalidArgumentError(absl::StrCat("secret file '", file, "' is empty"));
     return secret;
   }

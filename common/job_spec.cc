@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/files.h"
 #include "common/kernels.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
@@ -97,11 +98,9 @@ std::pair<uint64_t, uint64_t> ShardRange(const ModelLayout& layout, uint32_t sha
 }
 
 absl::StatusOr<v1::JobSpec> LoadJobSpecFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open job file '", path, "'"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
+  auto read = ReadFileToString(path);
+  if (!read.ok()) return absl::NotFoundError(absl::StrCat("cannot open job file '", path, "'"));
+  const std::string& text = *read;
   v1::JobSpec spec;
   if (absl::EndsWith(path, ".json")) {
     google::protobuf::util::JsonParseOptions options;

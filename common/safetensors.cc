@@ -10,7 +10,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/files.h"
 #include "common/kernels.h"
+#include "common/status_macros.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
 
@@ -190,11 +192,8 @@ absl::StatusOr<SafetensorsContents> DecodeSafetensors(absl::string_view bytes) {
 }
 
 absl::StatusOr<SafetensorsContents> ReadSafetensorsFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  auto result = DecodeSafetensors(ss.str());
+  GRADACC_ASSIGN_OR_RETURN(std::string bytes, ReadFileToString(path));
+  auto result = DecodeSafetensors(bytes);
   if (!result.ok()) {
     return absl::Status(result.status().code(), absl::StrCat(path, ": ", result.status().message()));
   }

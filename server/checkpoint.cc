@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "common/files.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 
@@ -75,14 +76,6 @@ absl::Status WriteFileSynced(const std::string& path, absl::string_view bytes) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("missing ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 void RemoveCheckpointDir(const std::string& path) {
   for (const char* f : {kParams, kState, kManifest}) ::unlink(absl::StrCat(path, "/", f).c_str());
   ::rmdir(path.c_str());
@@ -113,9 +106,9 @@ absl::Status Verify(const std::string& path, const std::string& manifest, const 
 
 absl::StatusOr<Checkpoint> LoadOne(const std::string& dir, const std::string& name) {
   const std::string path = absl::StrCat(dir, "/", name);
-  GRADACC_ASSIGN_OR_RETURN(std::string manifest, ReadFile(path + "/" + kManifest));
-  GRADACC_ASSIGN_OR_RETURN(std::string params, ReadFile(path + "/" + kParams));
-  GRADACC_ASSIGN_OR_RETURN(std::string state_bytes, ReadFile(path + "/" + kState));
+  GRADACC_ASSIGN_OR_RETURN(std::string manifest, ReadFileToString(path + "/" + kManifest));
+  GRADACC_ASSIGN_OR_RETURN(std::string params, ReadFileToString(path + "/" + kParams));
+  GRADACC_ASSIGN_OR_RETURN(std::string state_bytes, ReadFileToString(path + "/" + kState));
   GRADACC_RETURN_IF_ERROR(Verify(path, manifest, params, state_bytes));
   Checkpoint c;
   c.name = name;

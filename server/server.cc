@@ -10,6 +10,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 #include "absl/strings/str_format.h"
 #include "common/http_server.h"
 #include "server/metrics.h"
@@ -19,14 +20,6 @@
 namespace gradacc {
 
 namespace {
-
-absl::StatusOr<std::string> ReadPem(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 bool IsLoopback(const std::string& listen) {
   const std::string host = listen.substr(0, listen.rfind(':'));
@@ -48,13 +41,13 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
     return grpc::InsecureServerCredentials();
   }
   grpc::SslServerCredentialsOptions ssl;
-  auto cert = ReadPem(options.tls_cert_file);
+  auto cert = ReadFileToString(options.tls_cert_file);
   if (!cert.ok()) return cert.status();
-  auto key = ReadPem(options.tls_key_file);
+  auto key = ReadFileToString(options.tls_key_file);
   if (!key.ok()) return key.status();
   ssl.pem_key_cert_pairs.push_back({*key, *cert});
   if (!options.tls_client_ca_file.empty()) {
-    auto ca = ReadPem(options.tls_client_ca_file);
+    auto ca = ReadFileToString(options.tls_client_ca_file);
     if (!ca.ok()) return ca.status();
     ssl.pem_root_certs = *ca;
     ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;

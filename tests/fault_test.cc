@@ -53,12 +53,9 @@ std::string Job(const std::string& extra = "") {
 
 std::unique_ptr<Subprocess> StartWorker(const std::string& dir, const std::string& address, int k,
                                         int step_delay_ms = 0) {
-  auto p = Subprocess::Start({GRADACC_TEST_CLIENT_BIN, "--server=" + address, absl::StrCat("--worker=", k),
-                              "--micro_batches=2", "--chunk_elements=300",
-                              absl::StrCat("--step_delay_ms=", step_delay_ms)},
-                             absl::StrCat(dir, "/worker", k, ".log"));
-  EXPECT_TRUE(p.ok()) << p.status();
-  return p.ok() ? std::move(*p) : nullptr;
+  return testing::StartTestClient(dir, address, k,
+                                  {"--micro_batches=2", "--chunk_elements=300",
+                                   absl::StrCat("--step_delay_ms=", step_delay_ms)});
 }
 
 std::vector<float> ReadParams(const std::string& path) {
@@ -74,12 +71,7 @@ bool Same(const std::vector<float>& a, const std::vector<float>& b) {
   return !a.empty() && a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0;
 }
 
-v1::Status Status(const std::string& address) {
-  auto run = RunCommand({GRADACC_CLI_BIN, "status", "--json", "--server=" + address, "--timeout_s=5"});
-  v1::Status s;
-  EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(run.output, &s).ok()) << run.output;
-  return s;
-}
+v1::Status Status(const std::string& address) { return testing::CliStatus(address); }
 
 // The undisturbed run every fault run must reproduce bit for bit.
 std::vector<float> Reference(const std::string& job, const std::string& tag) {

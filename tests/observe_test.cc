@@ -32,12 +32,7 @@ using testing::RunCommand;
 using testing::ServerProcess;
 using testing::Subprocess;
 
-const bool kMpiEnvironment = [] {
-  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
-  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
-  setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 0);
-  return true;
-}();
+const bool kMpiEnvironment = (testing::AllowMpiAsRoot(), true);
 
 std::string Job(int steps, const std::string& window_extra = "") {
   return absl::StrCat(R"pb(
@@ -53,11 +48,8 @@ std::string Job(int steps, const std::string& window_extra = "") {
 constexpr uint64_t kModelBytes = (64 * 33 + 33) * 4;
 
 std::unique_ptr<Subprocess> StartWorker(const std::string& dir, const std::string& address, int k, int delay_ms) {
-  auto p = Subprocess::Start({GRADACC_TEST_CLIENT_BIN, "--server=" + address, absl::StrCat("--worker=", k),
-                              "--micro_batches=2", absl::StrCat("--step_delay_ms=", delay_ms)},
-                             absl::StrCat(dir, "/worker", k, ".log"));
-  EXPECT_TRUE(p.ok()) << p.status();
-  return p.ok() ? std::move(*p) : nullptr;
+  return testing::StartTestClient(dir, address, k,
+                                  {"--micro_batches=2", absl::StrCat("--step_delay_ms=", delay_ms)});
 }
 
 // A plain HTTP/1.1 GET on loopback (test-side only).
@@ -107,12 +99,7 @@ int ReadPort(const std::string& file) {
   return 0;
 }
 
-v1::Status Status(const std::string& address) {
-  auto run = RunCommand({GRADACC_CLI_BIN, "status", "--json", "--server=" + address, "--timeout_s=5"});
-  v1::Status s;
-  EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(run.output, &s).ok()) << run.output;
-  return s;
-}
+v1::Status Status(const std::string& address) { return testing::CliStatus(address); }
 
 // A push header alone: enough for a duplicate or a stale push, which the
 // server answers before any data.

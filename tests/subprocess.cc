@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 
 extern char** environ;
@@ -107,6 +108,29 @@ RunResult RunCommand(const std::vector<std::string>& argv, absl::Duration timeou
   result.exit_code = code.value_or(-1);
   result.output += ReadFile(log);
   return result;
+}
+
+void AllowMpiAsRoot() {
+  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
+  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
+  setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 0);
+}
+
+std::unique_ptr<Subprocess> StartTestClient(const std::string& dir, const std::string& address, int worker,
+                                            const std::vector<std::string>& extra_flags) {
+  std::vector<std::string> argv = {GRADACC_TEST_CLIENT_BIN, "--server=" + address,
+                                   absl::StrCat("--worker=", worker)};
+  argv.insert(argv.end(), extra_flags.begin(), extra_flags.end());
+  auto p = Subprocess::Start(argv, absl::StrCat(dir, "/worker", worker, ".log"));
+  EXPECT_TRUE(p.ok()) << p.status();
+  return p.ok() ? std::move(*p) : nullptr;
+}
+
+v1::Status CliStatus(const std::string& address) {
+  auto run = RunCommand({GRADACC_CLI_BIN, "status", "--json", "--server=" + address, "--timeout_s=5"});
+  v1::Status s;
+  EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(run.output, &s).ok()) << run.output;
+  return s;
 }
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::string& dir,

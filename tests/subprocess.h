@@ -12,6 +12,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "gradacc/v1/control.pb.h"
 
 namespace gradacc::testing {
 
@@ -46,6 +47,18 @@ RunResult RunCommand(const std::vector<std::string>& argv, absl::Duration timeou
 std::string ReadFile(const std::string& path);
 // A fresh, empty folder under the test temp dir.
 std::string MakeTempDir(const std::string& name);
+
+// Lets mpirun run as root and oversubscribe the cores (CI runs as root on 2
+// cores); children inherit it.
+void AllowMpiAsRoot();
+
+// A gradacc_test_client worker process (tests/test_client.cc) with its
+// output in <dir>/worker<k>.log.
+std::unique_ptr<Subprocess> StartTestClient(const std::string& dir, const std::string& address, int worker,
+                                            const std::vector<std::string>& extra_flags = {});
+
+// `gradacc status --json` of a server, parsed (an empty Status on failure).
+v1::Status CliStatus(const std::string& address);
 
 // A gradacc-server child on 127.0.0.1 with a port the OS chose.
 class ServerProcess {

@@ -35,12 +35,7 @@ constexpr char kJob[] = R"pb(
 
 // Open MPI refuses root and more ranks than cores unless told; tests may run
 // as root on 2 cores (CI does).
-const bool kMpiEnvironment = [] {
-  setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
-  setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
-  setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 0);
-  return true;
-}();
+const bool kMpiEnvironment = (testing::AllowMpiAsRoot(), true);
 
 std::vector<std::string> Mpirun(int ranks, const std::vector<std::string>& worker_args) {
   std::vector<std::string> argv = {GRADACC_MPIEXEC, "-np", std::to_string(ranks), "--oversubscribe",

@@ -7,21 +7,10 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/files.h"
 #include "common/auth.h"
 
 namespace gradacc {
-namespace {
-
-absl::StatusOr<std::string> ReadPem(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-}  // namespace
-
 absl::Status LoadToken(const std::string& token_file, ConnectionOptions& options) {
   auto token = LoadSecret(token_file, "GRADACC_TOKEN");
   if (!token.ok()) return token.status();
@@ -39,14 +28,14 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ConnectionOptio
   }
   grpc::SslCredentialsOptions ssl;
   if (!options.tls_ca_file.empty()) {
-    auto ca = ReadPem(options.tls_ca_file);
+    auto ca = ReadFileToString(options.tls_ca_file);
     if (!ca.ok()) return ca.status();
     ssl.pem_root_certs = *ca;
   }
   if (!options.tls_cert_file.empty()) {
-    auto cert = ReadPem(options.tls_cert_file);
+    auto cert = ReadFileToString(options.tls_cert_file);
     if (!cert.ok()) return cert.status();
-    auto key = ReadPem(options.tls_key_file);
+    auto key = ReadFileToString(options.tls_key_file);
     if (!key.ok()) return key.status();
     ssl.pem_cert_chain = *cert;
     ssl.pem_private_key = *key;
