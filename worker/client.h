@@ -64,6 +64,10 @@ struct ClientOptions {
   absl::Duration retry_backoff = absl::Milliseconds(50);
   // Elements per pushed chunk (1 MiB by default).
   uint64_t chunk_elements = 256 * 1024;
+  // Move gradients and parameters through shared memory when the server is
+  // on this host (negotiated over gRPC; falls back to gRPC by itself).
+  // false = always gRPC.
+  bool shared_memory = true;
 };
 
 struct StepResult {
