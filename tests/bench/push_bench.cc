@@ -1,0 +1,88 @@
+// Push and pull throughput of ONE worker (tests/bench/run.sh starts the
+// server with a one-worker job). Per window, untimed: fill grad(), record a
+// micro-batch; timed: Client::Push(); untimed: wait (polling status) until
+// the server has stepped; timed: Client::Pull() of the new version. Prints
+// median GB/s of each (payload = P f32 = 4P bytes) as RESULT lines.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "tests/bench/bench_util.h"
+#include "worker/client.h"
+
+ABSL_FLAG(std::string, server, "", "gradacc-server HOST:PORT");
+ABSL_FLAG(bool, shm, false, "ClientOptions.shared_memory");
+ABSL_FLAG(int, warmup, 2, "untimed windows first");
+ABSL_FLAG(double, timeout_s, 120, "bound on every wait");
+
+namespace {
+
+int Fail(const std::string& what) {
+  absl::FPrintF(stderr, "gradacc_bench_push: %s\n", what);
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  gradacc::ClientOptions options;
+  options.server = absl::GetFlag(FLAGS_server);
+  options.worker = 0;
+  options.shared_memory = absl::GetFlag(FLAGS_shm);
+  const absl::Duration timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
+  options.connect_timeout = timeout;
+  options.rpc_timeout = timeout;
+  options.window_timeout = timeout;
+  auto connected = gradacc::Client::Connect(options);
+  if (!connected.ok()) return Fail(connected.status().ToString());
+  gradacc::Client& client = **connected;
+  if (client.job().window().num_workers() != 1) return Fail("the job must have exactly one worker");
+  const uint64_t p = client.grad().size();
+  const double bytes = 4.0 * static_cast<double>(p);
+  const int warmup = absl::GetFlag(FLAGS_warmup);
+
+  std::vector<double> push_gbps, pull_gbps;
+  for (int i = 0; !client.done(); ++i) {
+    const uint64_t v = client.version();
+    gradacc::bench::FillGradient(client.grad().data(), p, 0, v);
+    client.AddMicroBatch(1, 0.0);
+    const double t0 = gradacc::bench::NowSeconds();
+    auto pushed = client.Push();
+    const double t1 = gradacc::bench::NowSeconds();
+    if (!pushed.ok()) return Fail(pushed.status().ToString());
+    // Pull alone: wait until the server has published v + 1.
+    const absl::Time give_up = absl::Now() + timeout;
+    for (;;) {
+      auto status = client.GetStatus();
+      if (!status.ok()) return Fail(status.status().ToString());
+      if (status->version() > v) break;
+      if (absl::Now() > give_up) return Fail("the server did not step");
+      absl::SleepFor(absl::Milliseconds(1));
+    }
+    const double t2 = gradacc::bench::NowSeconds();
+    absl::Status pulled = client.Pull(v + 1, timeout);
+    const double t3 = gradacc::bench::NowSeconds();
+    if (!pulled.ok()) return Fail(pulled.ToString());
+    if (i >= warmup) {
+      push_gbps.push_back(bytes / (t1 - t0) / 1e9);
+      pull_gbps.push_back(bytes / (t3 - t2) / 1e9);
+    }
+  }
+  (void)client.Leave();
+  if (push_gbps.empty()) return Fail("no timed window (raise the job's total_steps above --warmup)");
+  const std::string setting = absl::GetFlag(FLAGS_shm) ? "shm" : "grpc";
+  using gradacc::bench::Median;
+  using gradacc::bench::PrintResult;
+  PrintResult("push", "gradacc_push", p, 1, setting, "gbps_median", Median(push_gbps), "GB/s");
+  PrintResult("push", "gradacc_push", p, 1, setting, "gbps_min", gradacc::bench::Min(push_gbps), "GB/s");
+  PrintResult("push", "gradacc_push", p, 1, setting, "gbps_max", gradacc::bench::Max(push_gbps), "GB/s");
+  PrintResult("push", "gradacc_pull", p, 1, setting, "gbps_median", Median(pull_gbps), "GB/s");
+  PrintResult("push", "gradacc_pull", p, 1, setting, "gbps_min", gradacc::bench::Min(pull_gbps), "GB/s");
+  PrintResult("push", "gradacc_pull", p, 1, setting, "gbps_max", gradacc::bench::Max(pull_gbps), "GB/s");
+  return 0;
+}

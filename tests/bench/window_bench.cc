@@ -1,0 +1,93 @@
+// The end-to-end window of gradacc: every rank of `mpirun -np M` is one
+// worker of a job with M workers (tests/bench/run.sh starts the server).
+// Per window, untimed: fill grad() deterministically and record one
+// micro-batch; timed: MPI_Barrier, t0, Client::Step() (push, the server's
+// reduction and optimizer step, broadcast, every worker holding the new
+// parameters, gradients zeroed), MPI_Barrier, t1. A window's time is the
+// largest t1 - t0 over the ranks; rank 0 prints the median (after --warmup
+// windows) as RESULT lines (tests/bench/bench_util.h).
+#include <mpi.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_format.h"
+#include "tests/bench/bench_util.h"
+#include "worker/client.h"
+
+ABSL_FLAG(std::string, server, "", "gradacc-server HOST:PORT");
+ABSL_FLAG(bool, shm, true, "ClientOptions.shared_memory");
+ABSL_FLAG(int, warmup, 2, "untimed windows first");
+ABSL_FLAG(double, timeout_s, 300, "bound on connecting and on every window");
+
+namespace {
+
+[[noreturn]] void Abort(int rank, const std::string& what) {
+  absl::FPrintF(stderr, "gradacc_bench_window[%d]: %s\n", rank, what);
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  std::abort();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  absl::ParseCommandLine(argc, argv);
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+
+  gradacc::ClientOptions options;
+  options.server = absl::GetFlag(FLAGS_server);
+  options.worker = static_cast<uint32_t>(rank);
+  options.shared_memory = absl::GetFlag(FLAGS_shm);
+  const absl::Duration timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
+  options.connect_timeout = timeout;
+  options.rpc_timeout = timeout;
+  options.window_timeout = timeout;
+  auto connected = gradacc::Client::Connect(options);
+  if (!connected.ok()) Abort(rank, connected.status().ToString());
+  gradacc::Client& client = **connected;
+  if (client.job().window().num_workers() != static_cast<uint32_t>(size)) {
+    Abort(rank, absl::StrFormat("the job has %d workers but mpirun started %d ranks",
+                                client.job().window().num_workers(), size));
+  }
+  const uint64_t p = client.grad().size();
+  const int warmup = absl::GetFlag(FLAGS_warmup);
+
+  std::vector<double> windows;
+  int reconnects = 0;
+  for (int i = 0; !client.done(); ++i) {
+    const uint64_t v = client.version();
+    gradacc::bench::FillGradient(client.grad().data(), p, rank, v);
+    client.AddMicroBatch(1, 0.0);
+    MPI_Barrier(MPI_COMM_WORLD);
+    const double t0 = gradacc::bench::NowSeconds();
+    auto step = client.Step();
+    if (!step.ok()) Abort(rank, absl::StrFormat("window %d: %s", v, step.status().ToString()));
+    MPI_Barrier(MPI_COMM_WORLD);
+    const double mine = gradacc::bench::NowSeconds() - t0;
+    if (step->stale || step->version != v + 1) Abort(rank, absl::StrFormat("window %d did not step cleanly", v));
+    reconnects += step->reconnects;
+    double slowest = 0;
+    MPI_Reduce(&mine, &slowest, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+    if (i >= warmup) windows.push_back(slowest);
+  }
+  (void)client.Leave();
+  int all_reconnects = 0;
+  MPI_Reduce(&reconnects, &all_reconnects, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);
+  if (rank == 0) {
+    if (windows.empty()) Abort(rank, "no timed window (raise the job's total_steps above --warmup)");
+    if (all_reconnects > 0) absl::FPrintF(stderr, "gradacc_bench_window: %d reconnects during the run\n", all_reconnects);
+    const std::string setting = absl::GetFlag(FLAGS_shm) ? "shm" : "grpc";
+    gradacc::bench::PrintTimes("window", "gradacc", p, size, setting, "window", windows);
+    gradacc::bench::PrintResult("window", "gradacc", p, size, setting, "windows", static_cast<double>(windows.size()),
+                                "n");
+  }
+  connected->reset();
+  MPI_Finalize();
+  return 0;
+}
