@@ -1,0 +1,278 @@
+#!/usr/bin/env python3
+"""Turns one run of tests/bench/run.sh into its table of medians and ratios.
+
+Inputs: the RESULT lines the benchmark programs printed (run.sh collects them
+as CSV: section,name,P,M,setting,metric,value,unit), the Google Benchmark
+JSON of the kernels, and run.sh's environment lines (key=value). Prints the
+table as Markdown and writes it as Markdown (--md) and as CSV (--csv: every
+environment line, measurement and ratio, one a row). Standard library only.
+"""
+import argparse
+import csv
+import statistics
+import sys
+
+P16 = 16 << 20
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--raw", required=True)
+    p.add_argument("--env", required=True)
+    p.add_argument("--kernels")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--md", required=True)
+    return p.parse_args()
+
+
+def label(n):
+    n = int(n)
+    if n % (1 << 20) == 0:
+        return f"{n >> 20}M"
+    if n % 1024 == 0:
+        return f"{n >> 10}K"
+    return str(n)
+
+
+def fmt(v, digits=3):
+    if v is None:
+        return "—"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.{digits}g}" if abs(v) < 1 else f"{v:.2f}"
+
+
+class Results:
+    def __init__(self, raw_path):
+        self.rows = []
+        self.notes = []
+        with open(raw_path) as f:
+            for rec in csv.reader(f):
+                if len(rec) != 8:
+                    continue
+                section, name, p, m, setting, metric, value, unit = rec
+                if section == "note":
+                    self.notes.append((name, int(p), int(m), setting, unit))
+                    continue
+                self.rows.append(dict(section=section, name=name, p=int(p), m=int(m), setting=setting,
+                                      metric=metric, value=float(value), unit=unit))
+
+    def get(self, section, name, metric, p=None, m=None, setting=None):
+        for r in self.rows:
+            if (r["section"] == section and r["name"] == name and r["metric"] == metric
+                    and (p is None or r["p"] == p) and (m is None or r["m"] == m)
+                    and (setting is None or r["setting"] == setting)):
+                return r["value"]
+        return None
+
+    def runs(self, section, name, metric):
+        return [r["value"] for r in self.rows if r["section"] == section and r["name"] == name
+                and r["metric"] == metric]
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def load_kernels(path):
+    """{(benchmark, n): (median GB/s, median ms)} from Google Benchmark JSON."""
+    import json
+    out = {}
+    if not path:
+        return out
+    with open(path) as f:
+        data = json.load(f)
+    for b in data.get("benchmarks", []):
+        if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
+            continue
+        base = b.get("run_name") or b["name"].rsplit("_", 1)[0]
+        name, _, n = base.partition("/")
+        unit = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b.get("time_unit", "ns")]
+        key = (name.replace("BM_", ""), int(n or 0))
+        if b.get("run_type") == "aggregate" or key not in out:
+            out[key] = (b.get("bytes_per_second", 0) / 1e9, b["real_time"] * unit)
+    return out
+
+
+def main():
+    args = parse_args()
+    env = []
+    with open(args.env) as f:
+        for line in f:
+            k, _, v = line.rstrip("\n").partition("=")
+            env.append((k, v))
+    envd = dict(env)
+    res = Results(args.raw)
+    kernels = load_kernels(args.kernels)
+    md = []
+    csv_rows = [("kind", "name", "P", "M", "setting", "metric", "value", "unit", "target", "status")]
+    for k, v in env:
+        csv_rows.append(("env", k, "", "", "", "", v, "", "", ""))
+
+    md.append(f"gradacc benchmark: {envd.get('date', '?')} on {envd.get('host', '?')} — "
+              f"{envd.get('cpu', '?')}, {envd.get('cores', '?')} cores, {envd.get('mem_total_gb', '?')} GB, "
+              f"kernel {envd.get('kernel', '?')}, THP {envd.get('thp', '?')}, commit {envd.get('commit', '?')}")
+    md.append("")
+    md.append(f"Medians over {envd.get('reps', '?')}. Settings:")
+    for k, v in env:
+        if k.startswith("setting.") or k == "note" or k in ("mpi", "torch", "blas.ddp"):
+            md.append(f"- {k.replace('setting.', '')}: {v}")
+    md.append("")
+
+    # ------------------------------------------------------------ headline ratios
+    md.append("### Issue 5 ratios")
+    md.append("")
+    md.append("| check | value | target | status |")
+    md.append("| --- | ---: | --- | --- |")
+
+    def check(name, value, target, ok, p="", m="", setting=""):
+        if value is None:
+            status = "—"
+        elif target == "info":
+            status = ""
+        else:
+            status = "ok" if ok(value) else "NOT MET"
+        md.append(f"| {name} | {fmt(value)} | {target} | {status} |")
+        csv_rows.append(("ratio", name, p, m, setting, "ratio", "" if value is None else f"{value:.6g}", "x",
+                         target, status))
+
+    add = kernels.get(("AddPlain", P16))
+    addinto = kernels.get(("AddInto", P16))
+    check("AddInto / plain add bandwidth, 16M floats", ratio(addinto and addinto[0], add and add[0]), ">= 0.85",
+          lambda v: v >= 0.85, P16, 1)
+    tcp = res.get("tcp", "loopback", "gbps_median")
+    for setting in ("grpc", "shm"):
+        push = res.get("push", "gradacc_push", "gbps_median", setting=setting)
+        pull = res.get("push", "gradacc_pull", "gbps_median", setting=setting)
+        target = ">= 0.5" if setting == "grpc" else "info"
+        check(f"push ({setting}) / raw TCP, 16M floats, 1 worker", ratio(push, tcp), target, lambda v: v >= 0.5,
+              P16, 1, setting)
+        check(f"pull ({setting}) / raw TCP, 16M floats, 1 worker", ratio(pull, tcp), "info", None, P16, 1, setting)
+    for m in (2, 4):
+        gloo = res.get("window", "gloo", "window_median", P16, m)
+        mpi = [v for v in (res.get("window", "mpi_allreduce", "window_median", P16, m),
+                           res.get("window", "mpi_reduce_bcast", "window_median", P16, m)) if v is not None]
+        best_mpi = min(mpi) if mpi else None
+        for setting in ("shm", "grpc"):
+            w = res.get("window", "gradacc", "window_median", P16, m, setting)
+            main_path = setting == "shm"
+            check(f"window ({setting}) / gloo all_reduce+Adam, 16M, M={m}", ratio(w, gloo),
+                  "<= 1" if main_path else "info", lambda v: v <= 1.0, P16, m, setting)
+            check(f"window ({setting}) / best MPI (+Adam), 16M, M={m}", ratio(w, best_mpi),
+                  "<= 1.25" if main_path else "info", lambda v: v <= 1.25, P16, m, setting)
+    ours = res.runs("train", "gradacc", "samples_per_s_run")
+    ddp = res.runs("train", "ddp", "samples_per_s_run")
+    ours_med = statistics.median(ours) if ours else None
+    ddp_med = statistics.median(ddp) if ddp else None
+    check("training samples/s, gradacc / DDP no_sync (MLP, 2 workers)", ratio(ours_med, ddp_med), ">= 1",
+          lambda v: v >= 1.0, "", 2)
+    md.append("")
+
+    # ------------------------------------------------------------ windows
+    md.append("### End-to-end window (median ms; push, reduce, Adam step, every rank holding the result)")
+    md.append("")
+    md.append("| P | M | gradacc shm | gradacc gRPC | MPI allreduce | MPI reduce+bcast | gloo | shm / gloo | "
+              "shm / best MPI | gRPC / gloo | gRPC / best MPI |")
+    md.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    configs = sorted({(r["p"], r["m"]) for r in res.rows if r["section"] == "window"} |
+                     {(n[1], n[2]) for n in res.notes if n[0] in ("gradacc", "gloo") or n[0].startswith("mpi")})
+    for p, m in configs:
+        shm = res.get("window", "gradacc", "window_median", p, m, "shm")
+        grpc = res.get("window", "gradacc", "window_median", p, m, "grpc")
+        ar = res.get("window", "mpi_allreduce", "window_median", p, m)
+        rb = res.get("window", "mpi_reduce_bcast", "window_median", p, m)
+        gloo = res.get("window", "gloo", "window_median", p, m)
+        best = min([v for v in (ar, rb) if v is not None], default=None)
+        md.append(f"| {label(p)} | {m} | {fmt(shm)} | {fmt(grpc)} | {fmt(ar)} | {fmt(rb)} | {fmt(gloo)} | "
+                  f"{fmt(ratio(shm, gloo))} | {fmt(ratio(shm, best))} | {fmt(ratio(grpc, gloo))} | "
+                  f"{fmt(ratio(grpc, best))} |")
+    coll = []
+    for p, m in configs:
+        parts = []
+        for name, title in (("mpi_allreduce", "allreduce"), ("mpi_reduce_bcast", "reduce+bcast"), ("gloo", "gloo")):
+            v = res.get("window", name, "collective_median", p, m)
+            if v is not None:
+                parts.append(f"{title} {fmt(v)}")
+        if parts:
+            coll.append(f"{label(p)}/M={m}: " + ", ".join(parts))
+    if coll:
+        md.append("")
+        md.append("Peers' collective alone (median ms, before scale + Adam): " + "; ".join(coll) + ".")
+    for name, p, m, setting, why in res.notes:
+        md.append(f"- skipped {name} ({setting}) P={label(p)} M={m}: {why}")
+    md.append("")
+
+    # ------------------------------------------------------------ transfers
+    md.append("### Transfers (GB/s, median [min–max])")
+    md.append("")
+    md.append("| what | GB/s |")
+    md.append("| --- | ---: |")
+
+    def transfer(title, section, name, setting=None):
+        med = res.get(section, name, "gbps_median", setting=setting)
+        lo = res.get(section, name, "gbps_min", setting=setting)
+        hi = res.get(section, name, "gbps_max", setting=setting)
+        span = f" [{fmt(lo)}–{fmt(hi)}]" if lo is not None else ""
+        md.append(f"| {title} | {fmt(med)}{span} |")
+
+    transfer("raw loopback TCP, 64 MiB messages", "tcp", "loopback")
+    for setting in ("grpc", "shm"):
+        transfer(f"gradacc Client::Push, 16M floats ({setting})", "push", "gradacc_push", setting)
+        transfer(f"gradacc Client::Pull, 16M floats ({setting})", "push", "gradacc_pull", setting)
+    md.append("")
+
+    # ------------------------------------------------------------ kernels
+    if kernels:
+        md.append("### Kernels (one thread unless the kernel uses more; median GB/s touched, ms)")
+        md.append("")
+        sizes = sorted({n for (_, n) in kernels})
+        md.append("| kernel | " + " | ".join(label(n) for n in sizes) + " |")
+        md.append("| --- |" + " ---: |" * len(sizes))
+        for name in ("Memcpy", "AddPlain", "AddInto", "FirstNonFinite", "SgdMomentumStep", "AdamStep"):
+            cells = []
+            for n in sizes:
+                v = kernels.get((name, n))
+                cells.append(f"{fmt(v[0])} GB/s, {fmt(v[1])} ms" if v else "—")
+            md.append(f"| {name} | " + " | ".join(cells) + " |")
+        md.append("")
+        for (name, n), (gbps, ms) in sorted(kernels.items()):
+            csv_rows.append(("measure", f"kernel_{name}", n, 1, "", "gbps_median", f"{gbps:.6g}", "GB/s", "", ""))
+            csv_rows.append(("measure", f"kernel_{name}", n, 1, "", "time_median", f"{ms:.6g}", "ms", "", ""))
+
+    # ------------------------------------------------------------ training
+    md.append("### Training throughput (main job's MLP 784-256-128-10, 2 workers)")
+    md.append("")
+    md.append("| | samples/s (median) | runs |")
+    md.append("| --- | ---: | --- |")
+    md.append(f"| gradacc (gradacc-worker, server on this host) | {fmt(ours_med)} | "
+              f"{', '.join(fmt(v) for v in ours) or '—'} |")
+    md.append(f"| PyTorch DDP, no_sync() | {fmt(ddp_med)} | {', '.join(fmt(v) for v in ddp) or '—'} |")
+    md.append(f"| gradacc / DDP | {fmt(ratio(ours_med, ddp_med))} | |")
+    if ours_med is not None:
+        csv_rows.append(("measure", "train_gradacc", "", 2, "", "samples_per_s_median", f"{ours_med:.6g}",
+                         "samples/s", "", ""))
+    if ddp_med is not None:
+        csv_rows.append(("measure", "train_ddp", "", 2, "", "samples_per_s_median", f"{ddp_med:.6g}",
+                         "samples/s", "", ""))
+
+    for r in res.rows:
+        csv_rows.append(("measure", f"{r['section']}_{r['name']}", r["p"], r["m"], r["setting"], r["metric"],
+                         f"{r['value']:.6g}", r["unit"], "", ""))
+    for name, p, m, setting, why in res.notes:
+        csv_rows.append(("skipped", name, p, m, setting, "", "", "", "", why))
+
+    text = "\n".join(md) + "\n"
+    sys.stdout.write(text)
+    with open(args.md, "w") as f:
+        f.write(text)
+    with open(args.csv, "w", newline="") as f:
+        csv.writer(f).writerows(csv_rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
