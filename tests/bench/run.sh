@@ -15,10 +15,11 @@
 #   --quick: P 1M,16M, M 2, 3 windows after 1 warm-up, 100 training steps
 #   once, short kernel runs (about a minute after the build).
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
+root="$(cd "$(dirname "$self")/../.." && pwd)"
 cd "$root"
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$self" | sed 's/^# \{0,1\}//'; }
 
 sizes="1M,16M,64M"
 workers="1,2,4,8"
