@@ -1,5 +1,6 @@
 #include "common/buffer.h"
 
+#include <malloc.h>
 #include <sys/mman.h>
 
 #include <cstdlib>
@@ -26,19 +27,36 @@ FloatBuffer::FloatBuffer(size_t size) : size_(size) {
   data_ = static_cast<float*>(p);
 }
 
-FloatBuffer::~FloatBuffer() { std::free(data_); }
+FloatBuffer FloatBuffer::View(float* data, size_t size) {
+  FloatBuffer b;
+  b.data_ = data;
+  b.size_ = size;
+  b.owned_ = false;
+  return b;
+}
+
+FloatBuffer::~FloatBuffer() {
+  if (owned_) std::free(data_);
+}
 
 FloatBuffer::FloatBuffer(FloatBuffer&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)),
-      size_(std::exchange(other.size_, 0)) {}
+      size_(std::exchange(other.size_, 0)),
+      owned_(std::exchange(other.owned_, true)) {}
 
 FloatBuffer& FloatBuffer::operator=(FloatBuffer&& other) noexcept {
   if (this != &other) {
-    std::free(data_);
+    if (owned_) std::free(data_);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    owned_ = std::exchange(other.owned_, true);
   }
   return *this;
+}
+
+void KeepFreedMemoryForReuse() {
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
 }  // namespace gradacc

@@ -3,7 +3,8 @@
 // Big buffers (>= 2 MiB) are 2 MiB aligned and advised as huge pages: on these
 // machines a fresh 4 KiB page costs 12-21 us to fault in, so gradacc allocates
 // its big buffers once and reuses them. Not thread-safe; move-only; owns its
-// memory.
+// memory, except a View, which borrows memory owned elsewhere (a mapped
+// shared-memory segment) and frees nothing.
 #ifndef GRADACC_COMMON_BUFFER_H_
 #define GRADACC_COMMON_BUFFER_H_
 
@@ -23,6 +24,9 @@ class FloatBuffer {
   FloatBuffer& operator=(FloatBuffer&& other) noexcept;
   FloatBuffer(const FloatBuffer&) = delete;
   FloatBuffer& operator=(const FloatBuffer&) = delete;
+  // Borrows [data, data + size); the owner must outlive the view.
+  static FloatBuffer View(float* data, size_t size);
+  bool owned() const { return owned_; }
 
   float* data() { return data_; }
   const float* data() const { return data_; }
@@ -35,7 +39,13 @@ class FloatBuffer {
  private:
   float* data_ = nullptr;
   size_t size_ = 0;
+  bool owned_ = true;
 };
+
+// Makes glibc keep freed blocks (up to 64 MiB) for reuse instead of handing
+// them back to the kernel, so per-message buffers (gRPC's, protobuf's) stop
+// paying fresh page faults. Call once at the start of main().
+void KeepFreedMemoryForReuse();
 
 }  // namespace gradacc
 

@@ -1,7 +1,11 @@
 #include "common/kernels.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
+
+#include "common/parallel.h"
 
 namespace gradacc {
 namespace {
@@ -24,6 +28,41 @@ void AddInto(absl::Span<float> dst, absl::Span<const float> src) {
   const float* __restrict s = src.data();
   const size_t n = dst.size();
   for (size_t i = 0; i < n; ++i) d[i] += s[i];
+}
+
+void SumInOrder(absl::Span<float> dst, absl::Span<const float* const> srcs, float divisor) {
+  // 16 Ki elements (64 KiB) per block: the partial sum stays in L2 while
+  // every source adds into it.
+  constexpr size_t kBlock = 16 * 1024;
+  ParallelFor(dst.size(), [&](size_t begin, size_t end) {
+    for (size_t b = begin; b < end; b += kBlock) {
+      const size_t n = std::min(kBlock, end - b);
+      float* __restrict d = dst.data() + b;
+      std::memcpy(d, srcs[0] + b, n * sizeof(float));
+      for (size_t k = 1; k < srcs.size(); ++k) {
+        const float* __restrict s = srcs[k] + b;
+        for (size_t i = 0; i < n; ++i) d[i] += s[i];
+      }
+      if (divisor != 0) {
+        for (size_t i = 0; i < n; ++i) d[i] /= divisor;
+      }
+    }
+  });
+}
+
+double SumOfSquaresParallel(absl::Span<const float> x) {
+  const size_t blocks = (x.size() + kSumBlock - 1) / kSumBlock;
+  if (blocks <= 1) return SumOfSquares(x);
+  std::vector<double> partial(blocks, 0.0);
+  ParallelFor(
+      blocks,
+      [&](size_t begin, size_t end) {
+        for (size_t b = begin; b < end; ++b) partial[b] = SumOfSquares(x.subspan(b * kSumBlock, kSumBlock));
+      },
+      /*min_per_thread=*/1, /*align=*/1);
+  double total = 0;
+  for (double p : partial) total += p;
+  return total;
 }
 
 void ScaleInPlace(absl::Span<float> dst, float s) {

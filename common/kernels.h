@@ -12,6 +12,16 @@ namespace gradacc {
 
 // dst[i] += src[i].
 void AddInto(absl::Span<float> dst, absl::Span<const float> src);
+// The deterministic reduction: dst[i] = (((src[0][i] + src[1][i]) +
+// src[2][i]) + ...), then divided by `divisor` when it is non-zero: the same
+// bits as copying src[0] and AddInto-ing the others in order, then
+// DivideInPlace. Cache-blocked (each source is read once, dst written once)
+// and spread over ParallelFor's threads. srcs must not be empty.
+void SumInOrder(absl::Span<float> dst, absl::Span<const float* const> srcs, float divisor);
+// SumOfSquares over fixed blocks of kSumBlock elements computed in parallel
+// and added in block order: deterministic whatever the thread count.
+inline constexpr size_t kSumBlock = size_t{1} << 20;
+double SumOfSquaresParallel(absl::Span<const float> x);
 // dst[i] *= s.
 void ScaleInPlace(absl::Span<float> dst, float s);
 // dst[i] /= d (a true division, as torch's `tensor / n`).

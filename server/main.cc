@@ -10,6 +10,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "common/buffer.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
@@ -47,6 +48,8 @@ ABSL_FLAG(std::vector<std::string>, shard_peers, {},
           "every shard's HOST:PORT in shard order, this one included (sharded jobs)");
 ABSL_FLAG(std::string, metrics_listen, "", "HOST:PORT to serve Prometheus /metrics on (port 0: a free one)");
 ABSL_FLAG(std::string, metrics_port_file, "", "write the metrics port to this file once serving");
+ABSL_FLAG(std::string, shared_memory_dir, "/dev/shm",
+          "tmpfs folder for the shared-memory segments of workers on this host; empty = gRPC only");
 ABSL_FLAG(std::string, ledger_file, "",
           "append the step ledger here (JSON lines); default: <checkpoint_dir>/ledger.jsonl with checkpoints");
 ABSL_FLAG(std::string, checkpoint_dir, "",
@@ -72,6 +75,7 @@ int Fail(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  gradacc::KeepFreedMemoryForReuse();
   absl::SetProgramUsageMessage("gradacc-server [--job=FILE] [--listen=HOST:PORT] ...");
   absl::ParseCommandLine(argc, argv);
 
@@ -158,6 +162,7 @@ int main(int argc, char** argv) {
   options.tokens.worker = *worker_token;
   options.tokens.reader = *reader_token;
   options.trainer.ledger_path = absl::GetFlag(FLAGS_ledger_file);
+  options.trainer.shared_memory_dir = absl::GetFlag(FLAGS_shared_memory_dir);
   if (options.trainer.ledger_path.empty() && !options.trainer.checkpoint_dir.empty()) {
     options.trainer.ledger_path = options.trainer.checkpoint_dir + "/ledger.jsonl";
   }

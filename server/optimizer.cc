@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/parallel.h"
 
 namespace gradacc {
 namespace {
@@ -12,6 +13,11 @@ namespace {
 // fused multiply-add; so do these, which makes gradacc's trajectories match
 // torch.optim bit for bit. target_clones picks the hardware FMA when the CPU
 // has it; the default clone computes the same (correctly rounded) result.
+// Built with -O3 -fno-math-errno (server/CMakeLists.txt) so the loops, once
+// unswitched on their flags, vectorise: vector fma, sqrt and division round
+// exactly as the scalar ones. Steps run on ParallelFor's threads over
+// contiguous ranges; every update is element-wise, so the bits do not depend
+// on the split.
 __attribute__((target_clones("fma", "default"))) void SgdKernel(
     float* __restrict p, const float* __restrict g, float* __restrict buf, size_t n, float neg_lr, float wd,
     float mom, float one_minus_damp, bool nesterov, bool first) {
@@ -72,8 +78,12 @@ class Sgd final : public Optimizer {
         momentum_buffer_(o.momentum() != 0 ? n : 0) {}
 
   void Step(absl::Span<float> params, absl::Span<const float> grad, double lr) override {
-    SgdKernel(params.data(), grad.data(), momentum_buffer_.data(), params.size(), static_cast<float>(-lr),
-              weight_decay_, momentum_, one_minus_dampening_, nesterov_, steps_ == 0);
+    const bool first = steps_ == 0;
+    float* const buf = momentum_buffer_.data();
+    ParallelFor(params.size(), [&](size_t b, size_t e) {
+      SgdKernel(params.data() + b, grad.data() + b, buf == nullptr ? nullptr : buf + b, e - b,
+                static_cast<float>(-lr), weight_decay_, momentum_, one_minus_dampening_, nesterov_, first);
+    });
     ++steps_;
   }
 
@@ -118,11 +128,15 @@ class Adam final : public Optimizer {
     const double bias_correction2 = 1 - std::pow(beta2_, t);
     const float neg_step_size = static_cast<float>(-(lr / bias_correction1));
     const float bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
-    AdamKernel(params.data(), grad.data(), exp_avg_.data(), exp_avg_sq_.data(), max_exp_avg_sq_.data(),
-               params.size(), static_cast<float>(beta1_), static_cast<float>(1 - beta1_),
-               static_cast<float>(beta2_), static_cast<float>(1 - beta2_), static_cast<float>(eps_),
-               static_cast<float>(weight_decay_), static_cast<float>(1 - lr * weight_decay_), neg_step_size,
-               bc2_sqrt, weight_decay_ != 0, decoupled_, amsgrad_);
+    float* const vmax = max_exp_avg_sq_.data();
+    ParallelFor(params.size(), [&](size_t b, size_t e) {
+      AdamKernel(params.data() + b, grad.data() + b, exp_avg_.data() + b, exp_avg_sq_.data() + b,
+                 vmax == nullptr ? nullptr : vmax + b, e - b, static_cast<float>(beta1_),
+                 static_cast<float>(1 - beta1_), static_cast<float>(beta2_), static_cast<float>(1 - beta2_),
+                 static_cast<float>(eps_), static_cast<float>(weight_decay_),
+                 static_cast<float>(1 - lr * weight_decay_), neg_step_size, bc2_sqrt, weight_decay_ != 0,
+                 decoupled_, amsgrad_);
+    });
   }
 
   std::vector<std::pair<std::string, FloatBuffer*>> StateBuffers() override {

@@ -4,6 +4,7 @@
 #include <grpcpp/security/credentials.h>
 
 #include <memory>
+#include <thread>
 #include <utility>
 
 #include "absl/synchronization/mutex.h"
@@ -14,10 +15,14 @@ namespace gradacc {
 namespace {
 
 // Pull: parked with the Trainer until the version exists, then streams the
-// shared, pre-serialised snapshot (header, then chunks).
+// shared, pre-serialised snapshot (header, then chunks) — or only the header
+// to a worker that reads the parameters from shared memory.
 class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
  public:
-  PullReactor(Trainer* trainer, const v1::PullRequest& request) : trainer_(trainer) {
+  PullReactor(Trainer* trainer, const v1::PullRequest& request)
+      : trainer_(trainer),
+        shared_memory_(request.shared_memory() && request.worker() < trainer->spec().window().num_workers() &&
+                       trainer->SharedMemoryAttached(request.worker())) {
     absl::Status valid = Validate(request);
     if (!valid.ok()) {
       Finish(ToGrpcStatus(valid));
@@ -80,6 +85,24 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
       return;
     }
     snapshot_ = std::move(*snap);
+    if (shared_memory_) {
+      header_ = snapshot_->header;
+      header_.mutable_header()->set_shared_memory(true);
+      trainer_->CountBytes(0, header_.header().num_elements() * sizeof(float));
+      next_chunk_ = snapshot_->chunks.size();
+      StartWrite(&header_);
+      return;
+    }
+    if (!snapshot_->has_chunks) {
+      // Published without chunks (every member was on shared memory). This
+      // may run inside the window's close, which holds the step lock that
+      // FullSnapshot needs: build them on a thread of their own.
+      std::thread([this] {
+        snapshot_ = trainer_->FullSnapshot();
+        StartWrite(&snapshot_->header);
+      }).detach();
+      return;
+    }
     StartWrite(&snapshot_->header);
   }
 
@@ -93,7 +116,9 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
   }
 
   Trainer* const trainer_;
+  const bool shared_memory_;
   std::shared_ptr<const ParamSnapshot> snapshot_;
+  v1::PullResponse header_;  // the header-only answer
   size_t next_chunk_ = 0;
   absl::Mutex mu_;
   uint64_t waiter_id_ ABSL_GUARDED_BY(mu_) = 0;
@@ -331,6 +356,20 @@ grpc::ServerWriteReactor<v1::PullResponse>* DataPlaneServiceImpl::Pull(grpc::Cal
     return new RefusedWrite<v1::PullResponse>(denied);
   }
   return new PullReactor(trainer_, *request);
+}
+
+grpc::ServerUnaryReactor* DataPlaneServiceImpl::AttachSharedMemory(grpc::CallbackServerContext* context,
+                                                                  const v1::AttachSharedMemoryRequest* request,
+                                                                  v1::AttachSharedMemoryResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  if (grpc::Status denied = Authorize(context, tokens_, Role::kWorker); !denied.ok()) {
+    reactor->Finish(denied);
+    return reactor;
+  }
+  auto result = trainer_->AttachSharedMemory(*request);
+  if (result.ok()) *response = std::move(*result);
+  reactor->Finish(ToGrpcStatus(result.status()));
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* DataPlaneServiceImpl::Leave(grpc::CallbackServerContext* context,

@@ -33,6 +33,9 @@ class DataPlaneServiceImpl final : public v1::DataPlane::CallbackService {
                                                    const v1::PullRequest* request) override;
   grpc::ServerUnaryReactor* Leave(grpc::CallbackServerContext* context, const v1::LeaveRequest* request,
                                   v1::LeaveResponse* response) override;
+  grpc::ServerUnaryReactor* AttachSharedMemory(grpc::CallbackServerContext* context,
+                                               const v1::AttachSharedMemoryRequest* request,
+                                               v1::AttachSharedMemoryResponse* response) override;
 
  private:
   Trainer* const trainer_;

@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/kernels.h"
+#include "common/parallel.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "google/protobuf/util/json_util.h"
@@ -39,18 +40,25 @@ double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
 // ---------------------------------------------------------------------------
 // PushSession
 
-PushSession::PushSession(Trainer* trainer, const v1::PushHeader& header, FloatBuffer buffer)
-    : trainer_(trainer), header_(header), buffer_(std::move(buffer)) {
+PushSession::PushSession(Trainer* trainer, const v1::PushHeader& header, FloatBuffer buffer,
+                         std::shared_ptr<ShmSegment> segment)
+    : trainer_(trainer), header_(header), buffer_(std::move(buffer)), segment_(std::move(segment)) {
   covered_.resize(trainer_->layout().tensors().size());
+  if (segment_ != nullptr) covered_elements_ = trainer_->size();
 }
 
 PushSession::~PushSession() {
-  if (buffer_.size() != 0) trainer_->ReturnBuffer(std::move(buffer_));
+  if (buffer_.size() != 0 && buffer_.owned()) trainer_->ReturnBuffer(std::move(buffer_));
   trainer_->ReleaseInflight();
 }
 
 absl::Status PushSession::AddChunk(uint32_t tensor, uint64_t offset, absl::string_view bytes,
                                    absl::string_view name) {
+  if (segment_ != nullptr) {
+    reject_reason_ = "protocol";
+    return absl::InvalidArgumentError(
+        "a shared-memory push carries no chunks (its gradients are in the worker's segment)");
+  }
   const auto& tensors = trainer_->layout().tensors();
   if (tensor >= tensors.size()) {
     reject_reason_ = "tensor_index";
@@ -217,9 +225,31 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
       begin_(ShardRange(layout_, options_.shard, std::max(1u, options_.num_shards)).first),
       end_(ShardRange(layout_, options_.shard, std::max(1u, options_.num_shards)).second),
       params_(std::move(params)),
+      reduced_(params_.size()),
       optimizer_(std::move(optimizer)) {
   absl::MutexLock step_lock(&step_mu_);
   absl::MutexLock lock(&mu_);
+  if (options_.shared_memory_dir.empty()) {
+    shm_off_reason_ = "off on this server (--shared_memory_dir is empty)";
+  } else if (options_.num_shards > 1) {
+    shm_off_reason_ = "sharded servers move data through gRPC only";
+  } else {
+    ShmSegment::RemoveStale(options_.shared_memory_dir);
+    shm_nonce_ = ShmSegment::NewNonce();
+    auto segment = ShmSegment::Create(ShmSegment::NewPath(options_.shared_memory_dir, shm_nonce_, "params"),
+                                      size(), shm_nonce_);
+    if (segment.ok()) {
+      // The parameters live in the segment from now on: the optimizer writes
+      // them there and co-located workers read them there.
+      std::copy(params_.data(), params_.data() + params_.size(), (*segment)->data());
+      params_ = FloatBuffer::View((*segment)->data(), size());
+      params_segment_ = *std::move(segment);
+    } else {
+      shm_off_reason_ = std::string(segment.status().message());
+      absl::FPrintF(stderr, "gradacc-server: shared memory off: %s\n", shm_off_reason_);
+    }
+  }
+  grad_segments_.resize(num_workers_);
   workers_.resize(num_workers_);
   slots_.resize(num_workers_);
   expected_.assign(num_workers_, false);
@@ -233,6 +263,7 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
     last_checkpoint_version_ = version_;
   }
   OpenWindow(started_);
+  if (params_segment_ != nullptr) params_segment_->header()->seq.store(2 * version_, std::memory_order_release);
   snapshot_ = BuildSnapshot(version_, version_ >= spec_.total_steps(),
                             LearningRateAt(spec_.optimizer(), spec_.schedule(), version_ ? version_ - 1 : 0),
                             last_loss_);
@@ -446,6 +477,69 @@ absl::Status Trainer::Leave(const v1::LeaveRequest& request) {
     NotifyListeners();
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<v1::AttachSharedMemoryResponse> Trainer::AttachSharedMemory(
+    const v1::AttachSharedMemoryRequest& request) {
+  GRADACC_RETURN_IF_ERROR(CheckJob(request.job_id()));
+  GRADACC_RETURN_IF_ERROR(CheckWorker(request.worker()));
+  v1::AttachSharedMemoryResponse response;
+  absl::MutexLock lock(&mu_);
+  WorkerInfo& w = workers_[request.worker()];
+  if (!request.failure().empty()) {
+    // The worker could not use what it was offered: it stays on gRPC, and
+    // status says why.
+    w.shm_failure = request.failure().substr(0, 200);
+    w.shared_memory = false;
+    grad_segments_[request.worker()].reset();
+    response.set_reason("recorded; use gRPC");
+    return response;
+  }
+  if (params_segment_ == nullptr) {
+    response.set_reason(shm_off_reason_);
+    return response;
+  }
+  std::shared_ptr<ShmSegment>& segment = grad_segments_[request.worker()];
+  if (segment == nullptr) {
+    auto created = ShmSegment::Create(
+        ShmSegment::NewPath(options_.shared_memory_dir, shm_nonce_, absl::StrCat("w", request.worker())), size(),
+        shm_nonce_);
+    if (!created.ok()) {
+      response.set_reason(std::string(created.status().message()));
+      return response;
+    }
+    segment = *std::move(created);
+  }
+  w.shm_failure.clear();
+  response.set_available(true);
+  response.set_params_path(params_segment_->path());
+  response.set_grad_path(segment->path());
+  response.set_nonce_hi(shm_nonce_[0]);
+  response.set_nonce_lo(shm_nonce_[1]);
+  response.set_num_elements(size());
+  response.set_params_stable(!Elastic() && spec_.window().policy() == v1::WindowRule::POLICY_WAIT);
+  return response;
+}
+
+bool Trainer::SharedMemoryAttached(uint32_t worker) const {
+  absl::MutexLock lock(&mu_);
+  return worker < grad_segments_.size() && grad_segments_[worker] != nullptr;
+}
+
+std::shared_ptr<const ParamSnapshot> Trainer::FullSnapshot() {
+  // Under step_mu_ the parameters are exactly those of the current snapshot.
+  absl::MutexLock step_lock(&step_mu_);
+  std::shared_ptr<const ParamSnapshot> current;
+  {
+    absl::MutexLock lock(&mu_);
+    current = snapshot_;
+  }
+  if (current->has_chunks) return current;
+  const v1::ParametersHeader& h = current->header.header();
+  auto full = BuildSnapshot(current->version, h.job_done(), h.lr(), h.loss());
+  absl::MutexLock lock(&mu_);
+  if (snapshot_ == current) snapshot_ = full;
+  return full;
 }
 
 FloatBuffer Trainer::TakeBuffer() {
@@ -663,6 +757,18 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
     return absl::ResourceExhaustedError(
         absl::StrFormat("%d pushes already in flight; retry later", inflight_pushes_));
   }
+  if (h.shared_memory()) {
+    std::shared_ptr<ShmSegment> segment = grad_segments_[h.worker()];
+    if (segment == nullptr) {
+      RejectedLocked(w, "not_attached");
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "worker %d pushed through shared memory but holds no gradient segment of this server; attach again",
+          h.worker()));
+    }
+    ++inflight_pushes_;
+    FloatBuffer view = FloatBuffer::View(segment->data(), size());
+    return std::unique_ptr<PushSession>(new PushSession(this, h, std::move(view), std::move(segment)));
+  }
   ++inflight_pushes_;
   return std::unique_ptr<PushSession>(new PushSession(this, h, TakeBuffer()));
 }
@@ -692,7 +798,21 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
   PushResult result;
   std::optional<ClosingWindow> closing;
   absl::Time now = absl::Now();
-  const double grad_norm = std::sqrt(SumOfSquares(session->buffer_.span()));
+  const double sum_of_squares = SumOfSquaresParallel(session->buffer_.span());
+  if (session->segment_ != nullptr && !std::isfinite(sum_of_squares)) {
+    // Chunks were checked as they arrived; a segment is checked here (a
+    // finite sum of squares means every element is finite).
+    const int64_t bad = FirstNonFinite(session->buffer_.span());
+    if (bad >= 0) {
+      const auto& t = *std::find_if(layout_.tensors().rbegin(), layout_.tensors().rend(),
+                                    [&](const ModelLayout::Tensor& t) { return t.offset <= uint64_t(bad); });
+      RecordRejected(h.worker(), "not_finite");
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "gradient of tensor '%s' is not finite at element %d (%f); nothing was counted", t.name,
+          uint64_t(bad) - t.offset, session->buffer_[bad]));
+    }
+  }
+  const double grad_norm = std::sqrt(sum_of_squares);
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("server is shutting down");
@@ -732,6 +852,7 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
     w.applied_keys[h.contribution_key()] = version_;
     if (w.applied_keys.size() > kKeepKeys) w.applied_keys.erase(w.applied_keys.begin());
     w.state = v1::WORKER_STATE_PUSHED;
+    w.shared_memory = session->segment_ != nullptr;
     w.last_seen = now;
     ++w.contributions;
     w.last_window = version_;
@@ -743,6 +864,7 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
     closing = TakeWindowIfComplete(false);
     result.closed_window = closing.has_value();
   }
+  if (session->segment_ != nullptr) CountBytes(size() * sizeof(float), 0);
   session.reset();
   MaybeKill("push", result.window, result.received);
   if (closing.has_value()) {
@@ -765,30 +887,34 @@ void Trainer::CloseWindow(ClosingWindow window) {
   }
   std::vector<Slot>& slots = window.slots;
   // Deterministic reduction: always in worker order, whatever the arrival
-  // order. The first contribution's buffer becomes the accumulator.
-  FloatBuffer& acc = slots[0].grad;
-  uint64_t samples = slots[0].samples;
-  double loss_sum = slots[0].loss_sum;
-  for (size_t i = 1; i < slots.size(); ++i) {
-    AddInto(acc.span(), slots[i].grad.span());
-    samples += slots[i].samples;
-    loss_sum += slots[i].loss_sum;
+  // order (and whatever the transport: a slot is a pooled buffer filled
+  // from gRPC chunks or a view of the worker's shared-memory segment).
+  FloatBuffer& acc = reduced_;
+  uint64_t samples = 0;
+  double loss_sum = 0;
+  std::vector<const float*> sources;
+  for (const Slot& slot : slots) {
+    sources.push_back(slot.grad.data());
+    samples += slot.samples;
+    loss_sum += slot.loss_sum;
   }
+  float divisor = 0;
   switch (spec_.reduction()) {
     case v1::REDUCTION_MEAN_OVER_SAMPLES:
-      // A window without samples (possible only when every worker's slots
-      // were empty) has no gradient.
-      if (samples == 0) {
-        std::fill(acc.data(), acc.data() + acc.size(), 0.0f);
-      } else {
-        DivideInPlace(acc.span(), static_cast<float>(samples));
-      }
+      divisor = static_cast<float>(samples);
       break;
     case v1::REDUCTION_MEAN_OVER_CONTRIBUTIONS:
-      DivideInPlace(acc.span(), static_cast<float>(slots.size()));
+      divisor = static_cast<float>(slots.size());
       break;
     default:
       break;
+  }
+  if (spec_.reduction() == v1::REDUCTION_MEAN_OVER_SAMPLES && samples == 0) {
+    // A window without samples (possible only when every worker's slots
+    // were empty) has no gradient.
+    std::fill(acc.data(), acc.data() + acc.size(), 0.0f);
+  } else {
+    SumInOrder(acc.span(), sources, divisor);
   }
   const absl::Time t1 = absl::Now();
   // torch.nn.utils.clip_grad_norm_ in f32: the norm of the per-tensor norms,
@@ -803,7 +929,7 @@ void Trainer::CloseWindow(ClosingWindow window) {
     const uint64_t lo = std::max(t.offset, begin_), hi = std::min(t.offset + t.size, end_);
     if (lo >= hi) continue;
     const auto part = absl::MakeConstSpan(acc.data() + (lo - begin_), hi - lo);
-    sums[i] = t.size <= kSequentialSumOfSquaresLimit ? double{SumOfSquaresF32(part)} : SumOfSquares(part);
+    sums[i] = t.size <= kSequentialSumOfSquaresLimit ? double{SumOfSquaresF32(part)} : SumOfSquaresParallel(part);
   }
   if (options_.num_shards > 1 && options_.exchange != nullptr) {
     // Every shard must step on the same norm: wait for the peers (retrying
@@ -832,18 +958,30 @@ void Trainer::CloseWindow(ClosingWindow window) {
   if (spec_.clipping().max_norm() > 0) {
     const float coef = (1.0f / (grad_norm + 1e-6f)) * static_cast<float>(spec_.clipping().max_norm());
     if (coef < 1.0f) {
-      ScaleInPlace(acc.span(), coef);
+      ParallelFor(acc.size(), [&](size_t b, size_t e) { ScaleInPlace(acc.span().subspan(b, e - b), coef); });
       clipped_norm = grad_norm * coef;
     }
   }
   const double lr = LearningRateAt(spec_.optimizer(), spec_.schedule(), version);
+  // Co-located workers see the segment's seq turn odd: the parameters of
+  // `version` are being overwritten.
+  if (params_segment_ != nullptr) params_segment_->header()->seq.store(2 * version + 1, std::memory_order_release);
   optimizer_->Step(params_.span(), acc.span(), lr);
   const absl::Time t2 = absl::Now();
 
   const uint64_t new_version = version + 1;
   const bool job_done = new_version >= spec_.total_steps();
   const double loss = samples > 0 ? loss_sum / static_cast<double>(samples) : 0.0;
-  auto snapshot = BuildSnapshot(new_version, job_done, lr, loss);
+  // The chunks of a version are built only when a member may pull it
+  // through gRPC (any member not on shared memory).
+  bool all_shared_memory = params_segment_ != nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    for (uint32_t i = 0; i < num_workers_ && all_shared_memory; ++i) {
+      if (expected_[i] && (!workers_[i].shared_memory || grad_segments_[i] == nullptr)) all_shared_memory = false;
+    }
+  }
+  auto snapshot = BuildSnapshot(new_version, job_done, lr, loss, /*chunks=*/!all_shared_memory);
 
   std::vector<SnapshotCallback> ready;
   v1::CheckpointState durable;
@@ -852,7 +990,7 @@ void Trainer::CloseWindow(ClosingWindow window) {
   {
     absl::MutexLock lock(&mu_);
     for (Slot& s : slots) {
-      if (free_buffers_.size() < static_cast<size_t>(max_inflight_) + num_workers_) {
+      if (s.grad.owned() && free_buffers_.size() < static_cast<size_t>(max_inflight_) + num_workers_) {
         free_buffers_.push_back(std::move(s.grad));
       }
     }
@@ -878,6 +1016,7 @@ void Trainer::CloseWindow(ClosingWindow window) {
     absl::Status s = WriteCheckpointLocked(durable);
     if (!s.ok()) absl::FPrintF(stderr, "gradacc-server: checkpoint failed: %s\n", s.ToString());
   }
+  if (params_segment_ != nullptr) params_segment_->header()->seq.store(2 * new_version, std::memory_order_release);
   {
     absl::MutexLock lock(&mu_);
     version_ = new_version;
@@ -1034,7 +1173,7 @@ void Trainer::UnregisterPushStream(uint64_t handle) {
 }
 
 std::shared_ptr<const ParamSnapshot> Trainer::BuildSnapshot(uint64_t version, bool job_done, double lr,
-                                                            double loss) const {
+                                                            double loss, bool chunks) const {
   auto snap = std::make_shared<ParamSnapshot>();
   snap->version = version;
   v1::ParametersHeader* h = snap->header.mutable_header();
@@ -1044,6 +1183,8 @@ std::shared_ptr<const ParamSnapshot> Trainer::BuildSnapshot(uint64_t version, bo
   h->set_lr(lr);
   h->set_loss(loss);
   h->set_num_elements(size());
+  snap->has_chunks = chunks;
+  if (!chunks) return snap;
   const uint64_t chunk = std::max<uint64_t>(1, options_.pull_chunk_elements);
   for (size_t i = 0; i < layout_.tensors().size(); ++i) {
     const ModelLayout::Tensor& t = layout_.tensors()[i];
@@ -1264,6 +1405,15 @@ v1::Status Trainer::GetStatus() const {
     ws->set_duplicates(w.duplicates);
     ws->set_rejected(w.rejected);
     ws->set_last_window(w.last_window);
+    if (w.shared_memory && grad_segments_[i] != nullptr) {
+      ws->set_transport("shared memory");
+    } else if (!w.shm_failure.empty()) {
+      ws->set_transport(absl::StrCat("gRPC (shared memory failed: ", w.shm_failure, ")"));
+    } else if (params_segment_ == nullptr) {
+      ws->set_transport(absl::StrCat("gRPC (no shared memory: ", shm_off_reason_, ")"));
+    } else if (w.contributed_ever) {
+      ws->set_transport("gRPC");
+    }
   }
   s.set_last_loss(last_loss_);
   for (const v1::LossPoint& p : loss_history_) *s.add_loss_history() = p;

@@ -33,6 +33,7 @@
 #include "absl/time/time.h"
 #include "common/buffer.h"
 #include "common/job_spec.h"
+#include "common/shm.h"
 #include "gradacc/v1/control.pb.h"
 #include "gradacc/v1/data.pb.h"
 #include "server/checkpoint.h"
@@ -44,10 +45,14 @@ class Trainer;
 
 // The parameters of one version, serialised once and shared (read-only) by
 // every pull that asks for it.
+// When every worker of the window moves data through shared memory the
+// chunks are not built (has_chunks = false); a gRPC pull then asks
+// Trainer::FullSnapshot for them.
 struct ParamSnapshot {
   uint64_t version = 0;
   v1::PullResponse header;               // kind = header
   std::vector<v1::PullResponse> chunks;  // kind = chunk, tensors in order
+  bool has_chunks = true;
 };
 
 // One push in flight: the header was accepted and chunks are being copied
@@ -71,11 +76,14 @@ class PushSession {
 
  private:
   friend class Trainer;
-  PushSession(Trainer* trainer, const v1::PushHeader& header, FloatBuffer buffer);
+  PushSession(Trainer* trainer, const v1::PushHeader& header, FloatBuffer buffer,
+              std::shared_ptr<ShmSegment> segment = nullptr);
 
   Trainer* const trainer_;
   const v1::PushHeader header_;
   FloatBuffer buffer_;
+  // Shared-memory push: buffer_ is a view of this worker's gradient segment.
+  std::shared_ptr<ShmSegment> segment_;
   // Per tensor: begin -> end of the element ranges received (merged).
   std::vector<std::map<uint64_t, uint64_t>> covered_;
   uint64_t covered_elements_ = 0;
@@ -139,6 +147,9 @@ struct TrainerOptions {
   std::vector<std::string> kill_at;
   // The step ledger is appended here (one JSON object a line) when set.
   std::string ledger_path;
+  // Shared memory for workers on this host (common/shm.h): segments are
+  // made in this tmpfs folder; empty = off (every worker uses gRPC).
+  std::string shared_memory_dir;
 };
 
 // Counters for /metrics that Status does not carry.
@@ -176,11 +187,20 @@ class Trainer {
   uint64_t begin() const { return begin_; }
   uint64_t end() const { return end_; }
   uint64_t size() const { return end_ - begin_; }
+  bool shared_memory_on() const { return params_segment_ != nullptr; }
   uint32_t shard() const { return options_.shard; }
   uint32_t num_shards() const { return options_.num_shards; }
 
   absl::StatusOr<v1::JoinResponse> Join(const v1::JoinRequest& request);
   absl::Status Leave(const v1::LeaveRequest& request);
+  // Offers (or records the failure of) shared memory to a worker.
+  absl::StatusOr<v1::AttachSharedMemoryResponse> AttachSharedMemory(const v1::AttachSharedMemoryRequest& request);
+  // Whether `worker` holds a gradient segment (its pulls may be answered
+  // with the header only).
+  bool SharedMemoryAttached(uint32_t worker) const;
+  // The current version with its chunks built (for gRPC pulls of a version
+  // published without them).
+  std::shared_ptr<const ParamSnapshot> FullSnapshot();
 
   // Checks a push header before any data is read: job, worker, membership,
   // duplicate key (ALREADY_EXISTS), stale or future window, sizes. On success
@@ -244,6 +264,10 @@ class Trainer {
     uint64_t rejected = 0;
     uint64_t last_window = 0;
     bool contributed_ever = false;
+    // Transport: its last push came through shared memory; why shared
+    // memory failed on the worker's side, if it did.
+    bool shared_memory = false;
+    std::string shm_failure;
     // contribution key -> window it went into; the newest kKeepKeys only.
     std::map<uint64_t, uint64_t> applied_keys;
   };
@@ -299,8 +323,9 @@ class Trainer {
   void NoteLateLocked(uint32_t worker, uint64_t window, uint64_t key, const char* outcome)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AppendLedgerLocked(const v1::StepRecord& record) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  std::shared_ptr<const ParamSnapshot> BuildSnapshot(uint64_t version, bool job_done, double lr,
-                                                     double loss) const;
+  std::shared_ptr<const ParamSnapshot> BuildSnapshot(uint64_t version, bool job_done, double lr, double loss,
+                                                     bool chunks = true) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
   void NotifyListeners() ABSL_LOCKS_EXCLUDED(mu_);
   void ExpireWaitersLoop();
   void WriteFinalParameters();
@@ -315,10 +340,17 @@ class Trainer {
 
   // Orders steps and checkpoints; taken before mu_, never while holding it.
   absl::Mutex step_mu_;
-  FloatBuffer params_ ABSL_GUARDED_BY(step_mu_);
+  FloatBuffer params_ ABSL_GUARDED_BY(step_mu_);  // a view of params_segment_ when shared memory is on
+  FloatBuffer reduced_ ABSL_GUARDED_BY(step_mu_);  // the window's reduced gradient
   std::unique_ptr<Optimizer> optimizer_ ABSL_GUARDED_BY(step_mu_);
   uint64_t last_checkpoint_version_ ABSL_GUARDED_BY(step_mu_) = ~uint64_t{0};
   std::vector<std::string> restore_notes_;
+  // Shared memory: the parameter segment (null when off: shm_off_reason_
+  // says why) and each worker's gradient segment once it attached.
+  ShmNonce shm_nonce_{};
+  std::unique_ptr<ShmSegment> params_segment_;
+  std::string shm_off_reason_;
+  std::vector<std::shared_ptr<ShmSegment>> grad_segments_ ABSL_GUARDED_BY(mu_);
 
   mutable absl::Mutex mu_;
   uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;

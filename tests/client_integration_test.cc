@@ -1,12 +1,17 @@
 // Several real worker processes (gradacc_test_client, built on the client
 // library) train against the real gradacc-server for 12 windows; the final
 // parameters must match a reference computed here, and the real CLI must
-// report the run (`gradacc status --json`, `gradacc health`). Also the
-// Python example of the README against the same server.
+// report the run (`gradacc status --json`, `gradacc health`). The same job
+// through every transport (shared memory, gRPC alone, a mix, and the
+// automatic fallback) gives the same bits and shows each worker's transport
+// in status. Also the Python example of the README against the same server.
 #include <cmath>
+#include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "common/safetensors.h"
 #include "google/protobuf/util/json_util.h"
 #include "gradacc/v1/control.pb.h"
@@ -148,6 +153,80 @@ TEST(ClientIntegrationTest, WorkersTrainAgainstTheRealServer) {
   EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
   auto down = RunCommand({GRADACC_CLI_BIN, "health", "--server=" + (*server)->address(), "--timeout_s=2"});
   EXPECT_NE(down.exit_code, 0);
+}
+
+// The job run once with the given server flags and per-worker flags;
+// `after_start` runs between the server's start and the workers'.
+struct TransportRun {
+  std::string params;  // the final safetensors file, bytes
+  v1::Status status;
+};
+TransportRun RunWithTransports(const std::string& tag, std::vector<std::string> server_flags,
+                               const std::function<std::vector<std::string>(int)>& worker_flags,
+                               const std::function<void(const std::string&)>& after_start = {}) {
+  TransportRun run;
+  const std::string dir = testing::MakeTempDir(tag);
+  std::ofstream(dir + "/job.textproto") << kJob;
+  server_flags.push_back("--job=" + dir + "/job.textproto");
+  server_flags.push_back("--output=" + dir + "/final.safetensors");
+  for (std::string& f : server_flags) absl::StrReplaceAll({{"$DIR", dir}}, &f);
+  std::filesystem::create_directories(dir + "/shm");  // for --shared_memory_dir=$DIR/shm
+  auto server = ServerProcess::Start(dir, server_flags);
+  EXPECT_TRUE(server.ok()) << server.status();
+  if (!server.ok()) return run;
+  if (after_start) after_start(dir);
+  std::vector<std::unique_ptr<Subprocess>> workers;
+  for (int k = 0; k < kWorkers; ++k) {
+    std::vector<std::string> flags = worker_flags(k);
+    flags.push_back(absl::StrCat("--micro_batches=", kMicro));
+    workers.push_back(testing::StartTestClient(dir, (*server)->address(), k, flags));
+  }
+  for (int k = 0; k < kWorkers; ++k) {
+    EXPECT_EQ(workers[k]->Wait(absl::Seconds(90)), std::optional<int>(0))
+        << testing::ReadFile(absl::StrCat(dir, "/worker", k, ".log")) << (*server)->log();
+  }
+  run.status = testing::CliStatus((*server)->address());
+  EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
+  run.params = testing::ReadFile(dir + "/final.safetensors");
+  return run;
+}
+
+TEST(ClientIntegrationTest, EveryTransportGivesTheSameBitsAndShowsInStatus) {
+  auto all = [](const std::string& flag) { return [flag](int) { return std::vector<std::string>{flag}; }; };
+  const TransportRun grpc = RunWithTransports("t_grpc", {}, all("--shared_memory=false"));
+  ASSERT_FALSE(grpc.params.empty());
+  for (const auto& w : grpc.status.workers()) EXPECT_EQ(w.transport(), "gRPC");
+
+  const TransportRun shm = RunWithTransports("t_shm", {"--shared_memory_dir=/dev/shm"}, all("--shared_memory=true"));
+  for (const auto& w : shm.status.workers()) EXPECT_EQ(w.transport(), "shared memory");
+  EXPECT_EQ(shm.params, grpc.params) << "shared memory and gRPC runs differ";
+
+  // Half on each: the server builds pull chunks for the gRPC half only.
+  const TransportRun mixed = RunWithTransports("t_mixed", {}, [](int k) {
+    return std::vector<std::string>{absl::StrCat("--shared_memory=", k % 2 == 0)};
+  });
+  for (const auto& w : mixed.status.workers()) {
+    EXPECT_EQ(w.transport(), w.worker() % 2 == 0 ? "shared memory" : "gRPC");
+  }
+  EXPECT_EQ(mixed.params, grpc.params) << "a mixed-transport run differs";
+
+  // The offered segment cannot be opened (removed behind the server's
+  // back): every worker falls back to gRPC by itself and status says why.
+  const TransportRun fallback = RunWithTransports(
+      "t_fallback", {"--shared_memory_dir=$DIR/shm"}, all("--shared_memory=true"), [](const std::string& dir) {
+        for (const auto& e : std::filesystem::directory_iterator(dir + "/shm")) std::filesystem::remove(e.path());
+      });
+  for (const auto& w : fallback.status.workers()) {
+    EXPECT_NE(w.transport().find("gRPC (shared memory failed: cannot open shared-memory segment"), std::string::npos)
+        << w.transport();
+  }
+  EXPECT_EQ(fallback.params, grpc.params) << "the fallback run differs";
+
+  const TransportRun off = RunWithTransports("t_off", {"--shared_memory_dir="}, all("--shared_memory=true"));
+  for (const auto& w : off.status.workers()) {
+    EXPECT_EQ(w.transport(), "gRPC (no shared memory: off on this server (--shared_memory_dir is empty))");
+  }
+  EXPECT_EQ(off.params, grpc.params);
 }
 
 TEST(ClientIntegrationTest, PythonGrpcioReadsStatus) {

@@ -51,11 +51,19 @@ std::string Job(const std::string& extra = "") {
   )pb");
 }
 
+// Workers on this host use shared memory unless told otherwise.
 std::unique_ptr<Subprocess> StartWorker(const std::string& dir, const std::string& address, int k,
-                                        int step_delay_ms = 0) {
+                                        int step_delay_ms = 0, bool shared_memory = true) {
   return testing::StartTestClient(dir, address, k,
                                   {"--micro_batches=2", "--chunk_elements=300",
-                                   absl::StrCat("--step_delay_ms=", step_delay_ms)});
+                                   absl::StrCat("--step_delay_ms=", step_delay_ms),
+                                   absl::StrCat("--shared_memory=", shared_memory)});
+}
+
+// The transport under test: shared memory (true) or gRPC alone (false).
+class TransportTest : public ::testing::TestWithParam<bool> {};
+std::string TransportName(const ::testing::TestParamInfo<bool>& info) {
+  return info.param ? "SharedMemory" : "Grpc";
 }
 
 std::vector<float> ReadParams(const std::string& path) {
@@ -73,7 +81,8 @@ bool Same(const std::vector<float>& a, const std::vector<float>& b) {
 
 v1::Status Status(const std::string& address) { return testing::CliStatus(address); }
 
-// The undisturbed run every fault run must reproduce bit for bit.
+// The undisturbed run every fault run must reproduce bit for bit, made
+// through gRPC alone: the fault runs on shared memory must match it too.
 std::vector<float> Reference(const std::string& job, const std::string& tag) {
   const std::string dir = testing::MakeTempDir("ref_" + tag);
   std::ofstream(dir + "/job.textproto") << job;
@@ -81,7 +90,7 @@ std::vector<float> Reference(const std::string& job, const std::string& tag) {
   EXPECT_TRUE(server.ok()) << server.status();
   if (!server.ok()) return {};
   std::vector<std::unique_ptr<Subprocess>> workers;
-  for (int k = 0; k < kWorkers; ++k) workers.push_back(StartWorker(dir, (*server)->address(), k));
+  for (int k = 0; k < kWorkers; ++k) workers.push_back(StartWorker(dir, (*server)->address(), k, 0, false));
   for (int k = 0; k < kWorkers; ++k) {
     EXPECT_EQ(workers[k]->Wait(absl::Seconds(90)), std::optional<int>(0))
         << ReadFile(absl::StrCat(dir, "/worker", k, ".log"));
@@ -90,7 +99,8 @@ std::vector<float> Reference(const std::string& job, const std::string& tag) {
   return ReadParams(dir + "/final.safetensors");
 }
 
-TEST(ServerKillTest, KilledThreeTimesAndRestartedGivesBitIdenticalParameters) {
+using ServerKillTest = TransportTest;
+TEST_P(ServerKillTest, KilledThreeTimesAndRestartedGivesBitIdenticalParameters) {
   const std::vector<float> reference = Reference(Job(), "kill");
   ASSERT_FALSE(reference.empty());
 
@@ -110,7 +120,7 @@ TEST(ServerKillTest, KilledThreeTimesAndRestartedGivesBitIdenticalParameters) {
   const int port = (*server)->port();
   const std::string address = (*server)->address();
   std::vector<std::unique_ptr<Subprocess>> workers;
-  for (int k = 0; k < kWorkers; ++k) workers.push_back(StartWorker(dir, address, k));
+  for (int k = 0; k < kWorkers; ++k) workers.push_back(StartWorker(dir, address, k, 0, GetParam()));
   std::string logs;
   for (size_t i = 1; i < kills.size(); ++i) {
     auto code = (*server)->process().Wait(absl::Seconds(60));
@@ -138,6 +148,7 @@ TEST(ServerKillTest, KilledThreeTimesAndRestartedGivesBitIdenticalParameters) {
   EXPECT_TRUE(Same(ReadParams(dir + "/final.safetensors"), reference))
       << "parameters after three SIGKILLs differ from the undisturbed run";
 }
+INSTANTIATE_TEST_SUITE_P(Transports, ServerKillTest, ::testing::Bool(), TransportName);
 
 TEST(WorkerKillTest, QuorumKeepsTrainingWithoutAKilledWorker) {
   const std::string dir = testing::MakeTempDir("quorum");
@@ -171,7 +182,8 @@ TEST(WorkerKillTest, QuorumKeepsTrainingWithoutAKilledWorker) {
   EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
 }
 
-TEST(WorkerKillTest, WaitPolicyRestartedWorkerRejoinsBitIdentically) {
+using WorkerRestartTest = TransportTest;
+TEST_P(WorkerRestartTest, WaitPolicyRestartedWorkerRejoinsBitIdentically) {
   const std::vector<float> reference = Reference(Job(), "wait");
   ASSERT_FALSE(reference.empty());
   const std::string dir = testing::MakeTempDir("wait");
@@ -181,7 +193,7 @@ TEST(WorkerKillTest, WaitPolicyRestartedWorkerRejoinsBitIdentically) {
   ASSERT_TRUE(server.ok()) << server.status();
   const std::string address = (*server)->address();
   std::vector<std::unique_ptr<Subprocess>> workers;
-  for (int k = 0; k < kWorkers; ++k) workers.push_back(StartWorker(dir, address, k, /*step_delay_ms=*/100));
+  for (int k = 0; k < kWorkers; ++k) workers.push_back(StartWorker(dir, address, k, /*step_delay_ms=*/100, GetParam()));
   const absl::Time give_up = absl::Now() + absl::Seconds(30);
   while (Status(address).step() < 4 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(10));
   workers[1]->Signal(SIGKILL);
@@ -192,7 +204,7 @@ TEST(WorkerKillTest, WaitPolicyRestartedWorkerRejoinsBitIdentically) {
   EXPECT_LT(waiting.step(), static_cast<uint64_t>(kSteps));
   EXPECT_NE(std::find(waiting.window().missing_workers().begin(), waiting.window().missing_workers().end(), 1u),
             waiting.window().missing_workers().end());
-  workers[1] = StartWorker(dir, address, 1, 100);  // the same rank again
+  workers[1] = StartWorker(dir, address, 1, 100, GetParam());  // the same rank again
   for (int k = 0; k < kWorkers; ++k) {
     ASSERT_EQ(workers[k]->Wait(absl::Seconds(90)), std::optional<int>(0))
         << ReadFile(absl::StrCat(dir, "/worker", k, ".log")) << (*server)->log();
@@ -200,6 +212,7 @@ TEST(WorkerKillTest, WaitPolicyRestartedWorkerRejoinsBitIdentically) {
   EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
   EXPECT_TRUE(Same(ReadParams(dir + "/final.safetensors"), reference));
 }
+INSTANTIATE_TEST_SUITE_P(Transports, WorkerRestartTest, ::testing::Bool(), TransportName);
 
 // A TCP proxy on loopback that cuts each connection after a seeded random
 // number of bytes (either direction), for the first `cuts` connections.
@@ -315,7 +328,8 @@ TEST(NetworkFaultTest, ConnectionsCutAtRandomPointsChangeNothing) {
     CuttingProxy proxy((*server)->port(), /*seed=*/20261125, /*cuts=*/60);
     const std::string via = absl::StrCat("127.0.0.1:", proxy.port());
     std::vector<std::unique_ptr<Subprocess>> workers;
-    for (int k = 0; k < kWorkers; ++k) workers.push_back(StartWorker(dir, via, k));
+    // gRPC alone: the proxy cuts bytes of the data plane.
+    for (int k = 0; k < kWorkers; ++k) workers.push_back(StartWorker(dir, via, k, 0, false));
     for (int k = 0; k < kWorkers; ++k) {
       ASSERT_EQ(workers[k]->Wait(absl::Seconds(120)), std::optional<int>(0))
           << ReadFile(absl::StrCat(dir, "/worker", k, ".log")) << (*server)->log();

@@ -21,6 +21,7 @@ ABSL_FLAG(int, worker, 0, "worker rank");
 ABSL_FLAG(int, micro_batches, 2, "micro-batches per window");
 ABSL_FLAG(int, chunk_elements, 100, "elements per pushed chunk");
 ABSL_FLAG(int, step_delay_ms, 0, "sleep this long in every window (a slow worker)");
+ABSL_FLAG(bool, shared_memory, true, "use shared memory when the server is on this host");
 ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the server");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate");
 ABSL_FLAG(std::string, tls_key, "", "PEM client key");
@@ -32,6 +33,7 @@ int main(int argc, char** argv) {
   options.server = absl::GetFlag(FLAGS_server);
   options.worker = absl::GetFlag(FLAGS_worker);
   options.chunk_elements = absl::GetFlag(FLAGS_chunk_elements);
+  options.shared_memory = absl::GetFlag(FLAGS_shared_memory);
   options.connect_timeout = absl::Seconds(20);
   options.window_timeout = absl::Seconds(60);
   options.connection.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
@@ -47,6 +49,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   gradacc::Client& c = **client;
+  absl::PrintF("test_client %d: transport %s\n", options.worker, c.transport());
   const int k = options.worker;
   while (!c.done()) {
     const uint64_t v = c.version();

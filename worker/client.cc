@@ -143,6 +143,7 @@ absl::Status Client::JoinAndFetch(absl::Time give_up) {
     grad_ = FloatBuffer(layout_.num_elements());
     version_ = 0;
   }
+  SetUpSharedMemory();
   // Fetch the current parameters (whatever version the server is at); an
   // elastic job may make the next window this worker's first.
   GRADACC_RETURN_IF_ERROR(Pull(version, options_.rpc_timeout));
@@ -164,6 +165,105 @@ void Client::AddMicroBatch(uint64_t samples, double loss_sum) {
   samples_ += samples;
   loss_sum_ += loss_sum;
   ++micro_batches_;
+}
+
+void Client::SetUpSharedMemory() {
+  if (!options_.shared_memory) {
+    shm_note_ = "shared memory off in this worker";
+    return;
+  }
+  if (shards_.size() != 1) {
+    shm_note_ = "sharded job";
+    return;
+  }
+  v1::AttachSharedMemoryRequest request;
+  request.set_job_id(job_.job_id());
+  request.set_worker(options_.worker);
+  v1::AttachSharedMemoryResponse offer;
+  {
+    grpc::ClientContext ctx;
+    Authenticate(ctx, options_.connection.token);
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
+    grpc::Status s = shards_[0].stubs->data->AttachSharedMemory(&ctx, request, &offer);
+    if (!s.ok()) {
+      DetachSharedMemory();
+      shm_note_ = absl::StrCat("attach failed: ", s.error_message());
+      return;
+    }
+  }
+  if (!offer.available()) {
+    DetachSharedMemory();
+    shm_note_ = offer.reason();
+    return;
+  }
+  const ShmNonce nonce = {offer.nonce_hi(), offer.nonce_lo()};
+  if (grad_segment_ != nullptr && grad_segment_->path() == offer.grad_path() &&
+      grad_segment_->header()->nonce == nonce) {
+    return;  // the same server instance: already attached
+  }
+  DetachSharedMemory();
+  const uint64_t n = layout_.num_elements();
+  absl::Status failed;
+  auto params = offer.num_elements() == n ? ShmSegment::Open(offer.params_path(), /*writable=*/false, n, nonce)
+                                          : absl::FailedPreconditionError("segment size differs from the model");
+  if (params.ok()) {
+    auto grad = ShmSegment::Open(offer.grad_path(), /*writable=*/true, n, nonce);
+    if (grad.ok()) {
+      // The gradient gathered so far moves into the segment.
+      std::copy(grad_.data(), grad_.data() + n, (*grad)->data());
+      grad_ = FloatBuffer::View((*grad)->data(), n);
+      grad_segment_ = *std::move(grad);
+      params_segment_ = *std::move(params);
+      params_stable_ = offer.params_stable();
+      shm_note_.clear();
+      return;
+    }
+    failed = grad.status();
+  } else {
+    failed = params.status();
+  }
+  shm_note_ = std::string(failed.message());
+  request.set_failure(shm_note_);
+  grpc::ClientContext ctx;
+  Authenticate(ctx, options_.connection.token);
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
+  shards_[0].stubs->data->AttachSharedMemory(&ctx, request, &offer);  // best effort: status shows it
+}
+
+void Client::DetachSharedMemory() {
+  const uint64_t n = layout_.num_elements();
+  if (!grad_.owned()) {
+    FloatBuffer own(n);
+    std::copy(grad_.data(), grad_.data() + n, own.data());
+    grad_ = std::move(own);
+  }
+  if (!params_.owned()) {
+    FloatBuffer own(n);
+    std::copy(params_.data(), params_.data() + n, own.data());
+    params_ = std::move(own);
+  }
+  grad_segment_.reset();
+  params_segment_.reset();
+  pulled_in_place_ = false;
+}
+
+bool Client::ReadSharedParameters(uint64_t version) {
+  const std::atomic<uint64_t>& seq = params_segment_->header()->seq;
+  if (seq.load(std::memory_order_acquire) != 2 * version) return false;
+  if (params_stable_) {
+    // Stays in place until this worker has pushed the window: use it there.
+    pulled_in_place_ = true;
+    return true;
+  }
+  std::copy(params_segment_->data(), params_segment_->data() + layout_.num_elements(), staging_.data());
+  std::atomic_thread_fence(std::memory_order_acquire);
+  pulled_in_place_ = false;
+  return seq.load(std::memory_order_relaxed) == 2 * version;
+}
+
+std::string Client::transport() const {
+  if (grad_segment_ != nullptr) return params_stable_ ? "shared memory (parameters in place)" : "shared memory";
+  return shm_note_.empty() ? "gRPC" : absl::StrCat("gRPC (", shm_note_, ")");
 }
 
 void Client::ZeroGradients() {
@@ -231,8 +331,11 @@ absl::StatusOr<v1::PushResponse> Client::PushShard(Shard& shard, v1::PushRequest
     ctx.set_wait_for_ready(true);
     v1::PushResponse response;
     auto writer = shard.stubs->data->Push(&ctx, &response);
+    // Shared memory: the gradients are in the segment already; the header
+    // says so and the stream carries nothing else.
+    h->set_shared_memory(grad_segment_ != nullptr);
     bool ok = writer->Write(header_msg);
-    for (size_t i = 0; ok && i < layout_.tensors().size(); ++i) {
+    for (size_t i = 0; ok && !h->shared_memory() && i < layout_.tensors().size(); ++i) {
       const ModelLayout::Tensor& t = layout_.tensors()[i];
       // The part of this tensor the shard owns.
       const uint64_t lo = std::max(t.offset, shard.begin), hi = std::min(t.offset + t.size, shard.end);
@@ -273,6 +376,8 @@ absl::Status Client::PullShard(Shard& shard, uint64_t min_version, absl::Time de
   request.set_job_id(job_.job_id());
   request.set_worker(options_.worker);
   request.set_min_version(min_version);
+  request.set_shared_memory(params_segment_ != nullptr);
+  if (!staging_.owned()) staging_ = FloatBuffer(layout_.num_elements());
   grpc::ClientContext ctx;
   Authenticate(ctx, options_.connection.token);
   ctx.set_deadline(absl::ToChronoTime(deadline));
@@ -310,6 +415,18 @@ absl::Status Client::PullShard(Shard& shard, uint64_t min_version, absl::Time de
   }
   GRADACC_RETURN_IF_ERROR(
       FromGrpc(reader->Finish(), absl::StrFormat("pull of version >= %d from %s", min_version, shard.address)));
+  pulled_in_place_ = false;
+  if (have_header && header.shared_memory() && received == 0) {
+    if (params_segment_ != nullptr && ReadSharedParameters(header.version())) {
+      *header_out = header;
+      return absl::OkStatus();
+    }
+    // The server moved past that version while we read it (or we hold no
+    // segment any more): this pull goes through gRPC.
+    DetachSharedMemory();
+    shm_note_ = "the parameter segment changed while read; pulling through gRPC";
+    return PullShard(shard, min_version, deadline, header_out);
+  }
   if (!have_header || received != expect) {
     return absl::DataLossError(absl::StrFormat("pull of version >= %d from %s: incomplete parameters (%d of %d)",
                                                min_version, shard.address, received, expect));
@@ -346,7 +463,15 @@ absl::Status Client::Pull(uint64_t min_version, absl::Duration timeout, v1::Para
   if (header_out != nullptr) *header_out = header;
   done_ = header.job_done();
   if (header.version() < version_) return absl::OkStatus();  // never go back
-  std::swap(params_, staging_);
+  if (pulled_in_place_) {
+    if (params_.owned()) staging_ = std::move(params_);
+    params_ = FloatBuffer::View(params_segment_->data(), layout_.num_elements());
+  } else if (params_.owned()) {
+    std::swap(params_, staging_);
+  } else {
+    params_ = std::move(staging_);
+    staging_ = FloatBuffer(layout_.num_elements());
+  }
   if (header.version() > version_) ZeroGradients();
   version_ = header.version();
   return absl::OkStatus();
@@ -377,6 +502,8 @@ absl::StatusOr<v1::JoinResponse> Client::Rejoin(absl::Time deadline) {
       backoff = std::min(backoff * 2, absl::Seconds(2));
     }
   }
+  // A restarted server has new segments (or none): attach again.
+  SetUpSharedMemory();
   return oldest;
 }
 

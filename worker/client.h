@@ -37,6 +37,7 @@
 #include "absl/types/span.h"
 #include "common/buffer.h"
 #include "common/job_spec.h"
+#include "common/shm.h"
 #include "worker/channel.h"
 #include "gradacc/v1/control.pb.h"
 #include "gradacc/v1/data.pb.h"
@@ -98,6 +99,9 @@ class Client {
   uint64_t version() const { return version_; }
   bool done() const { return done_; }
 
+  // With shared memory and a fixed-membership WAIT job, params() may point
+  // into the server's parameter segment (read-only), and grad() into this
+  // worker's gradient segment: take the spans again after each Step.
   absl::Span<const float> params() const { return params_.span(); }
   absl::Span<const float> param(int tensor) const;
   // The local gradient buffer (.grad) that micro-batches add into.
@@ -127,6 +131,9 @@ class Client {
   absl::StatusOr<v1::JoinResponse> Rejoin(absl::Time deadline);
   absl::Status Leave();
 
+  // "shared memory" or "gRPC" (with the reason shared memory is not used).
+  std::string transport() const;
+
  private:
   // One server of the job (the only one unless the job is sharded) and the
   // flat elements it owns.
@@ -138,6 +145,15 @@ class Client {
 
   explicit Client(const ClientOptions& options);
   void ZeroGradients();
+  // Offers taken from the server (AttachSharedMemory) after every join;
+  // anything that fails leaves the client on gRPC and tells the server why.
+  void SetUpSharedMemory();
+  // Back to private buffers (copies of what the segments hold).
+  void DetachSharedMemory();
+  // A header-only pull answered through shared memory: the parameters of
+  // `version` from the segment (copied, or used in place when stable).
+  // False when the server moved past them meanwhile.
+  bool ReadSharedParameters(uint64_t version);
   absl::Status JoinAndFetch(absl::Time give_up);
   absl::StatusOr<v1::PushResponse> PushShard(Shard& shard, v1::PushRequest header, bool* duplicate, int* attempts);
   absl::Status PullShard(Shard& shard, uint64_t min_version, absl::Time deadline, v1::ParametersHeader* header);
@@ -155,6 +171,13 @@ class Client {
   uint32_t micro_batches_ = 0;
   double loss_sum_ = 0;
   uint32_t push_attempts_for_key_ = 0;  // across Step's retries of one window
+  // Shared memory, while attached: grad_ is a view of grad_segment_, and
+  // params_ may be a view of params_segment_ (params_stable_).
+  std::unique_ptr<ShmSegment> params_segment_;
+  std::unique_ptr<ShmSegment> grad_segment_;
+  bool params_stable_ = false;
+  bool pulled_in_place_ = false;  // the last pull left the version in the segment
+  std::string shm_note_;          // why not shared memory
 };
 
 }  // namespace gradacc

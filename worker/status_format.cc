@@ -95,13 +95,14 @@ std::string FormatStatusTable(const v1::Status& s) {
                         s.contributions_accepted(), s.contributions_duplicate(), s.contributions_stale(),
                         s.contributions_rejected());
   absl::StrAppendFormat(&out, "uptime       %s\n", absl::FormatDuration(absl::Seconds(static_cast<int64_t>(s.uptime_seconds()))));
-  absl::StrAppendFormat(&out, "\n%-7s %-13s %-16s %-13s %9s %5s %5s %s\n", "WORKER", "STATE", "HOST", "LAST SEEN",
-                        "PUSHES", "DUPS", "REJ", "LAST WINDOW");
+  absl::StrAppendFormat(&out, "\n%-7s %-13s %-16s %-13s %9s %5s %5s %-11s %s\n", "WORKER", "STATE", "HOST",
+                        "LAST SEEN", "PUSHES", "DUPS", "REJ", "LAST WINDOW", "TRANSPORT");
   for (const v1::WorkerStatus& ws : s.workers()) {
-    absl::StrAppendFormat(&out, "%-7d %-13s %-16s %-13s %9d %5d %5d %d\n", ws.worker(), Name(ws.state()),
+    absl::StrAppendFormat(&out, "%-7d %-13s %-16s %-13s %9d %5d %5d %-11d %s\n", ws.worker(), Name(ws.state()),
                           ws.hostname().empty() ? "-" : ws.hostname().substr(0, 16),
                           Ago(ws.last_seen_unix_micros(), s.server_time_unix_micros()), ws.contributions(),
-                          ws.duplicates(), ws.rejected(), ws.last_window());
+                          ws.duplicates(), ws.rejected(), ws.last_window(),
+                          ws.transport().empty() ? "-" : ws.transport());
   }
   return out;
 }

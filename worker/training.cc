@@ -86,6 +86,7 @@ absl::StatusOr<TrainingResult> RunTraining(Client& client, Backend& backend, con
                   "%d steps (%d epochs) from step %d\n",
                   job.job_id(), backend.name(), geometry.workers, geometry.micro_batches, geometry.micro_batch,
                   geometry.window_samples(), per_epoch, total, epochs, first);
+    absl::FPrintF(options.out, "worker 0 moves data through %s\n", client.transport());
     std::fflush(options.out);
   }
   while (!client.done()) {

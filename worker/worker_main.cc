@@ -9,6 +9,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "common/buffer.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
 #include "worker/client.h"
@@ -29,6 +30,8 @@ ABSL_FLAG(int, micro_batch, 0, "samples per micro-batch (0 = the job's micro_bat
 ABSL_FLAG(int, accumulation_steps, 0, "micro-batches per window (0 = the job's micro_batches)");
 ABSL_FLAG(int64_t, log_every, 0, "worker 0 prints a progress line every N steps (0 = ~20 lines)");
 ABSL_FLAG(std::string, progress, "lines", "lines, or bar (a progress bar redrawn in place on a terminal)");
+ABSL_FLAG(bool, shared_memory, true,
+          "move gradients and parameters through shared memory when the server is on this host (else gRPC)");
 ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the server's certificate (enables TLS)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (mutual TLS)");
 ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls_cert");
@@ -82,6 +85,7 @@ absl::Status Prepare(int rank, int size, Setup& s) {
   options.server = absl::GetFlag(FLAGS_server);
   options.worker = static_cast<uint32_t>(rank);
   options.connect_timeout = absl::Seconds(absl::GetFlag(FLAGS_connect_timeout_s));
+  options.shared_memory = absl::GetFlag(FLAGS_shared_memory);
   options.window_timeout = absl::Seconds(absl::GetFlag(FLAGS_window_timeout_s));
   options.connection.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
   options.connection.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
@@ -119,6 +123,7 @@ absl::Status Prepare(int rank, int size, Setup& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  gradacc::KeepFreedMemoryForReuse();
   gradacc::MpiScope mpi(&argc, &argv);
   absl::SetProgramUsageMessage("mpirun -np N gradacc-worker --server=HOST:PORT [--epochs=E] [--device=cpu|cuda]");
   absl::ParseCommandLine(argc, argv);
