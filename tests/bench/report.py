@@ -117,7 +117,7 @@ def main():
               f"{envd.get('cpu', '?')}, {envd.get('cores', '?')} cores, {envd.get('mem_total_gb', '?')} GB, "
               f"kernel {envd.get('kernel', '?')}, THP {envd.get('thp', '?')}, commit {envd.get('commit', '?')}")
     md.append("")
-    md.append(f"Medians over {envd.get('reps', '?')}. Settings:")
+    md.append(f"Medians of {envd.get('reps', '?')}. Settings:")
     for k, v in env:
         if k.startswith("setting.") or k == "note" or k in ("mpi", "torch", "blas.ddp"):
             md.append(f"- {k.replace('setting.', '')}: {v}")
@@ -192,16 +192,17 @@ def main():
                   f"{fmt(ratio(grpc, best))} |")
     coll = []
     for p, m in configs:
-        parts = []
-        for name, title in (("mpi_allreduce", "allreduce"), ("mpi_reduce_bcast", "reduce+bcast"), ("gloo", "gloo")):
-            v = res.get("window", name, "collective_median", p, m)
-            if v is not None:
-                parts.append(f"{title} {fmt(v)}")
-        if parts:
-            coll.append(f"{label(p)}/M={m}: " + ", ".join(parts))
+        cells = [res.get("window", name, "collective_median", p, m)
+                 for name in ("mpi_allreduce", "mpi_reduce_bcast", "gloo")]
+        if any(v is not None for v in cells):
+            coll.append(f"| {label(p)} | {m} | " + " | ".join(fmt(v) for v in cells) + " |")
     if coll:
         md.append("")
-        md.append("Peers' collective alone (median ms, before scale + Adam): " + "; ".join(coll) + ".")
+        md.append("The peers' collective alone (median ms, before the scale and the Adam step):")
+        md.append("")
+        md.append("| P | M | MPI allreduce | MPI reduce+bcast | gloo all_reduce |")
+        md.append("| ---: | ---: | ---: | ---: | ---: |")
+        md.extend(coll)
     for name, p, m, setting, why in res.notes:
         md.append(f"- skipped {name} ({setting}) P={label(p)} M={m}: {why}")
     md.append("")

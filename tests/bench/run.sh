@@ -148,7 +148,7 @@ peer_malloc="GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
   echo "commit=$commit"
   echo "mpi=$(mpirun --version 2>/dev/null | head -1)"
   echo "torch=$( ((have_torch)) && /usr/bin/python3 -c 'import torch; print(torch.__version__)' || echo absent)"
-  echo "reps=$reps (median; $warmup warm-up windows excluded), train: $train_steps steps x $train_reps runs"
+  echo "reps=$reps windows after $warmup warm-up windows; training: $train_steps steps x $train_reps runs"
   echo "setting.gradacc=server and workers as shipped (their own 2 MiB-aligned MADV_HUGEPAGE buffers, stock malloc); grpc = ClientOptions.shared_memory=false, shm = true"
   echo "setting.mpi=Open MPI, --bind-to none, oversubscribed, $peer_malloc (huge-page malloc: its best setting); buffers allocated once; + scale 1/M + gradacc's Adam step on every rank"
   echo "setting.gloo=PyTorch gloo over lo (file store), 1 thread per rank, LD_LIBRARY_PATH=$openblas_dir, $peer_malloc; all_reduce + div M + torch.optim.Adam on every rank"
@@ -250,10 +250,11 @@ if want window; then
       limit=$(( 120 + windows * (p >> 20) * m / 10 + windows * 2 ))
       tag="$(label "$p")-M$m"
       # Memory estimates (MB): gradacc server (params, accumulators, Adam m/v,
-      # a receive buffer per worker) + M workers (params, staging, grad,
-      # messages); MPI ranks (params, grad, Adam m/v, MPI temporaries);
-      # PyTorch ranks (param, grad, exp_avg, exp_avg_sq, temporaries, runtime).
-      need_gradacc=$(( (5 + m) * pmb + m * (4 * pmb + 100) ))
+      # message buffers, a receive buffer per worker: 16 x 256 MB measured
+      # for 64M, M=8) + M workers (params, staging, grad, messages); MPI ranks
+      # (params, grad, Adam m/v, MPI temporaries); PyTorch ranks (param,
+      # grad, exp_avg, exp_avg_sq, temporaries, runtime).
+      need_gradacc=$(( (8 + m) * pmb + m * (4 * pmb + 100) ))
       need_mpi=$(( m * (5 * pmb + 100) ))
       need_gloo=$(( m * (6 * pmb + 400) ))
 
@@ -332,6 +333,7 @@ fi
 blas=$(sed -n 's/.*BLAS \([^ ]*[^, ]\),* .*/\1/p' "$logs"/ddp-*.log 2>/dev/null | head -1 || true)
 if [[ -n "$blas" ]]; then echo "blas.ddp=$blas" >>"$env_file"; fi
 cp "$raw" "$logs/raw.csv"
+cp "$env_file" "$logs/env.txt"
 report_args=(--raw "$raw" --env "$env_file" --csv "$out/$stamp-$host.csv" --md "$out/$stamp-$host.md")
 [[ -s "$work/kernels.json" ]] && report_args+=(--kernels "$work/kernels.json")
 python3 tests/bench/report.py "${report_args[@]}"
