@@ -412,11 +412,26 @@ absl::Status Trainer::CheckWorker(uint32_t worker) const {
 absl::StatusOr<v1::JoinResponse> Trainer::Join(const v1::JoinRequest& request) {
   GRADACC_RETURN_IF_ERROR(CheckJob(request.job_id()));
   GRADACC_RETURN_IF_ERROR(CheckWorker(request.worker()));
+  for (uint32_t c : request.covers()) {
+    GRADACC_RETURN_IF_ERROR(CheckWorker(c));
+    if (c == request.worker()) return absl::InvalidArgumentError("a worker cannot cover itself");
+  }
+  if (request.covers_size() > 0 && Elastic()) {
+    return absl::FailedPreconditionError("hierarchical reduction (covers) needs a fixed membership, not an elastic job");
+  }
   v1::JoinResponse response;
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("server is shutting down");
     const uint32_t id = request.worker();
+    workers_[id].covered_by = -1;  // it speaks for itself now
+    for (uint32_t c : request.covers()) {
+      WorkerInfo& cw = workers_[c];
+      cw.state = slots_[c].has_value() ? v1::WORKER_STATE_PUSHED : v1::WORKER_STATE_JOINED;
+      cw.hostname = request.hostname();
+      cw.last_seen = absl::Now();
+      cw.covered_by = id;
+    }
     WorkerInfo& w = workers_[id];
     w.state = slots_[id].has_value() ? v1::WORKER_STATE_PUSHED : v1::WORKER_STATE_JOINED;
     w.hostname = request.hostname();
@@ -461,6 +476,12 @@ absl::Status Trainer::Leave(const v1::LeaveRequest& request) {
     }
     w.state = v1::WORKER_STATE_LEFT;
     w.last_seen = absl::Now();
+    for (WorkerInfo& covered : workers_) {
+      if (covered.covered_by == static_cast<int64_t>(request.worker())) {
+        covered.state = v1::WORKER_STATE_LEFT;
+        covered.last_seen = w.last_seen;
+      }
+    }
     if (Elastic()) {
       w.member = false;
       // A member leaving before it contributed is no longer waited for.
@@ -646,6 +667,29 @@ v1::GetStepsResponse Trainer::GetSteps(uint64_t from, uint64_t to) const {
   return r;
 }
 
+absl::Status Trainer::CheckCoversLocked(const v1::PushHeader& h) const {
+  for (int i = 0; i < h.covers_size(); ++i) {
+    const uint32_t c = h.covers(i);
+    if (c >= num_workers_ || c == h.worker() || (i > 0 && c <= h.covers(i - 1))) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "covers must list other workers of this job in increasing order; got %s for worker %d",
+          absl::StrJoin(h.covers(), ","), h.worker()));
+    }
+    if (workers_[c].covered_by != static_cast<int64_t>(h.worker())) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("worker %d pushes for worker %d without having joined for it", h.worker(), c));
+    }
+    if (!expected_[c]) {
+      return absl::FailedPreconditionError(absl::StrFormat("worker %d is not a member of window %d", c, version_));
+    }
+    if (slots_[c].has_value()) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("worker %d already contributed to window %d", c, version_));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Trainer::CheckManifest(const v1::PushHeader& h) const {
   const auto& tensors = layout_.tensors();
   if (static_cast<size_t>(h.tensors_size()) != tensors.size()) {
@@ -753,6 +797,10 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
     ++stale_;
     return absl::AbortedError(absl::StrFormat("stale: window %d is closing without this contribution", version_));
   }
+  if (absl::Status covers = CheckCoversLocked(h); !covers.ok()) {
+    RejectedLocked(w, "covers");
+    return covers;
+  }
   if (inflight_pushes_ >= max_inflight_) {
     return absl::ResourceExhaustedError(
         absl::StrFormat("%d pushes already in flight; retry later", inflight_pushes_));
@@ -837,6 +885,29 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
       return absl::FailedPreconditionError(absl::StrFormat(
           "worker %d already contributed to window %d under another key", h.worker(), version_));
     }
+    if (absl::Status covers = CheckCoversLocked(h); !covers.ok()) {
+      RejectedLocked(w, "covers");
+      return covers;
+    }
+    // Hierarchical: every covered worker has contributed through this push
+    // (an empty slot; the gradient is in the pusher's).
+    for (uint32_t c : h.covers()) {
+      WorkerInfo& cw = workers_[c];
+      Slot covered;
+      covered.key = h.contribution_key();
+      covered.attempt = std::max(1u, h.attempt());
+      covered.arrival = now;
+      slots_[c] = std::move(covered);
+      ++received_;
+      cw.applied_keys[h.contribution_key()] = version_;
+      if (cw.applied_keys.size() > kKeepKeys) cw.applied_keys.erase(cw.applied_keys.begin());
+      cw.state = v1::WORKER_STATE_PUSHED;
+      cw.last_seen = now;
+      ++cw.contributions;
+      cw.last_window = version_;
+      cw.contributed_ever = true;
+      ++accepted_;
+    }
     Slot slot;
     slot.key = h.contribution_key();
     slot.attempt = std::max(1u, h.attempt());
@@ -894,6 +965,7 @@ void Trainer::CloseWindow(ClosingWindow window) {
   double loss_sum = 0;
   std::vector<const float*> sources;
   for (const Slot& slot : slots) {
+    if (slot.grad.size() == 0) continue;  // covered by another worker's push
     sources.push_back(slot.grad.data());
     samples += slot.samples;
     loss_sum += slot.loss_sum;
@@ -909,7 +981,7 @@ void Trainer::CloseWindow(ClosingWindow window) {
     default:
       break;
   }
-  if (spec_.reduction() == v1::REDUCTION_MEAN_OVER_SAMPLES && samples == 0) {
+  if (sources.empty() || (spec_.reduction() == v1::REDUCTION_MEAN_OVER_SAMPLES && samples == 0)) {
     // A window without samples (possible only when every worker's slots
     // were empty) has no gradient.
     std::fill(acc.data(), acc.data() + acc.size(), 0.0f);
@@ -990,7 +1062,8 @@ void Trainer::CloseWindow(ClosingWindow window) {
   {
     absl::MutexLock lock(&mu_);
     for (Slot& s : slots) {
-      if (s.grad.owned() && free_buffers_.size() < static_cast<size_t>(max_inflight_) + num_workers_) {
+      if (s.grad.owned() && s.grad.size() == size() &&
+          free_buffers_.size() < static_cast<size_t>(max_inflight_) + num_workers_) {
         free_buffers_.push_back(std::move(s.grad));
       }
     }
@@ -1329,15 +1402,9 @@ bool Trainer::done() const {
 }
 
 std::vector<float> Trainer::Parameters() const {
-  std::shared_ptr<const ParamSnapshot> snap = Current();
-  std::vector<float> out(size());
-  for (const v1::PullResponse& r : snap->chunks) {
-    const v1::GradientChunk& c = r.chunk();
-    const ModelLayout::Tensor& t = layout_.tensors()[c.tensor()];
-    CopyFromLittleEndian(c.data().data(), absl::MakeSpan(out.data() + (t.offset + c.offset() - begin_),
-                                                         c.data().size() / sizeof(float)));
-  }
-  return out;
+  // Steps hold step_mu_, so the parameters are those of one version.
+  absl::MutexLock step_lock(&step_mu_);
+  return std::vector<float>(params_.data(), params_.data() + params_.size());
 }
 
 absl::Status Trainer::ReportMetric(const v1::ReportMetricRequest& request) {
@@ -1394,8 +1461,10 @@ v1::Status Trainer::GetStatus() const {
     const WorkerInfo& w = workers_[i];
     v1::WorkerStatus* ws = s.add_workers();
     ws->set_worker(i);
+    // A covered worker is as alive as the worker that pushes for it.
+    const WorkerInfo& live = w.covered_by >= 0 ? workers_[w.covered_by] : w;
     const bool lost = (w.state == v1::WORKER_STATE_JOINED || w.state == v1::WORKER_STATE_PUSHED) &&
-                      w.parked_pulls == 0 && now - w.last_seen > options_.worker_timeout;
+                      live.parked_pulls == 0 && now - live.last_seen > options_.worker_timeout;
     ws->set_state(lost ? v1::WORKER_STATE_LOST : w.state);
     ws->set_member(w.member);
     ws->set_expected_in_window(expected_[i]);
@@ -1405,7 +1474,9 @@ v1::Status Trainer::GetStatus() const {
     ws->set_duplicates(w.duplicates);
     ws->set_rejected(w.rejected);
     ws->set_last_window(w.last_window);
-    if (w.shared_memory && grad_segments_[i] != nullptr) {
+    if (w.covered_by >= 0) {
+      ws->set_transport(absl::StrFormat("via worker %d (hierarchical)", w.covered_by));
+    } else if (w.shared_memory && grad_segments_[i] != nullptr) {
       ws->set_transport("shared memory");
     } else if (!w.shm_failure.empty()) {
       ws->set_transport(absl::StrCat("gRPC (shared memory failed: ", w.shm_failure, ")"));

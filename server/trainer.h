@@ -268,6 +268,9 @@ class Trainer {
     // memory failed on the worker's side, if it did.
     bool shared_memory = false;
     std::string shm_failure;
+    // Hierarchical reduction: the worker that joins and pushes for this one
+    // (-1: itself).
+    int64_t covered_by = -1;
     // contribution key -> window it went into; the newest kKeepKeys only.
     std::map<uint64_t, uint64_t> applied_keys;
   };
@@ -301,6 +304,8 @@ class Trainer {
   absl::Status CheckJob(absl::string_view job_id) const;
   absl::Status CheckWorker(uint32_t worker) const;
   absl::Status CheckManifest(const v1::PushHeader& h) const;
+  // Checks a push's covered workers against the open window.
+  absl::Status CheckCoversLocked(const v1::PushHeader& h) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   FloatBuffer TakeBuffer() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReturnBuffer(FloatBuffer buffer);
   void ReleaseInflight();
@@ -339,7 +344,7 @@ class Trainer {
   const uint64_t end_;
 
   // Orders steps and checkpoints; taken before mu_, never while holding it.
-  absl::Mutex step_mu_;
+  mutable absl::Mutex step_mu_;
   FloatBuffer params_ ABSL_GUARDED_BY(step_mu_);  // a view of params_segment_ when shared memory is on
   FloatBuffer reduced_ ABSL_GUARDED_BY(step_mu_);  // the window's reduced gradient
   std::unique_ptr<Optimizer> optimizer_ ABSL_GUARDED_BY(step_mu_);

@@ -5,10 +5,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <filesystem>
+#include <limits>
 #include <random>
 #include <thread>
 
 #include "absl/synchronization/notification.h"
+#include "common/shm.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
 
@@ -386,6 +389,139 @@ TEST_F(BadInputTest, AbsurdSamplesAndSecondKeyForSameWindow) {
   again.key = 77;
   EXPECT_EQ(Push(*trainer_, again).status().code(), absl::StatusCode::kFailedPrecondition);
   ExpectUnchanged();
+}
+
+// Shared memory, driven directly: a worker attaches, writes its gradient
+// into its segment and pushes the header only. NaN in the segment is
+// refused and counts nothing; the results equal the chunked path's bits.
+TEST(TrainerSharedMemoryTest, SegmentPushesMatchChunksAndNaNIsRefused) {
+  constexpr uint32_t kWorkers = 3;
+  const v1::JobSpec spec = SmallJob(kWorkers, 4, v1::OptimizerSpec::KIND_ADAM);
+  const std::string dir = ::testing::TempDir() + "/shm_unit";
+  std::filesystem::create_directories(dir);
+  TrainerOptions options;
+  options.shared_memory_dir = dir;
+  auto shm = Trainer::Create(spec, options);
+  ASSERT_TRUE(shm.ok()) << shm.status();
+  ASSERT_TRUE((*shm)->shared_memory_on());
+  testing::JoinAll(**shm);
+  auto grpc = NewTrainer(spec);
+  const size_t n = (*shm)->size();
+  std::vector<std::unique_ptr<ShmSegment>> segments;
+  for (uint32_t w = 0; w < kWorkers; ++w) {
+    v1::AttachSharedMemoryRequest r;
+    r.set_worker(w);
+    auto offer = (*shm)->AttachSharedMemory(r);
+    ASSERT_TRUE(offer.ok() && offer->available()) << offer.status() << offer->reason();
+    auto segment = ShmSegment::Open(offer->grad_path(), true, n, {offer->nonce_hi(), offer->nonce_lo()});
+    ASSERT_TRUE(segment.ok()) << segment.status();
+    segments.push_back(*std::move(segment));
+    // A wrong nonce is refused: another server's segment.
+    EXPECT_FALSE(ShmSegment::Open(offer->params_path(), false, n, {offer->nonce_hi(), offer->nonce_lo() + 1}).ok());
+  }
+  ASSERT_TRUE(testing::BitIdentical((*shm)->Parameters(), grpc->Parameters())) << "initial";
+  auto header = [&](const testing::Contribution& c) {
+    v1::PushHeader h;
+    h.set_worker(c.worker);
+    h.set_window(c.window);
+    h.set_contribution_key(c.key);
+    h.set_micro_batches(1);
+    h.set_samples(c.samples);
+    h.set_loss_sum(c.loss_sum);
+    h.set_num_elements(n);
+    h.set_shared_memory(true);
+    return h;
+  };
+  for (uint64_t v = 0; v < 4; ++v) {
+    const std::vector<testing::Contribution> window = MakeWindow(v, kWorkers, n, 4);
+    for (uint32_t w = 0; w < kWorkers; ++w) {
+      const testing::Contribution& c = window[kWorkers - 1 - w];  // reverse arrival
+      std::copy(c.grad.begin(), c.grad.end(), segments[c.worker]->data());
+      if (v == 1 && c.worker == 1) {
+        segments[1]->data()[17] = std::numeric_limits<float>::quiet_NaN();
+        auto session = (*shm)->BeginPush(header(c));
+        ASSERT_TRUE(session.ok()) << session.status();
+        EXPECT_EQ((*session)->AddChunk(0, 0, testing::Bytes(c.grad.data(), 1)).code(),
+                  absl::StatusCode::kInvalidArgument);  // no chunks on a segment push
+        session = (*shm)->BeginPush(header(c));
+        ASSERT_TRUE(session.ok()) << session.status();
+        auto refused = (*shm)->Commit(std::move(*session));
+        EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+        EXPECT_NE(refused.status().message().find("not finite at element 17"), std::string::npos) << refused.status();
+        EXPECT_EQ((*shm)->GetStatus().window().contributions_received(), w);
+        segments[1]->data()[17] = c.grad[17];
+      }
+      auto session = (*shm)->BeginPush(header(c));
+      ASSERT_TRUE(session.ok()) << session.status();
+      ASSERT_TRUE((*shm)->Commit(std::move(*session)).ok());
+      ASSERT_TRUE(testing::Push(*grpc, c).ok());
+    }
+    ASSERT_TRUE(testing::BitIdentical((*shm)->Parameters(), grpc->Parameters())) << "after window " << v;
+  }
+  EXPECT_TRUE(testing::BitIdentical((*shm)->Parameters(), grpc->Parameters()));
+  EXPECT_EQ((*shm)->GetStatus().workers(0).transport(), "shared memory");
+  EXPECT_EQ(grpc->GetStatus().workers(0).transport(),
+            "gRPC (no shared memory: off on this server (--shared_memory_dir is empty))");
+}
+
+// Hierarchical reduction: worker 0 joins and pushes for 1 and 2.
+TEST(TrainerHierarchicalTest, CoversCountForEachWorkerAndAreChecked) {
+  const v1::JobSpec spec = SmallJob(3, 2);
+  auto t = Trainer::Create(spec, TrainerOptions());
+  ASSERT_TRUE(t.ok());
+  const size_t n = (*t)->size();
+  std::vector<float> sum(n);
+  for (size_t i = 0; i < n; ++i) sum[i] = 0.001f * static_cast<float>(i % 17);
+  v1::JoinRequest join;
+  join.set_worker(0);
+  join.add_covers(1);
+  join.add_covers(1 + 1);
+  ASSERT_TRUE((*t)->Join(join).ok());
+  // Worker 2 cannot push for worker 1 (it did not join for it).
+  v1::JoinRequest other;
+  other.set_worker(2);
+  ASSERT_TRUE((*t)->Join(other).ok());
+  v1::PushHeader h;
+  h.set_worker(2);
+  h.add_covers(1);
+  h.set_num_elements(n);
+  h.set_samples(3);
+  EXPECT_EQ((*t)->BeginPush(h).status().code(), absl::StatusCode::kFailedPrecondition);
+  // Worker 2's own join took it back; worker 0 joins for both again.
+  ASSERT_TRUE((*t)->Join(join).ok());
+  testing::Contribution c;
+  c.worker = 0;
+  c.samples = 12;
+  c.grad = sum;
+  v1::PushHeader bad;
+  bad.set_worker(0);
+  bad.add_covers(2);
+  bad.add_covers(1);  // not increasing
+  bad.set_num_elements(n);
+  EXPECT_EQ((*t)->BeginPush(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  // A push with covers counts three contributions and closes the window.
+  v1::PushHeader good;
+  good.set_worker(0);
+  good.add_covers(1);
+  good.add_covers(2);
+  good.set_num_elements(n);
+  good.set_samples(12);
+  good.set_micro_batches(6);
+  auto session = (*t)->BeginPush(good);
+  ASSERT_TRUE(session.ok()) << session.status();
+  for (size_t i = 0; i < (*t)->layout().tensors().size(); ++i) {
+    const auto& tensor = (*t)->layout().tensors()[i];
+    ASSERT_TRUE((*session)->AddChunk(static_cast<uint32_t>(i), 0, testing::Bytes(sum.data() + tensor.offset, tensor.size)).ok());
+  }
+  auto result = (*t)->Commit(std::move(*session));
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_TRUE(result->closed_window);
+  EXPECT_EQ(result->received, 3u);
+  const v1::Status s = (*t)->GetStatus();
+  EXPECT_EQ(s.step(), 1u);
+  EXPECT_EQ(s.workers(1).contributions(), 1u);
+  EXPECT_EQ(s.workers(1).transport(), "via worker 0 (hierarchical)");
+  EXPECT_EQ(s.last_step_samples(), 12u);
 }
 
 TEST(TrainerWaitTest, ParkedWaitersWakeOnCloseAndOnShutdown) {

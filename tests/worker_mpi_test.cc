@@ -1,8 +1,9 @@
 // gradacc-worker through mpirun against the real gradacc-server: 3 ranks
 // train a small MLP for a few windows; the server's status must show every
 // step, every worker, a falling loss and the test accuracy rank 0 reported.
-// Also: the worker rejects bad arguments with a clear message and a
-// non-zero exit, within a bounded time.
+// The same job through every path (gRPC, shared memory, hierarchical
+// reduction on either) gives the same bits. Also: the worker rejects bad
+// arguments with a clear message and a non-zero exit, within a bounded time.
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
@@ -74,6 +75,49 @@ TEST(WorkerMpiTest, ThreeRanksTrainAndTheServerReportsIt) {
   EXPECT_GT(status.test_accuracy(), 0.5);  // 10 classes: chance is 0.1
   EXPECT_EQ(status.test_accuracy_step(), 30u);
   EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
+}
+
+// One run of the job (30 steps, 3 ranks) with these worker flags: the final
+// parameters (bytes of the safetensors file) and the status.
+std::pair<std::string, v1::Status> RunPath(const std::string& tag, const std::vector<std::string>& flags) {
+  const std::string dir = testing::MakeTempDir(tag);
+  std::ofstream(dir + "/job.textproto") << kJob;
+  auto server = ServerProcess::Start(dir, {"--job=" + dir + "/job.textproto", "--output=" + dir + "/final.safetensors"});
+  EXPECT_TRUE(server.ok()) << server.status();
+  if (!server.ok()) return {};
+  std::vector<std::string> args = {"--server=" + (*server)->address(), "--train_limit=1200", "--steps=30"};
+  args.insert(args.end(), flags.begin(), flags.end());
+  auto run = RunCommand(Mpirun(3, args), absl::Seconds(240));
+  EXPECT_EQ(run.exit_code, 0) << run.output << (*server)->log();
+  v1::Status status = testing::CliStatus((*server)->address());
+  EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
+  return {testing::ReadFile(dir + "/final.safetensors"), status};
+}
+
+TEST(WorkerMpiTest, EveryPathGivesTheSameBits) {
+  const auto [grpc, grpc_status] = RunPath("path_grpc", {"--shared_memory=false"});
+  ASSERT_FALSE(grpc.empty());
+  for (const auto& w : grpc_status.workers()) EXPECT_EQ(w.transport(), "gRPC");
+
+  const auto [shm, shm_status] = RunPath("path_shm", {});
+  for (const auto& w : shm_status.workers()) EXPECT_EQ(w.transport(), "shared memory");
+  EXPECT_EQ(shm, grpc) << "shared memory and gRPC differ";
+
+  // One host, one group: rank 0 adds ranks 1 and 2 in rank order and pushes
+  // for all three.
+  for (const bool shared_memory : {true, false}) {
+    const auto [hier, hier_status] =
+        RunPath(shared_memory ? "path_hier_shm" : "path_hier_grpc",
+                {"--hierarchical", absl::StrCat("--shared_memory=", shared_memory)});
+    ASSERT_EQ(hier_status.workers_size(), 3);
+    EXPECT_EQ(hier_status.workers(0).transport(), shared_memory ? "shared memory" : "gRPC");
+    for (int k = 1; k < 3; ++k) {
+      EXPECT_EQ(hier_status.workers(k).transport(), "via worker 0 (hierarchical)");
+      EXPECT_EQ(hier_status.workers(k).contributions(), 30u);
+    }
+    EXPECT_EQ(hier_status.contributions_accepted(), 90u);
+    EXPECT_EQ(hier, grpc) << "hierarchical (shared memory " << shared_memory << ") differs from the flat run";
+  }
 }
 
 // Each bad argument: a non-zero exit and a message that says what is wrong.

@@ -106,6 +106,7 @@ absl::Status Client::JoinAndFetch(absl::Time give_up) {
     request.set_job_id(options_.job_id);
     request.set_worker(options_.worker);
     request.set_hostname(options_.hostname.empty() ? LocalHostname() : options_.hostname);
+    for (uint32_t c : options_.covers) request.add_covers(c);
     v1::JoinResponse response;
     grpc::ClientContext ctx;
     Authenticate(ctx, options_.connection.token);
@@ -266,6 +267,12 @@ std::string Client::transport() const {
   return shm_note_.empty() ? "gRPC" : absl::StrCat("gRPC (", shm_note_, ")");
 }
 
+void Client::AddCoveredContribution(uint64_t samples, uint32_t micro_batches, double loss_sum) {
+  samples_ += samples;
+  loss_sum_ += loss_sum;
+  micro_batches_ += micro_batches;
+}
+
 void Client::ZeroGradients() {
   push_attempts_for_key_ = 0;
   std::fill(grad_.data(), grad_.data() + grad_.size(), 0.0f);
@@ -289,6 +296,7 @@ absl::StatusOr<v1::PushResponse> Client::Push(bool* duplicate, int* attempts_out
   h->set_micro_batches(micro_batches_);
   h->set_samples(samples_);
   h->set_loss_sum(loss_sum_);
+  for (uint32_t c : options_.covers) h->add_covers(c);
   for (const ModelLayout::Tensor& t : layout_.tensors()) {
     v1::TensorShape* shape = h->add_tensors();
     shape->set_name(t.name);
@@ -486,6 +494,7 @@ absl::StatusOr<v1::JoinResponse> Client::Rejoin(absl::Time deadline) {
       request.set_job_id(job_.job_id());
       request.set_worker(options_.worker);
       request.set_hostname(options_.hostname.empty() ? LocalHostname() : options_.hostname);
+      for (uint32_t c : options_.covers) request.add_covers(c);
       v1::JoinResponse response;
       grpc::ClientContext ctx;
       Authenticate(ctx, options_.connection.token);

@@ -69,6 +69,9 @@ struct ClientOptions {
   // on this host (negotiated over gRPC; falls back to gRPC by itself).
   // false = always gRPC.
   bool shared_memory = true;
+  // Hierarchical reduction (worker/group_client.h): the other workers whose
+  // contributions this one adds into its own and pushes (increasing ranks).
+  std::vector<uint32_t> covers;
 };
 
 struct StepResult {
@@ -110,6 +113,9 @@ class Client {
 
   // Records one micro-batch whose gradients were added into grad().
   void AddMicroBatch(uint64_t samples, double loss_sum);
+  // Adds the totals of other workers' micro-batches whose gradients were
+  // added into grad() (hierarchical reduction: options.covers).
+  void AddCoveredContribution(uint64_t samples, uint32_t micro_batches, double loss_sum);
   uint64_t pending_samples() const { return samples_; }
   uint32_t pending_micro_batches() const { return micro_batches_; }
 

@@ -59,7 +59,7 @@ absl::StatusOr<double> Evaluate(Backend& backend, const Dataset& test) {
   return static_cast<double>(correct) / static_cast<double>(test.size);
 }
 
-absl::StatusOr<TrainingResult> RunTraining(Client& client, Backend& backend, const Dataset& train,
+absl::StatusOr<TrainingResult> RunTraining(TrainingClient& client, Backend& backend, const Dataset& train,
                                            const Dataset* test, const TrainingOptions& options) {
   const v1::JobSpec& job = client.job();
   GRADACC_ASSIGN_OR_RETURN(WindowGeometry geometry, GeometryFor(job, train, options));

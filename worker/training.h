@@ -19,6 +19,48 @@
 
 namespace gradacc {
 
+// What the training loop needs from a worker's connection to its job: a
+// Client (ClientAdapter), or a GroupClient (worker/group_client.h:
+// hierarchical reduction over the MPI ranks of a host).
+class TrainingClient {
+ public:
+  virtual ~TrainingClient() = default;
+  virtual const v1::JobSpec& job() const = 0;
+  virtual uint32_t worker() const = 0;
+  virtual uint64_t version() const = 0;
+  virtual bool done() const = 0;
+  virtual absl::Span<const float> params() const = 0;
+  virtual absl::Span<float> grad() = 0;
+  virtual void AddMicroBatch(uint64_t samples, double loss_sum) = 0;
+  virtual absl::StatusOr<StepResult> Step() = 0;
+  virtual std::string transport() const = 0;
+  virtual absl::Status ReportTestAccuracy(double accuracy, uint64_t step) = 0;
+  virtual absl::StatusOr<v1::Status> GetStatus() = 0;
+  virtual absl::Status Leave() = 0;
+};
+
+class ClientAdapter final : public TrainingClient {
+ public:
+  explicit ClientAdapter(Client& client) : c_(client) {}
+  const v1::JobSpec& job() const override { return c_.job(); }
+  uint32_t worker() const override { return c_.worker(); }
+  uint64_t version() const override { return c_.version(); }
+  bool done() const override { return c_.done(); }
+  absl::Span<const float> params() const override { return c_.params(); }
+  absl::Span<float> grad() override { return c_.grad(); }
+  void AddMicroBatch(uint64_t samples, double loss_sum) override { c_.AddMicroBatch(samples, loss_sum); }
+  absl::StatusOr<StepResult> Step() override { return c_.Step(); }
+  std::string transport() const override { return c_.transport(); }
+  absl::Status ReportTestAccuracy(double accuracy, uint64_t step) override {
+    return c_.ReportTestAccuracy(accuracy, step);
+  }
+  absl::StatusOr<v1::Status> GetStatus() override { return c_.GetStatus(); }
+  absl::Status Leave() override { return c_.Leave(); }
+
+ private:
+  Client& c_;
+};
+
 struct TrainingOptions {
   uint32_t micro_batch = 0;         // samples per micro-batch; 0 = the job's
   uint32_t accumulation_steps = 0;  // micro-batches per window; 0 = the job's
@@ -44,8 +86,13 @@ struct TrainingResult {
 absl::StatusOr<WindowGeometry> GeometryFor(const v1::JobSpec& job, const Dataset& train,
                                            const TrainingOptions& options);
 
-absl::StatusOr<TrainingResult> RunTraining(Client& client, Backend& backend, const Dataset& train,
+absl::StatusOr<TrainingResult> RunTraining(TrainingClient& client, Backend& backend, const Dataset& train,
                                            const Dataset* test, const TrainingOptions& options);
+inline absl::StatusOr<TrainingResult> RunTraining(Client& client, Backend& backend, const Dataset& train,
+                                                  const Dataset* test, const TrainingOptions& options) {
+  ClientAdapter adapter(client);
+  return RunTraining(adapter, backend, train, test, options);
+}
 
 // Test-set accuracy of the backend's current parameters.
 absl::StatusOr<double> Evaluate(Backend& backend, const Dataset& test);

@@ -9,11 +9,12 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "common/buffer.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
+#include "common/buffer.h"
 #include "worker/client.h"
 #include "worker/dataset.h"
+#include "worker/group_client.h"
 #include "worker/model.h"
 #include "worker/mpi_scope.h"
 #include "worker/training.h"
@@ -30,6 +31,9 @@ ABSL_FLAG(int, micro_batch, 0, "samples per micro-batch (0 = the job's micro_bat
 ABSL_FLAG(int, accumulation_steps, 0, "micro-batches per window (0 = the job's micro_batches)");
 ABSL_FLAG(int64_t, log_every, 0, "worker 0 prints a progress line every N steps (0 = ~20 lines)");
 ABSL_FLAG(std::string, progress, "lines", "lines, or bar (a progress bar redrawn in place on a terminal)");
+ABSL_FLAG(bool, hierarchical, false,
+          "reduce among the ranks of each host first (MPI_Comm_split_type shared); only one rank per host talks "
+          "to the server");
 ABSL_FLAG(bool, shared_memory, true,
           "move gradients and parameters through shared memory when the server is on this host (else gRPC)");
 ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the server's certificate (enables TLS)");
@@ -42,12 +46,14 @@ ABSL_FLAG(double, window_timeout_s, 1800, "give up when a window does not close 
 namespace {
 
 struct Setup {
-  std::unique_ptr<gradacc::Client> client;
+  std::unique_ptr<gradacc::Client> client;  // flat: this rank's own connection
+  std::unique_ptr<gradacc::TrainingClient> session;  // what training talks to
   std::unique_ptr<gradacc::Backend> backend;
   gradacc::Dataset train, test;
 };
 
-absl::Status Prepare(int rank, int size, Setup& s) {
+// Flags and data: local to this rank.
+absl::Status PrepareLocal(int rank, Setup& s) {
   const std::string device = absl::GetFlag(FLAGS_device);
   if (device != "cpu" && device != "cuda") {
     return absl::InvalidArgumentError(absl::StrCat("unknown --device '", device, "'; known: cpu, cuda"));
@@ -80,7 +86,14 @@ absl::Status Prepare(int rank, int size, Setup& s) {
     if (!test.ok()) return test.status();
     s.test = *std::move(test);
   }
+  return absl::OkStatus();
+}
 
+// The connection (collective with --hierarchical), the model and the
+// geometry.
+absl::Status Connect(int rank, int size, Setup& s) {
+  const std::string device = absl::GetFlag(FLAGS_device);
+  const std::string model_flag = absl::GetFlag(FLAGS_model);
   gradacc::ClientOptions options;
   options.server = absl::GetFlag(FLAGS_server);
   options.worker = static_cast<uint32_t>(rank);
@@ -91,10 +104,17 @@ absl::Status Prepare(int rank, int size, Setup& s) {
   options.connection.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.connection.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   if (absl::Status t = gradacc::LoadToken(absl::GetFlag(FLAGS_token_file), options.connection); !t.ok()) return t;
-  auto client = gradacc::Client::Connect(options);
-  if (!client.ok()) return client.status();
-  s.client = *std::move(client);
-  const gradacc::v1::JobSpec& job = s.client->job();
+  if (absl::GetFlag(FLAGS_hierarchical)) {
+    auto group = gradacc::GroupClient::Connect(options);
+    if (!group.ok()) return group.status();
+    s.session = *std::move(group);
+  } else {
+    auto client = gradacc::Client::Connect(options);
+    if (!client.ok()) return client.status();
+    s.client = *std::move(client);
+    s.session = std::make_unique<gradacc::ClientAdapter>(*s.client);
+  }
+  const gradacc::v1::JobSpec& job = s.session->job();
   if (static_cast<uint32_t>(size) != job.window().num_workers()) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "the server's job '%s' expects %d workers but mpirun started %d ranks; use mpirun -np %d",
@@ -130,9 +150,10 @@ int main(int argc, char** argv) {
   const int rank = mpi.rank();
 
   Setup setup;
-  const absl::Status ready = Prepare(rank, mpi.size(), setup);
+  absl::Status ready = PrepareLocal(rank, setup);
   // Every rank learns whether all are ready, so none is left waiting for a
-  // window that a failed rank will never push.
+  // window (or a collective connect) that a failed rank will never reach.
+  if (mpi.AllOk(ready.ok())) ready = Connect(rank, mpi.size(), setup);
   if (!mpi.AllOk(ready.ok())) {
     if (!ready.ok()) absl::FPrintF(stderr, "gradacc-worker[%d]: %s\n", rank, ready.message());
     else if (rank == 0) absl::FPrintF(stderr, "gradacc-worker[0]: another rank failed to start; stopping\n");
@@ -147,15 +168,15 @@ int main(int argc, char** argv) {
   options.log_every = absl::GetFlag(FLAGS_log_every);
   options.report = rank == 0;
   options.progress = absl::GetFlag(FLAGS_progress);
-  auto result = gradacc::RunTraining(*setup.client, *setup.backend, setup.train, rank == 0 ? &setup.test : nullptr,
+  auto result = gradacc::RunTraining(*setup.session, *setup.backend, setup.train, rank == 0 ? &setup.test : nullptr,
                                      options);
   if (!result.ok()) {
     absl::FPrintF(stderr, "gradacc-worker[%d]: %s\n", rank, result.status().ToString());
     return 1;
   }
-  (void)setup.client->Leave();
+  (void)setup.session->Leave();
   if (rank == 0) {
-    auto status = setup.client->GetStatus();
+    auto status = setup.session->GetStatus();
     absl::PrintF("final test accuracy: %.2f%% after %d steps\n", 100 * result->test_accuracy, result->steps);
     if (status.ok() && !status->final_params_path().empty()) {
       absl::PrintF("final parameters: %s%s\n", status->final_params_path(),
