@@ -2,9 +2,12 @@
 // a += b) next to gradacc's accumulate and optimizer kernels, on buffers
 // allocated once (huge pages where the kernel allows). Not a test: run
 //   build/tests/bench/gradacc_bench_kernels --benchmark_min_time=0.5
-// and compare bytes_per_second within one run.
+// and compare bytes_per_second within one run (tests/bench/run.sh does).
+#include <algorithm>
 #include <cstring>
 #include <memory>
+#include <thread>
+#include <vector>
 
 #include "benchmark/benchmark.h"
 #include "common/buffer.h"
@@ -42,6 +45,29 @@ void BM_AddPlain(benchmark::State& state) {
     benchmark::DoNotOptimize(a.data());
   }
   state.SetBytesProcessed(int64_t(state.iterations()) * n * sizeof(float) * 3);  // 2 reads + 1 write
+}
+
+// The same loop on every hardware thread (one contiguous part each, threads
+// started per iteration like gradacc's ParallelFor): the roofline for a
+// multi-threaded accumulate.
+void BM_AddPlainThreads(benchmark::State& state) {
+  const size_t n = state.range(0);
+  FloatBuffer a = Filled(n, 1), b = Filled(n, 2);
+  const size_t parts = std::max(1u, std::thread::hardware_concurrency());
+  auto add = [&](size_t begin, size_t end) {
+    float* __restrict x = a.data();
+    const float* __restrict y = b.data();
+    for (size_t i = begin; i < end; ++i) x[i] += y[i];
+  };
+  for (auto _ : state) {
+    std::vector<std::thread> threads;
+    auto bound = [&](size_t t) { return t == parts ? n : n * t / parts / 16 * 16; };
+    for (size_t t = 0; t + 1 < parts; ++t) threads.emplace_back(add, bound(t), bound(t + 1));
+    add(bound(parts - 1), n);
+    for (std::thread& t : threads) t.join();
+    benchmark::DoNotOptimize(a.data());
+  }
+  state.SetBytesProcessed(int64_t(state.iterations()) * n * sizeof(float) * 3);
 }
 
 void BM_AddInto(benchmark::State& state) {
@@ -84,13 +110,16 @@ void OptimizerStep(benchmark::State& state, v1::OptimizerSpec::Kind kind) {
 void BM_SgdMomentumStep(benchmark::State& state) { OptimizerStep(state, v1::OptimizerSpec::KIND_SGD); }
 void BM_AdamStep(benchmark::State& state) { OptimizerStep(state, v1::OptimizerSpec::KIND_ADAM); }
 
+// Real time, not CPU time: gradacc's kernels may use several threads, and
+// the benchmark thread's CPU time does not count its helpers' work.
 constexpr int64_t k1M = 1 << 20, k16M = 16 << 20;
-BENCHMARK(BM_Memcpy)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_AddPlain)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_AddInto)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_FirstNonFinite)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_SgdMomentumStep)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_AdamStep)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Memcpy)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_AddPlain)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_AddPlainThreads)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_AddInto)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_FirstNonFinite)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_SgdMomentumStep)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_AdamStep)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 }  // namespace gradacc

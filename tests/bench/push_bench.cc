@@ -73,7 +73,9 @@ int main(int argc, char** argv) {
       pull_gbps.push_back(bytes / (t3 - t2) / 1e9);
     }
   }
+  const std::string transport = client.transport();
   (void)client.Leave();
+  absl::FPrintF(stderr, "gradacc_bench_push: data moved through %s\n", transport);
   if (push_gbps.empty()) return Fail("no timed window (raise the job's total_steps above --warmup)");
   const std::string setting = absl::GetFlag(FLAGS_shm) ? "shm" : "grpc";
   using gradacc::bench::Median;
@@ -84,5 +86,7 @@ int main(int argc, char** argv) {
   PrintResult("push", "gradacc_pull", p, 1, setting, "gbps_median", Median(pull_gbps), "GB/s");
   PrintResult("push", "gradacc_pull", p, 1, setting, "gbps_min", gradacc::bench::Min(pull_gbps), "GB/s");
   PrintResult("push", "gradacc_pull", p, 1, setting, "gbps_max", gradacc::bench::Max(pull_gbps), "GB/s");
+  const bool on_shm = transport.rfind("shared memory", 0) == 0;
+  PrintResult("push", "gradacc_push", p, 1, setting, "ranks_on_shared_memory", on_shm ? 1 : 0, "n");
   return 0;
 }

@@ -76,6 +76,11 @@ int main(int argc, char** argv) {
     MPI_Reduce(&mine, &slowest, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
     if (i >= warmup) windows.push_back(slowest);
   }
+  // Which transport the data really took ("shared memory", or "gRPC" with
+  // the reason when shared memory was asked for and not used).
+  const std::string transport = client.transport();
+  int on_shm = transport.rfind("shared memory", 0) == 0 ? 1 : 0, ranks_on_shm = 0;
+  MPI_Reduce(&on_shm, &ranks_on_shm, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);
   (void)client.Leave();
   int all_reconnects = 0;
   MPI_Reduce(&reconnects, &all_reconnects, 1, MPI_INT, MPI_SUM, 0, MPI_COMM_WORLD);
@@ -86,6 +91,8 @@ int main(int argc, char** argv) {
     gradacc::bench::PrintTimes("window", "gradacc", p, size, setting, "window", windows);
     gradacc::bench::PrintResult("window", "gradacc", p, size, setting, "windows", static_cast<double>(windows.size()),
                                 "n");
+    gradacc::bench::PrintResult("window", "gradacc", p, size, setting, "ranks_on_shared_memory", ranks_on_shm, "n");
+    absl::FPrintF(stderr, "gradacc_bench_window: rank 0 moved data through %s\n", transport);
   }
   connected->reset();
   MPI_Finalize();
