@@ -133,4 +133,59 @@ void CopyToLittleEndian(absl::Span<const float> src, char* bytes) {
   }
 }
 
+namespace {
+
+uint16_t LoadLe16(const char* p) {
+  return static_cast<uint16_t>(static_cast<unsigned char>(p[0]) | (static_cast<unsigned char>(p[1]) << 8));
+}
+void StoreLe16(char* p, uint16_t v) {
+  p[0] = static_cast<char>(v & 0xff);
+  p[1] = static_cast<char>(v >> 8);
+}
+
+}  // namespace
+
+void EncodeBf16(absl::Span<const float> src, char* bytes) {
+  for (size_t i = 0; i < src.size(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &src[i], 4);
+    uint16_t b;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+      b = static_cast<uint16_t>((u >> 16) | 0x40);  // NaN stays NaN (quiet)
+    } else {
+      b = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1)) >> 16);  // nearest even
+    }
+    StoreLe16(bytes + 2 * i, b);
+  }
+}
+
+int64_t DecodeBf16(const char* bytes, absl::Span<float> dst) {
+  for (size_t i = 0; i < dst.size(); ++i) {
+    const uint32_t u = uint32_t{LoadLe16(bytes + 2 * i)} << 16;
+    std::memcpy(&dst[i], &u, 4);
+  }
+  return FirstNonFinite(dst);
+}
+
+// _Float16 (GCC, x86-64): conversions round to nearest even, through F16C
+// where the CPU has it and libgcc's soft-float otherwise.
+void EncodeF16(absl::Span<const float> src, char* bytes) {
+  for (size_t i = 0; i < src.size(); ++i) {
+    const _Float16 h = static_cast<_Float16>(src[i]);
+    uint16_t b;
+    std::memcpy(&b, &h, 2);
+    StoreLe16(bytes + 2 * i, b);
+  }
+}
+
+int64_t DecodeF16(const char* bytes, absl::Span<float> dst) {
+  for (size_t i = 0; i < dst.size(); ++i) {
+    const uint16_t b = LoadLe16(bytes + 2 * i);
+    _Float16 h;
+    std::memcpy(&h, &b, 2);
+    dst[i] = static_cast<float>(h);
+  }
+  return FirstNonFinite(dst);
+}
+
 }  // namespace gradacc

@@ -40,6 +40,13 @@ int64_t FirstNonFinite(absl::Span<const float> x);
 int64_t CopyFromLittleEndian(const char* bytes, absl::Span<float> dst);
 // Writes src as little-endian f32 bytes.
 void CopyToLittleEndian(absl::Span<const float> src, char* bytes);
+// Compressed gradients on the wire: 2 bytes an element, little-endian,
+// rounded to nearest even. Decoding widens exactly and returns the index of
+// the first non-finite value, or -1.
+void EncodeBf16(absl::Span<const float> src, char* bytes);
+int64_t DecodeBf16(const char* bytes, absl::Span<float> dst);
+void EncodeF16(absl::Span<const float> src, char* bytes);
+int64_t DecodeF16(const char* bytes, absl::Span<float> dst);
 
 }  // namespace gradacc
 

@@ -71,12 +71,14 @@ absl::Status PushSession::AddChunk(uint32_t tensor, uint64_t offset, absl::strin
     return absl::InvalidArgumentError(
         absl::StrFormat("chunk names tensor %d '%s', but tensor %d of this job is '%s'", tensor, name, tensor, t.name));
   }
-  if (bytes.size() % sizeof(float) != 0) {
+  const v1::WireFormat wire = header_.wire_format();
+  const size_t width = wire == v1::WIRE_FORMAT_F32 ? sizeof(float) : 2;
+  if (bytes.size() % width != 0) {
     reject_reason_ = "chunk_size";
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "chunk of tensor '%s' has %d bytes, not a multiple of 4 (f32)", t.name, bytes.size()));
+    return absl::InvalidArgumentError(absl::StrFormat("chunk of tensor '%s' has %d bytes, not a multiple of %d (%s)",
+                                                      t.name, bytes.size(), width, v1::WireFormat_Name(wire)));
   }
-  const uint64_t n = bytes.size() / sizeof(float);
+  const uint64_t n = bytes.size() / width;
   if (n == 0) {
     reject_reason_ = "chunk_size";
     return absl::InvalidArgumentError(absl::StrCat("empty chunk for tensor '", t.name, "'"));
@@ -110,7 +112,10 @@ absl::Status PushSession::AddChunk(uint32_t tensor, uint64_t offset, absl::strin
         "chunk [%d, %d) of tensor '%s' overlaps elements already received at [%d, %d)", offset, offset + n,
         t.name, prev->first, prev->second));
   }
-  const int64_t bad = CopyFromLittleEndian(bytes.data(), absl::MakeSpan(dst, n));
+  // Compressed formats are widened exactly; accumulation is f32 either way.
+  const int64_t bad = wire == v1::WIRE_FORMAT_BF16  ? DecodeBf16(bytes.data(), absl::MakeSpan(dst, n))
+                      : wire == v1::WIRE_FORMAT_F16 ? DecodeF16(bytes.data(), absl::MakeSpan(dst, n))
+                                                    : CopyFromLittleEndian(bytes.data(), absl::MakeSpan(dst, n));
   if (bad >= 0) {
     reject_reason_ = "not_finite";
     return absl::InvalidArgumentError(absl::StrFormat("gradient of tensor '%s' is not finite at element %d (%f)",
@@ -739,6 +744,9 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
   } else if (!std::isfinite(h.loss_sum())) {
     invalid = absl::InvalidArgumentError("push declares a loss sum that is NaN or Inf");
     reason = "not_finite";
+  } else if (!v1::WireFormat_IsValid(h.wire_format())) {
+    invalid = absl::InvalidArgumentError(absl::StrCat("unknown wire format ", h.wire_format()));
+    reason = "wire_format";
   } else if (h.tensors_size() > 0) {
     invalid = CheckManifest(h);
     reason = "manifest";

@@ -163,7 +163,8 @@ struct TransportRun {
 };
 TransportRun RunWithTransports(const std::string& tag, std::vector<std::string> server_flags,
                                const std::function<std::vector<std::string>(int)>& worker_flags,
-                               const std::function<void(const std::string&)>& after_start = {}) {
+                               const std::function<void(const std::string&)>& after_start = {},
+                               const std::vector<std::string>& every_worker = {}) {
   TransportRun run;
   const std::string dir = testing::MakeTempDir(tag);
   std::ofstream(dir + "/job.textproto") << kJob;
@@ -179,6 +180,7 @@ TransportRun RunWithTransports(const std::string& tag, std::vector<std::string> 
   for (int k = 0; k < kWorkers; ++k) {
     std::vector<std::string> flags = worker_flags(k);
     flags.push_back(absl::StrCat("--micro_batches=", kMicro));
+    flags.insert(flags.end(), every_worker.begin(), every_worker.end());
     workers.push_back(testing::StartTestClient(dir, (*server)->address(), k, flags));
   }
   for (int k = 0; k < kWorkers; ++k) {
@@ -227,6 +229,24 @@ TEST(ClientIntegrationTest, EveryTransportGivesTheSameBitsAndShowsInStatus) {
     EXPECT_EQ(w.transport(), "gRPC (no shared memory: off on this server (--shared_memory_dir is empty))");
   }
   EXPECT_EQ(off.params, grpc.params);
+
+  // Compressed on the wire: half the bytes, close to (not equal to) f32.
+  const TransportRun bf16 =
+      RunWithTransports("t_bf16", {}, all("--shared_memory=false"), {}, {"--wire_format=bf16"});
+  ASSERT_FALSE(bf16.params.empty());
+  EXPECT_NE(bf16.params, grpc.params);
+  auto f32_file = DecodeSafetensors(grpc.params);
+  auto bf16_file = DecodeSafetensors(bf16.params);
+  ASSERT_TRUE(f32_file.ok() && bf16_file.ok());
+  const auto& a = f32_file->tensors.at("w").data;
+  const auto& b = bf16_file->tensors.at("w").data;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double{a[i]} - b[i]) * (double{a[i]} - b[i]);
+    den += double{a[i]} * a[i];
+  }
+  std::printf("bf16 on the wire: relative difference of the final weights %.3g\n", std::sqrt(num / den));
+  EXPECT_LT(std::sqrt(num / den), 1e-2);
 }
 
 TEST(ClientIntegrationTest, PythonGrpcioReadsStatus) {

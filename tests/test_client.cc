@@ -22,6 +22,7 @@ ABSL_FLAG(int, micro_batches, 2, "micro-batches per window");
 ABSL_FLAG(int, chunk_elements, 100, "elements per pushed chunk");
 ABSL_FLAG(int, step_delay_ms, 0, "sleep this long in every window (a slow worker)");
 ABSL_FLAG(bool, shared_memory, true, "use shared memory when the server is on this host");
+ABSL_FLAG(std::string, wire_format, "f32", "f32, bf16 or f16 through gRPC");
 ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the server");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate");
 ABSL_FLAG(std::string, tls_key, "", "PEM client key");
@@ -34,6 +35,12 @@ int main(int argc, char** argv) {
   options.worker = absl::GetFlag(FLAGS_worker);
   options.chunk_elements = absl::GetFlag(FLAGS_chunk_elements);
   options.shared_memory = absl::GetFlag(FLAGS_shared_memory);
+  auto wire = gradacc::ParseWireFormat(absl::GetFlag(FLAGS_wire_format));
+  if (!wire.ok()) {
+    absl::FPrintF(stderr, "test_client: %s\n", wire.status().ToString());
+    return 1;
+  }
+  options.wire_format = *wire;
   options.connect_timeout = absl::Seconds(20);
   options.window_timeout = absl::Seconds(60);
   options.connection.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "absl/synchronization/notification.h"
+#include "common/kernels.h"
 #include "common/shm.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
@@ -522,6 +523,91 @@ TEST(TrainerHierarchicalTest, CoversCountForEachWorkerAndAreChecked) {
   EXPECT_EQ(s.workers(1).contributions(), 1u);
   EXPECT_EQ(s.workers(1).transport(), "via worker 0 (hierarchical)");
   EXPECT_EQ(s.last_step_samples(), 12u);
+}
+
+// Compressed gradients: bf16 and f16 on the wire, f32 in the accumulator.
+// One SGD step at lr 1 moves the parameters by exactly the reduced
+// gradient, so the difference to the f32 run is the compression error,
+// which must stay within the formats' rounding bound: each element is off by
+// at most u * |g| (u = 2^-8 for bf16, 2^-11 for f16, all values normal
+// here), plus f32 rounding of the sums.
+TEST(TrainerCompressionTest, Bf16AndF16StayWithinTheirRoundingBound) {
+  constexpr uint32_t kWorkers = 3;
+  v1::JobSpec spec = SmallJob(kWorkers, 1);
+  spec.mutable_optimizer()->set_lr(1.0);
+  spec.mutable_optimizer()->mutable_sgd()->set_momentum(0);
+  std::vector<testing::Contribution> window = MakeWindow(0, kWorkers, 37 * 11 + 11, 9);
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> mantissa(-1, 1);
+  std::uniform_int_distribution<int> exponent(-7, 7);
+  for (auto& c : window) {
+    for (float& g : c.grad) {
+      g = std::ldexp(mantissa(rng), exponent(rng));
+      if (std::fabs(g) < 1.0f / 128) g = 1.0f / 64;  // keep every value normal in f16
+    }
+  }
+  uint64_t samples = 0;
+  std::vector<double> magnitude(window[0].grad.size(), 0.0);
+  for (const auto& c : window) {
+    samples += c.samples;
+    for (size_t i = 0; i < magnitude.size(); ++i) magnitude[i] += std::fabs(c.grad[i]);
+  }
+  auto run = [&](v1::WireFormat wire) {
+    auto t = NewTrainer(spec);
+    const std::vector<float> before = t->Parameters();
+    for (const auto& c : window) {
+      v1::PushHeader h;
+      h.set_worker(c.worker);
+      h.set_samples(c.samples);
+      h.set_micro_batches(1);
+      h.set_num_elements(t->size());
+      h.set_wire_format(wire);
+      auto session = t->BeginPush(h);
+      EXPECT_TRUE(session.ok()) << session.status();
+      for (size_t i = 0; i < t->layout().tensors().size(); ++i) {
+        const auto& tensor = t->layout().tensors()[i];
+        const auto values = absl::MakeConstSpan(c.grad.data() + tensor.offset, tensor.size);
+        std::string bytes(tensor.size * (wire == v1::WIRE_FORMAT_F32 ? 4 : 2), '\0');
+        if (wire == v1::WIRE_FORMAT_BF16) EncodeBf16(values, bytes.data());
+        if (wire == v1::WIRE_FORMAT_F16) EncodeF16(values, bytes.data());
+        if (wire == v1::WIRE_FORMAT_F32) CopyToLittleEndian(values, bytes.data());
+        EXPECT_TRUE((*session)->AddChunk(static_cast<uint32_t>(i), 0, bytes).ok());
+      }
+      EXPECT_TRUE(t->Commit(std::move(*session)).ok());
+    }
+    EXPECT_EQ(t->version(), 1u);
+    std::vector<float> after = t->Parameters();
+    for (size_t i = 0; i < after.size(); ++i) after[i] -= before[i];  // = -(reduced gradient), rounded
+    return after;
+  };
+  const std::vector<float> exact = run(v1::WIRE_FORMAT_F32);
+  for (const auto& [wire, u] : {std::pair{v1::WIRE_FORMAT_BF16, std::ldexp(1.0, -8)},
+                                std::pair{v1::WIRE_FORMAT_F16, std::ldexp(1.0, -11)}}) {
+    const std::vector<float> step = run(wire);
+    double worst = 0;
+    for (size_t i = 0; i < step.size(); ++i) {
+      const double bound = magnitude[i] / samples * (u + std::ldexp(1.0, -21)) + std::ldexp(1.0, -20);
+      const double error = std::fabs(double{step[i]} - exact[i]);
+      ASSERT_LE(error, bound) << v1::WireFormat_Name(wire) << " element " << i;
+      worst = std::max(worst, error / (magnitude[i] / samples));
+    }
+    EXPECT_GT(worst, 0) << "no compression happened";
+    std::printf("%s: largest error %.3g of the mean |g| (bound %.3g)\n", v1::WireFormat_Name(wire).c_str(), worst, u);
+  }
+  // f16 cannot carry |g| > 65504: the push is refused, nothing counted.
+  auto t = NewTrainer(spec);
+  v1::PushHeader h;
+  h.set_worker(0);
+  h.set_samples(1);
+  h.set_num_elements(t->size());
+  h.set_wire_format(v1::WIRE_FORMAT_F16);
+  auto session = t->BeginPush(h);
+  ASSERT_TRUE(session.ok());
+  const std::vector<float> big(11, 1e5f);
+  std::string bytes(22, '\0');
+  EncodeF16(big, bytes.data());
+  EXPECT_EQ((*session)->AddChunk(1, 0, bytes).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*session)->AddChunk(1, 0, std::string(3, '\0')).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(TrainerWaitTest, ParkedWaitersWakeOnCloseAndOnShutdown) {

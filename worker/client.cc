@@ -57,6 +57,13 @@ std::string LocalHostname() {
 
 }  // namespace
 
+absl::StatusOr<v1::WireFormat> ParseWireFormat(absl::string_view name) {
+  if (name == "f32") return v1::WIRE_FORMAT_F32;
+  if (name == "bf16") return v1::WIRE_FORMAT_BF16;
+  if (name == "f16") return v1::WIRE_FORMAT_F16;
+  return absl::InvalidArgumentError(absl::StrCat("unknown wire format '", name, "'; known: f32, bf16, f16"));
+}
+
 Client::Client(const ClientOptions& options) : options_(options) {}
 Client::~Client() = default;
 
@@ -342,6 +349,7 @@ absl::StatusOr<v1::PushResponse> Client::PushShard(Shard& shard, v1::PushRequest
     // Shared memory: the gradients are in the segment already; the header
     // says so and the stream carries nothing else.
     h->set_shared_memory(grad_segment_ != nullptr);
+    h->set_wire_format(h->shared_memory() ? v1::WIRE_FORMAT_F32 : options_.wire_format);
     bool ok = writer->Write(header_msg);
     for (size_t i = 0; ok && !h->shared_memory() && i < layout_.tensors().size(); ++i) {
       const ModelLayout::Tensor& t = layout_.tensors()[i];
@@ -354,8 +362,20 @@ absl::StatusOr<v1::PushResponse> Client::PushShard(Shard& shard, v1::PushRequest
         c->set_tensor(static_cast<uint32_t>(i));
         c->set_offset(off);
         std::string* data = c->mutable_data();
-        data->resize(n * sizeof(float));
-        CopyToLittleEndian(absl::MakeConstSpan(grad_.data() + t.offset + off, n), data->data());
+        const auto values = absl::MakeConstSpan(grad_.data() + t.offset + off, n);
+        switch (h->wire_format()) {
+          case v1::WIRE_FORMAT_BF16:
+            data->resize(n * 2);
+            EncodeBf16(values, data->data());
+            break;
+          case v1::WIRE_FORMAT_F16:
+            data->resize(n * 2);
+            EncodeF16(values, data->data());
+            break;
+          default:
+            data->resize(n * sizeof(float));
+            CopyToLittleEndian(values, data->data());
+        }
         ok = writer->Write(chunk_msg);
       }
     }

@@ -69,6 +69,10 @@ struct ClientOptions {
   // on this host (negotiated over gRPC; falls back to gRPC by itself).
   // false = always gRPC.
   bool shared_memory = true;
+  // How gradients travel through gRPC: f32, or compressed to bf16 / f16
+  // (half the bytes; the server widens them and accumulates in f32).
+  // Shared memory always moves f32.
+  v1::WireFormat wire_format = v1::WIRE_FORMAT_F32;
   // Hierarchical reduction (worker/group_client.h): the other workers whose
   // contributions this one adds into its own and pushes (increasing ranks).
   std::vector<uint32_t> covers;
@@ -87,6 +91,9 @@ struct StepResult {
   double lr = 0;
   bool job_done = false;
 };
+
+// "f32", "bf16" or "f16" (flags of gradacc-worker and the tests).
+absl::StatusOr<v1::WireFormat> ParseWireFormat(absl::string_view name);
 
 class GradaccStubs;
 

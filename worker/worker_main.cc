@@ -31,6 +31,8 @@ ABSL_FLAG(int, micro_batch, 0, "samples per micro-batch (0 = the job's micro_bat
 ABSL_FLAG(int, accumulation_steps, 0, "micro-batches per window (0 = the job's micro_batches)");
 ABSL_FLAG(int64_t, log_every, 0, "worker 0 prints a progress line every N steps (0 = ~20 lines)");
 ABSL_FLAG(std::string, progress, "lines", "lines, or bar (a progress bar redrawn in place on a terminal)");
+ABSL_FLAG(std::string, wire_format, "f32",
+          "gradients through gRPC as f32, or compressed to bf16 or f16 (accumulated in f32 by the server)");
 ABSL_FLAG(bool, hierarchical, false,
           "reduce among the ranks of each host first (MPI_Comm_split_type shared); only one rank per host talks "
           "to the server");
@@ -99,6 +101,9 @@ absl::Status Connect(int rank, int size, Setup& s) {
   options.worker = static_cast<uint32_t>(rank);
   options.connect_timeout = absl::Seconds(absl::GetFlag(FLAGS_connect_timeout_s));
   options.shared_memory = absl::GetFlag(FLAGS_shared_memory);
+  auto wire = gradacc::ParseWireFormat(absl::GetFlag(FLAGS_wire_format));
+  if (!wire.ok()) return wire.status();
+  options.wire_format = *wire;
   options.window_timeout = absl::Seconds(absl::GetFlag(FLAGS_window_timeout_s));
   options.connection.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
   options.connection.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
