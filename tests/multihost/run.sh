@@ -241,8 +241,9 @@ mh_server=$!
 wait_file "$tmp/mh.port" 30 "$mh_server" || fail "the server on srv did not start"
 mh_addr="$srv_ip:$(cat "$tmp/mh.port")"
 say "server on $mh_addr (srv)"
+# The namespaces share this machine's /dev/shm; real hosts do not: gRPC.
 run_waiting "$tmp/mpirun-multihost.log" "${on_srv[@]}" timeout -k 10 120 "$mpirun_bin" -np 4 "${mpi_multihost[@]}" \
-    "$worker_bin" --server="$mh_addr" "${worker_args[@]}"
+    "$worker_bin" --server="$mh_addr" --shared_memory=false "${worker_args[@]}"
 rc=$?
 sed 's/^/  | /' "$tmp/mpirun-multihost.log" | grep -E 'step|accuracy' || true
 [[ $rc == 0 ]] || fail "mpirun across hosts exited $rc"
@@ -252,6 +253,35 @@ if ! grep -q "^host $a_ip -> netns $ns_a:" "$tmp/agent.log" || ! grep -q "^host 
   fail "the agent did not launch on both hosts"
 fi
 say "across hosts: done ($((SECONDS - t0)) s)"
+
+# ------------------------------------------- 2b. hierarchical across hosts
+# One leader per host (ranks 0 and 2) pushes its host's sum; the server sees
+# two pushes a window and counts four contributions.
+t0=$SECONDS
+"${on_srv[@]}" "$server_bin" --job="$tmp/job.textproto" --listen="$srv_ip:0" \
+    --port_file="$tmp/hier.port" --allow_remote_plaintext --output="$tmp/hier.safetensors" \
+    --ledger_file="$tmp/hier-ledger.jsonl" >"$tmp/server-hier.log" 2>&1 &
+hier_server=$!
+wait_file "$tmp/hier.port" 30 "$hier_server" || fail "the hierarchical server on srv did not start"
+run_waiting "$tmp/mpirun-hier.log" "${on_srv[@]}" timeout -k 10 120 "$mpirun_bin" -np 4 "${mpi_multihost[@]}" \
+    "$worker_bin" --server="$srv_ip:$(cat "$tmp/hier.port")" --shared_memory=false --hierarchical "${worker_args[@]}"
+rc=$?
+[[ $rc == 0 ]] || fail "hierarchical mpirun across hosts exited $rc"
+grep -q "group of 2 ranks" "$tmp/mpirun-hier.log" || fail "rank 0 did not lead a group of 2 ranks"
+wait_file "$tmp/hier.safetensors" 30 "$hier_server" || fail "no final parameters from the hierarchical server"
+stop_server "$hier_server" "the hierarchical server"
+# Every window: only the pushes of leaders 0 and 2 carry samples.
+/usr/bin/python3 - "$tmp/hier-ledger.jsonl" <<'EOF' || fail "the ledger does not show one push per host"
+import json, sys
+steps = [json.loads(line) for line in open(sys.argv[1])]
+ok, carried = len(steps) == 20, []
+for s in steps:
+    carried = sorted(c.get("worker", 0) for c in s["contributions"] if int(c.get("samples", 0)) > 0)
+    ok &= carried == [0, 2] and len(s["contributions"]) == 4
+print(f"  {len(steps)} steps; workers whose pushes carry samples: {carried}")
+sys.exit(0 if ok else 1)
+EOF
+say "hierarchical across hosts: done ($((SECONDS - t0)) s)"
 
 # ------------------------------------------- 3. the same job on one host
 t0=$SECONDS
@@ -307,4 +337,18 @@ sys.exit(0 if ok else 1)
 EOF
 cmp "$tmp/multihost.safetensors" "$tmp/one-host.safetensors" || fail "the files differ (outside the tensors)"
 say "final parameters are bit-identical across hosts and on one host"
+# Hierarchical across hosts adds (g0+g1) + (g2+g3): same job, other rounding.
+/usr/bin/python3 - "$tmp/hier.safetensors" "$tmp/one-host.safetensors" <<'EOF' || fail "hierarchical differs too much"
+import json, math, struct, sys
+def tensors(path):
+    raw = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n]); header.pop("__metadata__", None)
+    return {k: struct.unpack(f"<{(v['data_offsets'][1] - v['data_offsets'][0]) // 4}f",
+                             raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]) for k, v in header.items()}
+h, o = tensors(sys.argv[1]), tensors(sys.argv[2])
+worst = max(math.sqrt(sum((a - b) ** 2 for a, b in zip(h[k], o[k])) / max(1e-30, sum(b * b for b in o[k]))) for k in o)
+print(f"  hierarchical across hosts vs one host: largest per-tensor relative difference {worst:.3g}")
+sys.exit(0 if worst < 1e-4 else 1)
+EOF
 result=pass
