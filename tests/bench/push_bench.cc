@@ -15,7 +15,7 @@
 #include "worker/client.h"
 
 ABSL_FLAG(std::string, server, "", "gradacc-server HOST:PORT");
-ABSL_FLAG(bool, shm, false, "ClientOptions.shared_memory");
+ABSL_FLAG(std::string, shm, "off", "on or off: ClientOptions.shared_memory");
 ABSL_FLAG(int, warmup, 2, "untimed windows first");
 ABSL_FLAG(double, timeout_s, 120, "bound on every wait");
 
@@ -30,10 +30,11 @@ int Fail(const std::string& what) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
+  if (absl::GetFlag(FLAGS_shm) != "on" && absl::GetFlag(FLAGS_shm) != "off") return Fail("--shm must be on or off");
   gradacc::ClientOptions options;
   options.server = absl::GetFlag(FLAGS_server);
   options.worker = 0;
-  options.shared_memory = absl::GetFlag(FLAGS_shm);
+  options.shared_memory = absl::GetFlag(FLAGS_shm) == "on";
   const absl::Duration timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
   options.connect_timeout = timeout;
   options.rpc_timeout = timeout;
@@ -77,7 +78,7 @@ int main(int argc, char** argv) {
   (void)client.Leave();
   absl::FPrintF(stderr, "gradacc_bench_push: data moved through %s\n", transport);
   if (push_gbps.empty()) return Fail("no timed window (raise the job's total_steps above --warmup)");
-  const std::string setting = absl::GetFlag(FLAGS_shm) ? "shm" : "grpc";
+  const std::string setting = options.shared_memory ? "shm" : "grpc";
   using gradacc::bench::Median;
   using gradacc::bench::PrintResult;
   PrintResult("push", "gradacc_push", p, 1, setting, "gbps_median", Median(push_gbps), "GB/s");

@@ -223,8 +223,8 @@ fi
 # ---------------------------------------------------------------- push / pull
 if want push; then
   p16=$((16 << 20))
-  for shm in false true; do
-    setting=$([[ $shm == true ]] && echo shm || echo grpc)
+  for shm in off on; do
+    setting=$([[ $shm == on ]] && echo shm || echo grpc)
     log "push/pull of one worker, P=16M, $setting"
     write_job "$work/push.job" "$p16" 1 $((warmup + reps))
     if start_server "push-$setting" --job="$work/push.job"; then
@@ -258,8 +258,8 @@ if want window; then
       need_mpi=$(( m * (5 * pmb + 100) ))
       need_gloo=$(( m * (6 * pmb + 400) ))
 
-      for shm in true false; do
-        setting=$([[ $shm == true ]] && echo shm || echo grpc)
+      for shm in on off; do
+        setting=$([[ $shm == on ]] && echo shm || echo grpc)
         if ! fits "$need_gradacc"; then note window gradacc "$p" "$m" "$setting" "needs ~${need_gradacc} MB"; continue; fi
         log "window P=$(label "$p") M=$m gradacc $setting"
         write_job "$work/window.job" "$p" "$m" "$windows"

@@ -19,7 +19,7 @@
 #include "worker/client.h"
 
 ABSL_FLAG(std::string, server, "", "gradacc-server HOST:PORT");
-ABSL_FLAG(bool, shm, true, "ClientOptions.shared_memory");
+ABSL_FLAG(std::string, shm, "on", "on or off: ClientOptions.shared_memory");
 ABSL_FLAG(int, warmup, 2, "untimed windows first");
 ABSL_FLAG(double, timeout_s, 300, "bound on connecting and on every window");
 
@@ -40,10 +40,11 @@ int main(int argc, char** argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
 
+  if (absl::GetFlag(FLAGS_shm) != "on" && absl::GetFlag(FLAGS_shm) != "off") Abort(rank, "--shm must be on or off");
   gradacc::ClientOptions options;
   options.server = absl::GetFlag(FLAGS_server);
   options.worker = static_cast<uint32_t>(rank);
-  options.shared_memory = absl::GetFlag(FLAGS_shm);
+  options.shared_memory = absl::GetFlag(FLAGS_shm) == "on";
   const absl::Duration timeout = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
   options.connect_timeout = timeout;
   options.rpc_timeout = timeout;
@@ -87,7 +88,7 @@ int main(int argc, char** argv) {
   if (rank == 0) {
     if (windows.empty()) Abort(rank, "no timed window (raise the job's total_steps above --warmup)");
     if (all_reconnects > 0) absl::FPrintF(stderr, "gradacc_bench_window: %d reconnects during the run\n", all_reconnects);
-    const std::string setting = absl::GetFlag(FLAGS_shm) ? "shm" : "grpc";
+    const std::string setting = options.shared_memory ? "shm" : "grpc";
     gradacc::bench::PrintTimes("window", "gradacc", p, size, setting, "window", windows);
     gradacc::bench::PrintResult("window", "gradacc", p, size, setting, "windows", static_cast<double>(windows.size()),
                                 "n");
