@@ -77,14 +77,15 @@ class Sgd final : public Optimizer {
         nesterov_(o.nesterov()),
         momentum_buffer_(o.momentum() != 0 ? n : 0) {}
 
-  void Step(absl::Span<float> params, absl::Span<const float> grad, double lr) override {
+  Piece Prepare(absl::Span<float> params, double lr) override {
     const bool first = steps_ == 0;
-    float* const buf = momentum_buffer_.data();
-    ParallelFor(params.size(), [&](size_t b, size_t e) {
-      SgdKernel(params.data() + b, grad.data() + b, buf == nullptr ? nullptr : buf + b, e - b,
-                static_cast<float>(-lr), weight_decay_, momentum_, one_minus_dampening_, nesterov_, first);
-    });
     ++steps_;
+    float* const p = params.data();
+    float* const buf = momentum_buffer_.data();
+    return [=](size_t b, size_t e, const float* g) {
+      SgdKernel(p + b, g, buf == nullptr ? nullptr : buf + b, e - b, static_cast<float>(-lr), weight_decay_,
+                momentum_, one_minus_dampening_, nesterov_, first);
+    };
   }
 
   std::vector<std::pair<std::string, FloatBuffer*>> StateBuffers() override {
@@ -121,22 +122,26 @@ class Adam final : public Optimizer {
         exp_avg_sq_(n),
         max_exp_avg_sq_(o.amsgrad() ? n : 0) {}
 
-  void Step(absl::Span<float> params, absl::Span<const float> grad, double lr) override {
+  Piece Prepare(absl::Span<float> params, double lr) override {
     ++steps_;
     const double t = static_cast<double>(steps_);
     const double bias_correction1 = 1 - std::pow(beta1_, t);
     const double bias_correction2 = 1 - std::pow(beta2_, t);
     const float neg_step_size = static_cast<float>(-(lr / bias_correction1));
     const float bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+    float* const p = params.data();
+    float* const m = exp_avg_.data();
+    float* const v = exp_avg_sq_.data();
     float* const vmax = max_exp_avg_sq_.data();
-    ParallelFor(params.size(), [&](size_t b, size_t e) {
-      AdamKernel(params.data() + b, grad.data() + b, exp_avg_.data() + b, exp_avg_sq_.data() + b,
-                 vmax == nullptr ? nullptr : vmax + b, e - b, static_cast<float>(beta1_),
-                 static_cast<float>(1 - beta1_), static_cast<float>(beta2_), static_cast<float>(1 - beta2_),
-                 static_cast<float>(eps_), static_cast<float>(weight_decay_),
-                 static_cast<float>(1 - lr * weight_decay_), neg_step_size, bc2_sqrt, weight_decay_ != 0,
-                 decoupled_, amsgrad_);
-    });
+    const float b1 = static_cast<float>(beta1_), one_minus_b1 = static_cast<float>(1 - beta1_);
+    const float b2 = static_cast<float>(beta2_), one_minus_b2 = static_cast<float>(1 - beta2_);
+    const float eps = static_cast<float>(eps_), wd = static_cast<float>(weight_decay_);
+    const float decay = static_cast<float>(1 - lr * weight_decay_);
+    const bool has_wd = weight_decay_ != 0, decoupled = decoupled_, amsgrad = amsgrad_;
+    return [=](size_t b, size_t e, const float* g) {
+      AdamKernel(p + b, g, m + b, v + b, vmax == nullptr ? nullptr : vmax + b, e - b, b1, one_minus_b1, b2,
+                 one_minus_b2, eps, wd, decay, neg_step_size, bc2_sqrt, has_wd, decoupled, amsgrad);
+    };
   }
 
   std::vector<std::pair<std::string, FloatBuffer*>> StateBuffers() override {
@@ -153,6 +158,11 @@ class Adam final : public Optimizer {
 };
 
 }  // namespace
+
+void Optimizer::Step(absl::Span<float> params, absl::Span<const float> grad, double lr) {
+  const Piece piece = Prepare(params, lr);
+  ParallelFor(params.size(), [&](size_t b, size_t e) { piece(b, e, grad.data() + b); });
+}
 
 absl::StatusOr<std::unique_ptr<Optimizer>> Optimizer::Create(const v1::OptimizerSpec& spec,
                                                              uint64_t num_elements) {

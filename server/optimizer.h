@@ -8,6 +8,7 @@
 #define GRADACC_SERVER_OPTIMIZER_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -27,8 +28,17 @@ class Optimizer {
                                                            uint64_t num_elements);
   virtual ~Optimizer() = default;
 
-  // One step: params -= update(grad) at learning rate `lr`.
-  virtual void Step(absl::Span<float> params, absl::Span<const float> grad, double lr) = 0;
+  // One step: params -= update(grad) at learning rate `lr` (on
+  // ParallelFor's threads).
+  void Step(absl::Span<float> params, absl::Span<const float> grad, double lr);
+
+  // One step applied piecewise: Prepare counts the step and returns a
+  // function that updates elements [begin, end) of `params` (and of the
+  // state) from `grad`, the gradient of exactly those elements. Pieces may
+  // run concurrently on disjoint ranges; together they must cover every
+  // element once. The bits are those of Step.
+  using Piece = std::function<void(size_t begin, size_t end, const float* grad)>;
+  virtual Piece Prepare(absl::Span<float> params, double lr) = 0;
 
   // Steps applied so far.
   uint64_t steps() const { return steps_; }

@@ -255,6 +255,13 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
     }
   }
   grad_segments_.resize(num_workers_);
+  for (size_t i = 0; i < layout_.tensors().size(); ++i) {
+    const ModelLayout::Tensor& t = layout_.tensors()[i];
+    const uint64_t lo = std::max(t.offset, begin_), hi = std::min(t.offset + t.size, end_);
+    for (uint64_t b = lo; b < hi; b += kPieceElements) {
+      pieces_.push_back({b - begin_, std::min<uint64_t>(hi, b + kPieceElements) - begin_, static_cast<uint32_t>(i)});
+    }
+  }
   workers_.resize(num_workers_);
   slots_.resize(num_workers_);
   expected_.assign(num_workers_, false);
@@ -989,27 +996,62 @@ void Trainer::CloseWindow(ClosingWindow window) {
     default:
       break;
   }
-  if (sources.empty() || (spec_.reduction() == v1::REDUCTION_MEAN_OVER_SAMPLES && samples == 0)) {
-    // A window without samples (possible only when every worker's slots
-    // were empty) has no gradient.
-    std::fill(acc.data(), acc.data() + acc.size(), 0.0f);
-  } else {
-    SumInOrder(acc.span(), sources, divisor);
-  }
-  const absl::Time t1 = absl::Now();
-  // torch.nn.utils.clip_grad_norm_ in f32: the norm of the per-tensor norms,
-  // coef = (1 / (norm + 1e-6)) * max_norm, applied when below 1.
-  // Per tensor: a sequential f32 sum (small tensors, as torch), or a double
-  // sum rounded once (large ones). Sharded, every shard adds its part of each
-  // tensor and the parts are summed in shard order; small tensors are never
-  // split, so the result is what one server computes.
+  const bool no_gradient =
+      sources.empty() || (spec_.reduction() == v1::REDUCTION_MEAN_OVER_SAMPLES && samples == 0);
+  const double lr = LearningRateAt(spec_.optimizer(), spec_.schedule(), version);
   std::vector<double> sums(layout_.tensors().size(), 0.0);
-  for (size_t i = 0; i < layout_.tensors().size(); ++i) {
-    const ModelLayout::Tensor& t = layout_.tensors()[i];
-    const uint64_t lo = std::max(t.offset, begin_), hi = std::min(t.offset + t.size, end_);
-    if (lo >= hi) continue;
-    const auto part = absl::MakeConstSpan(acc.data() + (lo - begin_), hi - lo);
-    sums[i] = t.size <= kSequentialSumOfSquaresLimit ? double{SumOfSquaresF32(part)} : SumOfSquaresParallel(part);
+  absl::Time t1;
+  // Without clipping (and unsharded) the step needs no norm first: one pass
+  // over memory reduces a piece into a cache-sized buffer, adds its squares
+  // to its tensor's norm and steps it. Otherwise reduce, norm, clip, step.
+  const bool fused = spec_.clipping().max_norm() <= 0 && options_.num_shards <= 1 && !no_gradient;
+  if (fused) {
+    // Co-located workers see the segment's seq turn odd: the parameters of
+    // `version` are being overwritten.
+    if (params_segment_ != nullptr) params_segment_->header()->seq.store(2 * version + 1, std::memory_order_release);
+    const Optimizer::Piece step = optimizer_->Prepare(params_.span(), lr);
+    std::vector<double> partial(pieces_.size(), 0.0);
+    ParallelFor(
+        pieces_.size(),
+        [&](size_t first, size_t last) {
+          std::vector<float> g(kPieceElements);
+          for (size_t i = first; i < last; ++i) {
+            const Piece& piece = pieces_[i];
+            const size_t n = piece.end - piece.begin;
+            std::vector<const float*> at(sources.size());
+            for (size_t k = 0; k < sources.size(); ++k) at[k] = sources[k] + piece.begin;
+            SumInOrder(absl::MakeSpan(g.data(), n), at, divisor);
+            partial[i] = SumOfSquares(absl::MakeConstSpan(g.data(), n));
+            step(piece.begin, piece.end, g.data());
+          }
+        },
+        /*min_per_thread=*/kParallelMinElements / kPieceElements, /*align=*/1);
+    // Per tensor, its pieces' sums in order: deterministic for any thread
+    // count (the norm is reported, not used).
+    for (size_t i = 0; i < pieces_.size(); ++i) sums[pieces_[i].tensor] += partial[i];
+    t1 = absl::Now();
+  } else {
+    if (no_gradient) {
+      // A window without samples (possible only when every worker's slots
+      // were empty) has no gradient.
+      std::fill(acc.data(), acc.data() + acc.size(), 0.0f);
+    } else {
+      SumInOrder(acc.span(), sources, divisor);
+    }
+    t1 = absl::Now();
+    // torch.nn.utils.clip_grad_norm_ in f32: the norm of the per-tensor norms,
+    // coef = (1 / (norm + 1e-6)) * max_norm, applied when below 1.
+    // Per tensor: a sequential f32 sum (small tensors, as torch), or a double
+    // sum rounded once (large ones). Sharded, every shard adds its part of each
+    // tensor and the parts are summed in shard order; small tensors are never
+    // split, so the result is what one server computes.
+    for (size_t i = 0; i < layout_.tensors().size(); ++i) {
+      const ModelLayout::Tensor& t = layout_.tensors()[i];
+      const uint64_t lo = std::max(t.offset, begin_), hi = std::min(t.offset + t.size, end_);
+      if (lo >= hi) continue;
+      const auto part = absl::MakeConstSpan(acc.data() + (lo - begin_), hi - lo);
+      sums[i] = t.size <= kSequentialSumOfSquaresLimit ? double{SumOfSquaresF32(part)} : SumOfSquaresParallel(part);
+    }
   }
   if (options_.num_shards > 1 && options_.exchange != nullptr) {
     // Every shard must step on the same norm: wait for the peers (retrying
@@ -1035,18 +1077,17 @@ void Trainer::CloseWindow(ClosingWindow window) {
   for (double v : sums) norms.push_back(std::sqrt(static_cast<float>(v)));
   const float grad_norm = std::sqrt(SumOfSquaresF32(norms));
   float clipped_norm = grad_norm;
-  if (spec_.clipping().max_norm() > 0) {
-    const float coef = (1.0f / (grad_norm + 1e-6f)) * static_cast<float>(spec_.clipping().max_norm());
-    if (coef < 1.0f) {
-      ParallelFor(acc.size(), [&](size_t b, size_t e) { ScaleInPlace(acc.span().subspan(b, e - b), coef); });
-      clipped_norm = grad_norm * coef;
+  if (!fused) {
+    if (spec_.clipping().max_norm() > 0) {
+      const float coef = (1.0f / (grad_norm + 1e-6f)) * static_cast<float>(spec_.clipping().max_norm());
+      if (coef < 1.0f) {
+        ParallelFor(acc.size(), [&](size_t b, size_t e) { ScaleInPlace(acc.span().subspan(b, e - b), coef); });
+        clipped_norm = grad_norm * coef;
+      }
     }
+    if (params_segment_ != nullptr) params_segment_->header()->seq.store(2 * version + 1, std::memory_order_release);
+    optimizer_->Step(params_.span(), acc.span(), lr);
   }
-  const double lr = LearningRateAt(spec_.optimizer(), spec_.schedule(), version);
-  // Co-located workers see the segment's seq turn odd: the parameters of
-  // `version` are being overwritten.
-  if (params_segment_ != nullptr) params_segment_->header()->seq.store(2 * version + 1, std::memory_order_release);
-  optimizer_->Step(params_.span(), acc.span(), lr);
   const absl::Time t2 = absl::Now();
 
   const uint64_t new_version = version + 1;

@@ -347,6 +347,14 @@ class Trainer {
   mutable absl::Mutex step_mu_;
   FloatBuffer params_ ABSL_GUARDED_BY(step_mu_);  // a view of params_segment_ when shared memory is on
   FloatBuffer reduced_ ABSL_GUARDED_BY(step_mu_);  // the window's reduced gradient
+  // The fused close's pieces: at most kPieceElements each, never across a
+  // tensor; offsets local to this trainer's range.
+  static constexpr size_t kPieceElements = 16 * 1024;
+  struct Piece {
+    uint64_t begin, end;
+    uint32_t tensor;
+  };
+  std::vector<Piece> pieces_;
   std::unique_ptr<Optimizer> optimizer_ ABSL_GUARDED_BY(step_mu_);
   uint64_t last_checkpoint_version_ ABSL_GUARDED_BY(step_mu_) = ~uint64_t{0};
   std::vector<std::string> restore_notes_;
