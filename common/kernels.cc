@@ -1,6 +1,8 @@
 #include "common/kernels.h"
 
 #include <algorithm>
+#include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -103,17 +105,30 @@ float SumOfSquaresF32(absl::Span<const float> x) {
 }
 
 int64_t FirstNonFinite(absl::Span<const float> x) {
-  // Branch-free scan first; locate only when something is wrong.
-  uint32_t bad = 0;
+  // Branch-free scan first (the largest magnitude's bits: NaN and Inf have
+  // an all-ones exponent, above every finite value); locate only when
+  // something is wrong.
+  uint32_t largest = 0;
   const uint32_t* bits = reinterpret_cast<const uint32_t*>(x.data());
-  for (size_t i = 0; i < x.size(); ++i) {
-    bad |= static_cast<uint32_t>((bits[i] & 0x7f800000u) == 0x7f800000u);
-  }
-  if (!bad) return -1;
+  for (size_t i = 0; i < x.size(); ++i) largest = std::max(largest, bits[i] & 0x7fffffffu);
+  if (largest < 0x7f800000u) return -1;
   for (size_t i = 0; i < x.size(); ++i) {
     if (!std::isfinite(x[i])) return static_cast<int64_t>(i);
   }
   return -1;
+}
+
+int64_t FirstNonFiniteParallel(absl::Span<const float> x) {
+  std::atomic<int64_t> first{INT64_MAX};
+  ParallelFor(x.size(), [&](size_t b, size_t e) {
+    const int64_t bad = FirstNonFinite(x.subspan(b, e - b));
+    if (bad < 0) return;
+    int64_t seen = first.load();
+    const int64_t at = static_cast<int64_t>(b) + bad;
+    while (at < seen && !first.compare_exchange_weak(seen, at)) {
+    }
+  });
+  return first.load() == INT64_MAX ? -1 : first.load();
 }
 
 int64_t CopyFromLittleEndian(const char* bytes, absl::Span<float> dst) {

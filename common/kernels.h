@@ -35,6 +35,8 @@ inline constexpr size_t kSequentialSumOfSquaresLimit = 4096;
 float SumOfSquaresF32(absl::Span<const float> x);
 // Index of the first NaN or Inf in x, or -1 when all are finite.
 int64_t FirstNonFinite(absl::Span<const float> x);
+// The same, scanning on ParallelFor's threads.
+int64_t FirstNonFiniteParallel(absl::Span<const float> x);
 // Copies little-endian f32 bytes into dst (dst.size() * 4 bytes) and returns
 // the index of the first non-finite value copied, or -1.
 int64_t CopyFromLittleEndian(const char* bytes, absl::Span<float> dst);

@@ -861,11 +861,9 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
   PushResult result;
   std::optional<ClosingWindow> closing;
   absl::Time now = absl::Now();
-  const double sum_of_squares = SumOfSquaresParallel(session->buffer_.span());
-  if (session->segment_ != nullptr && !std::isfinite(sum_of_squares)) {
-    // Chunks were checked as they arrived; a segment is checked here (a
-    // finite sum of squares means every element is finite).
-    const int64_t bad = FirstNonFinite(session->buffer_.span());
+  if (session->segment_ != nullptr) {
+    // Chunks were checked as they arrived; a segment is checked here.
+    const int64_t bad = FirstNonFiniteParallel(session->buffer_.span());
     if (bad >= 0) {
       const auto& t = *std::find_if(layout_.tensors().rbegin(), layout_.tensors().rend(),
                                     [&](const ModelLayout::Tensor& t) { return t.offset <= uint64_t(bad); });
@@ -875,7 +873,6 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
           uint64_t(bad) - t.offset, session->buffer_[bad]));
     }
   }
-  const double grad_norm = std::sqrt(sum_of_squares);
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("server is shutting down");
@@ -926,7 +923,6 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
     Slot slot;
     slot.key = h.contribution_key();
     slot.attempt = std::max(1u, h.attempt());
-    slot.grad_norm = grad_norm;
     slot.arrival = now;
     slot.grad = std::move(session->buffer_);
     slot.samples = h.samples();
@@ -1011,6 +1007,8 @@ void Trainer::CloseWindow(ClosingWindow window) {
     if (params_segment_ != nullptr) params_segment_->header()->seq.store(2 * version + 1, std::memory_order_release);
     const Optimizer::Piece step = optimizer_->Prepare(params_.span(), lr);
     std::vector<double> partial(pieces_.size(), 0.0);
+    // Each contribution's own norm (for the ledger), from the same pass.
+    std::vector<double> slot_partial(pieces_.size() * sources.size(), 0.0);
     ParallelFor(
         pieces_.size(),
         [&](size_t first, size_t last) {
@@ -1021,6 +1019,9 @@ void Trainer::CloseWindow(ClosingWindow window) {
             std::vector<const float*> at(sources.size());
             for (size_t k = 0; k < sources.size(); ++k) at[k] = sources[k] + piece.begin;
             SumInOrder(absl::MakeSpan(g.data(), n), at, divisor);
+            for (size_t k = 0; k < sources.size(); ++k) {
+              slot_partial[i * sources.size() + k] = SumOfSquares(absl::MakeConstSpan(at[k], n));
+            }
             partial[i] = SumOfSquares(absl::MakeConstSpan(g.data(), n));
             step(piece.begin, piece.end, g.data());
           }
@@ -1029,8 +1030,18 @@ void Trainer::CloseWindow(ClosingWindow window) {
     // Per tensor, its pieces' sums in order: deterministic for any thread
     // count (the norm is reported, not used).
     for (size_t i = 0; i < pieces_.size(); ++i) sums[pieces_[i].tensor] += partial[i];
+    std::vector<double> slot_sums(sources.size(), 0.0);
+    for (size_t i = 0; i < pieces_.size(); ++i) {
+      for (size_t k = 0; k < sources.size(); ++k) slot_sums[k] += slot_partial[i * sources.size() + k];
+    }
+    for (size_t j = 0, k = 0; j < slots.size(); ++j) {
+      if (slots[j].grad.size() != 0) slots[j].grad_norm = std::sqrt(slot_sums[k++]);
+    }
     t1 = absl::Now();
   } else {
+    for (Slot& slot : slots) {
+      if (slot.grad.size() != 0) slot.grad_norm = std::sqrt(SumOfSquaresParallel(slot.grad.span()));
+    }
     if (no_gradient) {
       // A window without samples (possible only when every worker's slots
       // were empty) has no gradient.
