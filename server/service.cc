@@ -33,7 +33,8 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
     const uint64_t id = trainer_->WaitForVersion(
         request.min_version(),
         [this](absl::StatusOr<std::shared_ptr<const ParamSnapshot>> snap) { OnSnapshot(std::move(snap)); },
-        request.worker());
+        request.worker(),
+        request.has_contribution_key() ? std::optional<uint64_t>(request.contribution_key()) : std::nullopt);
     absl::MutexLock lock(&mu_);
     if (id != 0 && !resolved_) waiter_id_ = id;
   }

@@ -1364,8 +1364,10 @@ void Trainer::WriteFinalParameters() {
   }
 }
 
-uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done, int64_t worker) {
+uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done, int64_t worker,
+                                 std::optional<uint64_t> pushed_key) {
   std::shared_ptr<const ParamSnapshot> ready;
+  absl::Status lost;
   bool stopping;
   {
     absl::MutexLock lock(&mu_);
@@ -1374,6 +1376,12 @@ uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done, in
     if (!stopping) {
       if (snapshot_->version >= min_version || snapshot_->header.header().job_done()) {
         ready = snapshot_;
+      } else if (pushed_key.has_value() && worker >= 0 && static_cast<uint32_t>(worker) < num_workers_ &&
+                 workers_[worker].applied_keys.count(*pushed_key) == 0) {
+        lost = absl::FailedPreconditionError(absl::StrFormat(
+            "this server holds no contribution with key %d from worker %d (it restarted from a checkpoint "
+            "taken before it): push it again",
+            *pushed_key, worker));
       } else {
         const uint64_t id = next_waiter_id_++;
         waiters_[id] = Waiter{min_version, absl::Now() + options_.max_pull_wait, std::move(done), worker};
@@ -1384,6 +1392,8 @@ uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done, in
   }
   if (stopping) {
     done(absl::UnavailableError("server is shutting down"));
+  } else if (!lost.ok()) {
+    done(lost);
   } else {
     done(ready);
   }

@@ -220,7 +220,11 @@ class Trainer {
   // Calls `done` with the snapshot of version >= min_version: at once when it
   // exists (or the job is done), else when it is published. Returns an id for
   // CancelWait; 0 when `done` was already called.
-  uint64_t WaitForVersion(uint64_t min_version, SnapshotCallback done, int64_t worker = -1);
+  // With `pushed_key`, a pull that would park fails at once
+  // (FAILED_PRECONDITION) when `worker` has no contribution with that key
+  // here.
+  uint64_t WaitForVersion(uint64_t min_version, SnapshotCallback done, int64_t worker = -1,
+                          std::optional<uint64_t> pushed_key = std::nullopt);
   // Drops a parked waiter; its callback is not called afterwards. Returns
   // false when the callback already ran or is running.
   bool CancelWait(uint64_t id);

@@ -610,6 +610,27 @@ TEST(TrainerCompressionTest, Bf16AndF16StayWithinTheirRoundingBound) {
   EXPECT_EQ((*session)->AddChunk(1, 0, std::string(3, '\0')).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// A pull that names the contribution it waits on: parked when this server
+// holds it, refused at once when it does not (a server restarted from a
+// checkpoint taken before the push was acknowledged).
+TEST(TrainerWaitTest, PullNamingALostContributionFailsAtOnce) {
+  auto t = NewTrainer(SmallJob(2, 3));
+  std::vector<testing::Contribution> window = MakeWindow(0, 2, t->size(), 3);
+  ASSERT_TRUE(testing::Push(*t, window[0]).ok());
+  std::atomic<int> calls{0};
+  absl::Status got;
+  const uint64_t parked = t->WaitForVersion(
+      1, [&](absl::StatusOr<std::shared_ptr<const ParamSnapshot>> s) { ++calls; got = s.status(); }, 0, 0);
+  EXPECT_NE(parked, 0u);  // worker 0's key 0 is here: it waits
+  EXPECT_EQ(calls.load(), 0);
+  const uint64_t refused = t->WaitForVersion(
+      1, [&](absl::StatusOr<std::shared_ptr<const ParamSnapshot>> s) { ++calls; got = s.status(); }, 1, 0);
+  EXPECT_EQ(refused, 0u);  // worker 1 never pushed key 0 here
+  EXPECT_EQ(calls.load(), 1);
+  EXPECT_EQ(got.code(), absl::StatusCode::kFailedPrecondition) << got;
+  EXPECT_TRUE(t->CancelWait(parked));
+}
+
 TEST(TrainerWaitTest, ParkedWaitersWakeOnCloseAndOnShutdown) {
   auto trainer = NewTrainer(SmallJob(1, 3));
   std::atomic<int> woke{0};

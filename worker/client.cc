@@ -399,12 +399,13 @@ absl::StatusOr<v1::PushResponse> Client::PushShard(Shard& shard, v1::PushRequest
 }
 
 absl::Status Client::PullShard(Shard& shard, uint64_t min_version, absl::Time deadline,
-                              v1::ParametersHeader* header_out) {
+                              v1::ParametersHeader* header_out, std::optional<uint64_t> pushed_key) {
   v1::PullRequest request;
   request.set_job_id(job_.job_id());
   request.set_worker(options_.worker);
   request.set_min_version(min_version);
   request.set_shared_memory(params_segment_ != nullptr);
+  if (pushed_key.has_value()) request.set_contribution_key(*pushed_key);
   if (!staging_.owned()) staging_ = FloatBuffer(layout_.num_elements());
   grpc::ClientContext ctx;
   Authenticate(ctx, options_.connection.token);
@@ -453,7 +454,7 @@ absl::Status Client::PullShard(Shard& shard, uint64_t min_version, absl::Time de
     // segment any more): this pull goes through gRPC.
     DetachSharedMemory();
     shm_note_ = "the parameter segment changed while read; pulling through gRPC";
-    return PullShard(shard, min_version, deadline, header_out);
+    return PullShard(shard, min_version, deadline, header_out, pushed_key);
   }
   if (!have_header || received != expect) {
     return absl::DataLossError(absl::StrFormat("pull of version >= %d from %s: incomplete parameters (%d of %d)",
@@ -463,7 +464,8 @@ absl::Status Client::PullShard(Shard& shard, uint64_t min_version, absl::Time de
   return absl::OkStatus();
 }
 
-absl::Status Client::Pull(uint64_t min_version, absl::Duration timeout, v1::ParametersHeader* header_out) {
+absl::Status Client::Pull(uint64_t min_version, absl::Duration timeout, v1::ParametersHeader* header_out,
+                          std::optional<uint64_t> pushed_key) {
   const absl::Time deadline = absl::Now() + timeout;
   std::vector<v1::ParametersHeader> headers(shards_.size());
   uint64_t want = min_version;
@@ -473,7 +475,7 @@ absl::Status Client::Pull(uint64_t min_version, absl::Duration timeout, v1::Para
     uint64_t newest = 0, oldest = ~uint64_t{0};
     for (size_t i = 0; i < shards_.size(); ++i) {
       if (round > 0 && headers[i].version() >= want) continue;
-      GRADACC_RETURN_IF_ERROR(PullShard(shards_[i], want, deadline, &headers[i]));
+      GRADACC_RETURN_IF_ERROR(PullShard(shards_[i], want, deadline, &headers[i], pushed_key));
     }
     for (const auto& h : headers) {
       newest = std::max<uint64_t>(newest, h.version());
@@ -562,7 +564,10 @@ absl::StatusOr<StepResult> Client::Step() {
     }
     if (!need_push) {
       v1::ParametersHeader header;
-      absl::Status pulled = Pull(window + 1, deadline - absl::Now(), &header);
+      // Our contribution's key goes along: a server that restarted between
+      // acknowledging it and this pull says so instead of waiting.
+      absl::Status pulled =
+          Pull(window + 1, deadline - absl::Now(), &header, result.stale ? std::nullopt : std::optional<uint64_t>(window));
       if (pulled.ok() && version_ > window) {
         result.version = version_;
         result.loss = header.loss();
@@ -570,7 +575,10 @@ absl::StatusOr<StepResult> Client::Step() {
         result.job_done = header.job_done();
         return result;
       }
-      if (!pulled.ok() && !Retryable(static_cast<grpc::StatusCode>(pulled.code()))) return pulled;
+      if (!pulled.ok() && !Retryable(static_cast<grpc::StatusCode>(pulled.code())) &&
+          pulled.code() != absl::StatusCode::kFailedPrecondition) {
+        return pulled;
+      }
       if (absl::Now() >= deadline) {
         return absl::DeadlineExceededError(
             absl::StrFormat("window %d did not close within %s", window, absl::FormatDuration(options_.window_timeout)));

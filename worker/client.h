@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -136,7 +137,11 @@ class Client {
   // Pulls version >= min_version (waiting up to `timeout`), installs it and,
   // when the version advanced, zeroes the gradient buffer. Parameters older
   // than the ones held are never installed.
-  absl::Status Pull(uint64_t min_version, absl::Duration timeout, v1::ParametersHeader* header = nullptr);
+  // With `pushed_key` (the key of this worker's acknowledged contribution
+  // to window min_version - 1) a restarted server that lost it answers
+  // FAILED_PRECONDITION instead of waiting.
+  absl::Status Pull(uint64_t min_version, absl::Duration timeout, v1::ParametersHeader* header = nullptr,
+                    std::optional<uint64_t> pushed_key = std::nullopt);
 
   absl::Status ReportTestAccuracy(double accuracy, uint64_t step);
   absl::StatusOr<v1::Status> GetStatus();
@@ -170,7 +175,8 @@ class Client {
   bool ReadSharedParameters(uint64_t version);
   absl::Status JoinAndFetch(absl::Time give_up);
   absl::StatusOr<v1::PushResponse> PushShard(Shard& shard, v1::PushRequest header, bool* duplicate, int* attempts);
-  absl::Status PullShard(Shard& shard, uint64_t min_version, absl::Time deadline, v1::ParametersHeader* header);
+  absl::Status PullShard(Shard& shard, uint64_t min_version, absl::Time deadline, v1::ParametersHeader* header,
+                         std::optional<uint64_t> pushed_key);
 
   const ClientOptions options_;
   std::vector<Shard> shards_;
