@@ -26,27 +26,46 @@ uint32_t ByteSwap(uint32_t v) { return __builtin_bswap32(v); }
 }  // namespace
 
 void AddInto(absl::Span<float> dst, absl::Span<const float> src) {
-  float* __restrict d = dst.data();
-  const float* __restrict s = src.data();
-  const size_t n = dst.size();
-  for (size_t i = 0; i < n; ++i) d[i] += s[i];
+  ParallelFor(dst.size(), [&](size_t b, size_t e) {
+    float* __restrict d = dst.data();
+    const float* __restrict s = src.data();
+    for (size_t i = b; i < e; ++i) d[i] += s[i];
+  });
 }
 
 void SumInOrder(absl::Span<float> dst, absl::Span<const float* const> srcs, float divisor) {
   // 16 Ki elements (64 KiB) per block: the partial sum stays in L2 while
-  // every source adds into it.
+  // every source adds into it. The first two sources are added in one loop
+  // and the division folds into the last one (the same operations per
+  // element as copy, add, add, ..., divide, so the same bits).
   constexpr size_t kBlock = 16 * 1024;
+  const size_t m = srcs.size();
   ParallelFor(dst.size(), [&](size_t begin, size_t end) {
     for (size_t b = begin; b < end; b += kBlock) {
       const size_t n = std::min(kBlock, end - b);
       float* __restrict d = dst.data() + b;
-      std::memcpy(d, srcs[0] + b, n * sizeof(float));
-      for (size_t k = 1; k < srcs.size(); ++k) {
-        const float* __restrict s = srcs[k] + b;
-        for (size_t i = 0; i < n; ++i) d[i] += s[i];
+      const float* __restrict s0 = srcs[0] + b;
+      if (m == 1) {
+        if (divisor != 0) {
+          for (size_t i = 0; i < n; ++i) d[i] = s0[i] / divisor;
+        } else {
+          std::memcpy(d, s0, n * sizeof(float));
+        }
+        continue;
       }
-      if (divisor != 0) {
-        for (size_t i = 0; i < n; ++i) d[i] /= divisor;
+      const float* __restrict s1 = srcs[1] + b;
+      if (m == 2 && divisor != 0) {
+        for (size_t i = 0; i < n; ++i) d[i] = (s0[i] + s1[i]) / divisor;
+        continue;
+      }
+      for (size_t i = 0; i < n; ++i) d[i] = s0[i] + s1[i];
+      for (size_t k = 2; k < m; ++k) {
+        const float* __restrict s = srcs[k] + b;
+        if (k + 1 == m && divisor != 0) {
+          for (size_t i = 0; i < n; ++i) d[i] = (d[i] + s[i]) / divisor;
+        } else {
+          for (size_t i = 0; i < n; ++i) d[i] += s[i];
+        }
       }
     }
   });

@@ -10,7 +10,7 @@
 
 namespace gradacc {
 
-// dst[i] += src[i].
+// dst[i] += src[i] (on ParallelFor's threads).
 void AddInto(absl::Span<float> dst, absl::Span<const float> src);
 // The deterministic reduction: dst[i] = (((src[0][i] + src[1][i]) +
 // src[2][i]) + ...), then divided by `divisor` when it is non-zero: the same

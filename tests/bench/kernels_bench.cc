@@ -80,6 +80,19 @@ void BM_AddInto(benchmark::State& state) {
   state.SetBytesProcessed(int64_t(state.iterations()) * n * sizeof(float) * 3);
 }
 
+// The server's reduction (SumInOrder) of two contributions into the
+// window's gradient: the same traffic as a += b (two reads, one write).
+void BM_SumInOrder(benchmark::State& state) {
+  const size_t n = state.range(0);
+  FloatBuffer a = Filled(n, 1), b = Filled(n, 2), out(n);
+  const float* sources[] = {a.data(), b.data()};
+  for (auto _ : state) {
+    SumInOrder(out.span(), sources, 0.0f);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(int64_t(state.iterations()) * n * sizeof(float) * 3);
+}
+
 void BM_FirstNonFinite(benchmark::State& state) {
   const size_t n = state.range(0);
   FloatBuffer a = Filled(n, 1);
@@ -117,6 +130,7 @@ BENCHMARK(BM_Memcpy)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRea
 BENCHMARK(BM_AddPlain)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_AddPlainThreads)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_AddInto)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_SumInOrder)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_FirstNonFinite)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_SgdMomentumStep)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_AdamStep)->Arg(k1M)->Arg(k16M)->Unit(benchmark::kMillisecond)->UseRealTime();

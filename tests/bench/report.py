@@ -144,9 +144,12 @@ def main():
     add1 = kernels.get(("AddPlain", P16))
     addn = kernels.get(("AddPlainThreads", P16))
     addinto = kernels.get(("AddInto", P16))
+    suminorder = kernels.get(("SumInOrder", P16))
     adds = [a[0] for a in (add1, addn) if a]
-    check("AddInto / best plain add (1 or all threads), 16M floats", ratio(addinto and addinto[0], max(adds, default=None)),
-          ">= 0.85", lambda v: v >= 0.85, P16, 1)
+    check("AddInto (accumulate, dst += src) / best plain add (1 or all threads), 16M floats",
+          ratio(addinto and addinto[0], max(adds, default=None)), ">= 0.85", lambda v: v >= 0.85, P16, 1)
+    check("SumInOrder (2 contributions into a third buffer in DRAM) / best plain add, 16M floats",
+          ratio(suminorder and suminorder[0], max(adds, default=None)), "info", None, P16, 1)
     check("AddInto / plain add on 1 thread, 16M floats", ratio(addinto and addinto[0], add1 and add1[0]), "info",
           None, P16, 1)
     tcp = res.get("tcp", "loopback", "gbps_median")
@@ -249,7 +252,7 @@ def main():
         sizes = sorted({n for (_, n) in kernels})
         md.append("| kernel | " + " | ".join(label(n) for n in sizes) + " |")
         md.append("| --- |" + " ---: |" * len(sizes))
-        for name in ("Memcpy", "AddPlain", "AddPlainThreads", "AddInto", "FirstNonFinite", "SgdMomentumStep",
+        for name in ("Memcpy", "AddPlain", "AddPlainThreads", "AddInto", "SumInOrder", "FirstNonFinite", "SgdMomentumStep",
                      "AdamStep"):
             cells = []
             for n in sizes:
