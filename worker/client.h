@@ -22,7 +22,10 @@
 // starts, so it can be neither forgotten nor done in the wrong place.
 //
 // Thread-compatible: one thread uses a Client at a time. Owns its buffers
-// and its gRPC channel.
+// and its gRPC channel. A program that pushes large models through gRPC
+// should call KeepFreedMemoryForReuse() (common/buffer.h) first, as
+// gradacc-worker does: gRPC's per-message buffers then stop costing fresh
+// page faults.
 #ifndef GRADACC_WORKER_CLIENT_H_
 #define GRADACC_WORKER_CLIENT_H_
 

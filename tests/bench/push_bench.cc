@@ -29,6 +29,7 @@ int Fail(const std::string& what) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  gradacc::KeepFreedMemoryForReuse();  // as gradacc-worker does
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_shm) != "on" && absl::GetFlag(FLAGS_shm) != "off") return Fail("--shm must be on or off");
   gradacc::ClientOptions options;

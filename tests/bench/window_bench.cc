@@ -34,6 +34,7 @@ namespace {
 }  // namespace
 
 int main(int argc, char** argv) {
+  gradacc::KeepFreedMemoryForReuse();  // as gradacc-worker does
   MPI_Init(&argc, &argv);
   absl::ParseCommandLine(argc, argv);
   int rank = 0, size = 1;
