@@ -201,24 +201,63 @@ int64_t DecodeBf16(const char* bytes, absl::Span<float> dst) {
   return FirstNonFinite(dst);
 }
 
-// _Float16 (GCC, x86-64): conversions round to nearest even, through F16C
-// where the CPU has it and libgcc's soft-float otherwise.
-void EncodeF16(absl::Span<const float> src, char* bytes) {
-  for (size_t i = 0; i < src.size(); ++i) {
-    const _Float16 h = static_cast<_Float16>(src[i]);
-    uint16_t b;
-    std::memcpy(&b, &h, 2);
-    StoreLe16(bytes + 2 * i, b);
+// IEEE binary16 by hand (clang 14 has no _Float16 on x86): widening is
+// exact; narrowing rounds to nearest even (F. Giesen's
+// float_to_half_fast3_rtne), overflow to Inf, NaN to a quiet NaN.
+namespace {
+
+uint16_t FloatToHalf(float value) {
+  uint32_t f;
+  std::memcpy(&f, &value, 4);
+  const uint32_t sign = f & 0x80000000u;
+  f ^= sign;
+  uint16_t o;
+  if (f >= (127u + 16) << 23) {  // >= 65536: Inf, or NaN
+    o = f > 0x7f800000u ? 0x7e00 : 0x7c00;
+  } else if (f < 113u << 23) {  // a subnormal half, or zero
+    const uint32_t magic_bits = ((127u - 15) + (23 - 10) + 1) << 23;
+    float magic, x;
+    std::memcpy(&magic, &magic_bits, 4);
+    std::memcpy(&x, &f, 4);
+    x += magic;
+    uint32_t u;
+    std::memcpy(&u, &x, 4);
+    o = static_cast<uint16_t>(u - magic_bits);
+  } else {
+    const uint32_t mant_odd = (f >> 13) & 1;
+    f += ((15u - 127) << 23) + 0xfff;
+    f += mant_odd;
+    o = static_cast<uint16_t>(f >> 13);
   }
+  return static_cast<uint16_t>(o | (sign >> 16));
+}
+
+float HalfToFloat(uint16_t h) {
+  const uint32_t sign = uint32_t{h & 0x8000u} << 16;
+  const uint32_t exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+  uint32_t bits;
+  if (exponent == 0) {
+    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;  // * 2^-24, exact
+    std::memcpy(&bits, &magnitude, 4);
+    bits |= sign;
+  } else if (exponent == 31) {
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  }
+  float out;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+}  // namespace
+
+void EncodeF16(absl::Span<const float> src, char* bytes) {
+  for (size_t i = 0; i < src.size(); ++i) StoreLe16(bytes + 2 * i, FloatToHalf(src[i]));
 }
 
 int64_t DecodeF16(const char* bytes, absl::Span<float> dst) {
-  for (size_t i = 0; i < dst.size(); ++i) {
-    const uint16_t b = LoadLe16(bytes + 2 * i);
-    _Float16 h;
-    std::memcpy(&h, &b, 2);
-    dst[i] = static_cast<float>(h);
-  }
+  for (size_t i = 0; i < dst.size(); ++i) dst[i] = HalfToFloat(LoadLe16(bytes + 2 * i));
   return FirstNonFinite(dst);
 }
 
