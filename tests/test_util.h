@@ -29,9 +29,8 @@ inline std::string Bytes(const float* data, size_t n) {
   return out;
 }
 
-// Pushes `c` through BeginPush / AddChunk (chunks of `chunk` elements, in
-// tensor order) / Commit.
-inline absl::StatusOr<PushResult> Push(Trainer& trainer, const Contribution& c, uint64_t chunk = 5) {
+// The push header of `c` (one micro-batch).
+inline v1::PushHeader HeaderOf(const Contribution& c, uint64_t num_elements) {
   v1::PushHeader h;
   h.set_worker(c.worker);
   h.set_window(c.window);
@@ -39,8 +38,14 @@ inline absl::StatusOr<PushResult> Push(Trainer& trainer, const Contribution& c, 
   h.set_micro_batches(1);
   h.set_samples(c.samples);
   h.set_loss_sum(c.loss_sum);
-  h.set_num_elements(trainer.layout().num_elements());
-  auto session = trainer.BeginPush(h);
+  h.set_num_elements(num_elements);
+  return h;
+}
+
+// Pushes `c` through BeginPush / AddChunk (chunks of `chunk` elements, in
+// tensor order) / Commit.
+inline absl::StatusOr<PushResult> Push(Trainer& trainer, const Contribution& c, uint64_t chunk = 5) {
+  auto session = trainer.BeginPush(HeaderOf(c, trainer.layout().num_elements()));
   if (!session.ok()) return session.status();
   for (size_t i = 0; i < trainer.layout().tensors().size(); ++i) {
     const auto& t = trainer.layout().tensors()[i];

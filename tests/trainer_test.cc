@@ -422,14 +422,7 @@ TEST(TrainerSharedMemoryTest, SegmentPushesMatchChunksAndNaNIsRefused) {
   }
   ASSERT_TRUE(testing::BitIdentical((*shm)->Parameters(), grpc->Parameters())) << "initial";
   auto header = [&](const testing::Contribution& c) {
-    v1::PushHeader h;
-    h.set_worker(c.worker);
-    h.set_window(c.window);
-    h.set_contribution_key(c.key);
-    h.set_micro_batches(1);
-    h.set_samples(c.samples);
-    h.set_loss_sum(c.loss_sum);
-    h.set_num_elements(n);
+    v1::PushHeader h = testing::HeaderOf(c, n);
     h.set_shared_memory(true);
     return h;
   };
@@ -556,11 +549,7 @@ TEST(TrainerCompressionTest, Bf16AndF16StayWithinTheirRoundingBound) {
     auto t = NewTrainer(spec);
     const std::vector<float> before = t->Parameters();
     for (const auto& c : window) {
-      v1::PushHeader h;
-      h.set_worker(c.worker);
-      h.set_samples(c.samples);
-      h.set_micro_batches(1);
-      h.set_num_elements(t->size());
+      v1::PushHeader h = testing::HeaderOf(c, t->size());
       h.set_wire_format(wire);
       auto session = t->BeginPush(h);
       EXPECT_TRUE(session.ok()) << session.status();
