@@ -1013,10 +1013,10 @@ void Trainer::CloseWindow(ClosingWindow window) {
         pieces_.size(),
         [&](size_t first, size_t last) {
           std::vector<float> g(kPieceElements);
+          std::vector<const float*> at(sources.size());
           for (size_t i = first; i < last; ++i) {
             const Piece& piece = pieces_[i];
             const size_t n = piece.end - piece.begin;
-            std::vector<const float*> at(sources.size());
             for (size_t k = 0; k < sources.size(); ++k) at[k] = sources[k] + piece.begin;
             SumInOrder(absl::MakeSpan(g.data(), n), at, divisor);
             for (size_t k = 0; k < sources.size(); ++k) {

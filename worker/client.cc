@@ -106,14 +106,19 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   }
 }
 
+v1::JoinRequest Client::JoinRequestFor(const std::string& job_id) const {
+  v1::JoinRequest request;
+  request.set_job_id(job_id);
+  request.set_worker(options_.worker);
+  request.set_hostname(options_.hostname.empty() ? LocalHostname() : options_.hostname);
+  for (uint32_t c : options_.covers) request.add_covers(c);
+  return request;
+}
+
 absl::Status Client::JoinAndFetch(absl::Time give_up) {
   uint64_t first_window = 0, version = 0;
   for (size_t i = 0; i < shards_.size(); ++i) {
-    v1::JoinRequest request;
-    request.set_job_id(options_.job_id);
-    request.set_worker(options_.worker);
-    request.set_hostname(options_.hostname.empty() ? LocalHostname() : options_.hostname);
-    for (uint32_t c : options_.covers) request.add_covers(c);
+    const v1::JoinRequest request = JoinRequestFor(options_.job_id);
     v1::JoinResponse response;
     grpc::ClientContext ctx;
     Authenticate(ctx, options_.connection.token);
@@ -188,16 +193,16 @@ void Client::SetUpSharedMemory() {
   request.set_job_id(job_.job_id());
   request.set_worker(options_.worker);
   v1::AttachSharedMemoryResponse offer;
-  {
+  auto attach = [&] {
     grpc::ClientContext ctx;
     Authenticate(ctx, options_.connection.token);
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
-    grpc::Status s = shards_[0].stubs->data->AttachSharedMemory(&ctx, request, &offer);
-    if (!s.ok()) {
-      DetachSharedMemory();
-      shm_note_ = absl::StrCat("attach failed: ", s.error_message());
-      return;
-    }
+    return shards_[0].stubs->data->AttachSharedMemory(&ctx, request, &offer);
+  };
+  if (grpc::Status s = attach(); !s.ok()) {
+    DetachSharedMemory();
+    shm_note_ = absl::StrCat("attach failed: ", s.error_message());
+    return;
   }
   if (!offer.available()) {
     DetachSharedMemory();
@@ -232,10 +237,7 @@ void Client::SetUpSharedMemory() {
   }
   shm_note_ = std::string(failed.message());
   request.set_failure(shm_note_);
-  grpc::ClientContext ctx;
-  Authenticate(ctx, options_.connection.token);
-  ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
-  shards_[0].stubs->data->AttachSharedMemory(&ctx, request, &offer);  // best effort: status shows it
+  (void)attach();  // best effort: status shows it
 }
 
 void Client::DetachSharedMemory() {
@@ -512,11 +514,7 @@ absl::StatusOr<v1::JoinResponse> Client::Rejoin(absl::Time deadline) {
   for (size_t i = 0; i < shards_.size(); ++i) {
     absl::Duration backoff = options_.retry_backoff;
     while (true) {
-      v1::JoinRequest request;
-      request.set_job_id(job_.job_id());
-      request.set_worker(options_.worker);
-      request.set_hostname(options_.hostname.empty() ? LocalHostname() : options_.hostname);
-      for (uint32_t c : options_.covers) request.add_covers(c);
+      const v1::JoinRequest request = JoinRequestFor(job_.job_id());
       v1::JoinResponse response;
       grpc::ClientContext ctx;
       Authenticate(ctx, options_.connection.token);

@@ -176,6 +176,7 @@ class Client {
   // `version` from the segment (copied, or used in place when stable).
   // False when the server moved past them meanwhile.
   bool ReadSharedParameters(uint64_t version);
+  v1::JoinRequest JoinRequestFor(const std::string& job_id) const;
   absl::Status JoinAndFetch(absl::Time give_up);
   absl::StatusOr<v1::PushResponse> PushShard(Shard& shard, v1::PushRequest header, bool* duplicate, int* attempts);
   absl::Status PullShard(Shard& shard, uint64_t min_version, absl::Time deadline, v1::ParametersHeader* header,
