@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "absl/synchronization/mutex.h"
+#include "common/grpc_status.h"
 #include "server/push_assembler.h"
 #include "server/shard_exchange.h"
 
@@ -323,11 +324,6 @@ grpc::Status Authorize(const grpc::CallbackServerContext* context, const TokenSe
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "this token may only read status; a worker token is needed");
   }
   return grpc::Status::OK;
-}
-
-grpc::Status ToGrpcStatus(const absl::Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
 grpc::ServerUnaryReactor* DataPlaneServiceImpl::Join(grpc::CallbackServerContext* context,

@@ -15,8 +15,6 @@
 
 namespace gradacc {
 
-grpc::Status ToGrpcStatus(const absl::Status& status);
-
 // The role a call's bearer token grants (OK when tokens are off); else
 // UNAUTHENTICATED (no or unknown token) or PERMISSION_DENIED (too weak).
 grpc::Status Authorize(const grpc::CallbackServerContext* context, const TokenSet& tokens, Role needed);
