@@ -5,12 +5,14 @@
 //
 // The split decides only who computes which elements, never how an element
 // is computed, so element-wise kernels give the same bits for any thread
-// count. Threads are started per call (tens of microseconds): use it for
-// work of a millisecond or more.
+// count. The threads are a persistent pool that sleeps between calls; one
+// call uses them at a time, and a call that finds them busy (another
+// thread's, or one nested in a part) runs inline on its caller.
 #ifndef GRADACC_COMMON_PARALLEL_H_
 #define GRADACC_COMMON_PARALLEL_H_
 
 #include <cstddef>
+#include <vector>
 
 #include "absl/functional/function_ref.h"
 
@@ -23,6 +25,10 @@ inline constexpr size_t kParallelMinElements = size_t{1} << 19;
 
 // `align`: part boundaries are multiples of it (16 f32s = one cache line;
 // 1 for counts of blocks).
+// The part boundaries ParallelFor uses: parts + 1 increasing values from 0
+// to n.
+std::vector<size_t> ParallelBounds(size_t n, size_t min_per_thread = kParallelMinElements, size_t align = 16);
+
 void ParallelFor(size_t n, absl::FunctionRef<void(size_t begin, size_t end)> fn,
                  size_t min_per_thread = kParallelMinElements, size_t align = 16);
 
