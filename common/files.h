@@ -1,4 +1,4 @@
-// Whole-file reads shared by the job loader, safetensors, checkpoints, TLS
+// Whole-file reads and atomic writes shared by the job loader, safetensors, checkpoints, TLS
 // material and secrets. Free functions; thread-safe.
 #ifndef GRADACC_COMMON_FILES_H_
 #define GRADACC_COMMON_FILES_H_
@@ -6,11 +6,22 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace gradacc {
 
 // The bytes of `path`; NOT_FOUND naming the file when it cannot be opened.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+
+// The one way gradacc replaces a file: `bytes` go to a temporary file beside
+// `path`, which is fsync'ed and renamed over `path`, then the folder is
+// fsync'ed, so a crash leaves either the old file or the new one, whole.
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view bytes);
+// Writes `bytes` to `path` and fsyncs it (no rename: for files inside a
+// temporary folder that is itself renamed into place).
+absl::Status WriteFileSynced(const std::string& path, absl::string_view bytes);
+// fsyncs a folder (after creating, renaming or removing entries in it).
+absl::Status SyncDirectory(const std::string& path);
 
 }  // namespace gradacc
 

@@ -253,6 +253,12 @@ absl::StatusOr<uint64_t> StepsPerEpoch(const v1::JobSpec& spec) {
   return (samples + window - 1) / window;
 }
 
+FlatRange PartOf(const ModelLayout::Tensor& t, uint64_t begin, uint64_t end) {
+  FlatRange r{std::max(t.offset, begin), std::min(t.offset + t.size, end)};
+  if (r.empty()) r = FlatRange{};
+  return r;
+}
+
 uint64_t SplitMix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;

@@ -41,6 +41,18 @@ class ModelLayout {
   uint64_t num_elements_ = 0;
 };
 
+// A range of flat elements [begin, end).
+struct FlatRange {
+  uint64_t begin = 0;
+  uint64_t end = 0;
+  bool empty() const { return begin >= end; }
+  uint64_t size() const { return empty() ? 0 : end - begin; }
+};
+
+// The flat elements of tensor `t` that lie inside [begin, end) (empty when
+// none): a shard's part of a tensor.
+FlatRange PartOf(const ModelLayout::Tensor& t, uint64_t begin, uint64_t end);
+
 // The flat elements [begin, end) shard `shard` of `num_shards` owns:
 // boundaries start at floor(i * N / num_shards) and move to the end of the
 // tensor they fall in when that tensor is small (at most

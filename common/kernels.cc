@@ -33,7 +33,8 @@ void AddInto(absl::Span<float> dst, absl::Span<const float> src) {
   });
 }
 
-void SumInOrder(absl::Span<float> dst, absl::Span<const float* const> srcs, float divisor) {
+void SumInOrder(absl::Span<float> dst, absl::Span<const float* const> srcs, float divisor,
+                size_t min_per_thread) {
   // 16 Ki elements (64 KiB) per block: the partial sum stays in L2 while
   // every source adds into it. The first two sources are added in one loop
   // and the division folds into the last one (the same operations per
@@ -68,17 +69,17 @@ void SumInOrder(absl::Span<float> dst, absl::Span<const float* const> srcs, floa
         }
       }
     }
-  });
+  }, min_per_thread);
 }
 
-double SumOfSquaresParallel(absl::Span<const float> x) {
-  const size_t blocks = (x.size() + kSumBlock - 1) / kSumBlock;
+double SumOfSquaresParallel(absl::Span<const float> x, size_t block) {
+  const size_t blocks = (x.size() + block - 1) / block;
   if (blocks <= 1) return SumOfSquares(x);
   std::vector<double> partial(blocks, 0.0);
   ParallelFor(
       blocks,
       [&](size_t begin, size_t end) {
-        for (size_t b = begin; b < end; ++b) partial[b] = SumOfSquares(x.subspan(b * kSumBlock, kSumBlock));
+        for (size_t b = begin; b < end; ++b) partial[b] = SumOfSquares(x.subspan(b * block, block));
       },
       /*min_per_thread=*/1, /*align=*/1);
   double total = 0;
@@ -137,7 +138,7 @@ int64_t FirstNonFinite(absl::Span<const float> x) {
   return -1;
 }
 
-int64_t FirstNonFiniteParallel(absl::Span<const float> x) {
+int64_t FirstNonFiniteParallel(absl::Span<const float> x, size_t min_per_thread) {
   std::atomic<int64_t> first{INT64_MAX};
   ParallelFor(x.size(), [&](size_t b, size_t e) {
     const int64_t bad = FirstNonFinite(x.subspan(b, e - b));
@@ -146,7 +147,7 @@ int64_t FirstNonFiniteParallel(absl::Span<const float> x) {
     const int64_t at = static_cast<int64_t>(b) + bad;
     while (at < seen && !first.compare_exchange_weak(seen, at)) {
     }
-  });
+  }, min_per_thread);
   return first.load() == INT64_MAX ? -1 : first.load();
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "absl/types/span.h"
+#include "common/parallel.h"
 
 namespace gradacc {
 
@@ -17,11 +18,14 @@ void AddInto(absl::Span<float> dst, absl::Span<const float> src);
 // bits as copying src[0] and AddInto-ing the others in order, then
 // DivideInPlace. Cache-blocked (each source is read once, dst written once)
 // and spread over ParallelFor's threads. srcs must not be empty.
-void SumInOrder(absl::Span<float> dst, absl::Span<const float* const> srcs, float divisor);
+// `min_per_thread`: ParallelFor's threshold (tests lower it to reach the
+// multi-threaded path with small models).
+void SumInOrder(absl::Span<float> dst, absl::Span<const float* const> srcs, float divisor,
+                size_t min_per_thread = kParallelMinElements);
 // SumOfSquares over fixed blocks of kSumBlock elements computed in parallel
 // and added in block order: deterministic whatever the thread count.
 inline constexpr size_t kSumBlock = size_t{1} << 20;
-double SumOfSquaresParallel(absl::Span<const float> x);
+double SumOfSquaresParallel(absl::Span<const float> x, size_t block = kSumBlock);
 // dst[i] *= s.
 void ScaleInPlace(absl::Span<float> dst, float s);
 // dst[i] /= d (a true division, as torch's `tensor / n`).
@@ -36,7 +40,7 @@ float SumOfSquaresF32(absl::Span<const float> x);
 // Index of the first NaN or Inf in x, or -1 when all are finite.
 int64_t FirstNonFinite(absl::Span<const float> x);
 // The same, scanning on ParallelFor's threads.
-int64_t FirstNonFiniteParallel(absl::Span<const float> x);
+int64_t FirstNonFiniteParallel(absl::Span<const float> x, size_t min_per_thread = kParallelMinElements);
 // Copies little-endian f32 bytes into dst (dst.size() * 4 bytes) and returns
 // the index of the first non-finite value copied, or -1.
 int64_t CopyFromLittleEndian(const char* bytes, absl::Span<float> dst);

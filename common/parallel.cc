@@ -59,7 +59,8 @@ class Pool {
         wake_.wait(lock, [&] { return generation_ != seen; });
         seen = generation_;
         // This call may use fewer parts than there are threads.
-        if (static_cast<size_t>(index) + 2 >= bounds_->size()) continue;
+        // Woken after the call ended, or not needed by it.
+        if (bounds_ == nullptr || static_cast<size_t>(index) + 2 >= bounds_->size()) continue;
         fn = fn_;
         begin = (*bounds_)[index];
         end = (*bounds_)[index + 1];

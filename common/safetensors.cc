@@ -1,8 +1,5 @@
 #include "common/safetensors.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -52,19 +49,6 @@ bool AsUint(const google::protobuf::Value& v, uint64_t* out) {
   return true;
 }
 
-absl::Status WriteAll(int fd, const char* data, size_t n) {
-  while (n > 0) {
-    const ssize_t w = ::write(fd, data, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return absl::InternalError(absl::StrCat("write: ", std::strerror(errno)));
-    }
-    data += w;
-    n -= static_cast<size_t>(w);
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 std::string EncodeSafetensors(const std::vector<NamedTensor>& tensors,
@@ -112,18 +96,7 @@ std::string EncodeSafetensors(const std::vector<NamedTensor>& tensors,
 
 absl::Status WriteSafetensorsFile(const std::string& path, const std::vector<NamedTensor>& tensors,
                                   const std::map<std::string, std::string>& metadata) {
-  const std::string bytes = EncodeSafetensors(tensors, metadata);
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::InternalError(absl::StrCat("cannot create '", tmp, "': ", std::strerror(errno)));
-  absl::Status status = WriteAll(fd, bytes.data(), bytes.size());
-  if (status.ok() && ::fsync(fd) != 0) status = absl::InternalError(absl::StrCat("fsync '", tmp, "'"));
-  ::close(fd);
-  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    status = absl::InternalError(absl::StrCat("rename to '", path, "': ", std::strerror(errno)));
-  }
-  if (!status.ok()) ::unlink(tmp.c_str());
-  return status;
+  return WriteFileAtomically(path, EncodeSafetensors(tensors, metadata));
 }
 
 absl::StatusOr<SafetensorsContents> DecodeSafetensors(absl::string_view bytes) {

@@ -44,38 +44,6 @@ absl::Status Errno(absl::string_view what, const std::string& path) {
   return absl::InternalError(absl::StrCat(what, " '", path, "': ", std::strerror(errno)));
 }
 
-absl::Status FsyncPath(const std::string& path, int flags) {
-  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
-  if (fd < 0) return Errno("open", path);
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) return Errno("fsync", path);
-  return absl::OkStatus();
-}
-
-absl::Status WriteFileSynced(const std::string& path, absl::string_view bytes) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Errno("create", path);
-  const char* p = bytes.data();
-  size_t left = bytes.size();
-  while (left > 0) {
-    const ssize_t w = ::write(fd, p, left);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      ::close(fd);
-      return Errno("write", path);
-    }
-    p += w;
-    left -= static_cast<size_t>(w);
-  }
-  if (::fsync(fd) != 0) {
-    ::close(fd);
-    return Errno("fsync", path);
-  }
-  ::close(fd);
-  return absl::OkStatus();
-}
-
 void RemoveCheckpointDir(const std::string& path) {
   for (const char* f : {kParams, kState, kManifest}) ::unlink(absl::StrCat(path, "/", f).c_str());
   ::rmdir(path.c_str());
@@ -194,12 +162,12 @@ absl::Status WriteCheckpoint(const std::string& dir, const ModelLayout& layout, 
   absl::Status st = WriteFileSynced(tmp + "/" + kParams, params_bytes);
   if (st.ok()) st = WriteFileSynced(tmp + "/" + kState, state_bytes);
   if (st.ok()) st = WriteFileSynced(tmp + "/" + kManifest, manifest);
-  if (st.ok()) st = FsyncPath(tmp, O_RDONLY | O_DIRECTORY);
+  if (st.ok()) st = SyncDirectory(tmp);
   if (st.ok()) {
     RemoveCheckpointDir(final_path);  // a same-step checkpoint is replaced
     if (::rename(tmp.c_str(), final_path.c_str()) != 0) st = Errno("rename", final_path);
   }
-  if (st.ok()) st = FsyncPath(dir, O_RDONLY | O_DIRECTORY);
+  if (st.ok()) st = SyncDirectory(dir);
   if (!st.ok()) {
     RemoveCheckpointDir(tmp);
     return st;

@@ -139,9 +139,6 @@ int main(int argc, char** argv) {
   gradacc::ServerOptions options;
   options.listen = absl::GetFlag(FLAGS_listen);
   options.trainer.final_params_path = absl::GetFlag(FLAGS_output);
-  // The push that completes a window is answered once it is counted; the
-  // step runs on the trainer's own thread.
-  options.trainer.close_async = true;
   options.trainer.max_pull_wait = absl::Seconds(absl::GetFlag(FLAGS_max_pull_wait_s));
   options.trainer.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
   options.trainer.checkpoint_every = std::max<int64_t>(1, absl::GetFlag(FLAGS_checkpoint_every));

@@ -78,6 +78,13 @@ std::string RenderPrometheus(const v1::Status& s, const TrainerCounters& c) {
                          ? -1
                          : (absl::ToUnixMicros(absl::Now()) - s.last_checkpoint_unix_micros()) / 1e6;
   absl::StrAppend(&out, "gradacc_checkpoint_age_seconds{", job, "} ", Num(age), "\n");
+  if (!s.checkpoint_dir().empty()) {
+    Metric(out, "gradacc_checkpoint_healthy", "gauge",
+           "0 while checkpoints fail: no new version is published until one succeeds.");
+    absl::StrAppend(&out, "gradacc_checkpoint_healthy{", job, "} ", s.checkpoint().healthy() ? 1 : 0, "\n");
+    Metric(out, "gradacc_checkpoint_failures_total", "counter", "Checkpoint writes that failed.");
+    absl::StrAppend(&out, "gradacc_checkpoint_failures_total{", job, "} ", s.checkpoint().failures(), "\n");
+  }
   Metric(out, "gradacc_uptime_seconds", "gauge", "Seconds since the server started.");
   absl::StrAppend(&out, "gradacc_uptime_seconds{", job, "} ", Num(s.uptime_seconds()), "\n");
   return out;

@@ -7,7 +7,7 @@
 #include <string>
 
 #include "gradacc/v1/control.pb.h"
-#include "server/trainer.h"
+#include "server/counters.h"
 
 namespace gradacc {
 

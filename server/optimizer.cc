@@ -182,9 +182,9 @@ class Adam final : public Optimizer {
 
 }  // namespace
 
-void Optimizer::Step(absl::Span<float> params, absl::Span<const float> grad, double lr) {
+void Optimizer::Step(absl::Span<float> params, absl::Span<const float> grad, double lr, size_t min_per_thread) {
   const Piece piece = Prepare(params, lr);
-  ParallelFor(params.size(), [&](size_t b, size_t e) { piece(b, e, grad.data() + b); });
+  ParallelFor(params.size(), [&](size_t b, size_t e) { piece(b, e, grad.data() + b); }, min_per_thread);
 }
 
 absl::StatusOr<std::unique_ptr<Optimizer>> Optimizer::Create(const v1::OptimizerSpec& spec,

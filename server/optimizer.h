@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/buffer.h"
+#include "common/parallel.h"
 #include "gradacc/v1/job.pb.h"
 
 namespace gradacc {
@@ -30,7 +31,8 @@ class Optimizer {
 
   // One step: params -= update(grad) at learning rate `lr` (on
   // ParallelFor's threads).
-  void Step(absl::Span<float> params, absl::Span<const float> grad, double lr);
+  void Step(absl::Span<float> params, absl::Span<const float> grad, double lr,
+            size_t min_per_thread = kParallelMinElements);
 
   // One step applied piecewise: Prepare counts the step and returns a
   // function that updates elements [begin, end) of `params` (and of the

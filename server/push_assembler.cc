@@ -2,13 +2,15 @@
 
 #include <utility>
 
+#include "common/errors.h"
+
 namespace gradacc {
 
 absl::Status PushAssembler::Add(const v1::PushRequest& request) {
   absl::Status status;
   if (request.has_header()) {
     if (session_ != nullptr) {
-      status = absl::InvalidArgumentError("a push stream carries exactly one header");
+      status = Refusal(v1::ERROR_REASON_PROTOCOL, "a push stream carries exactly one header");
     } else {
       auto session = trainer_->BeginPush(request.header());
       if (!session.ok()) return session.status();  // BeginPush counted it
@@ -16,25 +18,32 @@ absl::Status PushAssembler::Add(const v1::PushRequest& request) {
       return absl::OkStatus();
     }
   } else if (!request.has_chunk()) {
-    status = absl::InvalidArgumentError("empty push message");
+    status = Refusal(v1::ERROR_REASON_PROTOCOL, "empty push message");
   } else if (session_ == nullptr) {
-    return absl::InvalidArgumentError("a push stream must start with its header");
+    status = Refusal(v1::ERROR_REASON_PROTOCOL, "a push stream must start with its header");
   } else {
     const v1::GradientChunk& c = request.chunk();
     trainer_->CountBytes(c.data().size(), 0);
     status = session_->AddChunk(c.tensor(), c.offset(), c.data(), c.name());
   }
-  if (!status.ok() && session_ != nullptr) {
-    trainer_->RecordRejected(session_->header().worker(),
-                             *session_->reject_reason() ? session_->reject_reason() : "protocol");
+  if (!status.ok()) {
+    trainer_->RecordRefusal(session_ != nullptr ? session_->header().worker() : ~0u, status);
     session_.reset();
   }
   return status;
 }
 
+void PushAssembler::Abandon(const absl::Status& why) {
+  if (session_ == nullptr) return;
+  trainer_->RecordRefusal(session_->header().worker(), why);
+  session_.reset();
+}
+
 absl::StatusOr<PushResult> PushAssembler::Finish() {
   if (session_ == nullptr) {
-    return absl::InvalidArgumentError("push stream ended without a header");
+    absl::Status s = Refusal(v1::ERROR_REASON_PROTOCOL, "push stream ended without a header");
+    trainer_->RecordRefusal(~0u, s);
+    return s;
   }
   return trainer_->Commit(std::move(session_));
 }

@@ -23,8 +23,9 @@ class PushAssembler {
   absl::Status Add(const v1::PushRequest& request);
   // The client half-closed: commit the contribution.
   absl::StatusOr<PushResult> Finish();
-  // Drops whatever was received (a broken or cancelled stream).
-  void Abandon() { session_.reset(); }
+  // Drops whatever was received (a broken or cancelled stream) and counts
+  // the push as refused for `why`.
+  void Abandon(const absl::Status& why);
 
  private:
   Trainer* const trainer_;

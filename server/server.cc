@@ -14,7 +14,8 @@
 #include "absl/strings/str_format.h"
 #include "common/http_server.h"
 #include "server/metrics.h"
-#include "server/service.h"
+#include "server/rpc/control_plane_service.h"
+#include "server/rpc/data_plane_service.h"
 #include "server/shard_exchange.h"
 
 namespace gradacc {
@@ -129,6 +130,8 @@ GradaccServer::~GradaccServer() {
 
 void GradaccServer::StopPeers() {
   if (exchange_ != nullptr) exchange_->Stop();
+  // A step waiting for its checkpoint gives up too (it is not published).
+  trainer_->StopRetrying();
 }
 
 void GradaccServer::Shutdown(absl::Duration grace) {

@@ -2,13 +2,32 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include <thread>
+#include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/errors.h"
+#include "common/grpc_status.h"
 #include "gradacc/v1/control.grpc.pb.h"
 
 namespace gradacc {
+namespace {
+
+v1::GetNormPartialResponse ToProto(uint32_t shard, const NormPart& part) {
+  v1::GetNormPartialResponse r;
+  r.set_shard(shard);
+  for (float f : part.finished) r.add_finished(f);
+  if (part.carry_tensor.has_value()) {
+    v1::NormCarry* c = r.mutable_carry();
+    c->set_present(true);
+    c->set_tensor(*part.carry_tensor);
+    for (float l : part.carry.lanes) c->add_lanes(l);
+    for (uint32_t i = 0; i < part.carry.tail_count; ++i) c->add_tail(part.carry.tail[i]);
+  }
+  return r;
+}
+
+}  // namespace
 
 ShardExchange::ShardExchange(uint32_t shard, std::vector<std::string> peers, std::string job_id, std::string token,
                              absl::Duration timeout)
@@ -25,11 +44,63 @@ ShardExchange::ShardExchange(uint32_t shard, std::vector<std::string> peers, std
 
 ShardExchange::~ShardExchange() = default;
 
-absl::StatusOr<std::vector<double>> ShardExchange::GlobalSums(uint64_t window, const std::vector<double>& local) {
-  std::vector<std::function<void(const std::vector<double>&)>> ready;
+absl::StatusOr<v1::GetNormPartialResponse> ShardExchange::Fetch(size_t peer, uint64_t window) {
+  auto stub = v1::ControlPlane::NewStub(channels_[peer]);
+  const absl::Time deadline = absl::Now() + timeout_;
+  while (true) {
+    grpc::ClientContext ctx;
+    {
+      MutexLock lock(&mu_);
+      if (stopped_) return absl::CancelledError("shard exchange stopped: the server is shutting down");
+      in_flight_.push_back(&ctx);
+    }
+    // wait_for_ready: a peer that is restarting is waited for, up to the
+    // deadline, without a retry loop of our own.
+    ctx.set_deadline(absl::ToChronoTime(deadline));
+    ctx.set_wait_for_ready(true);
+    if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
+    v1::GetNormPartialRequest req;
+    req.set_job_id(job_id_);
+    req.set_window(window);
+    v1::GetNormPartialResponse resp;
+    const grpc::Status s = stub->GetNormPartial(&ctx, req, &resp);
+    {
+      MutexLock lock(&mu_);
+      in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), &ctx));
+      if (stopped_) return absl::CancelledError("shard exchange stopped: the server is shutting down");
+    }
+    if (s.ok()) return resp;
+    // A peer that went away mid-call (GOAWAY) is asked again.
+    if (absl::Now() >= deadline || s.error_code() != grpc::StatusCode::UNAVAILABLE) {
+      return Refusal(v1::ERROR_REASON_PEER_SHARD_AWAY,
+                     absl::StrFormat("shard %d (%s) gave no norm for window %d: %s", peer, peers_[peer], window,
+                                     s.error_message()),
+                     {{"shard", absl::StrCat(peer)}});
+    }
+  }
+}
+
+absl::StatusOr<TorchNormState> ShardExchange::CarryIn(uint64_t window) {
+  if (shard_ == 0) return absl::InternalError("shard 0 has no carry in");
+  auto part = Fetch(shard_ - 1, window);
+  if (!part.ok()) return part.status();
+  const v1::NormCarry& c = part->carry();
+  if (!c.present() || c.lanes_size() != 8 || c.tail_size() > 7) {
+    return absl::InternalError(absl::StrFormat("shard %d passed no carry for window %d", shard_ - 1, window));
+  }
+  TorchNormState state;
+  for (int i = 0; i < 8; ++i) state.lanes[i] = c.lanes(i);
+  state.tail_count = static_cast<uint32_t>(c.tail_size());
+  for (int i = 0; i < c.tail_size(); ++i) state.tail[i] = c.tail(i);
+  return state;
+}
+
+absl::StatusOr<std::vector<float>> ShardExchange::Exchange(uint64_t window, const NormPart& local) {
+  const v1::GetNormPartialResponse mine = ToProto(shard_, local);
+  std::vector<std::function<void(const v1::GetNormPartialResponse&)>> ready;
   {
-    absl::MutexLock lock(&mu_);
-    published_[window] = local;
+    MutexLock lock(&mu_);
+    published_[window] = mine;
     while (published_.size() > 64) published_.erase(published_.begin());
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       if (it->second.window == window) {
@@ -40,59 +111,30 @@ absl::StatusOr<std::vector<double>> ShardExchange::GlobalSums(uint64_t window, c
       }
     }
   }
-  for (auto& done : ready) done(local);
-  // Every shard adds the parts in shard order: the same bits everywhere.
-  std::vector<double> total(local.size(), 0.0);
-  const absl::Time deadline = absl::Now() + timeout_;
+  for (auto& done : ready) done(mine);
+  // Each tensor is finished on exactly one shard (0 elsewhere): adding the
+  // parts in shard order gives every shard the same bits.
+  std::vector<float> total(local.finished.size(), 0.0f);
   for (size_t i = 0; i < peers_.size(); ++i) {
-    if (i == shard_) {
-      for (size_t t = 0; t < local.size(); ++t) total[t] += local[t];
-      continue;
+    v1::GetNormPartialResponse part = mine;
+    if (i != shard_) {
+      auto fetched = Fetch(i, window);
+      if (!fetched.ok()) return fetched.status();
+      part = *std::move(fetched);
     }
-    auto stub = v1::ControlPlane::NewStub(channels_[i]);
-    while (true) {
-      grpc::ClientContext ctx;
-      {
-        absl::MutexLock lock(&mu_);
-        if (stopped_) return absl::CancelledError("shard exchange stopped: the server is shutting down");
-        in_flight_ = &ctx;
-      }
-      ctx.set_deadline(absl::ToChronoTime(deadline));
-      ctx.set_wait_for_ready(true);
-      if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
-      v1::GetNormPartialRequest req;
-      req.set_job_id(job_id_);
-      req.set_window(window);
-      v1::GetNormPartialResponse resp;
-      const grpc::Status s = stub->GetNormPartial(&ctx, req, &resp);
-      {
-        absl::MutexLock lock(&mu_);
-        in_flight_ = nullptr;
-        if (stopped_) return absl::CancelledError("shard exchange stopped: the server is shutting down");
-      }
-      if (s.ok()) {
-        if (static_cast<size_t>(resp.tensor_sums_size()) != local.size()) {
-          return absl::InternalError(absl::StrFormat("shard %d sent %d tensor sums, not %d", i,
-                                                     resp.tensor_sums_size(), local.size()));
-        }
-        for (size_t t = 0; t < local.size(); ++t) total[t] += resp.tensor_sums(static_cast<int>(t));
-        break;
-      }
-      if (absl::Now() >= deadline || (s.error_code() != grpc::StatusCode::UNAVAILABLE &&
-                                      s.error_code() != grpc::StatusCode::CANCELLED)) {
-        return absl::UnavailableError(absl::StrFormat("shard %d (%s) gave no norm for window %d: %s", i, peers_[i],
-                                                      window, s.error_message()));
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (static_cast<size_t>(part.finished_size()) != total.size()) {
+      return absl::InternalError(
+          absl::StrFormat("shard %d sent %d tensor sums, not %d", i, part.finished_size(), total.size()));
     }
+    for (size_t t = 0; t < total.size(); ++t) total[t] += part.finished(static_cast<int>(t));
   }
   return total;
 }
 
-uint64_t ShardExchange::WhenPublished(uint64_t window, std::function<void(const std::vector<double>&)> done) {
-  std::vector<double> value;
+uint64_t ShardExchange::WhenPublished(uint64_t window, std::function<void(const v1::GetNormPartialResponse&)> done) {
+  v1::GetNormPartialResponse value;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto it = published_.find(window);
     if (it == published_.end()) {
       const uint64_t id = next_id_++;
@@ -106,13 +148,13 @@ uint64_t ShardExchange::WhenPublished(uint64_t window, std::function<void(const 
 }
 
 void ShardExchange::Stop() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   stopped_ = true;
-  if (in_flight_ != nullptr) in_flight_->TryCancel();
+  for (grpc::ClientContext* ctx : in_flight_) ctx->TryCancel();
 }
 
 void ShardExchange::Cancel(uint64_t id) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   waiters_.erase(id);
 }
 

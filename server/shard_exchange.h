@@ -1,8 +1,10 @@
-// ShardExchange: how sharded servers agree on the global gradient norm. Each
-// shard publishes its sum of squares for a window; peers ask for it with
-// GetNormPartial (answered as soon as it is published: a parked call, not a
-// blocked thread); the global sum adds every shard's part in shard order.
-// Thread-safe.
+// ShardExchange: sharded servers' side channel (NormExchange over gRPC, and
+// the job-wide status). Each shard publishes its NormPart of a window;
+// peers fetch it with GetNormPartial, which is answered as soon as it is
+// published (a parked call, not a blocked thread). Channels to the peers
+// are made once.
+//
+// Thread-safe. Stop() gives up every wait for a peer (server shutdown).
 #ifndef GRADACC_SERVER_SHARD_EXCHANGE_H_
 #define GRADACC_SERVER_SHARD_EXCHANGE_H_
 
@@ -12,9 +14,11 @@
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
+#include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
-#include "server/trainer.h"
+#include "common/mutex.h"
+#include "gradacc/v1/control.pb.h"
+#include "server/norm_exchange.h"
 
 namespace grpc {
 class Channel;
@@ -30,21 +34,25 @@ class ShardExchange final : public NormExchange {
                 absl::Duration timeout);
   ~ShardExchange() override;
 
-  absl::StatusOr<std::vector<double>> GlobalSums(uint64_t window, const std::vector<double>& local) override;
+  absl::StatusOr<TorchNormState> CarryIn(uint64_t window) override;
+  absl::StatusOr<std::vector<float>> Exchange(uint64_t window, const NormPart& local) override;
 
-  // Calls `done` with this shard's partial of `window` once it is published
-  // (at once when it already is). Returns an id for Cancel, 0 if done ran.
-  uint64_t WhenPublished(uint64_t window, std::function<void(const std::vector<double>&)> done);
+  // Calls `done` with this shard's part of `window` once it is published (at
+  // once when it already is). Returns an id for Cancel, 0 if done ran.
+  uint64_t WhenPublished(uint64_t window, std::function<void(const v1::GetNormPartialResponse&)> done);
   void Cancel(uint64_t id);
-  // Gives up every wait for a peer now (server shutdown): GlobalSums returns
-  // CANCELLED instead of waiting out its timeout.
   void Stop();
 
   const std::vector<std::string>& peers() const { return peers_; }
   uint32_t shard() const { return shard_; }
   const std::string& token() const { return token_; }
+  // The channel to shard i (null for this shard).
+  std::shared_ptr<grpc::Channel> channel(size_t i) const { return channels_[i]; }
 
  private:
+  // Fetches shard `peer`'s part of `window`, waiting for it (bounded).
+  absl::StatusOr<v1::GetNormPartialResponse> Fetch(size_t peer, uint64_t window);
+
   const uint32_t shard_;
   const std::vector<std::string> peers_;
   const std::string job_id_;
@@ -52,16 +60,16 @@ class ShardExchange final : public NormExchange {
   const absl::Duration timeout_;
   std::vector<std::shared_ptr<grpc::Channel>> channels_;
 
-  absl::Mutex mu_;
-  std::map<uint64_t, std::vector<double>> published_ ABSL_GUARDED_BY(mu_);  // the last few windows
+  Mutex mu_;
+  std::map<uint64_t, v1::GetNormPartialResponse> published_ ABSL_GUARDED_BY(mu_);  // the last few windows
   struct Waiter {
     uint64_t window;
-    std::function<void(const std::vector<double>&)> done;
+    std::function<void(const v1::GetNormPartialResponse&)> done;
   };
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, Waiter> waiters_ ABSL_GUARDED_BY(mu_);
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::ClientContext* in_flight_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::vector<grpc::ClientContext*> in_flight_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace gradacc

@@ -9,12 +9,14 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/safetensors.h"
@@ -22,6 +24,7 @@
 #include "gradacc/v1/control.grpc.pb.h"
 #include "gradacc/v1/data.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "tests/status_probe.h"
 #include "tests/subprocess.h"
 
 namespace gradacc {
@@ -213,6 +216,73 @@ TEST_P(WorkerRestartTest, WaitPolicyRestartedWorkerRejoinsBitIdentically) {
   EXPECT_TRUE(Same(ReadParams(dir + "/final.safetensors"), reference));
 }
 INSTANTIATE_TEST_SUITE_P(Transports, WorkerRestartTest, ::testing::Bool(), TransportName);
+
+// What was accepted is immutable (design.md, semantics 8), on every
+// transport. At several windows: one worker is stopped so the window stays
+// open, another pushes, is SIGKILLed and restarted with the same rank; the
+// restarted process computes a *different* gradient for that window (one
+// micro-batch instead of two) in its fresh segment and pushes it again,
+// which must be acknowledged as a duplicate without changing the bytes the
+// server accepted. Then a kill at a random moment, restarted normally. The
+// final parameters must equal the undisturbed run's, bit for bit.
+using AcceptedContributionTest = TransportTest;
+TEST_P(AcceptedContributionTest, RestartedWorkerCannotChangeWhatWasAccepted) {
+  const std::vector<float> reference = Reference(Job(), "immutable");
+  ASSERT_FALSE(reference.empty());
+  const std::string dir = testing::MakeTempDir("immutable");
+  std::ofstream(dir + "/job.textproto") << Job();
+  auto server =
+      ServerProcess::Start(dir, {"--job=" + dir + "/job.textproto", "--output=" + dir + "/final.safetensors"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = (*server)->address();
+  testing::StatusProbe probe(address);
+  auto start = [&](int k, int first_micro_batches) {
+    return testing::StartTestClient(dir, address, k,
+                                    {"--micro_batches=2", "--chunk_elements=300", "--step_delay_ms=100",
+                                     absl::StrCat("--first_window_micro_batches=", first_micro_batches),
+                                     absl::StrCat("--shared_memory=", GetParam())});
+  };
+  std::vector<std::unique_ptr<Subprocess>> workers;
+  for (int k = 0; k < kWorkers; ++k) workers.push_back(start(k, 0));
+  for (const auto& [window, victim, holder] : {std::tuple{2, 0, 1}, {5, 2, 0}, {8, 1, 2}}) {
+    SCOPED_TRACE(absl::StrCat("window ", window, ": worker ", victim, " restarted"));
+    // Every worker sleeps 100 ms before each push: stopped right after the
+    // window opens, the holder has not pushed to it.
+    ASSERT_TRUE(probe.WaitFor([&](const v1::Status& s) { return s.step() >= static_cast<uint64_t>(window); }));
+    workers[holder]->Signal(SIGSTOP);
+    // The victim's contribution to the open window is accepted.
+    v1::Status s;
+    ASSERT_TRUE(probe.WaitFor(
+        [&](const v1::Status& st) {
+          return st.workers(victim).state() == v1::WORKER_STATE_PUSHED && st.workers(victim).last_window() == st.step();
+        },
+        absl::Seconds(30), &s))
+        << s.DebugString();
+    const uint64_t open = s.step();
+    const uint64_t duplicates = s.workers(victim).duplicates();
+    workers[victim]->Signal(SIGKILL);
+    ASSERT_EQ(workers[victim]->Wait(absl::Seconds(10)), std::optional<int>(128 + SIGKILL));
+    workers[victim] = start(victim, /*first_micro_batches=*/1);
+    ASSERT_TRUE(probe.WaitFor([&](const v1::Status& st) { return st.workers(victim).duplicates() > duplicates; },
+                              absl::Seconds(30), &s))
+        << "the restarted worker's push of window " << open << " was not acknowledged as a duplicate "
+        << s.DebugString();
+    EXPECT_EQ(s.step(), open) << "the window stayed open";
+    workers[holder]->Signal(SIGCONT);
+  }
+  // A kill at a random moment, restarted normally.
+  ASSERT_TRUE(probe.WaitFor([](const v1::Status& s) { return s.step() >= 10; }));
+  workers[1]->Signal(SIGKILL);
+  ASSERT_EQ(workers[1]->Wait(absl::Seconds(10)), std::optional<int>(128 + SIGKILL));
+  workers[1] = start(1, 0);
+  for (int k = 0; k < kWorkers; ++k) {
+    ASSERT_EQ(workers[k]->Wait(absl::Seconds(90)), std::optional<int>(0))
+        << ReadFile(absl::StrCat(dir, "/worker", k, ".log")) << (*server)->log();
+  }
+  EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
+  EXPECT_TRUE(Same(ReadParams(dir + "/final.safetensors"), reference));
+}
+INSTANTIATE_TEST_SUITE_P(Transports, AcceptedContributionTest, ::testing::Bool(), TransportName);
 
 // A TCP proxy on loopback that cuts each connection after a seeded random
 // number of bytes (either direction), for the first `cuts` connections.
@@ -461,6 +531,98 @@ TEST(HardeningTest, AbandonedPushStreamsAreCancelledAndBounded) {
   }
   channel.reset();
   EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
+}
+
+// Nothing is published that is not durable (design.md, semantics 9). The
+// checkpoint folder is a 1 MiB tmpfs, too small for one checkpoint: the
+// first step is applied but not published; status, the log and /metrics say
+// why; the job resumes by itself once the disk has room, with the bits of
+// an undisturbed run. A restart that finds the folder's checkpoints gone
+// refuses to start the job over.
+TEST(CheckpointDiskTest, AFullDiskStopsPublishingUntilItHasRoom) {
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root";
+  const std::string job = R"pb(
+    job_id: "disk"
+    model { tensors { name: "w" shape: [256, 1024] init { uniform { low: -0.5 high: 0.5 } } } }
+    optimizer { kind: KIND_ADAM lr: 0.01 }
+    window { num_workers: 2 micro_batches: 1 }
+    total_steps: 5
+    seed: 3
+  )pb";
+  auto run = [&](const std::string& dir, const std::vector<std::string>& flags) {
+    std::ofstream(dir + "/job.textproto") << job;
+    std::vector<std::string> all = {"--job=" + dir + "/job.textproto", "--output=" + dir + "/final.safetensors",
+                                    "--shared_memory_dir="};
+    all.insert(all.end(), flags.begin(), flags.end());
+    return ServerProcess::Start(dir, all);
+  };
+  auto read_w = [](const std::string& path) {
+    auto file = ReadSafetensorsFile(path);
+    return file.ok() ? file->tensors.at("w").data : std::vector<float>();
+  };
+  // The reference, without checkpoints.
+  const std::string ref_dir = testing::MakeTempDir("disk_ref");
+  std::vector<float> reference;
+  {
+    auto server = run(ref_dir, {});
+    ASSERT_TRUE(server.ok()) << server.status();
+    auto w0 = testing::StartTestClient(ref_dir, (*server)->address(), 0, {"--micro_batches=1"});
+    auto w1 = testing::StartTestClient(ref_dir, (*server)->address(), 1, {"--micro_batches=1"});
+    ASSERT_EQ(w0->Wait(absl::Seconds(60)), std::optional<int>(0));
+    ASSERT_EQ(w1->Wait(absl::Seconds(60)), std::optional<int>(0));
+    EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
+    reference = read_w(ref_dir + "/final.safetensors");
+    ASSERT_FALSE(reference.empty());
+  }
+  const std::string dir = testing::MakeTempDir("disk");
+  const std::string ckpt = dir + "/ckpt";
+  std::filesystem::create_directories(ckpt);
+  ASSERT_EQ(RunCommand({"/usr/bin/mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", ckpt}).exit_code, 0);
+  struct Unmount {
+    std::string path;
+    ~Unmount() { RunCommand({"/usr/bin/umount", "-l", path}); }
+  } unmount{ckpt};
+  auto server = run(dir, {"--checkpoint_dir=" + ckpt, "--metrics_listen=127.0.0.1:0",
+                          "--metrics_port_file=" + dir + "/metrics.port"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  testing::StatusProbe probe((*server)->address());
+  auto w0 = testing::StartTestClient(dir, (*server)->address(), 0, {"--micro_batches=1"});
+  auto w1 = testing::StartTestClient(dir, (*server)->address(), 1, {"--micro_batches=1"});
+  v1::Status s;
+  ASSERT_TRUE(probe.WaitFor([](const v1::Status& st) { return !st.checkpoint().healthy(); }, absl::Seconds(30), &s))
+      << s.DebugString();
+  EXPECT_EQ(s.checkpoint().pending_version(), 1u);
+  EXPECT_NE(s.checkpoint().error().find("No space left"), std::string::npos) << s.checkpoint().error();
+  ASSERT_TRUE(probe.WaitFor([](const v1::Status& st) { return st.checkpoint().failures() >= 3; },
+                            absl::Seconds(30), &s))
+      << "the server retries " << s.DebugString();
+  EXPECT_EQ(s.version(), 0u) << "a version was published without its checkpoint";
+  EXPECT_NE((*server)->log().find("CHECKPOINT FAILED"), std::string::npos) << (*server)->log();
+  const std::string metrics_port = ReadFile(dir + "/metrics.port");
+  const auto metrics = RunCommand({"/usr/bin/python3", "-c",
+                                   "import urllib.request,sys; print(urllib.request.urlopen("
+                                   "'http://127.0.0.1:' + sys.argv[1] + '/metrics').read().decode())",
+                                   std::string(absl::StripAsciiWhitespace(metrics_port))});
+  EXPECT_NE(metrics.output.find("gradacc_checkpoint_healthy{job=\"disk\"} 0"), std::string::npos) << metrics.output;
+  // Room again: the job resumes by itself and ends as the undisturbed run.
+  ASSERT_EQ(RunCommand({"/usr/bin/mount", "-o", "remount,size=64m", ckpt}).exit_code, 0);
+  ASSERT_EQ(w0->Wait(absl::Seconds(90)), std::optional<int>(0)) << ReadFile(dir + "/worker0.log");
+  ASSERT_EQ(w1->Wait(absl::Seconds(90)), std::optional<int>(0)) << ReadFile(dir + "/worker1.log");
+  s = probe.Get();
+  EXPECT_TRUE(s.checkpoint().healthy());
+  EXPECT_EQ(s.last_checkpoint_step(), 5u);
+  EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
+  EXPECT_TRUE(Same(read_w(dir + "/final.safetensors"), reference));
+  // The checkpoints are lost (the marker stays): a restart must not start
+  // the job over while its workers may hold version 5.
+  for (const auto& e : std::filesystem::directory_iterator(ckpt)) {
+    if (e.path().filename().string().rfind("ckpt-", 0) == 0) std::filesystem::remove_all(e.path());
+  }
+  std::filesystem::remove(ckpt + "/ledger.jsonl");
+  auto again = run(dir, {"--checkpoint_dir=" + ckpt});
+  EXPECT_FALSE(again.ok());
+  EXPECT_NE(ReadFile(dir + "/server.log").find("refusing to start the job over"), std::string::npos)
+      << ReadFile(dir + "/server.log");
 }
 
 }  // namespace

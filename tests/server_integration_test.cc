@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/strings/str_format.h"
 #include "gradacc/v1/control.grpc.pb.h"
 #include "gradacc/v1/data.grpc.pb.h"
@@ -331,12 +332,16 @@ TEST_F(ServerIntegrationTest, DuplicatesAndBrokenStreamsCountOnce) {
   StartWindowWithWorker0();
   // Worker 0 again: acknowledged as a duplicate, not counted.
   ExpectRejected(Push(0, 0), grpc::StatusCode::ALREADY_EXISTS, "duplicate");
-  // Worker 1's stream breaks after one chunk; nothing is counted.
+  // Worker 1's stream breaks after one chunk; nothing is counted. The
+  // server counts the broken stream as refused once it has handled it: wait
+  // for that before looking at the window.
+  const uint64_t rejected_before = Status().contributions_rejected();
   grpc::Status broken = RawPush(Header(1, 0), Chunks(grads_[1]), /*cancel_after=*/1);
   EXPECT_FALSE(broken.ok());
-  for (int i = 0; i < 100 && Status().window().contributions_received() != 1; ++i) {
+  for (int i = 0; i < 1000 && Status().contributions_rejected() == rejected_before; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  ASSERT_EQ(Status().contributions_rejected(), rejected_before + 1) << "the server never saw the broken stream";
   EXPECT_EQ(Status().window().contributions_received(), 1u);
   EXPECT_EQ(Status().step(), 0u);
   // The retry, same key, completes the window; resending it is a duplicate.
@@ -349,14 +354,36 @@ TEST_F(ServerIntegrationTest, DuplicatesAndBrokenStreamsCountOnce) {
 
 TEST_F(ServerIntegrationTest, ParkedPullWaitsForTheWindow) {
   StartWindowWithWorker0();
+  // The pull is answered only once version 1 exists, and then with it.
   std::vector<float> got;
   uint64_t version = 0;
-  std::thread puller([&] { got = Pull(1, &version); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  EXPECT_EQ(version, 0u);  // still parked
+  absl::Mutex mu;
+  bool answered = false;
+  std::thread puller([&] {
+    uint64_t v = 0;
+    std::vector<float> p = Pull(1, &v);
+    absl::MutexLock lock(&mu);
+    got = std::move(p);
+    version = v;
+    answered = true;
+  });
+  // Parked: the server counts it on worker 0 (Pull's worker) once it has it.
+  for (int i = 0; i < 2000; ++i) {
+    {
+      absl::MutexLock lock(&mu);
+      ASSERT_FALSE(answered) << "answered before the window closed, with version " << version;
+    }
+    if (Status().window().contributions_received() == 1 && i > 20) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  {
+    absl::MutexLock lock(&mu);
+    EXPECT_FALSE(answered);
+  }
   FinishWindowAndCheck();
   puller.join();
   EXPECT_EQ(version, 1u);
+  EXPECT_EQ(got, Pull(1)) << "the parked pull got version 1's parameters";
 }
 
 TEST_F(ServerIntegrationTest, ShutdownFinishesParkedPullsWithUnavailable) {
@@ -421,6 +448,177 @@ TEST_F(ServerIntegrationTest, HealthAndReflectionAreServed) {
   EXPECT_NE(std::find(services.begin(), services.end(), "gradacc.v1.ControlPlane"), services.end());
   EXPECT_NE(std::find(services.begin(), services.end(), "grpc.health.v1.Health"), services.end());
   stream->Finish();
+}
+
+// A raw client of one server with its own job (the fixture's is fixed).
+class RawClient {
+ public:
+  explicit RawClient(const std::string& address)
+      : channel_(grpc::CreateChannel(address, grpc::InsecureChannelCredentials())),
+        data_(v1::DataPlane::NewStub(channel_)),
+        control_(v1::ControlPlane::NewStub(channel_)) {}
+  grpc::Status Join(uint32_t worker, v1::JoinResponse* response = nullptr) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::JoinRequest r;
+    r.set_worker(worker);
+    v1::JoinResponse local;
+    return data_->Join(&ctx, r, response != nullptr ? response : &local);
+  }
+  // Pushes `values` (the whole model, one tensor) in chunks of 256 Ki.
+  grpc::Status Push(uint32_t worker, uint64_t window, uint64_t key, const std::vector<float>& values,
+                    v1::PushResponse* response) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    auto writer = data_->Push(&ctx, response);
+    v1::PushRequest req;
+    v1::PushHeader* h = req.mutable_header();
+    h->set_worker(worker);
+    h->set_window(window);
+    h->set_contribution_key(key);
+    h->set_micro_batches(1);
+    h->set_samples(1);
+    h->set_num_elements(values.size());
+    bool ok = writer->Write(req);
+    constexpr size_t kChunk = 256 * 1024;
+    for (size_t off = 0; ok && off < values.size(); off += kChunk) {
+      const size_t n = std::min(kChunk, values.size() - off);
+      v1::PushRequest c;
+      c.mutable_chunk()->set_tensor(0);
+      c.mutable_chunk()->set_offset(off);
+      c.mutable_chunk()->set_data(F32(values, off, n));
+      ok = writer->Write(c);
+    }
+    if (ok) writer->WritesDone();
+    return writer->Finish();
+  }
+  // The version a Pull(min_version) answers with, and its status.
+  grpc::Status PullVersion(uint32_t worker, uint64_t min_version, uint64_t* version, bool* job_done = nullptr,
+                           absl::Duration deadline = absl::Seconds(30)) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+    v1::PullRequest r;
+    r.set_worker(worker);
+    r.set_min_version(min_version);
+    auto reader = data_->Pull(&ctx, r);
+    v1::PullResponse msg;
+    while (reader->Read(&msg)) {
+      if (!msg.has_header()) continue;
+      *version = msg.header().version();
+      if (job_done != nullptr) *job_done = msg.header().job_done();
+    }
+    return reader->Finish();
+  }
+  v1::Status Status() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::Status s;
+    EXPECT_TRUE(control_->GetStatus(&ctx, v1::GetStatusRequest(), &s).ok());
+    return s;
+  }
+
+ private:
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::DataPlane::Stub> data_;
+  std::unique_ptr<v1::ControlPlane::Stub> control_;
+};
+
+std::unique_ptr<ServerProcess> StartWithJob(const std::string& name, const std::string& job,
+                                            const std::vector<std::string>& flags = {}) {
+  const std::string dir = testing::MakeTempDir(name);
+  std::ofstream(dir + "/job.textproto") << job;
+  std::vector<std::string> all = {"--job=" + dir + "/job.textproto"};
+  all.insert(all.end(), flags.begin(), flags.end());
+  auto server = ServerProcess::Start(dir, all);
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? std::move(*server) : nullptr;
+}
+
+// PushResponse.closed_window means the step is applied and the new version
+// published: a GetStatus or a Pull(min_version = 0) right after the closing
+// push sees it. A 1M-element Adam model makes the step take time.
+TEST(ProtocolTest, ClosingPushIsAnsweredOnceTheVersionIsPublished) {
+  auto server = StartWithJob("closing", R"pb(
+    job_id: "big"
+    model { tensors { name: "w" shape: [1000, 1000] init { uniform { low: -1 high: 1 } } } }
+    optimizer { kind: KIND_ADAM lr: 0.001 }
+    window { num_workers: 2 }
+    total_steps: 10
+  )pb", {"--shared_memory_dir="});
+  ASSERT_NE(server, nullptr);
+  RawClient c(server->address());
+  ASSERT_TRUE(c.Join(0).ok());
+  ASSERT_TRUE(c.Join(1).ok());
+  std::vector<float> g(1000 * 1000);
+  for (size_t i = 0; i < g.size(); ++i) g[i] = static_cast<float>((i % 101) - 50) * 1e-3f;
+  for (uint64_t w = 0; w < 10; ++w) {
+    v1::PushResponse first, closing;
+    ASSERT_TRUE(c.Push(0, w, w, g, &first).ok());
+    EXPECT_FALSE(first.closed_window());
+    ASSERT_TRUE(c.Push(1, w, w, g, &closing).ok());
+    ASSERT_TRUE(closing.closed_window());
+    EXPECT_EQ(c.Status().version(), w + 1) << "window " << w;
+    uint64_t version = 0;
+    ASSERT_TRUE(c.PullVersion(0, 0, &version).ok());
+    EXPECT_EQ(version, w + 1) << "window " << w;
+  }
+  EXPECT_EQ(server->Stop(), std::optional<int>(0));
+}
+
+// One validator for join, push and pull: an elastic job's worker with an id
+// beyond num_workers (up to max_workers) may pull.
+TEST(ProtocolTest, ElasticWorkersBeyondNumWorkersMayPull) {
+  auto server = StartWithJob("elastic", R"pb(
+    job_id: "el"
+    model { tensors { name: "w" shape: [8] } }
+    optimizer { kind: KIND_SGD lr: 0.1 }
+    window { num_workers: 1 max_workers: 4 min_workers: 1 }
+    total_steps: 3
+  )pb", {"--shared_memory_dir="});
+  ASSERT_NE(server, nullptr);
+  RawClient c(server->address());
+  ASSERT_TRUE(c.Join(3).ok());
+  uint64_t version = 99;
+  const grpc::Status pulled = c.PullVersion(3, 0, &version);
+  EXPECT_TRUE(pulled.ok()) << pulled.error_message();
+  EXPECT_EQ(version, 0u);
+  v1::PushResponse r;
+  ASSERT_TRUE(c.Push(3, 0, 0, std::vector<float>(8, 1.0f), &r).ok());
+  ASSERT_TRUE(c.PullVersion(3, 1, &version).ok());
+  EXPECT_EQ(version, 1u);
+  EXPECT_EQ(c.PullVersion(4, 0, &version).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "beyond max_workers";
+  EXPECT_EQ(server->Stop(), std::optional<int>(0));
+}
+
+// A key reused for another window is refused (a client told to treat
+// duplicates as success would otherwise hang); a pull on a finished job is
+// answered at once with job_done.
+TEST(ProtocolTest, ReusedKeysAreRefusedAndFinishedJobsAnswerPullsAtOnce) {
+  auto server = StartWithJob("keys", R"pb(
+    job_id: "keys"
+    model { tensors { name: "w" shape: [8] } }
+    optimizer { kind: KIND_SGD lr: 0.1 }
+    window { num_workers: 1 }
+    total_steps: 2
+  )pb", {"--shared_memory_dir="});
+  ASSERT_NE(server, nullptr);
+  RawClient c(server->address());
+  ASSERT_TRUE(c.Join(0).ok());
+  v1::PushResponse r;
+  ASSERT_TRUE(c.Push(0, 0, 7, std::vector<float>(8, 1.0f), &r).ok());
+  const grpc::Status reused = c.Push(0, 1, 7, std::vector<float>(8, 1.0f), &r);
+  EXPECT_EQ(reused.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << reused.error_message();
+  EXPECT_NE(reused.error_message().find("already used for window 0"), std::string::npos) << reused.error_message();
+  EXPECT_EQ(c.Status().version(), 1u) << "nothing counted";
+  ASSERT_TRUE(c.Push(0, 1, 8, std::vector<float>(8, 1.0f), &r).ok());
+  uint64_t version = 0;
+  bool done = false;
+  const absl::Time before = absl::Now();
+  ASSERT_TRUE(c.PullVersion(0, 100, &version, &done).ok());
+  EXPECT_LT(absl::Now() - before, absl::Seconds(5)) << "a finished job answers at once";
+  EXPECT_TRUE(done);
+  EXPECT_EQ(version, 2u);
+  EXPECT_EQ(server->Stop(), std::optional<int>(0));
 }
 
 }  // namespace

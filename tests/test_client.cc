@@ -19,6 +19,9 @@
 ABSL_FLAG(std::string, server, "", "server address");
 ABSL_FLAG(int, worker, 0, "worker rank");
 ABSL_FLAG(int, micro_batches, 2, "micro-batches per window");
+ABSL_FLAG(int, first_window_micro_batches, 0,
+          "micro-batches in the first window this process computes (0: --micro_batches); a restarted worker "
+          "given another number pushes a different contribution for a window the server already holds");
 ABSL_FLAG(int, chunk_elements, 100, "elements per pushed chunk");
 ABSL_FLAG(int, step_delay_ms, 0, "sleep this long in every window (a slow worker)");
 ABSL_FLAG(bool, shared_memory, true, "use shared memory when the server is on this host");
@@ -58,9 +61,14 @@ int main(int argc, char** argv) {
   gradacc::Client& c = **client;
   absl::PrintF("test_client %d: transport %s\n", options.worker, c.transport());
   const int k = options.worker;
+  bool first = true;
   while (!c.done()) {
     const uint64_t v = c.version();
-    for (int m = 0; m < absl::GetFlag(FLAGS_micro_batches); ++m) {
+    const int micro_batches = first && absl::GetFlag(FLAGS_first_window_micro_batches) > 0
+                                  ? absl::GetFlag(FLAGS_first_window_micro_batches)
+                                  : absl::GetFlag(FLAGS_micro_batches);
+    first = false;
+    for (int m = 0; m < micro_batches; ++m) {
       const int s = 1 + (k + static_cast<int>(v) + m) % 3;
       auto p = c.params();
       auto g = c.grad();

@@ -43,7 +43,8 @@ inline v1::PushHeader HeaderOf(const Contribution& c, uint64_t num_elements) {
 }
 
 // Pushes `c` through BeginPush / AddChunk (chunks of `chunk` elements, in
-// tensor order) / Commit.
+// tensor order) / Commit, and waits for the version when it closed the
+// window.
 inline absl::StatusOr<PushResult> Push(Trainer& trainer, const Contribution& c, uint64_t chunk = 5) {
   auto session = trainer.BeginPush(HeaderOf(c, trainer.layout().num_elements()));
   if (!session.ok()) return session.status();
@@ -55,7 +56,13 @@ inline absl::StatusOr<PushResult> Push(Trainer& trainer, const Contribution& c, 
       if (!s.ok()) return s;
     }
   }
-  return trainer.Commit(std::move(*session));
+  auto result = trainer.Commit(std::move(*session));
+  // As the gRPC push does: a push that closed its window is answered once
+  // the new version is published.
+  if (result.ok() && result->closed_window && !trainer.AwaitVersion(result->window + 1, absl::Seconds(60))) {
+    return absl::DeadlineExceededError("the closed window's version was not published within 60 s");
+  }
+  return result;
 }
 
 inline void JoinAll(Trainer& trainer) {

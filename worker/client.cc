@@ -112,6 +112,7 @@ v1::JoinRequest Client::JoinRequestFor(const std::string& job_id) const {
   request.set_worker(options_.worker);
   request.set_hostname(options_.hostname.empty() ? LocalHostname() : options_.hostname);
   for (uint32_t c : options_.covers) request.add_covers(c);
+  request.set_held_version(version_);
   return request;
 }
 
@@ -226,6 +227,7 @@ void Client::SetUpSharedMemory() {
       std::copy(grad_.data(), grad_.data() + n, (*grad)->data());
       grad_ = FloatBuffer::View((*grad)->data(), n);
       grad_segment_ = *std::move(grad);
+      grad_generation_ = offer.generation();
       params_segment_ = *std::move(params);
       params_stable_ = offer.params_stable();
       shm_note_.clear();
@@ -351,6 +353,7 @@ absl::StatusOr<v1::PushResponse> Client::PushShard(Shard& shard, v1::PushRequest
     // Shared memory: the gradients are in the segment already; the header
     // says so and the stream carries nothing else.
     h->set_shared_memory(grad_segment_ != nullptr);
+    h->set_shared_memory_generation(grad_segment_ != nullptr ? grad_generation_ : 0);
     h->set_wire_format(h->shared_memory() ? v1::WIRE_FORMAT_F32 : options_.wire_format);
     bool ok = writer->Write(header_msg);
     for (size_t i = 0; ok && !h->shared_memory() && i < layout_.tensors().size(); ++i) {

@@ -199,6 +199,7 @@ class Client {
   // params_ may be a view of params_segment_ (params_stable_).
   std::unique_ptr<ShmSegment> params_segment_;
   std::unique_ptr<ShmSegment> grad_segment_;
+  uint64_t grad_generation_ = 0;  // the offer's generation (PushHeader.shared_memory_generation)
   bool params_stable_ = false;
   bool pulled_in_place_ = false;  // the last pull left the version in the segment
   std::string shm_note_;          // why not shared memory

@@ -62,6 +62,21 @@ std::string Duration(double seconds) {
 
 }  // namespace
 
+std::string TransportText(const v1::Status& s, const v1::WorkerStatus& w) {
+  switch (w.transport()) {
+    case v1::TRANSPORT_HIERARCHICAL:
+      return absl::StrFormat("via worker %d (hierarchical)", w.covered_by());
+    case v1::TRANSPORT_SHARED_MEMORY:
+      return "shared memory";
+    case v1::TRANSPORT_GRPC:
+      if (!w.shared_memory_failure().empty()) return absl::StrCat("gRPC (shared memory failed: ", w.shared_memory_failure(), ")");
+      if (!s.shared_memory_off_reason().empty()) return absl::StrCat("gRPC (no shared memory: ", s.shared_memory_off_reason(), ")");
+      return "gRPC";
+    default:
+      return "";
+  }
+}
+
 std::string FormatStatusTable(const v1::Status& s) {
   std::string out;
   const double pct = s.total_steps() ? 100.0 * static_cast<double>(s.step()) / static_cast<double>(s.total_steps()) : 0;
@@ -102,7 +117,7 @@ std::string FormatStatusTable(const v1::Status& s) {
                           ws.hostname().empty() ? "-" : ws.hostname().substr(0, 16),
                           Ago(ws.last_seen_unix_micros(), s.server_time_unix_micros()), ws.contributions(),
                           ws.duplicates(), ws.rejected(), ws.last_window(),
-                          ws.transport().empty() ? "-" : ws.transport());
+                          TransportText(s, ws).empty() ? "-" : TransportText(s, ws));
   }
   return out;
 }

@@ -72,7 +72,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         open = false;
         break;
       default:
-        assembler->Abandon();
+        assembler->Abandon(absl::CancelledError("stream broken"));
         open = false;
         break;
     }

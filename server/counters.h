@@ -1,0 +1,50 @@
+// Counters: what /metrics reports beyond Status — gradient and parameter
+// bytes moved, refusals by reason, and the histogram of step durations.
+// Thread-safe.
+#ifndef GRADACC_SERVER_COUNTERS_H_
+#define GRADACC_SERVER_COUNTERS_H_
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "common/mutex.h"
+#include "gradacc/v1/error.pb.h"
+
+namespace gradacc {
+
+// A snapshot of Counters.
+struct TrainerCounters {
+  uint64_t bytes_received = 0;  // gradient bytes in pushes
+  uint64_t bytes_sent = 0;      // parameter bytes in pulls
+  std::map<std::string, uint64_t> rejected_by_reason;  // by ReasonLabel
+  std::vector<double> step_seconds_bounds;   // histogram bucket upper bounds
+  std::vector<uint64_t> step_seconds_counts;  // cumulative, one per bound
+  uint64_t step_seconds_count = 0;
+  double step_seconds_sum = 0;
+};
+
+class Counters {
+ public:
+  Counters();
+  void AddBytes(uint64_t received, uint64_t sent);
+  void Refused(v1::ErrorReason reason);
+  void StepTook(double seconds);
+  TrainerCounters Snapshot() const;
+
+ private:
+  std::atomic<uint64_t> bytes_received_{0};
+  std::atomic<uint64_t> bytes_sent_{0};
+  mutable Mutex mu_;
+  std::map<std::string, uint64_t> rejected_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> buckets_ ABSL_GUARDED_BY(mu_);
+  uint64_t steps_ ABSL_GUARDED_BY(mu_) = 0;
+  double seconds_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace gradacc
+
+#endif  // GRADACC_SERVER_COUNTERS_H_

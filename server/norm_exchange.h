@@ -1,0 +1,34 @@
+// NormExchange: how sharded servers agree on a window's global gradient
+// norm, bit for bit what one server (and torch) computes. A tensor split
+// over shards is reduced in index order: the shard holding its start passes
+// the reduction state on (CarryIn of the next shard); every shard publishes
+// its NormPart and receives each tensor's finished sum of squares.
+// Implemented over gRPC in the server layer (server/shard_exchange.h).
+#ifndef GRADACC_SERVER_NORM_EXCHANGE_H_
+#define GRADACC_SERVER_NORM_EXCHANGE_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/torch_norm.h"
+#include "server/reducer.h"
+
+namespace gradacc {
+
+class NormExchange {
+ public:
+  virtual ~NormExchange() = default;
+  // The state of the tensor the previous shard passed on for `window`,
+  // once it published it. CANCELLED when the server is shutting down.
+  virtual absl::StatusOr<TorchNormState> CarryIn(uint64_t window) = 0;
+  // Publishes this shard's part of `window` and returns, per model tensor,
+  // its finished sum of squares over all shards (the same bits on every
+  // shard). CANCELLED when shutting down: the step is then abandoned, not
+  // taken on a partial norm.
+  virtual absl::StatusOr<std::vector<float>> Exchange(uint64_t window, const NormPart& local) = 0;
+};
+
+}  // namespace gradacc
+
+#endif  // GRADACC_SERVER_NORM_EXCHANGE_H_

@@ -1,0 +1,79 @@
+// PushSession: one push in flight, from its accepted header to its commit.
+// It validates and decodes each chunk into the push's private buffer (or,
+// for a shared-memory push, checks the worker's segment once), and knows
+// what is still missing. Nothing is visible to any window until the Trainer
+// commits it; destroying the session discards it and frees its place.
+//
+// Knows nothing of the Trainer: it is given the model layout, the flat range
+// this server owns, the buffer and the push's admission. Not thread-safe
+// (one gRPC stream feeds it); the layout must outlive it.
+#ifndef GRADACC_SERVER_PUSH_SESSION_H_
+#define GRADACC_SERVER_PUSH_SESSION_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/buffer.h"
+#include "common/job_spec.h"
+#include "common/shm.h"
+#include "gradacc/v1/data.pb.h"
+#include "server/buffer_pool.h"
+
+namespace gradacc {
+
+class PushSession {
+ public:
+  // `buffer` holds the elements [range.begin, range.end) of the model;
+  // `segment`, when set, is the worker's shared-memory gradient segment that
+  // `buffer` views (a header-only push).
+  // A buffer still held when the session ends goes back to `pool`.
+  PushSession(const ModelLayout* layout, FlatRange range, uint32_t shard, v1::PushHeader header,
+              FloatBuffer buffer, BufferPool* pool, BufferPool::Admission admission,
+              std::shared_ptr<ShmSegment> segment = nullptr);
+  ~PushSession();
+  PushSession(const PushSession&) = delete;
+  PushSession& operator=(const PushSession&) = delete;
+
+  // Validates and copies one chunk: tensor index and name, range, overlap
+  // with earlier chunks, byte length, NaN/Inf. Every refusal carries its
+  // reason (common/errors.h) and names the tensor and the range.
+  absl::Status AddChunk(uint32_t tensor, uint64_t offset, absl::string_view bytes, absl::string_view name = "");
+  // OK when every element arrived (a shared-memory push: when the segment
+  // holds only finite values); else MISSING_CHUNKS naming the first gap, or
+  // NOT_FINITE.
+  absl::Status CheckComplete() const;
+
+  const v1::PushHeader& header() const { return header_; }
+  bool shared_memory() const { return segment_ != nullptr; }
+  absl::Time arrival() const { return arrival_; }
+  // The gradient, once complete; the session no longer holds it.
+  FloatBuffer TakeGradient() { return std::move(buffer_); }
+  // The segment a shared-memory push's gradient lives in (kept alive by the
+  // window's slot until the window closes).
+  std::shared_ptr<ShmSegment> segment() const { return segment_; }
+
+ private:
+  absl::Status CheckRange(const ModelLayout::Tensor& t, uint32_t tensor, uint64_t offset, uint64_t n) const;
+
+  const ModelLayout* const layout_;
+  const FlatRange range_;
+  const uint32_t shard_;
+  const v1::PushHeader header_;
+  FloatBuffer buffer_;
+  BufferPool* const pool_;
+  BufferPool::Admission admission_;
+  std::shared_ptr<ShmSegment> segment_;
+  // Per tensor: begin -> end of the element ranges received (merged).
+  std::vector<std::map<uint64_t, uint64_t>> covered_;
+  uint64_t covered_elements_ = 0;
+  const absl::Time arrival_ = absl::Now();
+};
+
+}  // namespace gradacc
+
+#endif  // GRADACC_SERVER_PUSH_SESSION_H_

@@ -1,0 +1,54 @@
+#include "server/rpc/control_plane_service.h"
+
+#include "common/errors.h"
+#include "server/rpc/authorize.h"
+#include "server/rpc/norm_reactor.h"
+#include "server/rpc/status_reactor.h"
+#include "server/rpc/watch_reactor.h"
+
+namespace gradacc {
+
+grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetStatus(grpc::CallbackServerContext* context,
+                                                             const v1::GetStatusRequest*, v1::Status* response) {
+  if (absl::Status denied = Authorize(context, tokens_, Role::kReader); !denied.ok()) {
+    return Finished(context, denied);
+  }
+  const bool local = context->client_metadata().count("x-gradacc-local") > 0;
+  return new StatusReactor(trainer_, exchange_, local, response);
+}
+
+grpc::ServerWriteReactor<v1::Status>* ControlPlaneServiceImpl::WatchStatus(grpc::CallbackServerContext* context,
+                                                                           const v1::WatchStatusRequest*) {
+  if (absl::Status denied = Authorize(context, tokens_, Role::kReader); !denied.ok()) {
+    return new RefusedWrite<v1::Status>(denied);
+  }
+  return new WatchReactor(trainer_);
+}
+
+grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetNormPartial(grpc::CallbackServerContext* context,
+                                                                  const v1::GetNormPartialRequest* request,
+                                                                  v1::GetNormPartialResponse* response) {
+  absl::Status denied = Authorize(context, tokens_, Role::kWorker);
+  if (denied.ok() && exchange_ == nullptr) {
+    denied = Refusal(v1::ERROR_REASON_UNSUPPORTED, "this server is not sharded");
+  }
+  if (!denied.ok()) return Finished(context, denied);
+  return new NormReactor(exchange_, request->window(), response);
+}
+
+grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetSteps(grpc::CallbackServerContext* context,
+                                                            const v1::GetStepsRequest* request,
+                                                            v1::GetStepsResponse* response) {
+  return Unary(context, tokens_, Role::kReader, [&] {
+    *response = trainer_->GetSteps(request->from_step(), request->to_step());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* ControlPlaneServiceImpl::ReportMetric(grpc::CallbackServerContext* context,
+                                                                const v1::ReportMetricRequest* request,
+                                                                v1::ReportMetricResponse*) {
+  return Unary(context, tokens_, Role::kWorker, [&] { return trainer_->ReportMetric(*request); });
+}
+
+}  // namespace gradacc

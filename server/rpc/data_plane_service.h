@@ -1,0 +1,40 @@
+// DataPlaneServiceImpl: gradacc.v1.DataPlane on gRPC's callback API, a thin
+// adapter over Trainer (authorisation, then the Trainer decides; refusals
+// carry their reasons). Push and Pull are reactors of their own
+// (push_reactor.h, pull_reactor.h).
+//
+// Thread-safe; does not own the Trainer, which must outlive the grpc::Server
+// the service is registered with.
+#ifndef GRADACC_SERVER_RPC_DATA_PLANE_SERVICE_H_
+#define GRADACC_SERVER_RPC_DATA_PLANE_SERVICE_H_
+
+#include "common/auth.h"
+#include "gradacc/v1/data.grpc.pb.h"
+#include "server/trainer.h"
+
+namespace gradacc {
+
+class DataPlaneServiceImpl final : public v1::DataPlane::CallbackService {
+ public:
+  DataPlaneServiceImpl(Trainer* trainer, TokenSet tokens) : trainer_(trainer), tokens_(std::move(tokens)) {}
+
+  grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* context, const v1::JoinRequest* request,
+                                 v1::JoinResponse* response) override;
+  grpc::ServerReadReactor<v1::PushRequest>* Push(grpc::CallbackServerContext* context,
+                                                 v1::PushResponse* response) override;
+  grpc::ServerWriteReactor<v1::PullResponse>* Pull(grpc::CallbackServerContext* context,
+                                                   const v1::PullRequest* request) override;
+  grpc::ServerUnaryReactor* Leave(grpc::CallbackServerContext* context, const v1::LeaveRequest* request,
+                                  v1::LeaveResponse* response) override;
+  grpc::ServerUnaryReactor* AttachSharedMemory(grpc::CallbackServerContext* context,
+                                               const v1::AttachSharedMemoryRequest* request,
+                                               v1::AttachSharedMemoryResponse* response) override;
+
+ private:
+  Trainer* const trainer_;
+  const TokenSet tokens_;
+};
+
+}  // namespace gradacc
+
+#endif  // GRADACC_SERVER_RPC_DATA_PLANE_SERVICE_H_

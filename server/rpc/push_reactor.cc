@@ -1,0 +1,105 @@
+#include "server/rpc/push_reactor.h"
+
+#include <grpcpp/server_context.h>
+
+#include "common/errors.h"
+#include "common/grpc_status.h"
+
+namespace gradacc {
+
+PushReactor::PushReactor(Trainer* trainer, grpc::CallbackServerContext* context, v1::PushResponse* response)
+    : trainer_(trainer),
+      context_(context),
+      response_(response),
+      assembler_(trainer),
+      cancel_(std::make_shared<CancelState>()) {
+  {
+    MutexLock lock(&cancel_->mu);
+    cancel_->context = context;
+  }
+  std::shared_ptr<CancelState> state = cancel_;
+  handle_ = trainer_->RegisterPushStream([state] {
+    MutexLock lock(&state->mu);
+    if (state->context != nullptr) state->context->TryCancel();
+  });
+  StartRead(&request_);
+}
+
+void PushReactor::Reply(const absl::Status& status) {
+  {
+    MutexLock lock(&mu_);
+    if (finished_) return;
+    finished_ = true;
+  }
+  Finish(ToGrpcStatus(status));
+}
+
+void PushReactor::OnReadDone(bool ok) {
+  if (!ok) {
+    if (context_->IsCancelled()) {
+      const absl::Status why = Refusal(v1::ERROR_REASON_PUSH_TIMEOUT,
+                                       "push cancelled (by the client, or past the server's push timeout); nothing "
+                                       "was counted");
+      assembler_.Abandon(why);
+      Reply(why);
+      return;
+    }
+    Complete();
+    return;
+  }
+  absl::Status status = assembler_.Add(request_);
+  if (!status.ok()) {
+    Reply(status);
+    return;
+  }
+  StartRead(&request_);
+}
+
+void PushReactor::Complete() {
+  auto result = assembler_.Finish();
+  if (!result.ok()) {
+    Reply(result.status());
+    return;
+  }
+  response_->set_window(result->window);
+  response_->set_contributions_received(result->received);
+  response_->set_contributions_expected(result->expected);
+  if (!result->closed_window) {
+    Reply(absl::OkStatus());
+    return;
+  }
+  // The contract: closed_window means the step is applied and its version
+  // published. Answer once it is.
+  response_->set_closed_window(true);
+  const uint64_t id = trainer_->WaitForVersion(result->window + 1, [this](auto snapshot) {
+    {
+      MutexLock lock(&mu_);
+      wait_id_ = 0;
+    }
+    Reply(snapshot.ok() ? absl::OkStatus() : snapshot.status());
+  });
+  MutexLock lock(&mu_);
+  if (id != 0 && !finished_) wait_id_ = id;
+}
+
+void PushReactor::OnCancel() {
+  uint64_t id;
+  {
+    MutexLock lock(&mu_);
+    id = wait_id_;
+    wait_id_ = 0;
+  }
+  // Still waiting for the version: nobody else will finish the call.
+  if (id != 0 && trainer_->CancelWait(id)) Reply(absl::CancelledError("push cancelled while its step was applied"));
+}
+
+void PushReactor::OnDone() {
+  trainer_->UnregisterPushStream(handle_);
+  {
+    MutexLock lock(&cancel_->mu);
+    cancel_->context = nullptr;
+  }
+  delete this;
+}
+
+}  // namespace gradacc

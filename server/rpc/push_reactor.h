@@ -1,0 +1,54 @@
+// PushReactor: one push stream. The first message must be the header; chunks
+// are validated and copied into the push's private buffer as they arrive
+// (PushAssembler); the contribution is committed when the client
+// half-closes a complete stream. A push that completes its window is
+// answered once the new version is published (PushResponse.closed_window).
+// A stream that outlives the server's push timeout is cancelled.
+//
+// Owns itself (deleted in OnDone); the Trainer must outlive it.
+#ifndef GRADACC_SERVER_RPC_PUSH_REACTOR_H_
+#define GRADACC_SERVER_RPC_PUSH_REACTOR_H_
+
+#include <grpcpp/support/server_callback.h>
+
+#include <memory>
+
+#include "common/mutex.h"
+#include "gradacc/v1/data.pb.h"
+#include "server/push_assembler.h"
+#include "server/trainer.h"
+
+namespace gradacc {
+
+class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
+ public:
+  PushReactor(Trainer* trainer, grpc::CallbackServerContext* context, v1::PushResponse* response);
+
+  void OnReadDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override;
+
+ private:
+  // Lets the push-timeout callback cancel the call while it exists.
+  struct CancelState {
+    Mutex mu;
+    grpc::CallbackServerContext* context ABSL_GUARDED_BY(mu) = nullptr;
+  };
+  void Complete();
+  void Reply(const absl::Status& status);
+
+  Trainer* const trainer_;
+  grpc::CallbackServerContext* const context_;
+  v1::PushResponse* const response_;
+  v1::PushRequest request_;
+  PushAssembler assembler_;
+  std::shared_ptr<CancelState> cancel_;
+  uint64_t handle_ = 0;
+  Mutex mu_;
+  uint64_t wait_id_ ABSL_GUARDED_BY(mu_) = 0;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace gradacc
+
+#endif  // GRADACC_SERVER_RPC_PUSH_REACTOR_H_

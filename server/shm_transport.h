@@ -1,0 +1,73 @@
+// ShmTransport: the shared-memory data plane for workers on the server's
+// host (common/shm.h). It owns the parameter segment (the parameters live
+// there; the optimizer writes them in place) with its seqlock, and each
+// worker's gradient segment.
+//
+// Every attach gets a fresh gradient segment (a new file and generation):
+// a segment that holds an accepted contribution is never handed to anyone
+// again — its window's slot keeps it alive until the window is reduced — so
+// a restarted worker cannot change what was accepted. A shared-memory push
+// names the generation it was written in; any other is refused.
+//
+// Thread-safe; segments are created outside its lock.
+#ifndef GRADACC_SERVER_SHM_TRANSPORT_H_
+#define GRADACC_SERVER_SHM_TRANSPORT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "common/mutex.h"
+#include "common/shm.h"
+#include "gradacc/v1/data.pb.h"
+
+namespace gradacc {
+
+class ShmTransport {
+ public:
+  // `dir` empty, or a sharded server: off (with the reason). `elements`:
+  // what this server owns; `params` are copied into the parameter segment.
+  ShmTransport(const std::string& dir, bool sharded, uint64_t elements, uint32_t num_workers,
+               absl::Span<const float> params);
+
+  bool on() const { return params_ != nullptr; }
+  const std::string& off_reason() const { return off_reason_; }
+  // Where the parameters live when on.
+  float* params_data() const { return params_->data(); }
+
+  // A fresh gradient segment for `worker` (or why not: available = false).
+  // `params_stable` goes into the offer.
+  v1::AttachSharedMemoryResponse Attach(uint32_t worker, bool params_stable);
+  // The worker could not use what it was offered: it stays on gRPC.
+  void Detach(uint32_t worker);
+  // The segment of a shared-memory push: NOT_ATTACHED unless `generation`
+  // is the worker's current one.
+  absl::StatusOr<std::shared_ptr<ShmSegment>> SegmentFor(uint32_t worker, uint64_t generation) const;
+  bool Attached(uint32_t worker) const;
+
+  // The seqlock over the parameter segment: odd while the parameters of
+  // `version` are overwritten, 2 * version while `version` is in place.
+  void BeginParamsWrite(uint64_t version);
+  void Publish(uint64_t version);
+
+ private:
+  ShmNonce nonce_{};
+  std::string dir_;
+  std::string off_reason_;
+  uint64_t elements_ = 0;
+  std::unique_ptr<ShmSegment> params_;
+  mutable Mutex mu_;
+  struct Grad {
+    std::shared_ptr<ShmSegment> segment;
+    uint64_t generation = 0;
+  };
+  std::vector<Grad> grads_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_generation_ ABSL_GUARDED_BY(mu_) = 1;
+};
+
+}  // namespace gradacc
+
+#endif  // GRADACC_SERVER_SHM_TRANSPORT_H_

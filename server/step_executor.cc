@@ -1,0 +1,129 @@
+#include "server/step_executor.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/kernels.h"
+#include "common/status_macros.h"
+#include "common/torch_norm.h"
+#include "server/lr_schedule.h"
+
+namespace gradacc {
+
+StepExecutor::StepExecutor(const v1::JobSpec* spec, const ModelLayout* layout, FlatRange range,
+                           uint32_t num_shards, FloatBuffer params, std::unique_ptr<Optimizer> optimizer,
+                           ReducerOptions options)
+    : spec_(spec),
+      layout_(layout),
+      range_(range),
+      num_shards_(num_shards),
+      reducer_(layout, range, options),
+      params_(std::move(params)),
+      optimizer_(std::move(optimizer)),
+      reduced_(range.size()) {}
+
+float StepExecutor::Divisor(const ClosingWindow& w, uint64_t samples) const {
+  switch (spec_->reduction()) {
+    case v1::REDUCTION_MEAN_OVER_SAMPLES:
+      return static_cast<float>(samples);
+    case v1::REDUCTION_MEAN_OVER_CONTRIBUTIONS:
+      return static_cast<float>(w.slots.size());
+    default:
+      return 0;
+  }
+}
+
+absl::StatusOr<float> StepExecutor::GlobalNorm(uint64_t window, NormExchange* exchange,
+                                               std::vector<float>* tensor_sums) {
+  const bool sharded = num_shards_ > 1 && exchange != nullptr;
+  TorchNormState carry;
+  const TorchNormState* carry_in = nullptr;
+  if (sharded && reducer_.StartsMidTensor()) {
+    GRADACC_ASSIGN_OR_RETURN(carry, exchange->CarryIn(window));
+    carry_in = &carry;
+  }
+  NormPart local = reducer_.TensorNorms(reduced_.span(), carry_in);
+  if (sharded) {
+    GRADACC_ASSIGN_OR_RETURN(*tensor_sums, exchange->Exchange(window, local));
+  } else {
+    *tensor_sums = std::move(local.finished);
+  }
+  return TorchTotalNorm(*tensor_sums);
+}
+
+absl::StatusOr<StepReport> StepExecutor::Run(ClosingWindow& window, NormExchange* exchange,
+                                             const std::function<void()>& before_write) {
+  StepReport r;
+  const absl::Time t0 = absl::Now();
+  std::vector<const float*> sources;
+  std::vector<Slot*> with_gradient;
+  for (Slot& slot : window.slots) {
+    if (slot.grad.size() == 0) continue;  // covered by another worker's push
+    sources.push_back(slot.grad.data());
+    with_gradient.push_back(&slot);
+    r.samples += slot.samples;
+    r.loss_sum += slot.loss_sum;
+  }
+  const float divisor = Divisor(window, r.samples);
+  // A window without samples (possible only when every contribution was
+  // empty) has no gradient.
+  const bool no_gradient =
+      sources.empty() || (spec_->reduction() == v1::REDUCTION_MEAN_OVER_SAMPLES && r.samples == 0);
+  r.lr = LearningRateAt(spec_->optimizer(), spec_->schedule(), window.window);
+  const float max_norm = static_cast<float>(spec_->clipping().max_norm());
+  if (max_norm <= 0 && num_shards_ <= 1 && !no_gradient) {
+    // Nothing needs the norm before the step: one pass over memory reduces,
+    // measures and steps each piece.
+    MutexLock lock(&mu_);
+    before_write();
+    const Optimizer::Piece step = optimizer_->Prepare(params_.span(), r.lr);
+    const Reducer::FusedSums sums = reducer_.Fused(sources, divisor, step);
+    for (size_t k = 0; k < with_gradient.size(); ++k) with_gradient[k]->grad_norm = std::sqrt(sums.sources[k]);
+    std::vector<float> tensor_sums(sums.tensors.begin(), sums.tensors.end());
+    r.grad_norm = r.clipped_norm = TorchTotalNorm(tensor_sums);
+    r.reduce_time = absl::Now() - t0;
+    return r;
+  }
+  const std::vector<double> norms = reducer_.SourceNorms(sources);
+  for (size_t k = 0; k < with_gradient.size(); ++k) with_gradient[k]->grad_norm = norms[k];
+  if (no_gradient) {
+    std::fill(reduced_.data(), reduced_.data() + reduced_.size(), 0.0f);
+  } else {
+    reducer_.Sum(reduced_.span(), sources, divisor);
+  }
+  const absl::Time t1 = absl::Now();
+  r.reduce_time = t1 - t0;
+  std::vector<float> tensor_sums;
+  GRADACC_ASSIGN_OR_RETURN(r.grad_norm, GlobalNorm(window.window, exchange, &tensor_sums));
+  r.clipped_norm = r.grad_norm;
+  if (max_norm > 0) {
+    // torch.nn.utils.clip_grad_norm_ in f32: coef = max_norm / (norm +
+    // 1e-6), computed as torch does (reciprocal, then times max_norm),
+    // applied when below 1.
+    const float coef = (1.0f / (r.grad_norm + 1e-6f)) * max_norm;
+    if (coef < 1.0f) {
+      ParallelFor(
+          reduced_.size(), [&](size_t b, size_t e) { ScaleInPlace(reduced_.span().subspan(b, e - b), coef); },
+          reducer_.options().parallel_min_elements);
+      r.clipped_norm = r.grad_norm * coef;
+    }
+  }
+  MutexLock lock(&mu_);
+  before_write();
+  optimizer_->Step(params_.span(), reduced_.span(), r.lr, reducer_.options().parallel_min_elements);
+  r.apply_time = absl::Now() - t1;
+  return r;
+}
+
+std::vector<float> StepExecutor::Parameters() const {
+  MutexLock lock(&mu_);
+  return std::vector<float>(params_.data(), params_.data() + params_.size());
+}
+
+std::vector<std::pair<std::string, const FloatBuffer*>> StepExecutor::OptimizerState() const {
+  std::vector<std::pair<std::string, const FloatBuffer*>> out;
+  for (auto& [name, buffer] : optimizer_->StateBuffers()) out.emplace_back(name, buffer);
+  return out;
+}
+
+}  // namespace gradacc

@@ -1,0 +1,82 @@
+// StepExecutor: the step of one closed window on the parameters this server
+// owns — reduce the contributions, agree on the global norm with the other
+// shards, clip as torch.nn.utils.clip_grad_norm_ does, and apply the
+// optimizer (fused into the reduction when nothing needs the norm first).
+//
+// Owns the parameters (possibly a view of the shared-memory parameter
+// segment, whose owner must outlive it), the optimizer and its scratch.
+// Thread-safety: Run and the checkpoint accessors are for the trainer
+// thread only; Parameters() may be called from any thread (it takes the
+// step lock, which Run holds only while it changes the parameters, never
+// while it waits for other shards).
+#ifndef GRADACC_SERVER_STEP_EXECUTOR_H_
+#define GRADACC_SERVER_STEP_EXECUTOR_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/buffer.h"
+#include "common/job_spec.h"
+#include "common/mutex.h"
+#include "gradacc/v1/job.pb.h"
+#include "server/norm_exchange.h"
+#include "server/optimizer.h"
+#include "server/reducer.h"
+#include "server/window.h"
+
+namespace gradacc {
+
+struct StepReport {
+  uint64_t samples = 0;
+  double loss_sum = 0;
+  float grad_norm = 0;     // of the reduced gradient, before clipping
+  float clipped_norm = 0;  // after clipping
+  double lr = 0;
+  absl::Duration reduce_time;
+  absl::Duration apply_time;
+};
+
+class StepExecutor {
+ public:
+  StepExecutor(const v1::JobSpec* spec, const ModelLayout* layout, FlatRange range, uint32_t num_shards,
+               FloatBuffer params, std::unique_ptr<Optimizer> optimizer, ReducerOptions options);
+
+  // Steps `window` (the slots' grad_norm are filled in). `exchange` is
+  // needed when sharded and clipping; `before_write` runs just before the
+  // parameters start to change (the shared-memory seqlock turns odd).
+  // CANCELLED (from the exchange) means the step was abandoned and nothing
+  // changed.
+  absl::StatusOr<StepReport> Run(ClosingWindow& window, NormExchange* exchange,
+                                 const std::function<void()>& before_write);
+
+  // A copy of the parameters (any thread).
+  std::vector<float> Parameters() const;
+  // Trainer thread: the parameters and the optimizer state as they are now.
+  absl::Span<const float> params() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return params_.span(); }
+  std::vector<std::pair<std::string, const FloatBuffer*>> OptimizerState() const;
+  uint64_t optimizer_steps() const { return optimizer_->steps(); }
+
+ private:
+  float Divisor(const ClosingWindow& w, uint64_t samples) const;
+  absl::StatusOr<float> GlobalNorm(uint64_t window, NormExchange* exchange, std::vector<float>* tensor_sums);
+
+  const v1::JobSpec* const spec_;
+  const ModelLayout* const layout_;
+  const FlatRange range_;
+  const uint32_t num_shards_;
+  const Reducer reducer_;
+  mutable Mutex mu_;  // the step lock
+  FloatBuffer params_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<Optimizer> optimizer_;
+  FloatBuffer reduced_;  // trainer thread only
+};
+
+}  // namespace gradacc
+
+#endif  // GRADACC_SERVER_STEP_EXECUTOR_H_

@@ -1,0 +1,56 @@
+// StepLedger: what the server did in each step (v1::StepRecord): the last
+// 4096 records in memory for GetSteps, and every record appended to a JSON
+// lines file (a later line for the same step supersedes an earlier one) by a
+// writer thread of its own, so file I/O never runs under a lock that a push
+// or a pull waits on.
+//
+// Thread-safe. The destructor writes what is queued, then stops.
+#ifndef GRADACC_SERVER_STEP_LEDGER_H_
+#define GRADACC_SERVER_STEP_LEDGER_H_
+
+#include <cstdint>
+#include <cstdio>
+#include <deque>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "common/mutex.h"
+#include "gradacc/v1/control.pb.h"
+#include "server/window_state.h"
+
+namespace gradacc {
+
+class StepLedger {
+ public:
+  // `path` empty: in memory only.
+  explicit StepLedger(std::string path);
+  ~StepLedger();
+  StepLedger(const StepLedger&) = delete;
+  StepLedger& operator=(const StepLedger&) = delete;
+
+  void Append(v1::StepRecord record);
+  // A push that came after its window closed: counted in that window's
+  // record, which is written again.
+  void NoteLate(const LateNote& late);
+  // Records with from <= step <= to (0 = open end).
+  v1::GetStepsResponse Get(uint64_t from, uint64_t to) const;
+  // Blocks until every record appended so far is in the file.
+  void Flush();
+
+ private:
+  void WriterLoop();
+
+  const std::string path_;
+  mutable Mutex mu_;
+  std::deque<v1::StepRecord> records_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> unwritten_ ABSL_GUARDED_BY(mu_);  // JSON lines for the writer
+  uint64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t written_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread writer_;
+};
+
+}  // namespace gradacc
+
+#endif  // GRADACC_SERVER_STEP_LEDGER_H_

@@ -1,0 +1,207 @@
+// Trainer: closing a window, on the trainer thread — step, make durable,
+// publish, log.
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/safetensors.h"
+#include "server/trainer.h"
+
+namespace gradacc {
+
+void Trainer::CloseWindow(ClosingWindow& window) {
+  auto report = executor_->Run(window, options_.exchange, [&] { shm_->BeginParamsWrite(window.window); });
+  if (!report.ok()) {
+    // Only a shutdown abandons a step (nothing changed); its contributions
+    // are in no checkpoint and get pushed again after the restart.
+    absl::FPrintF(stderr, "gradacc-server: window %d abandoned: %s\n", window.window, report.status().message());
+    MutexLock lock(&mu_);
+    state_.Abandon();
+    return;
+  }
+  const absl::Time stepped = absl::Now();
+  const uint64_t version = window.window + 1;
+  applied_version_ = version;
+  {
+    MutexLock lock(&mu_);
+    const double loss = report->samples > 0 ? report->loss_sum / static_cast<double>(report->samples) : 0.0;
+    progress_.RecordStep(version, loss, report->grad_norm, report->samples, window.missing,
+                         Timing(window, *report), stepped);
+  }
+  failpoints_.MaybeKill(Failpoints::Event::kBeforeCheckpoint, window.window);
+  if (!MakeDurable(version, version >= spec_.total_steps())) {
+    absl::FPrintF(stderr,
+                  "gradacc-server: version %d is not published: shutting down before its checkpoint succeeded; its "
+                  "window is pushed again after the restart\n",
+                  version);
+    return;
+  }
+  Publish(window, *report, stepped);
+}
+
+v1::StepTiming Trainer::Timing(const ClosingWindow& window, const StepReport& report) const {
+  v1::StepTiming t;
+  t.set_wait_seconds(absl::ToDoubleSeconds(window.last_arrival - window.opened));
+  t.set_reduce_seconds(absl::ToDoubleSeconds(report.reduce_time));
+  t.set_apply_seconds(absl::ToDoubleSeconds(report.apply_time));
+  return t;
+}
+
+v1::CheckpointState Trainer::DurableState(uint64_t version) const {
+  v1::CheckpointState s;
+  *s.mutable_job() = spec_;
+  s.set_version(version);
+  {
+    MutexLock lock(&mu_);
+    state_.Export(version, &s);
+    progress_.Export(&s);
+  }
+  s.set_written_unix_micros(absl::ToUnixMicros(absl::Now()));
+  s.set_optimizer_steps(executor_->optimizer_steps());
+  s.set_shard(options_.shard);
+  s.set_num_shards(options_.num_shards);
+  s.set_shard_begin(range_.begin);
+  s.set_shard_end(range_.end);
+  return s;
+}
+
+bool Trainer::MakeDurable(uint64_t version, bool job_done) {
+  if (!checkpointer_.Due(version, job_done)) return true;
+  const v1::CheckpointState state = DurableState(version);
+  absl::Duration backoff = options_.checkpoint_retry;
+  while (true) {
+    if (checkpointer_.Write(state, executor_->params(), executor_->OptimizerState()).ok()) return true;
+    // Sticky: nothing is published until a write succeeds.
+    checkpointer_.SetPending(version);
+    NotifyListeners();
+    if (thread_->Sleep(backoff)) return false;
+    backoff = std::min(backoff * 2, absl::Seconds(10));
+  }
+}
+
+bool Trainer::AllOnSharedMemory() const {
+  if (!shm_->on()) return false;
+  MutexLock lock(&mu_);
+  for (uint32_t i = 0; i < num_workers_; ++i) {
+    if (state_.window().expected(i) && (!state_.members().at(i).shared_memory || !shm_->Attached(i))) return false;
+  }
+  return true;
+}
+
+void Trainer::Publish(ClosingWindow& window, const StepReport& report, absl::Time stepped) {
+  const uint64_t version = window.window + 1;
+  const bool job_done = version >= spec_.total_steps();
+  const double loss = report.samples > 0 ? report.loss_sum / static_cast<double>(report.samples) : 0.0;
+  // The chunks of a version are built only when a member may pull it
+  // through gRPC.
+  auto snapshot = MakeSnapshot(layout_, range_, executor_->params(), {version, job_done, report.lr, loss},
+                               options_.pull_chunk_elements, !AllOnSharedMemory());
+  shm_->Publish(version);
+  {
+    MutexLock lock(&mu_);
+    state_.Advance(version, absl::Now());
+    ScheduleDeadline(version);
+  }
+  for (Slot& slot : window.slots) pool_.Return(std::move(slot.grad));
+  if (job_done && !options_.final_params_path.empty()) WriteFinalParameters();
+  std::vector<VersionPublisher::Ready> ready = publisher_->Publish(snapshot);
+  // mid_broadcast: the version is published and (when anyone was parked)
+  // one pull has its answer, the others not yet.
+  if (ready.empty()) failpoints_.MaybeKill(Failpoints::Event::kMidBroadcast, window.window);
+  for (size_t i = 0; i < ready.size(); ++i) {
+    ready[i]();
+    if (i == 0) failpoints_.MaybeKill(Failpoints::Event::kMidBroadcast, window.window);
+  }
+  LogStep(window, report, stepped, absl::Now());
+  failpoints_.MaybeKill(Failpoints::Event::kAfterPublish, window.window);
+  NotifyListeners();
+}
+
+void Trainer::LogStep(const ClosingWindow& window, const StepReport& report, absl::Time stepped,
+                      absl::Time published) {
+  v1::StepRecord record;
+  record.set_step(window.window + 1);
+  record.set_window(window.window);
+  record.set_closed_unix_micros(absl::ToUnixMicros(stepped));
+  for (size_t i = 0; i < window.slots.size(); ++i) {
+    const Slot& slot = window.slots[i];
+    v1::ContributionRecord* c = record.add_contributions();
+    c->set_worker(window.workers[i]);
+    c->set_window(window.window);
+    c->set_contribution_key(slot.key);
+    c->set_micro_batches(slot.micro_batches);
+    c->set_samples(slot.samples);
+    c->set_loss_sum(slot.loss_sum);
+    c->set_grad_norm(slot.grad_norm);
+    c->set_arrival_unix_micros(absl::ToUnixMicros(slot.arrival));
+    c->set_attempt(slot.attempt);
+    c->set_duplicates(slot.duplicates);
+  }
+  record.set_samples(report.samples);
+  record.set_loss(report.samples > 0 ? report.loss_sum / static_cast<double>(report.samples) : 0.0);
+  record.set_grad_norm(report.grad_norm);
+  record.set_grad_norm_clipped(report.clipped_norm);
+  record.set_lr(report.lr);
+  v1::StepTiming timing = Timing(window, report);
+  timing.set_broadcast_seconds(absl::ToDoubleSeconds(published - stepped));
+  *record.mutable_timing() = timing;
+  for (uint32_t m : window.missing) record.add_missing_workers(m);
+  {
+    MutexLock lock(&mu_);
+    progress_.SetLastTiming(timing);
+  }
+  ledger_.Append(std::move(record));
+  counters_.StepTook(absl::ToDoubleSeconds(published - window.opened));
+}
+
+void Trainer::WriteFinalParameters() {
+  std::vector<NamedTensor> tensors;
+  std::map<std::string, std::string> meta = {
+      {"job_id", spec_.job_id()}, {"step", absl::StrCat(executor_->optimizer_steps())}, {"format", "pt"}};
+  const absl::Span<const float> params = executor_->params();
+  if (options_.num_shards > 1) {
+    // A shard's part: flat elements [shard_begin, shard_end) of the model.
+    tensors.push_back({"shard_params", {range_.size()}, params});
+    meta["shard"] = absl::StrCat(options_.shard);
+    meta["num_shards"] = absl::StrCat(options_.num_shards);
+    meta["shard_begin"] = absl::StrCat(range_.begin);
+    meta["shard_end"] = absl::StrCat(range_.end);
+  } else {
+    for (const ModelLayout::Tensor& t : layout_.tensors()) {
+      tensors.push_back({t.name, t.shape, params.subspan(t.offset, t.size)});
+    }
+  }
+  absl::Status s = WriteSafetensorsFile(options_.final_params_path, tensors, meta);
+  if (!s.ok()) {
+    absl::FPrintF(stderr, "gradacc-server: cannot write final parameters: %s\n", s.ToString());
+    return;
+  }
+  absl::FPrintF(stderr, "gradacc-server: final parameters written to %s\n", options_.final_params_path);
+  MutexLock lock(&mu_);
+  progress_.SetFinalWritten();
+}
+
+absl::Status Trainer::CheckpointNow() {
+  if (!checkpointer_.enabled()) return absl::OkStatus();
+  auto result = std::make_shared<absl::Status>(absl::DeadlineExceededError("the checkpoint did not finish in time"));
+  auto mu = std::make_shared<Mutex>();
+  thread_->Run(
+      [this, result, mu] {
+        absl::Status s;
+        const uint64_t v = version();
+        if (applied_version_ != v) {
+          s = absl::FailedPreconditionError(absl::StrFormat(
+              "version %d is applied but not durable (checkpoints fail); the checkpoint of version %d stands", v + 1,
+              checkpointer_.last_version()));
+        } else if (checkpointer_.last_version() != v || !checkpointer_.healthy()) {
+          s = checkpointer_.Write(DurableState(v), executor_->params(), executor_->OptimizerState());
+        }
+        MutexLock lock(mu.get());
+        *result = s;
+      },
+      absl::Minutes(2));
+  MutexLock lock(mu.get());
+  return *result;
+}
+
+}  // namespace gradacc

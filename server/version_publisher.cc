@@ -1,0 +1,138 @@
+#include "server/version_publisher.h"
+
+#include <algorithm>
+
+#include "common/errors.h"
+#include "common/kernels.h"
+
+namespace gradacc {
+
+std::shared_ptr<const ParamSnapshot> MakeSnapshot(const ModelLayout& layout, FlatRange range,
+                                                  absl::Span<const float> params, const SnapshotFields& fields,
+                                                  uint64_t chunk_elements, bool with_chunks) {
+  auto snap = std::make_shared<ParamSnapshot>();
+  snap->version = fields.version;
+  v1::ParametersHeader* h = snap->header.mutable_header();
+  h->set_version(fields.version);
+  h->set_step(fields.version);
+  h->set_job_done(fields.job_done);
+  h->set_lr(fields.lr);
+  h->set_loss(fields.loss);
+  h->set_num_elements(range.size());
+  snap->has_chunks = with_chunks;
+  if (!with_chunks) return snap;
+  const uint64_t chunk = std::max<uint64_t>(1, chunk_elements);
+  for (size_t i = 0; i < layout.tensors().size(); ++i) {
+    const ModelLayout::Tensor& t = layout.tensors()[i];
+    const FlatRange part = PartOf(t, range.begin, range.end);
+    for (uint64_t flat = part.begin; flat < part.end; flat += chunk) {
+      const uint64_t n = std::min(chunk, part.end - flat);
+      v1::GradientChunk* c = snap->chunks.emplace_back().mutable_chunk();
+      c->set_tensor(static_cast<uint32_t>(i));
+      c->set_offset(flat - t.offset);
+      std::string* data = c->mutable_data();
+      data->resize(n * sizeof(float));
+      CopyToLittleEndian(params.subspan(flat - range.begin, n), data->data());
+    }
+  }
+  return snap;
+}
+
+VersionPublisher::VersionPublisher(std::shared_ptr<const ParamSnapshot> initial, DeadlineQueue* deadlines,
+                                   absl::Duration max_wait)
+    : deadlines_(deadlines), max_wait_(max_wait), current_(std::move(initial)) {}
+
+std::shared_ptr<const ParamSnapshot> VersionPublisher::Current() const {
+  MutexLock lock(&mu_);
+  return current_;
+}
+
+uint64_t VersionPublisher::Wait(uint64_t min_version, Callback done) {
+  absl::StatusOr<std::shared_ptr<const ParamSnapshot>> answer;
+  {
+    MutexLock lock(&mu_);
+    if (stopped_) {
+      answer = Refusal(v1::ERROR_REASON_SHUTTING_DOWN, "server is shutting down");
+    } else if (current_->version >= min_version || current_->job_done()) {
+      answer = current_;
+    } else {
+      const uint64_t id = next_id_++;
+      const uint64_t timer = deadlines_->Schedule(absl::Now() + max_wait_, [this, id] { Expire(id); });
+      parked_[id] = Parked{min_version, std::move(done), timer};
+      return id;
+    }
+  }
+  done(std::move(answer));
+  return 0;
+}
+
+bool VersionPublisher::Cancel(uint64_t id) {
+  uint64_t timer;
+  {
+    MutexLock lock(&mu_);
+    auto it = parked_.find(id);
+    if (it == parked_.end()) return false;
+    timer = it->second.timer;
+    parked_.erase(it);
+  }
+  deadlines_->Cancel(timer);
+  return true;
+}
+
+void VersionPublisher::Expire(uint64_t id) {
+  Callback done;
+  {
+    MutexLock lock(&mu_);
+    auto it = parked_.find(id);
+    if (it == parked_.end()) return;
+    done = std::move(it->second.done);
+    parked_.erase(it);
+  }
+  done(Refusal(v1::ERROR_REASON_PULL_TIMEOUT,
+               "the requested version was not published within the server's pull bound (--max_pull_wait_s)"));
+}
+
+std::vector<VersionPublisher::Ready> VersionPublisher::Publish(std::shared_ptr<const ParamSnapshot> snapshot) {
+  std::vector<Ready> ready;
+  std::vector<uint64_t> timers;
+  {
+    MutexLock lock(&mu_);
+    current_ = snapshot;
+    for (auto it = parked_.begin(); it != parked_.end();) {
+      if (it->second.min_version <= snapshot->version || snapshot->job_done()) {
+        timers.push_back(it->second.timer);
+        ready.push_back([done = std::move(it->second.done), snapshot] { done(snapshot); });
+        it = parked_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (uint64_t t : timers) deadlines_->Cancel(t);
+  return ready;
+}
+
+void VersionPublisher::Complete(std::shared_ptr<const ParamSnapshot> with_chunks) {
+  MutexLock lock(&mu_);
+  if (current_->version == with_chunks->version) current_ = std::move(with_chunks);
+}
+
+std::vector<VersionPublisher::Ready> VersionPublisher::Stop() {
+  std::vector<Ready> ready;
+  std::vector<uint64_t> timers;
+  {
+    MutexLock lock(&mu_);
+    stopped_ = true;
+    for (auto& [id, p] : parked_) {
+      timers.push_back(p.timer);
+      ready.push_back([done = std::move(p.done)] {
+        done(Refusal(v1::ERROR_REASON_SHUTTING_DOWN, "server is shutting down"));
+      });
+    }
+    parked_.clear();
+  }
+  for (uint64_t t : timers) deadlines_->Cancel(t);
+  return ready;
+}
+
+}  // namespace gradacc

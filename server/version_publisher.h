@@ -1,0 +1,96 @@
+// VersionPublisher: the published parameter version and the pulls parked
+// until a newer one exists (ps-lite's "the server may answer later").
+//
+// A version's snapshot (ParamSnapshot) is serialised once and shared,
+// read-only, by every pull that asks for it. Publish makes a version
+// visible and hands back the parked pulls it satisfies, to be answered by
+// the caller outside every lock. A parked pull is bounded: the deadline
+// queue finishes it with PULL_TIMEOUT.
+//
+// Thread-safe. Callbacks never run under the publisher's lock.
+#ifndef GRADACC_SERVER_VERSION_PUBLISHER_H_
+#define GRADACC_SERVER_VERSION_PUBLISHER_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/job_spec.h"
+#include "common/mutex.h"
+#include "gradacc/v1/data.pb.h"
+#include "server/deadline_queue.h"
+
+namespace gradacc {
+
+// The parameters of one version, serialised once. When every member of the
+// window moves data through shared memory the chunks are not built
+// (has_chunks = false); a gRPC pull then has them built on demand.
+struct ParamSnapshot {
+  uint64_t version = 0;
+  v1::PullResponse header;               // kind = header
+  std::vector<v1::PullResponse> chunks;  // kind = chunk, tensors in order
+  bool has_chunks = true;
+  bool job_done() const { return header.header().job_done(); }
+};
+
+struct SnapshotFields {
+  uint64_t version = 0;
+  bool job_done = false;
+  double lr = 0;
+  double loss = 0;
+};
+
+// Serialises `params` (the elements [range.begin, range.end) of the model)
+// into a snapshot; `chunk_elements` per chunk, none when !with_chunks.
+std::shared_ptr<const ParamSnapshot> MakeSnapshot(const ModelLayout& layout, FlatRange range,
+                                                  absl::Span<const float> params, const SnapshotFields& fields,
+                                                  uint64_t chunk_elements, bool with_chunks);
+
+class VersionPublisher {
+ public:
+  using Callback = std::function<void(absl::StatusOr<std::shared_ptr<const ParamSnapshot>>)>;
+  // A callback with its argument, ready to run outside the locks.
+  using Ready = std::function<void()>;
+
+  VersionPublisher(std::shared_ptr<const ParamSnapshot> initial, DeadlineQueue* deadlines,
+                   absl::Duration max_wait);
+
+  std::shared_ptr<const ParamSnapshot> Current() const;
+  // Calls `done` with the snapshot of a version >= min_version (at once
+  // when it exists or the job is done), else parks it. Returns an id for
+  // Cancel, 0 when `done` already ran.
+  uint64_t Wait(uint64_t min_version, Callback done);
+  // True when the pull was parked and will not be called.
+  bool Cancel(uint64_t id);
+  // Makes `snapshot` current; returns the parked pulls it satisfies.
+  std::vector<Ready> Publish(std::shared_ptr<const ParamSnapshot> snapshot);
+  // Replaces the current snapshot by the same version with its chunks.
+  void Complete(std::shared_ptr<const ParamSnapshot> with_chunks);
+  // Every parked pull finishes with SHUTTING_DOWN; later Waits too.
+  std::vector<Ready> Stop();
+
+ private:
+  struct Parked {
+    uint64_t min_version;
+    Callback done;
+    uint64_t timer;
+  };
+  void Expire(uint64_t id);
+
+  DeadlineQueue* const deadlines_;
+  const absl::Duration max_wait_;
+  mutable Mutex mu_;
+  std::shared_ptr<const ParamSnapshot> current_ ABSL_GUARDED_BY(mu_);
+  bool stopped_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<uint64_t, Parked> parked_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace gradacc
+
+#endif  // GRADACC_SERVER_VERSION_PUBLISHER_H_

@@ -1,0 +1,170 @@
+// Unit tests of Reducer and StepExecutor: the same bits whatever the piece
+// size, thread count or shard split, the fused pass equal to reduce-then-
+// step, and a sharded clipped step equal to one server's (with an in-process
+// norm exchange).
+#include "server/reducer.h"
+
+#include <map>
+#include <random>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "gtest/gtest.h"
+#include "server/step_executor.h"
+#include "tests/test_util.h"
+
+namespace gradacc {
+namespace {
+
+v1::JobSpec Job(double max_norm) {
+  v1::JobSpec spec;
+  for (auto [name, n] : {std::pair{"a", 70001}, {"b", 13}, {"c", 4099}}) {
+    auto* t = spec.mutable_model()->add_tensors();
+    t->set_name(name);
+    t->add_shape(n);
+  }
+  spec.mutable_optimizer()->set_kind(v1::OptimizerSpec::KIND_ADAM);
+  spec.mutable_optimizer()->set_lr(0.01);
+  spec.mutable_clipping()->set_max_norm(max_norm);
+  spec.mutable_window()->set_num_workers(3);
+  spec.set_total_steps(10);
+  EXPECT_TRUE(NormalizeJobSpec(spec).ok());
+  return spec;
+}
+
+std::vector<std::vector<float>> Sources(size_t n, int count, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> mantissa(-1, 1);
+  std::uniform_int_distribution<int> exponent(-10, 10);
+  std::vector<std::vector<float>> out(count, std::vector<float>(n));
+  for (auto& s : out) {
+    for (float& v : s) v = std::ldexp(mantissa(rng), exponent(rng));
+  }
+  return out;
+}
+
+TEST(ReducerTest, SumAndNormsDoNotDependOnThreadsOrPieces) {
+  const v1::JobSpec spec = Job(0);
+  const ModelLayout layout = *ModelLayout::FromSpec(spec.model());
+  const size_t n = layout.num_elements();
+  const auto src = Sources(n, 3, 1);
+  std::vector<const float*> ptrs = {src[0].data(), src[1].data(), src[2].data()};
+  const Reducer one(&layout, {0, n}, ReducerOptions{});
+  const Reducer many(&layout, {0, n}, ReducerOptions{/*piece_elements=*/1000, /*parallel_min_elements=*/64});
+  std::vector<float> a(n), b(n);
+  one.Sum(absl::MakeSpan(a), ptrs, 7.0f);
+  many.Sum(absl::MakeSpan(b), ptrs, 7.0f);
+  EXPECT_TRUE(testing::BitIdentical(a, b));
+  const NormPart pa = one.TensorNorms(a, nullptr);
+  const NormPart pb = many.TensorNorms(b, nullptr);
+  EXPECT_TRUE(testing::BitIdentical(pa.finished, pb.finished));
+  EXPECT_EQ(pa.finished[1], TorchSumOfSquares(absl::MakeConstSpan(a.data() + 70001, 13)));
+  // A split range: the first shard passes its state on to the second.
+  const auto [b0, e0] = std::pair<uint64_t, uint64_t>{0, 50000};
+  const Reducer first(&layout, {b0, e0}, ReducerOptions{});
+  const Reducer second(&layout, {e0, n}, ReducerOptions{});
+  EXPECT_FALSE(first.StartsMidTensor());
+  EXPECT_TRUE(second.StartsMidTensor());
+  const NormPart p0 = first.TensorNorms(absl::MakeConstSpan(a.data(), e0), nullptr);
+  ASSERT_TRUE(p0.carry_tensor.has_value());
+  EXPECT_EQ(*p0.carry_tensor, 0u);
+  const NormPart p1 = second.TensorNorms(absl::MakeConstSpan(a.data() + e0, n - e0), &p0.carry);
+  for (size_t t = 0; t < 3; ++t) EXPECT_EQ(p0.finished[t] + p1.finished[t], pa.finished[t]) << "tensor " << t;
+}
+
+TEST(ReducerTest, FusedPassEqualsReduceThenStep) {
+  const v1::JobSpec spec = Job(0);
+  const ModelLayout layout = *ModelLayout::FromSpec(spec.model());
+  const size_t n = layout.num_elements();
+  const auto src = Sources(n, 3, 2);
+  std::vector<const float*> ptrs = {src[0].data(), src[1].data(), src[2].data()};
+  for (const ReducerOptions options : {ReducerOptions{}, ReducerOptions{777, 64}}) {
+    const Reducer reducer(&layout, {0, n}, options);
+    auto opt_a = *Optimizer::Create(spec.optimizer(), n);
+    auto opt_b = *Optimizer::Create(spec.optimizer(), n);
+    std::vector<float> pa = src[0], pb = src[0], acc(n);
+    reducer.Sum(absl::MakeSpan(acc), ptrs, 9.0f);
+    opt_a->Step(absl::MakeSpan(pa), acc, 0.01, options.parallel_min_elements);
+    const Reducer::FusedSums sums = reducer.Fused(ptrs, 9.0f, opt_b->Prepare(absl::MakeSpan(pb), 0.01));
+    EXPECT_TRUE(testing::BitIdentical(pa, pb)) << "piece " << options.piece_elements;
+    EXPECT_GT(sums.tensors[0], 0);
+    EXPECT_EQ(sums.sources.size(), 3u);
+  }
+}
+
+// Two shards in one process: each publishes its part and reads the other's.
+class FakeExchange : public NormExchange {
+ public:
+  FakeExchange(std::map<std::pair<uint32_t, uint64_t>, NormPart>* board, absl::Mutex* mu, uint32_t shard,
+               uint32_t shards)
+      : board_(board), mu_(mu), shard_(shard), shards_(shards) {}
+  absl::StatusOr<TorchNormState> CarryIn(uint64_t window) override {
+    absl::MutexLock lock(mu_);
+    auto ready = std::make_pair(board_, std::make_pair(shard_ - 1, window));
+    mu_->Await(absl::Condition(+[](decltype(ready)* a) { return a->first->count(a->second) > 0; }, &ready));
+    return board_->at(ready.second).carry;
+  }
+  absl::StatusOr<std::vector<float>> Exchange(uint64_t window, const NormPart& local) override {
+    absl::MutexLock lock(mu_);
+    (*board_)[{shard_, window}] = local;
+    std::vector<float> total(local.finished.size(), 0.0f);
+    for (uint32_t s = 0; s < shards_; ++s) {
+      const auto key = std::make_pair(s, window);
+      auto ready = std::make_pair(board_, key);
+      mu_->Await(absl::Condition(+[](decltype(ready)* a) { return a->first->count(a->second) > 0; }, &ready));
+      for (size_t t = 0; t < total.size(); ++t) total[t] += board_->at(key).finished[t];
+    }
+    return total;
+  }
+
+ private:
+  std::map<std::pair<uint32_t, uint64_t>, NormPart>* board_;
+  absl::Mutex* mu_;
+  const uint32_t shard_, shards_;
+};
+
+TEST(StepExecutorTest, ShardedClippedStepEqualsOneServer) {
+  const v1::JobSpec spec = Job(/*max_norm=*/0.5);
+  const ModelLayout layout = *ModelLayout::FromSpec(spec.model());
+  const uint64_t n = layout.num_elements();
+  auto run = [&](uint32_t shards) {
+    std::vector<float> params(n);
+    std::map<std::pair<uint32_t, uint64_t>, NormPart> board;
+    absl::Mutex mu;
+    std::vector<std::thread> threads;
+    for (uint32_t s = 0; s < shards; ++s) {
+      threads.emplace_back([&, s] {
+        const auto [begin, end] = ShardRange(layout, s, shards);
+        FloatBuffer part(end - begin);
+        StepExecutor executor(&spec, &layout, {begin, end}, shards, std::move(part),
+                              *Optimizer::Create(spec.optimizer(), end - begin), ReducerOptions{});
+        FakeExchange exchange(&board, &mu, s, shards);
+        for (uint64_t w = 0; w < 3; ++w) {
+          const auto src = Sources(n, 2, 10 + static_cast<uint32_t>(w));
+          ClosingWindow window;
+          window.window = w;
+          for (const auto& g : src) {
+            Slot slot;
+            slot.grad = FloatBuffer(end - begin);
+            std::copy(g.begin() + begin, g.begin() + end, slot.grad.data());
+            slot.samples = 5;
+            window.slots.push_back(std::move(slot));
+          }
+          auto report = executor.Run(window, shards > 1 ? &exchange : nullptr, [] {});
+          ASSERT_TRUE(report.ok()) << report.status();
+          EXPECT_LT(report->clipped_norm, report->grad_norm) << "the test must clip";
+        }
+        const std::vector<float> p = executor.Parameters();
+        std::copy(p.begin(), p.end(), params.begin() + begin);
+      });
+    }
+    for (auto& t : threads) t.join();
+    return params;
+  };
+  const std::vector<float> one = run(1);
+  EXPECT_TRUE(testing::BitIdentical(run(2), one));
+  EXPECT_TRUE(testing::BitIdentical(run(3), one));
+}
+
+}  // namespace
+}  // namespace gradacc

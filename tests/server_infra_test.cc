@@ -1,0 +1,211 @@
+// Unit tests of the trainer's infrastructure: DeadlineQueue, TaskThread,
+// VersionPublisher, StepLedger, Checkpointer (sticky failures, the refusal
+// to start over), Failpoints and ShmTransport (a fresh segment per attach).
+#include <sys/stat.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/synchronization/notification.h"
+#include "common/errors.h"
+#include "common/files.h"
+#include "gtest/gtest.h"
+#include "server/checkpointer.h"
+#include "server/deadline_queue.h"
+#include "server/failpoints.h"
+#include "server/shm_transport.h"
+#include "server/step_ledger.h"
+#include "server/task_thread.h"
+#include "server/version_publisher.h"
+
+namespace gradacc {
+namespace {
+
+std::string TempDir(const std::string& name) {
+  const std::string dir = ::testing::TempDir() + "/" + std::to_string(getpid()) + "_" + name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+TEST(DeadlineQueueTest, RunsInDeadlineOrderAndCancels) {
+  DeadlineQueue q;
+  std::vector<int> order;
+  absl::Mutex mu;
+  absl::Notification done;
+  const absl::Time now = absl::Now();
+  q.Schedule(now + absl::Milliseconds(60), [&] {
+    absl::MutexLock lock(&mu);
+    order.push_back(3);
+    done.Notify();
+  });
+  const uint64_t cancelled = q.Schedule(now + absl::Milliseconds(20), [&] { ADD_FAILURE() << "cancelled ran"; });
+  q.Schedule(now + absl::Milliseconds(40), [&] {
+    absl::MutexLock lock(&mu);
+    order.push_back(2);
+  });
+  q.Schedule(now - absl::Seconds(1), [&] {  // already due
+    absl::MutexLock lock(&mu);
+    order.push_back(1);
+  });
+  EXPECT_TRUE(q.Cancel(cancelled));
+  EXPECT_FALSE(q.Cancel(cancelled));
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  absl::MutexLock lock(&mu);
+  EXPECT_EQ(order, (std::vector<int>{1, 2, 3}));
+}
+
+TEST(TaskThreadTest, RunsInOrderAndStopWakesSleepers) {
+  TaskThread t;
+  std::vector<int> seen;
+  for (int i = 0; i < 5; ++i) t.Post([&seen, i] { seen.push_back(i); });
+  ASSERT_TRUE(t.Run([] {}, absl::Seconds(10)));
+  EXPECT_EQ(seen, (std::vector<int>{0, 1, 2, 3, 4}));
+  std::atomic<bool> gave_up{false};
+  t.Post([&] { gave_up = t.Sleep(absl::Hours(1)); });
+  t.Stop();
+  ASSERT_TRUE(t.Run([] {}, absl::Seconds(10))) << "Stop must wake a sleeping task";
+  EXPECT_TRUE(gave_up);
+}
+
+std::shared_ptr<const ParamSnapshot> Snap(uint64_t version, bool done = false) {
+  auto s = std::make_shared<ParamSnapshot>();
+  s->version = version;
+  s->header.mutable_header()->set_version(version);
+  s->header.mutable_header()->set_job_done(done);
+  return s;
+}
+
+TEST(VersionPublisherTest, ParksUntilPublishedAndBoundsTheWait) {
+  DeadlineQueue deadlines;
+  VersionPublisher p(Snap(0), &deadlines, absl::Milliseconds(100));
+  uint64_t got = 99;
+  EXPECT_EQ(p.Wait(0, [&](auto s) { got = (*s)->version; }), 0u) << "version 0 exists";
+  EXPECT_EQ(got, 0u);
+  uint64_t woke = 0;
+  const uint64_t parked = p.Wait(2, [&](auto s) { woke = (*s)->version; });
+  ASSERT_NE(parked, 0u);
+  EXPECT_TRUE(p.Publish(Snap(1)).empty()) << "version 1 does not satisfy min_version 2";
+  auto ready = p.Publish(Snap(2));
+  ASSERT_EQ(ready.size(), 1u);
+  EXPECT_EQ(woke, 0u) << "answered by the caller, outside the lock";
+  ready[0]();
+  EXPECT_EQ(woke, 2u);
+  absl::Notification expired;
+  absl::StatusCode code = absl::StatusCode::kOk;
+  p.Wait(9, [&](auto s) {
+    code = s.status().code();
+    expired.Notify();
+  });
+  ASSERT_TRUE(expired.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  EXPECT_EQ(code, absl::StatusCode::kDeadlineExceeded);
+  const uint64_t cancelled = p.Wait(9, [&](auto) { ADD_FAILURE() << "cancelled waiter ran"; });
+  EXPECT_TRUE(p.Cancel(cancelled));
+  absl::Status stopped;
+  p.Wait(9, [&](auto s) { stopped = s.status(); });
+  for (auto& r : p.Stop()) r();
+  EXPECT_EQ(ReasonOf(stopped), v1::ERROR_REASON_SHUTTING_DOWN);
+  EXPECT_EQ(p.Publish(Snap(3, true)).size(), 0u);
+}
+
+TEST(StepLedgerTest, FileHoldsEveryRecordAndLateNotes) {
+  const std::string path = TempDir("ledger") + "/ledger.jsonl";
+  {
+    StepLedger ledger(path);
+    for (uint64_t s = 1; s <= 3; ++s) {
+      v1::StepRecord r;
+      r.set_step(s);
+      r.set_window(s - 1);
+      r.add_contributions()->set_worker(0);
+      ledger.Append(r);
+    }
+    ledger.NoteLate({0, 1, 1, "duplicate"});
+    ledger.Flush();
+    EXPECT_EQ(ledger.Get(2, 0).steps_size(), 2);
+    EXPECT_EQ(ledger.Get(2, 2).steps(0).late_size(), 1);
+  }
+  const std::string text = *ReadFileToString(path);
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 4) << text;
+  EXPECT_NE(text.find("\"outcome\":\"duplicate\""), std::string::npos);
+}
+
+TEST(CheckpointerTest, FailuresAreStickyUntilAWriteSucceeds) {
+  const std::string dir = TempDir("ckpt");
+  v1::ModelSpec model;
+  model.add_tensors()->set_name("w");
+  model.mutable_tensors(0)->add_shape(4);
+  const ModelLayout layout = *ModelLayout::FromSpec(model);
+  Checkpointer c({dir + "/sub", 1, 2}, &layout);
+  EXPECT_TRUE(c.Due(5, false));
+  v1::CheckpointState state;
+  state.set_version(5);
+  state.mutable_job()->set_job_id("j");
+  const std::vector<float> params = {1, 2, 3, 4};
+  // The folder's parent is a file: every write fails.
+  std::ofstream(dir + "/sub") << "not a folder";
+  EXPECT_FALSE(c.Write(state, params, {}).ok());
+  EXPECT_FALSE(c.healthy());
+  c.SetPending(5);
+  const v1::CheckpointHealth h = c.health();
+  EXPECT_FALSE(h.healthy());
+  EXPECT_EQ(h.failures(), 1u);
+  EXPECT_EQ(h.pending_version(), 5u);
+  EXPECT_FALSE(h.error().empty());
+  std::filesystem::remove(dir + "/sub");
+  ASSERT_TRUE(c.Write(state, params, {}).ok());
+  EXPECT_TRUE(c.healthy());
+  EXPECT_EQ(c.health().pending_version(), 0u);
+  EXPECT_EQ(c.last_version(), 5u);
+  // The folder held a checkpoint: starting afresh there is refused.
+  for (const auto& e : std::filesystem::directory_iterator(dir + "/sub")) {
+    if (e.path().filename() != "JOB") std::filesystem::remove_all(e.path());
+  }
+  const absl::Status fresh = Checkpointer::CheckFreshStart(dir + "/sub", "");
+  EXPECT_EQ(fresh.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(fresh.message().find("refusing to start"), std::string::npos) << fresh;
+  EXPECT_TRUE(Checkpointer::CheckFreshStart(TempDir("empty"), "").ok());
+  const std::string ledger = dir + "/ledger.jsonl";
+  std::ofstream(ledger) << "{\"step\":1}\n";
+  EXPECT_EQ(Checkpointer::CheckFreshStart("", ledger).code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(FailpointsTest, ParsesOnceAndRefusesTypos) {
+  EXPECT_TRUE(Failpoints::Parse({"push:3:2", "mid_broadcast:1", "after_publish:0", "before_checkpoint:4"}).ok());
+  EXPECT_FALSE(Failpoints::Parse({"push:3"}).ok());
+  EXPECT_FALSE(Failpoints::Parse({"mid_brodcast:1"}).ok());
+  EXPECT_FALSE(Failpoints::Parse({"push:x:1"}).ok());
+  // A failpoint that does not match does nothing.
+  Failpoints::Parse({"push:3:2"})->MaybeKill(Failpoints::Event::kPush, 3, 1);
+}
+
+TEST(ShmTransportTest, EveryAttachGetsAFreshSegment) {
+  const std::string dir = TempDir("shm");
+  const std::vector<float> params(100, 1.0f);
+  ShmTransport shm(dir, false, 100, 2, params);
+  ASSERT_TRUE(shm.on()) << shm.off_reason();
+  EXPECT_EQ(shm.params_data()[99], 1.0f);
+  const v1::AttachSharedMemoryResponse first = shm.Attach(0, true);
+  ASSERT_TRUE(first.available()) << first.reason();
+  auto held = shm.SegmentFor(0, first.generation());
+  ASSERT_TRUE(held.ok());
+  (*held)->data()[0] = 42;  // an accepted contribution's bytes
+  const v1::AttachSharedMemoryResponse second = shm.Attach(0, true);
+  ASSERT_TRUE(second.available());
+  EXPECT_NE(second.grad_path(), first.grad_path());
+  EXPECT_NE(second.generation(), first.generation());
+  EXPECT_EQ(ReasonOf(shm.SegmentFor(0, first.generation()).status()), v1::ERROR_REASON_NOT_ATTACHED);
+  auto fresh = shm.SegmentFor(0, second.generation());
+  ASSERT_TRUE(fresh.ok());
+  fresh.value()->data()[0] = 7;  // the restarted worker writes its new segment
+  EXPECT_EQ((*held)->data()[0], 42) << "what was accepted does not change";
+  EXPECT_EQ(ReasonOf(shm.SegmentFor(1, 0).status()), v1::ERROR_REASON_NOT_ATTACHED);
+  shm.BeginParamsWrite(3);
+  shm.Publish(4);
+  ShmTransport off("", false, 100, 2, params);
+  EXPECT_FALSE(off.on());
+  EXPECT_FALSE(off.Attach(0, true).available());
+}
+
+}  // namespace
+}  // namespace gradacc

@@ -1,0 +1,175 @@
+// Unit tests of the window state machine's parts: RequestValidator,
+// ContributionLedger, Membership, Window and WindowState.
+#include "server/window_state.h"
+
+#include "common/errors.h"
+#include "gtest/gtest.h"
+#include "server/request_validator.h"
+
+namespace gradacc {
+namespace {
+
+v1::JobSpec Job(uint32_t workers, uint32_t max_workers = 0) {
+  v1::JobSpec spec;
+  spec.set_job_id("unit");
+  auto* t = spec.mutable_model()->add_tensors();
+  t->set_name("w");
+  t->add_shape(10);
+  spec.mutable_window()->set_num_workers(workers);
+  spec.mutable_window()->set_max_workers(max_workers);
+  spec.set_total_steps(5);
+  return spec;
+}
+
+v1::PushHeader Header(uint32_t worker, uint64_t window, uint64_t key) {
+  v1::PushHeader h;
+  h.set_job_id("unit");
+  h.set_worker(worker);
+  h.set_window(window);
+  h.set_contribution_key(key);
+  h.set_samples(2);
+  h.set_num_elements(10);
+  return h;
+}
+
+v1::JoinRequest JoinOf(uint32_t worker) {
+  v1::JoinRequest r;
+  r.set_worker(worker);
+  return r;
+}
+
+TEST(RequestValidatorTest, OneValidatorForEveryCallAndElasticIds) {
+  const v1::JobSpec spec = Job(2, /*max_workers=*/4);
+  const ModelLayout layout = *ModelLayout::FromSpec(spec.model());
+  const RequestValidator v(&spec, &layout, 4, {0, 10}, 0, 1);
+  EXPECT_TRUE(v.CheckCaller("", 3).ok()) << "an elastic job accepts ids up to max_workers";
+  EXPECT_TRUE(v.CheckCaller("unit", 0).ok());
+  EXPECT_EQ(ReasonOf(v.CheckCaller("", 4)), v1::ERROR_REASON_UNKNOWN_WORKER);
+  EXPECT_EQ(ReasonOf(v.CheckCaller("other", 0)), v1::ERROR_REASON_UNKNOWN_JOB);
+  EXPECT_EQ(CodeOf(v1::ERROR_REASON_UNKNOWN_JOB), absl::StatusCode::kNotFound);
+  v1::PushHeader h = Header(1, 0, 0);
+  EXPECT_TRUE(v.CheckPushHeader(h).ok());
+  h.set_num_elements(9);
+  EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_SIZE);
+  h = Header(1, 0, 0);
+  h.set_loss_sum(std::nan(""));
+  EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_NOT_FINITE);
+  h = Header(1, 0, 0);
+  h.set_samples(uint64_t{1} << 41);
+  EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_SAMPLES);
+  h = Header(1, 0, 0);
+  h.add_tensors()->set_name("v");
+  EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_MANIFEST);
+  h = Header(1, 0, 0);
+  h.add_covers(2);
+  EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_UNSUPPORTED) << "covers in an elastic job";
+}
+
+TEST(ContributionLedgerTest, DuplicateReusedAndBounded) {
+  ContributionLedger ledger(2, /*keep=*/3);
+  EXPECT_EQ(ledger.Find(0, 5, 5).seen, ContributionLedger::Seen::kNew);
+  ledger.Record(0, 5, 5);
+  EXPECT_EQ(ledger.Find(0, 5, 5).seen, ContributionLedger::Seen::kDuplicate);
+  EXPECT_EQ(ledger.Find(0, 5, 6).seen, ContributionLedger::Seen::kReused);
+  EXPECT_EQ(ledger.Find(1, 5, 5).seen, ContributionLedger::Seen::kNew) << "keys are per worker";
+  for (uint64_t k = 6; k < 9; ++k) ledger.Record(0, k, k);
+  EXPECT_FALSE(ledger.Holds(0, 5)) << "only the newest 3 keys are kept";
+  EXPECT_TRUE(ledger.Holds(0, 8));
+  google::protobuf::Map<uint64_t, uint64_t> exported;
+  ledger.Export(0, /*version=*/8, &exported);
+  EXPECT_EQ(exported.size(), 2u) << "window 8 is open at version 8: not durable";
+  ContributionLedger restored(2);
+  restored.Import(0, exported);
+  EXPECT_TRUE(restored.Holds(0, 7));
+  EXPECT_FALSE(restored.Holds(0, 8));
+}
+
+TEST(WindowTest, CompletenessRules) {
+  Window w(3);
+  w.Open(0, {true, true, false}, absl::Now());
+  EXPECT_EQ(w.expected_count(), 2u);
+  v1::WindowRule wait;
+  EXPECT_FALSE(w.Complete(wait, false, false));
+  Slot s;
+  s.samples = 3;
+  w.Add(1, std::move(s));
+  EXPECT_FALSE(w.Complete(wait, false, false));
+  v1::WindowRule quorum;
+  quorum.set_policy(v1::WindowRule::POLICY_QUORUM);
+  quorum.set_quorum(1);
+  EXPECT_FALSE(w.Complete(quorum, false, false)) << "quorum only once the deadline passed";
+  EXPECT_TRUE(w.Complete(quorum, false, true));
+  EXPECT_EQ(w.Missing(), std::vector<uint32_t>{0});
+  w.Add(0, Slot());
+  EXPECT_TRUE(w.Complete(wait, false, false));
+  ClosingWindow c = w.Take();
+  EXPECT_EQ(c.workers, (std::vector<uint32_t>{0, 1})) << "slots in worker order";
+  EXPECT_EQ(c.slots[1].samples, 3u);
+}
+
+TEST(WindowStateTest, PushOutcomes) {
+  const v1::JobSpec spec = Job(2);
+  WindowState state(&spec, 2, absl::Now());
+  std::optional<LateNote> late;
+  EXPECT_EQ(ReasonOf(state.Admit(Header(0, 0, 0), absl::Now(), &late)), v1::ERROR_REASON_NOT_JOINED);
+  ASSERT_TRUE(state.Join(JoinOf(0), absl::Now()).ok());
+  ASSERT_TRUE(state.Join(JoinOf(1), absl::Now()).ok());
+  EXPECT_EQ(ReasonOf(state.Admit(Header(0, 1, 1), absl::Now(), &late)), v1::ERROR_REASON_WINDOW_NOT_OPEN);
+  Slot slot;
+  auto accepted = state.Accept(Header(0, 0, 0), &slot, false, absl::Now(), &late);
+  ASSERT_TRUE(accepted.ok()) << accepted.status();
+  EXPECT_FALSE(accepted->closing.has_value());
+  EXPECT_EQ(ReasonOf(state.Admit(Header(0, 0, 0), absl::Now(), &late)), v1::ERROR_REASON_DUPLICATE);
+  EXPECT_EQ(ReasonOf(state.Admit(Header(0, 0, 7), absl::Now(), &late)), v1::ERROR_REASON_SECOND_CONTRIBUTION);
+  Slot other;
+  accepted = state.Accept(Header(1, 0, 0), &other, false, absl::Now(), &late);
+  ASSERT_TRUE(accepted.ok());
+  ASSERT_TRUE(accepted->closing.has_value()) << "both in: the window closes";
+  EXPECT_EQ(ReasonOf(state.Admit(Header(1, 0, 3), absl::Now(), &late)), v1::ERROR_REASON_STALE_WINDOW)
+      << "the window is closing without it";
+  state.Advance(1, absl::Now());
+  late.reset();
+  const absl::Status stale = state.Admit(Header(1, 0, 9), absl::Now(), &late);
+  EXPECT_EQ(ReasonOf(stale), v1::ERROR_REASON_STALE_WINDOW);
+  EXPECT_EQ(ErrorMetadataOf(stale, "open_window"), "1");
+  ASSERT_TRUE(late.has_value());
+  EXPECT_STREQ(late->outcome, "stale");
+  // A key used for window 0 cannot be reused for window 1.
+  EXPECT_EQ(ReasonOf(state.Admit(Header(0, 1, 0), absl::Now(), &late)), v1::ERROR_REASON_KEY_REUSED);
+  EXPECT_EQ(state.accepted(), 2u);
+  EXPECT_EQ(state.stale(), 2u);
+  EXPECT_EQ(ReasonOf(state.CheckHeld(0, 1)), v1::ERROR_REASON_CONTRIBUTION_LOST);
+  EXPECT_TRUE(state.CheckHeld(0, 0).ok());
+}
+
+TEST(WindowStateTest, ElasticNewcomersAndLeavers) {
+  const v1::JobSpec spec = Job(1, /*max_workers=*/3);
+  WindowState state(&spec, 3, absl::Now());
+  for (uint32_t w : {0u, 1u}) {
+    auto joined = state.Join(JoinOf(w), absl::Now());
+    ASSERT_TRUE(joined.ok());
+    EXPECT_EQ(joined->first_window, 0u) << "joining a window nobody contributed to joins it";
+  }
+  std::optional<LateNote> late;
+  Slot slot;
+  auto accepted = state.Accept(Header(0, 0, 0), &slot, false, absl::Now(), &late);
+  ASSERT_TRUE(accepted.ok());
+  EXPECT_FALSE(accepted->closing.has_value()) << "worker 1 is expected too";
+  auto joined = state.Join(JoinOf(2), absl::Now());
+  ASSERT_TRUE(joined.ok());
+  EXPECT_EQ(joined->first_window, 1u) << "a window with contributions is not joined";
+  EXPECT_EQ(ReasonOf(state.Admit(Header(2, 0, 0), absl::Now(), &late)), v1::ERROR_REASON_NOT_A_MEMBER_YET);
+  // Worker 1 leaves before contributing: it is no longer waited for.
+  std::optional<ClosingWindow> closing;
+  ASSERT_TRUE(state.Leave(1, absl::Now(), &closing).ok());
+  ASSERT_TRUE(closing.has_value());
+  EXPECT_EQ(closing->workers, std::vector<uint32_t>{0});
+  state.Advance(1, absl::Now());
+  EXPECT_TRUE(state.window().expected(0));
+  EXPECT_FALSE(state.window().expected(1)) << "left";
+  EXPECT_TRUE(state.window().expected(2)) << "the newcomer's first window";
+  EXPECT_EQ(ReasonOf(state.Admit(Header(1, 1, 1), absl::Now(), &late)), v1::ERROR_REASON_NOT_JOINED);
+}
+
+}  // namespace
+}  // namespace gradacc
