@@ -106,7 +106,8 @@ struct TrainerOptions {
 struct PushResult {
   uint64_t window = 0;
   // This push completed the window. The step is then applied on the trainer
-  // thread: wait for version window + 1 to see it published.
+  // thread: wait for version window + 1 to see it published (the gRPC push
+  // does so on an unsharded server).
   bool closed_window = false;
   uint32_t received = 0;
   uint32_t expected = 0;

@@ -534,9 +534,10 @@ std::unique_ptr<ServerProcess> StartWithJob(const std::string& name, const std::
   return server.ok() ? std::move(*server) : nullptr;
 }
 
-// PushResponse.closed_window means the step is applied and the new version
-// published: a GetStatus or a Pull(min_version = 0) right after the closing
-// push sees it. A 1M-element Adam model makes the step take time.
+// On an unsharded server the closing push is answered once the step is
+// applied and the new version published (closed_window and
+// version_published): a GetStatus or a Pull(min_version = 0) right after it
+// sees the new version. A 1M-element Adam model makes the step take time.
 TEST(ProtocolTest, ClosingPushIsAnsweredOnceTheVersionIsPublished) {
   auto server = StartWithJob("closing", R"pb(
     job_id: "big"
@@ -557,6 +558,7 @@ TEST(ProtocolTest, ClosingPushIsAnsweredOnceTheVersionIsPublished) {
     EXPECT_FALSE(first.closed_window());
     ASSERT_TRUE(c.Push(1, w, w, g, &closing).ok());
     ASSERT_TRUE(closing.closed_window());
+    EXPECT_TRUE(closing.version_published());
     EXPECT_EQ(c.Status().version(), w + 1) << "window " << w;
     uint64_t version = 0;
     ASSERT_TRUE(c.PullVersion(0, 0, &version).ok());

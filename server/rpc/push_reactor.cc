@@ -64,18 +64,21 @@ void PushReactor::Complete() {
   response_->set_window(result->window);
   response_->set_contributions_received(result->received);
   response_->set_contributions_expected(result->expected);
-  if (!result->closed_window) {
+  response_->set_closed_window(result->closed_window);
+  // A shard's step needs the other shards' parts, which this very worker may
+  // still have to push: answer at once (version_published stays false).
+  if (!result->closed_window || trainer_->num_shards() > 1) {
     Reply(absl::OkStatus());
     return;
   }
-  // The contract: closed_window means the step is applied and its version
-  // published. Answer once it is.
-  response_->set_closed_window(true);
+  // The contract: the version is published when the closing push is
+  // answered. Answer once it is.
   const uint64_t id = trainer_->WaitForVersion(result->window + 1, [this](auto snapshot) {
     {
       MutexLock lock(&mu_);
       wait_id_ = 0;
     }
+    if (snapshot.ok()) response_->set_version_published(true);
     Reply(snapshot.ok() ? absl::OkStatus() : snapshot.status());
   });
   MutexLock lock(&mu_);

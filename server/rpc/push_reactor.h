@@ -1,8 +1,9 @@
 // PushReactor: one push stream. The first message must be the header; chunks
 // are validated and copied into the push's private buffer as they arrive
 // (PushAssembler); the contribution is committed when the client
-// half-closes a complete stream. A push that completes its window is
-// answered once the new version is published (PushResponse.closed_window).
+// half-closes a complete stream. On an unsharded server a push that
+// completes its window is answered once the new version is published
+// (PushResponse.version_published); a shard answers it once counted.
 // A stream that outlives the server's push timeout is cancelled.
 //
 // Owns itself (deleted in OnDone); the Trainer must outlive it.
