@@ -22,7 +22,7 @@
 #include "gradacc/v1/data.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/subprocess.h"
-#include "worker/dashboard.h"
+#include "worker/dashboard/dashboard.h"
 
 namespace gradacc {
 namespace {

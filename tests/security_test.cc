@@ -11,7 +11,7 @@
 #include "gradacc/v1/data.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/subprocess.h"
-#include "worker/channel.h"
+#include "worker/client/channel.h"
 
 namespace gradacc {
 namespace {

@@ -1,6 +1,6 @@
 // The worker's training path end to end, in one process: a GradaccServer on
 // a port the OS chose, M client threads running the real training loop
-// (worker/training.h) on Fashion-MNIST with the CPU backend.
+// (worker/training/training.h) on Fashion-MNIST with the CPU backend.
 //   * the documented data order;
 //   * big-batch equivalence: 1x8, 2x4, 4x2 and 8x1 workers x micro-batches
 //     give the same parameters after 20 windows, with short epoch ends;
@@ -19,8 +19,8 @@
 #include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
-#include "worker/data_order.h"
-#include "worker/training.h"
+#include "worker/training/data_order.h"
+#include "worker/training/training.h"
 
 extern "C" void openblas_set_num_threads(int);
 
