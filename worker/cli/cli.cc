@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <initializer_list>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -22,8 +23,12 @@
 namespace gradacc {
 namespace {
 
-// The flags every command that calls the server reads.
-#define GRADACC_CONNECTION_FLAGS "server", "tls_ca", "tls_cert", "tls_key", "token_file"
+// `flags` after the ones every command that calls the server reads.
+std::vector<std::string> ServerFlags(std::initializer_list<const char*> flags) {
+  std::vector<std::string> all = {"server", "tls_ca", "tls_cert", "tls_key", "token_file"};
+  all.insert(all.end(), flags.begin(), flags.end());
+  return all;
+}
 
 int Fail(absl::string_view what, const absl::Status& status) {
   absl::FPrintF(stderr, "gradacc: %s: %s\n", what, status.message());
@@ -195,22 +200,15 @@ std::string CommandHelp(const CliCommand& c) {
 
 const std::vector<CliCommand>& CliCommands() {
   static const auto* commands = new std::vector<CliCommand>{
-      {"status",
-       "gradacc status --server=ADDR [--json] [--watch]",
-       "How training is going: a table, or JSON.",
-       {GRADACC_CONNECTION_FLAGS, "json", "watch", "timeout_s"}},
-      {"steps",
-       "gradacc steps --server=ADDR [--from=N --to=M] [--json]",
-       "The step ledger: what went into each step.",
-       {GRADACC_CONNECTION_FLAGS, "from", "to", "json", "timeout_s"}},
-      {"dashboard",
-       "gradacc dashboard --server=ADDR --listen=HOST:PORT [--ledger=FILE]",
+      {"status", "gradacc status --server=ADDR [--json] [--watch]", "How training is going: a table, or JSON.",
+       ServerFlags({"json", "watch", "timeout_s"})},
+      {"steps", "gradacc steps --server=ADDR [--from=N --to=M] [--json]", "The step ledger: what went into each step.",
+       ServerFlags({"from", "to", "json", "timeout_s"})},
+      {"dashboard", "gradacc dashboard --server=ADDR --listen=HOST:PORT [--ledger=FILE]",
        "A live web page of the run (also of a finished run, from its ledger).",
-       {GRADACC_CONNECTION_FLAGS, "listen", "ledger", "port_file"}},
-      {"health",
-       "gradacc health --server=ADDR",
-       "Exits 0 only when the server is SERVING.",
-       {GRADACC_CONNECTION_FLAGS, "timeout_s"}},
+       ServerFlags({"listen", "ledger", "port_file"})},
+      {"health", "gradacc health --server=ADDR", "Exits 0 only when the server is SERVING.",
+       ServerFlags({"timeout_s"})},
   };
   return *commands;
 }
