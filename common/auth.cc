@@ -10,20 +10,57 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/files.h"
 
 namespace gradacc {
 
+namespace {
+
+// What is wrong with byte `c` of a secret, in words that do not reveal it.
+std::string Describe(unsigned char c) {
+  if (c == '\n' || c == '\r') return "a line break (a secret is one line)";
+  if (c == ' ' || c == '\t') return "white space";
+  if (c >= 0x80) return "a non-ASCII byte";
+  return absl::StrFormat("control byte 0x%02x", c);
+}
+
+}  // namespace
+
+absl::Status ValidateSecret(absl::string_view secret, absl::string_view source) {
+  if (secret.size() > kMaxSecretBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("the secret in %s is %d bytes long; at most %d are allowed", source, secret.size(),
+                        kMaxSecretBytes));
+  }
+  for (size_t i = 0; i < secret.size(); ++i) {
+    const auto c = static_cast<unsigned char>(secret[i]);
+    if (c < 0x21 || c > 0x7e) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "the secret in %s has %s at byte %d; it must be one line of visible ASCII characters (the secret itself "
+          "is not shown)",
+          source, Describe(c), i + 1));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> LoadSecret(const std::string& file, const char* env) {
+  std::string secret, source;
   if (!file.empty()) {
     auto read = ReadFileToString(file);
     if (!read.ok()) return absl::NotFoundError(absl::StrCat("cannot read secret file '", file, "'"));
-    std::string secret(absl::StripAsciiWhitespace(*read));
+    secret = std::string(absl::StripAsciiWhitespace(*read));
     if (secret.empty()) return absl::InvalidArgumentError(absl::StrCat("secret file '", file, "' is empty"));
-    return secret;
+    source = absl::StrCat("file '", file, "'");
+  } else {
+    const char* value = env != nullptr ? std::getenv(env) : nullptr;
+    if (value == nullptr) return std::string();
+    secret = std::string(absl::StripAsciiWhitespace(value));
+    source = absl::StrCat("$", env);
   }
-  const char* value = env != nullptr ? std::getenv(env) : nullptr;
-  return value != nullptr ? std::string(absl::StripAsciiWhitespace(value)) : std::string();
+  if (absl::Status valid = ValidateSecret(secret, source); !valid.ok()) return valid;
+  return secret;
 }
 
 bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {

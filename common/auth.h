@@ -24,8 +24,18 @@ struct TokenSet {
 };
 
 // The secret in `file` (surrounding whitespace removed) when `file` is set,
-// else the environment variable `env` (may be unset: returns "").
+// else the environment variable `env` (may be unset: returns ""), checked
+// with ValidateSecret.
 absl::StatusOr<std::string> LoadSecret(const std::string& file, const char* env);
+
+// OK when `secret` can travel as a bearer token in gRPC metadata: one line of
+// visible ASCII (0x21-0x7E: no spaces, control bytes, line breaks or
+// non-ASCII), at most kMaxSecretBytes. gRPC aborts the process on a header
+// value outside that set (and prints the value), so every binary checks its
+// secrets when it loads them. The error names `source` (a file or an
+// environment variable) and the first bad byte's position, never the secret.
+inline constexpr size_t kMaxSecretBytes = 4096;
+absl::Status ValidateSecret(absl::string_view secret, absl::string_view source);
 
 // Equal length and content, in time that depends on neither (both sides are
 // hashed with SHA-256 first, then compared with CRYPTO_memcmp).

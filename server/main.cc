@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
 #include "common/job_spec.h"
+#include "common/usage.h"
 #include "google/protobuf/text_format.h"
 #include "server/server.h"
 
@@ -75,8 +76,13 @@ int Fail(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  constexpr char kUsage[] = "gradacc-server [--job=FILE] [--listen=HOST:PORT] ...: serves one gradacc job";
+  gradacc::InitUsage(kUsage);
+  if (gradacc::HelpRequested(argc, argv)) {
+    std::fputs(gradacc::FlagsHelp(kUsage).c_str(), stdout);
+    return 0;
+  }
   gradacc::KeepFreedMemoryForReuse();
-  absl::SetProgramUsageMessage("gradacc-server [--job=FILE] [--listen=HOST:PORT] ...");
   absl::ParseCommandLine(argc, argv);
 
   // Signals are taken by one thread with sigwait, so they must be blocked in

@@ -12,12 +12,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "common/errors.h"
 #include "common/safetensors.h"
 #include "google/protobuf/util/json_util.h"
 #include "gradacc/v1/control.pb.h"
 #include "gtest/gtest.h"
-#include "worker/status_format.h"
 #include "tests/subprocess.h"
+#include "worker/client/client.h"
+#include "worker/cli/status_format.h"
 
 namespace gradacc {
 namespace {
@@ -198,10 +200,10 @@ TEST(ClientIntegrationTest, EveryTransportGivesTheSameBitsAndShowsInStatus) {
   auto all = [](const std::string& flag) { return [flag](int) { return std::vector<std::string>{flag}; }; };
   const TransportRun grpc = RunWithTransports("t_grpc", {}, all("--shared_memory=false"));
   ASSERT_FALSE(grpc.params.empty());
-  for (const auto& w : grpc.status.workers()) EXPECT_EQ(TransportText(grpc.status, w), "gRPC");
+  for (const auto& w : grpc.status.workers()) EXPECT_EQ(TransportLabel(w, grpc.status), "gRPC");
 
   const TransportRun shm = RunWithTransports("t_shm", {"--shared_memory_dir=/dev/shm"}, all("--shared_memory=true"));
-  for (const auto& w : shm.status.workers()) EXPECT_EQ(TransportText(shm.status, w), "shared memory");
+  for (const auto& w : shm.status.workers()) EXPECT_EQ(TransportLabel(w, shm.status), "shared memory");
   EXPECT_EQ(shm.params, grpc.params) << "shared memory and gRPC runs differ";
 
   // Half on each: the server builds pull chunks for the gRPC half only.
@@ -209,7 +211,7 @@ TEST(ClientIntegrationTest, EveryTransportGivesTheSameBitsAndShowsInStatus) {
     return std::vector<std::string>{absl::StrCat("--shared_memory=", k % 2 == 0)};
   });
   for (const auto& w : mixed.status.workers()) {
-    EXPECT_EQ(TransportText(mixed.status, w), w.worker() % 2 == 0 ? "shared memory" : "gRPC");
+    EXPECT_EQ(TransportLabel(w, mixed.status), w.worker() % 2 == 0 ? "shared memory" : "gRPC");
   }
   EXPECT_EQ(mixed.params, grpc.params) << "a mixed-transport run differs";
 
@@ -220,14 +222,16 @@ TEST(ClientIntegrationTest, EveryTransportGivesTheSameBitsAndShowsInStatus) {
         for (const auto& e : std::filesystem::directory_iterator(dir + "/shm")) std::filesystem::remove(e.path());
       });
   for (const auto& w : fallback.status.workers()) {
-    const std::string text = TransportText(fallback.status, w);
-    EXPECT_NE(text.find("gRPC (shared memory failed: cannot open shared-memory segment"), std::string::npos) << text;
+    EXPECT_NE(TransportLabel(w, fallback.status).find("gRPC (shared memory failed: cannot open shared-memory segment"),
+              std::string::npos)
+        << TransportLabel(w, fallback.status);
   }
   EXPECT_EQ(fallback.params, grpc.params) << "the fallback run differs";
 
   const TransportRun off = RunWithTransports("t_off", {"--shared_memory_dir="}, all("--shared_memory=true"));
   for (const auto& w : off.status.workers()) {
-    EXPECT_EQ(TransportText(off.status, w), "gRPC (no shared memory: off on this server (--shared_memory_dir is empty))");
+    EXPECT_EQ(TransportLabel(w, off.status),
+              "gRPC (no shared memory: off on this server (--shared_memory_dir is empty))");
   }
   EXPECT_EQ(off.params, grpc.params);
 
@@ -248,6 +252,38 @@ TEST(ClientIntegrationTest, EveryTransportGivesTheSameBitsAndShowsInStatus) {
   }
   std::printf("bf16 on the wire: relative difference of the final weights %.3g\n", std::sqrt(num / den));
   EXPECT_LT(std::sqrt(num / den), 1e-2);
+}
+
+// Step without a micro-batch used to treat its own "nothing to push" as
+// "rejoin and retry" and spin (Join, AttachSharedMemory, no backoff) until
+// the window timeout. It is a refusal the caller must fix: returned at once.
+TEST(ClientIntegrationTest, StepWithoutMicroBatchesIsRefusedAtOnce) {
+  const std::string dir = testing::MakeTempDir("nothing_to_push");
+  std::ofstream(dir + "/job.textproto") << kJob;
+  auto server = ServerProcess::Start(dir, {"--job=" + dir + "/job.textproto"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  ClientOptions options;
+  options.server = (*server)->address();
+  options.worker = 1;
+  options.connect_timeout = absl::Seconds(30);
+  options.window_timeout = absl::Seconds(30);
+  auto client = Client::Connect(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+
+  const absl::Time start = absl::Now();
+  auto step = (*client)->Step();
+  const absl::Duration took = absl::Now() - start;
+  ASSERT_FALSE(step.ok());
+  EXPECT_EQ(ReasonOf(step.status()), v1::ERROR_REASON_NOTHING_TO_PUSH) << step.status();
+  EXPECT_EQ(ActionOf(step.status()), v1::CLIENT_ACTION_FIX_REQUEST);
+  EXPECT_LT(took, absl::Seconds(1)) << "Step spun for " << took;
+  EXPECT_EQ((*client)->version(), 0u);
+  EXPECT_TRUE((*client)->Leave().ok());
+
+  const v1::Status status = testing::CliStatus((*server)->address());
+  EXPECT_EQ(status.contributions_accepted() + status.contributions_rejected(), 0u);
+  EXPECT_EQ(status.workers(1).state(), v1::WORKER_STATE_LEFT);
+  EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
 }
 
 TEST(ClientIntegrationTest, PythonGrpcioReadsStatus) {

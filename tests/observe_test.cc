@@ -22,7 +22,7 @@
 #include "gradacc/v1/data.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/subprocess.h"
-#include "worker/dashboard.h"
+#include "worker/dashboard/dashboard.h"
 
 namespace gradacc {
 namespace {
@@ -286,20 +286,35 @@ TEST(DashboardTest, ChromiumShowsTheRunsNumbers) {
   )pb";
   auto server = ServerProcess::Start(dir, {"--job=" + dir + "/job.textproto", "--ledger_file=" + dir + "/ledger.jsonl"});
   ASSERT_TRUE(server.ok()) << server.status();
-  auto dash = Subprocess::Start({GRADACC_CLI_BIN, "dashboard", "--server=" + (*server)->address(),
-                                 "--listen=127.0.0.1:0", "--port_file=" + dir + "/dash.port"},
-                                dir + "/dashboard.log");
-  ASSERT_TRUE(dash.ok());
-  const int port = ReadPort(dir + "/dash.port");
-  ASSERT_GT(port, 0) << ReadFile(dir + "/dashboard.log");
-  const std::string url = absl::StrCat("http://127.0.0.1:", port, "/");
+  // The dashboard in-process (what `gradacc dashboard` runs), so the test
+  // waits on what it has seen instead of sleeping.
+  DashboardOptions options;
+  options.server = (*server)->address();
+  options.listen = "127.0.0.1:0";
+  auto dashboard = Dashboard::Start(options);
+  ASSERT_TRUE(dashboard.ok()) << dashboard.status();
+  const std::string url = absl::StrCat("http://127.0.0.1:", (*dashboard)->port(), "/");
 
   auto run = RunCommand({GRADACC_MPIEXEC, "-np", "3", "--oversubscribe", "--allow-run-as-root", "-x",
                          "OPENBLAS_NUM_THREADS=1", GRADACC_WORKER_BIN, "--server=" + (*server)->address(),
                          "--train_limit=1500"},
                         absl::Seconds(180));
   ASSERT_EQ(run.exit_code, 0) << run.output;
-  absl::SleepFor(absl::Milliseconds(700));  // the dashboard follows WatchStatus
+  // The end of the run as WatchStatus reports it: done, every step, every
+  // evaluation, every worker gone.
+  const bool saw_the_end = (*dashboard)->WaitUntil(
+      [](const Dashboard::View& v) {
+        if (v.status == nullptr || v.steps != 30 || v.status->state() != v1::JOB_STATE_DONE ||
+            v.status->accuracy_history_size() != 3) {
+          return false;
+        }
+        for (const auto& w : v.status->workers()) {
+          if (w.state() != v1::WORKER_STATE_LEFT) return false;
+        }
+        return true;
+      },
+      absl::Seconds(60));
+  ASSERT_TRUE(saw_the_end) << HttpGet((*dashboard)->port(), "/api/status");
 
   std::string dom = Chromium(dir, {"--dump-dom"}, url);
   EXPECT_EQ(Attr(dom, "loss-curve", "data-points"), "30") << dom;
@@ -314,6 +329,8 @@ TEST(DashboardTest, ChromiumShowsTheRunsNumbers) {
         << "workers table row " << w;
   }
   EXPECT_NE(dom.find("job dashboard · done · step 30 / 30"), std::string::npos);
+  // The transport column, in the words of `gradacc status`.
+  EXPECT_TRUE(std::regex_search(dom, std::regex("<td class=\"transport\">(shared memory|gRPC[^<]*)</td>"))) << dom;
   // The screenshot is kept as a test artifact.
   const std::string shot = GRADACC_ARTIFACT_DIR "/dashboard.png";
   Chromium(dir, {"--window-size=1280,860", "--screenshot=" + shot}, url);
@@ -321,12 +338,10 @@ TEST(DashboardTest, ChromiumShowsTheRunsNumbers) {
 
   // After the job: the server is gone, the dashboard still shows the run.
   EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
-  absl::SleepFor(absl::Milliseconds(300));
+  ASSERT_TRUE((*dashboard)->WaitUntil([](const Dashboard::View& v) { return !v.connected; }, absl::Seconds(30)));
   dom = Chromium(dir, {"--dump-dom"}, url);
   EXPECT_EQ(Attr(dom, "loss-curve", "data-points"), "30");
   EXPECT_NE(dom.find("server not reachable"), std::string::npos);
-  (*dash)->Signal(SIGTERM);
-  EXPECT_EQ((*dash)->Wait(absl::Seconds(10)), std::optional<int>(0));
 
   // From the ledger alone.
   auto post = Subprocess::Start({GRADACC_CLI_BIN, "dashboard", "--ledger=" + dir + "/ledger.jsonl",

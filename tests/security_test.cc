@@ -5,13 +5,16 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <signal.h>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "gradacc/v1/control.grpc.pb.h"
 #include "gradacc/v1/data.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/subprocess.h"
-#include "worker/channel.h"
+#include "worker/client/channel.h"
 
 namespace gradacc {
 namespace {
@@ -246,6 +249,48 @@ TEST(SecurityTest, PlaintextServesLoopbackOnlyUnlessTold) {
   auto server = ServerProcess::Start(dir, {});
   ASSERT_TRUE(server.ok());
   EXPECT_NE((*server)->log().find("plaintext (no TLS), loopback only"), std::string::npos) << (*server)->log();
+  EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
+}
+
+// A token that cannot travel as a gRPC header (a second line, a control or
+// non-ASCII byte) made the worker and the CLI abort (SIGABRT) with gRPC
+// printing the token; every binary now refuses it when loading it, names the
+// file and never shows its content.
+TEST(SecurityTest, UnsendableTokenFilesAreRefusedWithoutShowingThem) {
+  testing::AllowMpiAsRoot();  // gradacc-worker below runs as MPI's singleton
+  const std::string dir = testing::MakeTempDir("bad_tokens");
+  std::ofstream(dir + "/job.textproto") << kJob;
+  auto server = ServerProcess::Start(dir, {"--job=" + dir + "/job.textproto"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = (*server)->address();
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"two_lines", "SECRETLINEONE\nSECRETLINETWO\n"},
+      {"control", std::string("SECRETCTRL\x07") + "SECRETCTRL\n"},
+      {"non_ascii", "SECRETUTF\xc3\xa9SECRETUTF\n"},
+  };
+  for (const auto& [name, content] : bad) {
+    const std::string file = dir + "/" + name + ".token";
+    std::ofstream(file, std::ios::binary) << content;
+    const std::vector<std::vector<std::string>> runs = {
+        {GRADACC_SERVER_BIN, "--listen=127.0.0.1:0", "--worker_token_file=" + file},
+        {GRADACC_SERVER_BIN, "--listen=127.0.0.1:0", "--reader_token_file=" + file},
+        {GRADACC_CLI_BIN, "status", "--server=" + address, "--token_file=" + file},
+        {GRADACC_CLI_BIN, "health", "--server=" + address, "--token_file=" + file},
+        {GRADACC_CLI_BIN, "dashboard", "--server=" + address, "--listen=127.0.0.1:0", "--token_file=" + file},
+        {GRADACC_TEST_CLIENT_BIN, "--server=" + address, "--worker=0", "--token_file=" + file},
+        {GRADACC_WORKER_BIN, "--server=" + address, "--train_limit=100", "--token_file=" + file},
+    };
+    for (const auto& argv : runs) {
+      SCOPED_TRACE(absl::StrCat(name, ": ", absl::StrJoin(argv, " ")));
+      auto run = RunCommand(argv, absl::Seconds(60));
+      EXPECT_NE(run.exit_code, 0) << run.output;
+      EXPECT_NE(run.exit_code, 128 + SIGABRT) << run.output;
+      EXPECT_NE(run.output.find(file), std::string::npos) << "the error does not name the file:\n" << run.output;
+      EXPECT_EQ(run.output.find("SECRET"), std::string::npos) << "the token was shown:\n" << run.output;
+    }
+  }
+  // Nothing reached the server's job.
+  EXPECT_EQ(testing::CliStatus(address).contributions_accepted(), 0u);
   EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
 }
 

@@ -333,11 +333,28 @@ TEST_F(ServerIntegrationTest, DuplicatesAndBrokenStreamsCountOnce) {
   // Worker 0 again: acknowledged as a duplicate, not counted.
   ExpectRejected(Push(0, 0), grpc::StatusCode::ALREADY_EXISTS, "duplicate");
   // Worker 1's stream breaks after one chunk; nothing is counted. The
-  // server counts the broken stream as refused once it has handled it: wait
-  // for that before looking at the window.
+  // server must have admitted the stream before it breaks (worker 1's
+  // last-seen time moves), and counts the broken stream as refused once it
+  // has handled it: wait for both before looking at the window.
   const uint64_t rejected_before = Status().contributions_rejected();
-  grpc::Status broken = RawPush(Header(1, 0), Chunks(grads_[1]), /*cancel_after=*/1);
-  EXPECT_FALSE(broken.ok());
+  const int64_t seen_before = Status().workers(1).last_seen_unix_micros();
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    v1::PushResponse resp;
+    auto writer = data_->Push(&ctx, &resp);
+    v1::PushRequest req;
+    *req.mutable_header() = Header(1, 0);
+    ASSERT_TRUE(writer->Write(req));
+    *req.mutable_chunk() = Chunks(grads_[1])[0];
+    ASSERT_TRUE(writer->Write(req));
+    for (int i = 0; i < 1000 && Status().workers(1).last_seen_unix_micros() == seen_before; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_NE(Status().workers(1).last_seen_unix_micros(), seen_before) << "the server never admitted the push";
+    ctx.TryCancel();
+    EXPECT_FALSE(writer->Finish().ok());
+  }
   for (int i = 0; i < 1000 && Status().contributions_rejected() == rejected_before; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }

@@ -14,7 +14,8 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "worker/client.h"
+#include "common/usage.h"
+#include "worker/client/client.h"
 
 ABSL_FLAG(std::string, server, "", "server address");
 ABSL_FLAG(int, worker, 0, "worker rank");
@@ -32,6 +33,12 @@ ABSL_FLAG(std::string, tls_key, "", "PEM client key");
 ABSL_FLAG(std::string, token_file, "", "bearer token file (default $GRADACC_TOKEN)");
 
 int main(int argc, char** argv) {
+  constexpr char kUsage[] = "gradacc_test_client --server=HOST:PORT --worker=K: a synthetic worker for the tests";
+  gradacc::InitUsage(kUsage);
+  if (gradacc::HelpRequested(argc, argv)) {
+    std::fputs(gradacc::FlagsHelp(kUsage).c_str(), stdout);
+    return 0;
+  }
   absl::ParseCommandLine(argc, argv);
   gradacc::ClientOptions options;
   options.server = absl::GetFlag(FLAGS_server);

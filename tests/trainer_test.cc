@@ -780,7 +780,7 @@ TEST(TrainerElasticTest, MembershipChangesAtWindowBoundaries) {
   v1::LeaveRequest leave;
   leave.set_worker(1);
   ASSERT_TRUE(t.Leave(leave).ok());
-  EXPECT_EQ(t.version(), 2u);
+  ASSERT_TRUE(t.AwaitVersion(2, absl::Seconds(60)));
   s = t.GetStatus();
   EXPECT_EQ(s.members(), 2u);
   EXPECT_EQ(s.window().contributions_expected(), 2u);

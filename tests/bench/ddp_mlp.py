@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-DATA_DIR = "/usr/share/datasets/fashion-mnist"  # worker/dataset.h kDefaultDataDir
+DATA_DIR = "/usr/share/datasets/fashion-mnist"  # worker/training/dataset.h kDefaultDataDir
 
 
 def parse_args():

@@ -12,7 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "tests/bench/bench_util.h"
-#include "worker/client.h"
+#include "worker/client/client.h"
 
 ABSL_FLAG(std::string, server, "", "gradacc-server HOST:PORT");
 ABSL_FLAG(std::string, shm, "off", "on or off: ClientOptions.shared_memory");

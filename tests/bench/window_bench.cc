@@ -16,7 +16,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
 #include "tests/bench/bench_util.h"
-#include "worker/client.h"
+#include "worker/client/client.h"
 
 ABSL_FLAG(std::string, server, "", "gradacc-server HOST:PORT");
 ABSL_FLAG(std::string, shm, "on", "on or off: ClientOptions.shared_memory");

@@ -23,7 +23,7 @@ following gradacc's documented contract to the letter:
   u(j) = (splitmix64(s + j * 0x9E3779B97F4A7C15) >> 40) * 2^-24.
   The JobSpec carries ``init { fan_in_uniform { fan_in } }`` per tensor so
   gradacc derives the same values (the test checks them bit for bit).
-* Data order: worker/data_order.h.  Epoch e: key = splitmix64(SEED ^
+* Data order: worker/training/data_order.h.  Epoch e: key = splitmix64(SEED ^
   splitmix64(e + 1)); Fisher-Yates over 0..N-1, for i = N-1 down to 1 swap
   positions i and splitmix64(key + i) mod (i + 1).  B = M*K*b = 2*3*50 = 300
   samples per window, W = ceil(N / B) = 7 windows per epoch (the last one
@@ -113,7 +113,7 @@ def fan_in_uniform(seed, count, fan_in):
 
 
 def epoch_permutation(seed, epoch, n):
-    """worker/data_order.h EpochPermutation."""
+    """worker/training/data_order.h EpochPermutation."""
     perm = list(range(n))
     key = splitmix64(seed ^ splitmix64(epoch + 1))
     for i in range(n - 1, 0, -1):
@@ -123,7 +123,7 @@ def epoch_permutation(seed, epoch, n):
 
 
 def slot_range(t, r, k, n):
-    """worker/data_order.h WindowGeometry::Slot: [begin, end) in the epoch's perm."""
+    """worker/training/data_order.h WindowGeometry::Slot: [begin, end) in the epoch's perm."""
     big = WORKERS * MICRO_BATCHES * MICRO_BATCH
     per_epoch = (n + big - 1) // big
     base = (t % per_epoch) * big

@@ -1,0 +1,85 @@
+// The dashboard in-process: its page is dashboard.html byte for byte (the
+// asset compiled in at build time), its JSON before any server was seen, and
+// WaitUntil returning on state, bounded.
+#include "worker/dashboard/dashboard.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "tests/subprocess.h"
+
+namespace gradacc {
+namespace {
+
+// A plain HTTP/1.1 GET on loopback; the body.
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(port);
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return "";
+  }
+  const std::string req = absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+  (void)!::write(fd, req.data(), req.size());
+  std::string out;
+  char buf[8192];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof(buf))) > 0) out.append(buf, n);
+  ::close(fd);
+  const size_t body = out.find("\r\n\r\n");
+  return body == std::string::npos ? "" : out.substr(body + 4);
+}
+
+std::unique_ptr<Dashboard> StartLocal(const std::string& server = "") {
+  DashboardOptions options;
+  options.listen = "127.0.0.1:0";
+  options.server = server;
+  auto dashboard = Dashboard::Start(options);
+  EXPECT_TRUE(dashboard.ok()) << dashboard.status();
+  return dashboard.ok() ? *std::move(dashboard) : nullptr;
+}
+
+TEST(DashboardPageTest, ServesTheHtmlAssetAsItIsInTheSourceTree) {
+  const std::string asset = testing::ReadFile(GRADACC_SOURCE_DIR "/worker/dashboard/dashboard.html");
+  ASSERT_GT(asset.size(), 1000u);
+  EXPECT_EQ(std::string(DashboardPage()), asset);
+  auto dashboard = StartLocal();
+  ASSERT_NE(dashboard, nullptr);
+  EXPECT_EQ(HttpGet(dashboard->port(), "/"), asset);
+}
+
+TEST(DashboardPageTest, BeforeAnyServerThereIsNoStatusAndNoLabels) {
+  auto dashboard = StartLocal();
+  ASSERT_NE(dashboard, nullptr);
+  EXPECT_EQ(HttpGet(dashboard->port(), "/api/status"), R"({"connected":false,"status":null,"display":null})");
+  EXPECT_EQ(HttpGet(dashboard->port(), "/nothing-here"), "not found\n");
+}
+
+TEST(DashboardWaitTest, AConditionThatNeverHoldsTimesOut) {
+  // Port 1 on loopback: nothing listens, the dashboard never connects.
+  auto dashboard = StartLocal("127.0.0.1:1");
+  ASSERT_NE(dashboard, nullptr);
+  int evaluations = 0;
+  EXPECT_FALSE(dashboard->WaitUntil(
+      [&](const Dashboard::View& v) {
+        ++evaluations;
+        return v.connected || v.status != nullptr;
+      },
+      absl::Milliseconds(50)));
+  EXPECT_GE(evaluations, 1);
+  EXPECT_TRUE(dashboard->WaitUntil([](const Dashboard::View& v) { return v.steps == 0; }, absl::Seconds(10)));
+}
+
+}  // namespace
+}  // namespace gradacc

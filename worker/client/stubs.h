@@ -1,0 +1,41 @@
+// Internal to the client library: the gRPC stubs of one server (a shard) and
+// the deadline of a call. Kept out of client.h so that code linking the
+// library does not compile gRPC's headers.
+#ifndef GRADACC_WORKER_CLIENT_STUBS_H_
+#define GRADACC_WORKER_CLIENT_STUBS_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <utility>
+
+#include "absl/time/time.h"
+#include "gradacc/v1/control.grpc.pb.h"
+#include "gradacc/v1/data.grpc.pb.h"
+#include "worker/client/channel.h"
+
+namespace gradacc {
+
+// Owned by a Client; used by one thread at a time, like the Client.
+class GradaccStubs {
+ public:
+  explicit GradaccStubs(std::shared_ptr<grpc::Channel> channel)
+      : channel(std::move(channel)),
+        data(v1::DataPlane::NewStub(this->channel)),
+        control(v1::ControlPlane::NewStub(this->channel)) {}
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::DataPlane::Stub> data;
+  std::unique_ptr<v1::ControlPlane::Stub> control;
+};
+
+// A call's context: the bearer token, a deadline and, for calls that should
+// survive a server restart, wait_for_ready.
+inline void PrepareCall(grpc::ClientContext& ctx, const std::string& token, absl::Time deadline, bool wait_for_ready) {
+  Authenticate(ctx, token);
+  ctx.set_deadline(absl::ToChronoTime(deadline));
+  ctx.set_wait_for_ready(wait_for_ready);
+}
+
+}  // namespace gradacc
+
+#endif  // GRADACC_WORKER_CLIENT_STUBS_H_

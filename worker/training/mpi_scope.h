@@ -1,0 +1,32 @@
+// MpiScope: MPI initialised for the lifetime of the object and finalised by
+// its destructor (RAII). gradacc uses MPI to launch workers (rank = worker
+// identity) and to agree on start-up; the data plane is gRPC. A process
+// started without mpirun is a world of one rank (MPI's singleton mode), which
+// is how the unit tests use it. At most one per process (MPI cannot be
+// initialised twice); thread-compatible.
+#ifndef GRADACC_WORKER_TRAINING_MPI_SCOPE_H_
+#define GRADACC_WORKER_TRAINING_MPI_SCOPE_H_
+
+namespace gradacc {
+
+class MpiScope {
+ public:
+  MpiScope(int* argc, char*** argv);
+  ~MpiScope();
+  MpiScope(const MpiScope&) = delete;
+  MpiScope& operator=(const MpiScope&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  // True on every rank when `ok` is true on every rank (a collective).
+  bool AllOk(bool ok) const;
+  void Barrier() const;
+
+ private:
+  int rank_ = 0;
+  int size_ = 1;
+};
+
+}  // namespace gradacc
+
+#endif  // GRADACC_WORKER_TRAINING_MPI_SCOPE_H_

@@ -1,0 +1,102 @@
+// The worker's training loop: for each window, K micro-batches of this
+// worker's samples (worker/training/data_order.h) go forward and backward on the
+// backend, adding into the client's gradient buffer; then Client::Step
+// pushes, waits for the window to close and installs the new parameters.
+// Worker 0 also prints progress, evaluates test accuracy at the end of every
+// epoch and after the last step, and reports it to the server.
+#ifndef GRADACC_WORKER_TRAINING_TRAINING_H_
+#define GRADACC_WORKER_TRAINING_TRAINING_H_
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "worker/client/client.h"
+#include "worker/training/data_order.h"
+#include "worker/training/dataset.h"
+#include "worker/training/model.h"
+
+namespace gradacc {
+
+// What the training loop needs from a worker's connection to its job: a
+// Client (ClientAdapter), or a GroupClient (worker/training/group_client.h:
+// hierarchical reduction over the MPI ranks of a host).
+class TrainingClient {
+ public:
+  virtual ~TrainingClient() = default;
+  virtual const v1::JobSpec& job() const = 0;
+  virtual uint32_t worker() const = 0;
+  virtual uint64_t version() const = 0;
+  virtual bool done() const = 0;
+  virtual absl::Span<const float> params() const = 0;
+  virtual absl::Span<float> grad() = 0;
+  virtual void AddMicroBatch(uint64_t samples, double loss_sum) = 0;
+  virtual absl::StatusOr<StepResult> Step() = 0;
+  virtual std::string transport() const = 0;
+  virtual absl::Status ReportTestAccuracy(double accuracy, uint64_t step) = 0;
+  virtual absl::StatusOr<v1::Status> GetStatus() = 0;
+  virtual absl::Status Leave() = 0;
+};
+
+class ClientAdapter final : public TrainingClient {
+ public:
+  explicit ClientAdapter(Client& client) : c_(client) {}
+  const v1::JobSpec& job() const override { return c_.job(); }
+  uint32_t worker() const override { return c_.worker(); }
+  uint64_t version() const override { return c_.version(); }
+  bool done() const override { return c_.done(); }
+  absl::Span<const float> params() const override { return c_.params(); }
+  absl::Span<float> grad() override { return c_.grad(); }
+  void AddMicroBatch(uint64_t samples, double loss_sum) override { c_.AddMicroBatch(samples, loss_sum); }
+  absl::StatusOr<StepResult> Step() override { return c_.Step(); }
+  std::string transport() const override { return c_.transport(); }
+  absl::Status ReportTestAccuracy(double accuracy, uint64_t step) override {
+    return c_.ReportTestAccuracy(accuracy, step);
+  }
+  absl::StatusOr<v1::Status> GetStatus() override { return c_.GetStatus(); }
+  absl::Status Leave() override { return c_.Leave(); }
+
+ private:
+  Client& c_;
+};
+
+struct TrainingOptions {
+  uint32_t micro_batch = 0;         // samples per micro-batch; 0 = the job's
+  uint32_t accumulation_steps = 0;  // micro-batches per window; 0 = the job's
+  // When set, must agree with the job's total_steps (the server decides when
+  // the job ends; a disagreement is reported before training starts).
+  uint64_t steps = 0;
+  uint64_t epochs = 0;
+  uint64_t log_every = 0;  // progress line every N steps; 0 = ~20 lines a run
+  bool report = false;     // print progress and evaluate (worker 0)
+  // "lines" (one line per log_every steps) or "bar" (a bar redrawn in place
+  // on a terminal; falls back to lines when `out` is not one).
+  std::string progress = "lines";
+  std::FILE* out = stdout;
+};
+
+struct TrainingResult {
+  uint64_t steps = 0;          // the version reached
+  double last_loss = 0;        // the server's loss of the last window
+  double test_accuracy = -1;   // last evaluation, when report
+};
+
+// The window geometry this worker uses for `job` and `train`.
+absl::StatusOr<WindowGeometry> GeometryFor(const v1::JobSpec& job, const Dataset& train,
+                                           const TrainingOptions& options);
+
+absl::StatusOr<TrainingResult> RunTraining(TrainingClient& client, Backend& backend, const Dataset& train,
+                                           const Dataset* test, const TrainingOptions& options);
+inline absl::StatusOr<TrainingResult> RunTraining(Client& client, Backend& backend, const Dataset& train,
+                                                  const Dataset* test, const TrainingOptions& options) {
+  ClientAdapter adapter(client);
+  return RunTraining(adapter, backend, train, test, options);
+}
+
+// Test-set accuracy of the backend's current parameters.
+absl::StatusOr<double> Evaluate(Backend& backend, const Dataset& test);
+
+}  // namespace gradacc
+
+#endif  // GRADACC_WORKER_TRAINING_TRAINING_H_
