@@ -1,0 +1,220 @@
+#include "server/server_config.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/time.h"
+#include "common/auth.h"
+#include "common/files.h"
+#include "common/job_spec.h"
+#include "common/status_macros.h"
+#include "google/protobuf/text_format.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:7070", "host:port to serve on; port 0 picks a free port");
+ABSL_FLAG(std::string, port_file, "", "write the bound port to this file once serving");
+ABSL_FLAG(std::string, job, "", "job spec file (protobuf text format, or JSON when it ends in .json); "
+          "empty = the built-in Fashion-MNIST MLP job");
+ABSL_FLAG(std::string, job_id, "", "override job_id");
+ABSL_FLAG(int, workers, 0, "override window.num_workers");
+ABSL_FLAG(int, micro_batches, 0, "override window.micro_batches (per worker per window)");
+ABSL_FLAG(int, micro_batch_size, 0, "override window.micro_batch_size");
+ABSL_FLAG(int64_t, total_steps, 0, "override total_steps");
+ABSL_FLAG(int64_t, epochs, 0, "set total_steps to this many epochs of worker_hints[\"train_samples\"]");
+ABSL_FLAG(double, lr, 0, "override optimizer.lr");
+ABSL_FLAG(int64_t, seed, -1, "override seed");
+ABSL_FLAG(std::string, output, "", "write the final parameters here (safetensors) when the job is done");
+ABSL_FLAG(bool, check_job, false, "load and check the job spec, print a summary, and exit");
+ABSL_FLAG(std::string, dump_job, "", "write the effective job spec (text format) to this file");
+ABSL_FLAG(int, max_pull_wait_s, 1800, "a parked pull waits at most this long");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate (chain) of the server; enables TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA: require client certificates signed by it (mutual TLS)");
+ABSL_FLAG(std::string, worker_token_file, "",
+          "file holding the worker bearer token (join, push, pull); default: $GRADACC_WORKER_TOKEN");
+ABSL_FLAG(std::string, reader_token_file, "",
+          "file holding the read-only bearer token (status, ledger); default: $GRADACC_READER_TOKEN");
+ABSL_FLAG(bool, allow_remote_plaintext, false, "serve non-loopback addresses without TLS (trusted networks only)");
+ABSL_FLAG(int, shard, 0, "this server's shard (0-based) of a sharded job");
+ABSL_FLAG(int, num_shards, 1, "shards the parameters are split over (each owns a contiguous flat range)");
+ABSL_FLAG(std::vector<std::string>, shard_peers, {},
+          "every shard's HOST:PORT in shard order, this one included (sharded jobs)");
+ABSL_FLAG(std::string, metrics_listen, "", "HOST:PORT to serve Prometheus /metrics on (port 0: a free one)");
+ABSL_FLAG(std::string, metrics_port_file, "", "write the metrics port to this file once serving");
+ABSL_FLAG(std::string, shared_memory_dir, "/dev/shm",
+          "tmpfs folder for the shared-memory segments of workers on this host; empty = gRPC only");
+ABSL_FLAG(std::string, ledger_file, "",
+          "append the step ledger here (JSON lines); default: <checkpoint_dir>/ledger.jsonl with checkpoints");
+ABSL_FLAG(std::string, checkpoint_dir, "",
+          "resume from the newest valid checkpoint here and write checkpoints into it; a version is published "
+          "only once its checkpoint is written (failures stop publishing and are retried)");
+ABSL_FLAG(int64_t, checkpoint_every, 1,
+          "checkpoint every N steps (1 = every broadcast version is durable before workers see it)");
+ABSL_FLAG(int, keep_checkpoints, 3, "checkpoints to keep");
+ABSL_FLAG(double, push_timeout_s, 120, "cancel a push stream not complete after this long");
+ABSL_FLAG(double, worker_timeout_s, 60, "a worker silent this long (no call, no parked pull) is shown as lost");
+ABSL_FLAG(std::string, policy, "", "override window.policy: wait or quorum");
+ABSL_FLAG(int, quorum, 0, "override window.quorum (QUORUM: contributions needed at the deadline)");
+ABSL_FLAG(int64_t, deadline_ms, 0, "override window.deadline_ms (QUORUM: from window open)");
+ABSL_FLAG(std::vector<std::string>, kill_at, {},
+          "fault injection for tests: push:W:N, mid_broadcast:W, after_publish:W, before_checkpoint:W (SIGKILL there)");
+
+namespace gradacc {
+namespace {
+
+absl::Status ApplyOverrides(v1::JobSpec& spec) {
+  if (!absl::GetFlag(FLAGS_job_id).empty()) spec.set_job_id(absl::GetFlag(FLAGS_job_id));
+  v1::WindowRule* w = spec.mutable_window();
+  if (absl::GetFlag(FLAGS_workers) > 0) w->set_num_workers(absl::GetFlag(FLAGS_workers));
+  if (absl::GetFlag(FLAGS_micro_batches) > 0) w->set_micro_batches(absl::GetFlag(FLAGS_micro_batches));
+  if (absl::GetFlag(FLAGS_micro_batch_size) > 0) w->set_micro_batch_size(absl::GetFlag(FLAGS_micro_batch_size));
+  if (absl::GetFlag(FLAGS_total_steps) > 0) spec.set_total_steps(absl::GetFlag(FLAGS_total_steps));
+  if (absl::GetFlag(FLAGS_epochs) > 0) {
+    if (absl::GetFlag(FLAGS_total_steps) > 0) {
+      return absl::InvalidArgumentError("--epochs and --total_steps exclude each other");
+    }
+    GRADACC_ASSIGN_OR_RETURN(uint64_t per_epoch, StepsPerEpoch(spec));
+    spec.set_total_steps(absl::GetFlag(FLAGS_epochs) * per_epoch);
+  }
+  if (absl::GetFlag(FLAGS_lr) > 0) spec.mutable_optimizer()->set_lr(absl::GetFlag(FLAGS_lr));
+  if (absl::GetFlag(FLAGS_seed) >= 0) spec.set_seed(absl::GetFlag(FLAGS_seed));
+  const std::string policy = absl::GetFlag(FLAGS_policy);
+  if (policy == "quorum") {
+    w->set_policy(v1::WindowRule::POLICY_QUORUM);
+  } else if (policy == "wait") {
+    w->set_policy(v1::WindowRule::POLICY_WAIT);
+  } else if (!policy.empty()) {
+    return absl::InvalidArgumentError("--policy must be wait or quorum");
+  }
+  if (absl::GetFlag(FLAGS_quorum) > 0) w->set_quorum(absl::GetFlag(FLAGS_quorum));
+  if (absl::GetFlag(FLAGS_deadline_ms) > 0) w->set_deadline_ms(absl::GetFlag(FLAGS_deadline_ms));
+  return NormalizeJobSpec(spec);
+}
+
+absl::StatusOr<TrainerOptions> TrainerFromFlags() {
+  TrainerOptions t;
+  t.final_params_path = absl::GetFlag(FLAGS_output);
+  t.max_pull_wait = absl::Seconds(absl::GetFlag(FLAGS_max_pull_wait_s));
+  t.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  t.checkpoint_every = std::max<int64_t>(1, absl::GetFlag(FLAGS_checkpoint_every));
+  t.keep_checkpoints = std::max(1, absl::GetFlag(FLAGS_keep_checkpoints));
+  t.push_timeout = absl::Seconds(absl::GetFlag(FLAGS_push_timeout_s));
+  t.worker_timeout = absl::Seconds(absl::GetFlag(FLAGS_worker_timeout_s));
+  t.kill_at = absl::GetFlag(FLAGS_kill_at);
+  if (absl::GetFlag(FLAGS_num_shards) < 1 || absl::GetFlag(FLAGS_shard) < 0) {
+    return absl::InvalidArgumentError("bad --shard/--num_shards");
+  }
+  t.shard = absl::GetFlag(FLAGS_shard);
+  t.num_shards = absl::GetFlag(FLAGS_num_shards);
+  t.ledger_path = absl::GetFlag(FLAGS_ledger_file);
+  t.shared_memory_dir = absl::GetFlag(FLAGS_shared_memory_dir);
+  if (t.ledger_path.empty() && !t.checkpoint_dir.empty()) t.ledger_path = t.checkpoint_dir + "/ledger.jsonl";
+  return t;
+}
+
+void Announce(const ServerConfig& config, GradaccServer& server) {
+  const ServerOptions& options = config.options;
+  absl::FPrintF(stderr, "gradacc-server: %s; %s\n",
+                options.tls_cert_file.empty()
+                    ? "plaintext (no TLS)" + std::string(options.allow_remote_plaintext ? ", remote clients allowed"
+                                                                                       : ", loopback only")
+                    : std::string(options.tls_client_ca_file.empty() ? "TLS" : "mutual TLS"),
+                options.tokens.enabled() ? "bearer tokens required (worker and/or read-only)"
+                                         : "no tokens: any client that reaches the port may train");
+  Trainer& t = *server.trainer();
+  for (const std::string& note : t.restore_notes()) absl::FPrintF(stderr, "gradacc-server: %s\n", note);
+  const ModelLayout& layout = t.layout();
+  if (t.num_shards() > 1) {
+    absl::FPrintF(stderr, "gradacc-server: shard %d of %d: flat elements [%d, %d) of %d\n", t.shard(),
+                  t.num_shards(), t.begin(), t.end(), layout.num_elements());
+  }
+  absl::FPrintF(stderr,
+                "gradacc-server: serving job '%s' on port %d: %d tensors, %d parameters, %d workers x %d "
+                "micro-batches, %d steps\n",
+                t.spec().job_id(), server.port(), layout.tensors().size(), layout.num_elements(),
+                t.spec().window().num_workers(), t.spec().window().micro_batches(), t.spec().total_steps());
+  if (server.metrics_port() != 0) {
+    absl::FPrintF(stderr, "gradacc-server: Prometheus metrics on port %d at /metrics\n", server.metrics_port());
+    if (!config.metrics_port_file.empty()) {
+      (void)WriteFileAtomically(config.metrics_port_file, absl::StrCat(server.metrics_port(), "\n"));
+    }
+  }
+  if (!config.port_file.empty()) (void)WriteFileAtomically(config.port_file, absl::StrCat(server.port(), "\n"));
+}
+
+}  // namespace
+
+absl::StatusOr<v1::JobSpec> LoadJob(const std::string& job_file) {
+  if (job_file.empty()) return DefaultJobSpec();
+  GRADACC_ASSIGN_OR_RETURN(v1::JobSpec spec, LoadJobSpecFile(job_file));
+  const std::string& weights = spec.model().safetensors_path();
+  const size_t slash = job_file.rfind('/');
+  if (!weights.empty() && weights[0] != '/' && slash != std::string::npos) {
+    spec.mutable_model()->set_safetensors_path(job_file.substr(0, slash + 1) + weights);
+  }
+  return spec;
+}
+
+absl::StatusOr<ServerConfig> ConfigFromFlags() {
+  ServerConfig c;
+  GRADACC_ASSIGN_OR_RETURN(c.spec, LoadJob(absl::GetFlag(FLAGS_job)));
+  GRADACC_RETURN_IF_ERROR(ApplyOverrides(c.spec));
+  c.check_job = absl::GetFlag(FLAGS_check_job);
+  c.dump_job = absl::GetFlag(FLAGS_dump_job);
+  c.port_file = absl::GetFlag(FLAGS_port_file);
+  c.metrics_port_file = absl::GetFlag(FLAGS_metrics_port_file);
+  ServerOptions& o = c.options;
+  o.listen = absl::GetFlag(FLAGS_listen);
+  GRADACC_ASSIGN_OR_RETURN(o.trainer, TrainerFromFlags());
+  o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  o.shard_peers = absl::GetFlag(FLAGS_shard_peers);
+  o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  o.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  o.allow_remote_plaintext = absl::GetFlag(FLAGS_allow_remote_plaintext);
+  GRADACC_ASSIGN_OR_RETURN(o.tokens.worker, LoadSecret(absl::GetFlag(FLAGS_worker_token_file), "GRADACC_WORKER_TOKEN"));
+  GRADACC_ASSIGN_OR_RETURN(o.tokens.reader, LoadSecret(absl::GetFlag(FLAGS_reader_token_file), "GRADACC_READER_TOKEN"));
+  return c;
+}
+
+int RunServer(const ServerConfig& config, const sigset_t& signals) {
+  if (config.check_job) {
+    auto layout = ModelLayout::FromSpec(config.spec.model());
+    absl::PrintF("job '%s' is valid: %d tensors, %d parameters, %d workers, %d steps\n", config.spec.job_id(),
+                 layout->tensors().size(), layout->num_elements(), config.spec.window().num_workers(),
+                 config.spec.total_steps());
+    return 0;
+  }
+  if (!config.dump_job.empty()) {
+    std::string text;
+    google::protobuf::TextFormat::PrintToString(config.spec, &text);
+    (void)WriteFileAtomically(config.dump_job, text);
+  }
+  auto server = GradaccServer::Start(config.spec, config.options);
+  if (!server.ok()) {
+    absl::FPrintF(stderr, "gradacc-server: %s\n", server.status().ToString());
+    return 1;
+  }
+  Announce(config, **server);
+  int signal = 0;
+  sigwait(&signals, &signal);
+  absl::FPrintF(stderr, "gradacc-server: %s received, shutting down (step %d)\n",
+                signal == SIGTERM ? "SIGTERM" : "SIGINT", (*server)->trainer()->version());
+  (*server)->StopPeers();
+  if (absl::Status c = (*server)->trainer()->CheckpointNow(); !c.ok()) {
+    absl::FPrintF(stderr, "gradacc-server: final checkpoint failed: %s\n", c.ToString());
+  } else if (!config.options.trainer.checkpoint_dir.empty()) {
+    absl::FPrintF(stderr, "gradacc-server: checkpoint of step %d in %s\n", (*server)->trainer()->version(),
+                  config.options.trainer.checkpoint_dir);
+  }
+  (*server)->Shutdown(absl::Seconds(5));
+  (*server)->Wait();
+  absl::FPrintF(stderr, "gradacc-server: stopped\n");
+  return 0;
+}
+
+}  // namespace gradacc
