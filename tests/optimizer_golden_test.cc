@@ -2,7 +2,10 @@
 // gen_optimizer_golden.py with torch.optim) through the Trainer: every
 // optimizer, clipping, schedule and reduction must follow torch to within
 // 1e-6 relative error on every parameter after every window.
+#include <openssl/sha.h>
+
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -109,6 +112,59 @@ TEST(OptimizerGoldenSetTest, CoversEveryConfiguration) {
   }
   EXPECT_TRUE(sgd && momentum && dampening && nesterov && sgd_wd && adam && adam_wd && amsgrad && adamw && clip &&
               step && cosine && warmup && contributions && sum);
+}
+
+// Global-norm clipping on tensors of 120300, 4099 and 10 elements, against
+// torch (tests/golden/clip_golden.json): bit for bit — every window's total
+// norm and the final parameters (their SHA-256).
+TEST(ClipGoldenTest, LargeTensorsClipBitForBitAsTorch) {
+  std::ifstream in(GRADACC_CLIP_GOLDEN_JSON);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  test::ClipGolden golden;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(ss.str(), &golden).ok());
+  ASSERT_EQ(golden.cases_size(), 3);
+  for (const test::ClipCase& c : golden.cases()) {
+    SCOPED_TRACE(c.name());
+    const ModelLayout layout = *ModelLayout::FromSpec(c.job().model());
+    const uint64_t n = layout.num_elements();
+    ASSERT_GE(layout.tensors()[0].size, 100000u);
+    FloatBuffer initial(n);
+    for (uint64_t j = 0; j < n; ++j) initial[j] = static_cast<float>((UniformAt(c.init_seed(), j) - 0.5) * 2);
+    TrainerOptions options;
+    options.reducer.parallel_min_elements = 4096;  // the multi-threaded paths too
+    auto trainer = Trainer::Create(c.job(), options, std::move(initial));
+    ASSERT_TRUE(trainer.ok()) << trainer.status();
+    testing::JoinAll(**trainer);
+    const uint32_t workers = c.job().window().num_workers();
+    for (int w = 0; w < c.norm_bits_size(); ++w) {
+      for (uint32_t k = 0; k < workers; ++k) {
+        testing::Contribution con;
+        con.worker = k;
+        con.window = con.key = w;
+        con.samples = 1 + (w + k) % 3;
+        con.grad.resize(n);
+        const uint64_t seed = c.init_seed() * 1000003 + w * 1009 + k + 1;
+        for (uint64_t j = 0; j < n; ++j) {
+          con.grad[j] = static_cast<float>((UniformAt(seed, j) - 0.5) * c.grad_scale() * (k + 1));
+        }
+        ASSERT_TRUE(testing::Push(**trainer, con, /*chunk=*/65536).ok());
+      }
+      const v1::StepRecord record = (*trainer)->GetSteps(w + 1, w + 1).steps(0);
+      const float norm = static_cast<float>(record.grad_norm());
+      uint32_t norm_bits;
+      std::memcpy(&norm_bits, &norm, 4);
+      EXPECT_EQ(norm_bits, c.norm_bits(w)) << "window " << w << ": gradacc " << norm;
+      EXPECT_EQ(record.grad_norm_clipped() < record.grad_norm(), c.clipped(w)) << "window " << w;
+    }
+    const std::vector<float> params = (*trainer)->Parameters();
+    unsigned char digest[SHA256_DIGEST_LENGTH];
+    SHA256(reinterpret_cast<const unsigned char*>(params.data()), params.size() * sizeof(float), digest);
+    std::string hex;
+    for (unsigned char b : digest) hex += absl::StrFormat("%02x", b);
+    EXPECT_EQ(hex, c.params_sha256()) << "first values: gradacc " << params[0] << " " << params[1] << ", torch "
+                                      << c.head(0) << " " << c.head(1);
+  }
 }
 
 }  // namespace
