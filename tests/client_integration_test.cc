@@ -24,6 +24,7 @@
 namespace gradacc {
 namespace {
 
+using testing::ReadFile;
 using testing::RunCommand;
 using testing::ServerProcess;
 using testing::Subprocess;
@@ -297,6 +298,49 @@ TEST(ClientIntegrationTest, PythonGrpcioReadsStatus) {
   EXPECT_NE(py.output.find("job default: JOB_STATE_WAITING, step 0/1407"), std::string::npos) << py.output;
   EXPECT_NE(py.output.find("workers expected: 4"), std::string::npos) << py.output;
   EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
+}
+
+// README's Python example (tests/python/push_pull_example.py, quoted there
+// verbatim) is a complete worker: two of them train a job to the end, and
+// the result is what SGD on 0.5 * ||p||^2 gives (p <- 0.9 p each step).
+TEST(ClientIntegrationTest, ReadmePythonPushPullExampleTrains) {
+  const std::string example = ReadFile(GRADACC_SOURCE_DIR "/tests/python/push_pull_example.py");
+  ASSERT_FALSE(example.empty());
+  EXPECT_NE(ReadFile(GRADACC_SOURCE_DIR "/README.md").find(example), std::string::npos)
+      << "README.md must quote tests/python/push_pull_example.py verbatim";
+  const std::string dir = testing::MakeTempDir("python_push");
+  std::ofstream(dir + "/job.textproto") << R"pb(
+    job_id: "py"
+    model {
+      tensors { name: "w" shape: [3, 4] init { constant: 1.0 } }
+      tensors { name: "b" shape: [70000] init { constant: -2.0 } }
+    }
+    optimizer { kind: KIND_SGD lr: 0.1 }
+    window { num_workers: 2 }
+    total_steps: 3
+  )pb";
+  auto server = ServerProcess::Start(
+      dir, {"--job=" + dir + "/job.textproto", "--output=" + dir + "/final.safetensors", "--shared_memory_dir="});
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::vector<std::unique_ptr<Subprocess>> workers;
+  for (int k = 0; k < 2; ++k) {
+    auto p = Subprocess::Start({"/usr/bin/python3", GRADACC_SOURCE_DIR "/tests/python/push_pull_example.py",
+                                (*server)->address(), absl::StrCat(dir, "/stubs", k), absl::StrCat(k)},
+                               absl::StrCat(dir, "/py", k, ".log"));
+    ASSERT_TRUE(p.ok()) << p.status();
+    workers.push_back(std::move(*p));
+  }
+  for (int k = 0; k < 2; ++k) {
+    ASSERT_EQ(workers[k]->Wait(absl::Seconds(120)), std::optional<int>(0)) << ReadFile(absl::StrCat(dir, "/py", k, ".log"));
+    EXPECT_NE(ReadFile(absl::StrCat(dir, "/py", k, ".log")).find("done at version 3"), std::string::npos);
+  }
+  EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
+  auto out = ReadSafetensorsFile(dir + "/final.safetensors");
+  ASSERT_TRUE(out.ok()) << out.status();
+  const float w = 0.9f * (0.9f * (0.9f * 1.0f));
+  const float b = 0.9f * (0.9f * (0.9f * -2.0f));
+  EXPECT_NEAR(out->tensors.at("w").data[5], w, 1e-6);
+  EXPECT_NEAR(out->tensors.at("b").data[69999], b, 1e-6);
 }
 
 }  // namespace
