@@ -104,6 +104,8 @@ void Trainer::Publish(ClosingWindow& window, const StepReport& report, absl::Tim
   }
   for (Slot& slot : window.slots) pool_.Return(std::move(slot.grad));
   if (job_done && !options_.final_params_path.empty()) WriteFinalParameters();
+  // The ledger has the step before anyone can see its version.
+  LogStep(window, report, stepped, absl::Now());
   std::vector<VersionPublisher::Ready> ready = publisher_->Publish(snapshot);
   // mid_broadcast: the version is published and (when anyone was parked)
   // one pull has its answer, the others not yet.
@@ -112,7 +114,6 @@ void Trainer::Publish(ClosingWindow& window, const StepReport& report, absl::Tim
     ready[i]();
     if (i == 0) failpoints_.MaybeKill(Failpoints::Event::kMidBroadcast, window.window);
   }
-  LogStep(window, report, stepped, absl::Now());
   failpoints_.MaybeKill(Failpoints::Event::kAfterPublish, window.window);
   NotifyListeners();
 }

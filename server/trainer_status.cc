@@ -95,6 +95,7 @@ v1::Status Trainer::GetStatus() const {
   s.set_members(state_.members().ActiveMembers());
   s.set_checkpoint_dir(options_.checkpoint_dir.empty() ? "" : BaseName(options_.checkpoint_dir));
   s.set_shared_memory_off_reason(shm_->on() ? "" : shm_->off_reason());
+  s.set_pushes_in_flight(static_cast<uint32_t>(pool_.inflight()));
   return s;
 }
 

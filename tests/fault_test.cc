@@ -82,7 +82,8 @@ bool Same(const std::vector<float>& a, const std::vector<float>& b) {
   return !a.empty() && a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0;
 }
 
-v1::Status Status(const std::string& address) { return testing::CliStatus(address); }
+// In-process (one gRPC channel a call), not a CLI process per poll.
+v1::Status Status(const std::string& address) { return testing::StatusProbe(address).Get(); }
 
 // The undisturbed run every fault run must reproduce bit for bit, made
 // through gRPC alone: the fault runs on shared memory must match it too.
@@ -202,11 +203,16 @@ TEST_P(WorkerRestartTest, WaitPolicyRestartedWorkerRejoinsBitIdentically) {
   workers[1]->Signal(SIGKILL);
   ASSERT_EQ(workers[1]->Wait(absl::Seconds(10)), std::optional<int>(128 + SIGKILL));
   // The window waits; status names the missing worker.
-  absl::SleepFor(absl::Milliseconds(300));
-  const v1::Status waiting = Status(address);
+  testing::StatusProbe probe(address);
+  v1::Status waiting;
+  ASSERT_TRUE(probe.WaitFor(
+      [](const v1::Status& s) {
+        const auto& m = s.window().missing_workers();
+        return std::find(m.begin(), m.end(), 1u) != m.end() && s.window().contributions_received() == 2;
+      },
+      absl::Seconds(30), &waiting))
+      << waiting.DebugString();
   EXPECT_LT(waiting.step(), static_cast<uint64_t>(kSteps));
-  EXPECT_NE(std::find(waiting.window().missing_workers().begin(), waiting.window().missing_workers().end(), 1u),
-            waiting.window().missing_workers().end());
   workers[1] = StartWorker(dir, address, 1, 100, GetParam());  // the same rank again
   for (int k = 0; k < kWorkers; ++k) {
     ASSERT_EQ(workers[k]->Wait(absl::Seconds(90)), std::optional<int>(0))
@@ -498,7 +504,10 @@ TEST(HardeningTest, AbandonedPushStreamsAreCancelledAndBounded) {
     ASSERT_TRUE(o->writer->Write(req));
     open.push_back(std::move(o));
   }
-  absl::SleepFor(absl::Milliseconds(300));
+  v1::Status s;
+  ASSERT_TRUE(testing::StatusProbe((*server)->address())
+                  .WaitFor([](const v1::Status& st) { return st.pushes_in_flight() == 8; }, absl::Seconds(30), &s))
+      << s.DebugString();
   // The 9th is refused: memory stays bounded.
   {
     grpc::ClientContext ctx;

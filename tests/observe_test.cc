@@ -21,6 +21,7 @@
 #include "gradacc/v1/control.grpc.pb.h"
 #include "gradacc/v1/data.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "tests/status_probe.h"
 #include "tests/subprocess.h"
 #include "worker/dashboard/dashboard.h"
 
@@ -99,7 +100,8 @@ int ReadPort(const std::string& file) {
   return 0;
 }
 
-v1::Status Status(const std::string& address) { return testing::CliStatus(address); }
+// In-process (one gRPC channel a call), not a CLI process per poll.
+v1::Status Status(const std::string& address) { return testing::StatusProbe(address).Get(); }
 
 // A push header alone: enough for a duplicate or a stale push, which the
 // server answers before any data.

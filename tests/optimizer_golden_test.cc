@@ -150,7 +150,9 @@ TEST(ClipGoldenTest, LargeTensorsClipBitForBitAsTorch) {
         }
         ASSERT_TRUE(testing::Push(**trainer, con, /*chunk=*/65536).ok());
       }
-      const v1::StepRecord record = (*trainer)->GetSteps(w + 1, w + 1).steps(0);
+      const v1::GetStepsResponse steps = (*trainer)->GetSteps(w + 1, w + 1);
+      ASSERT_EQ(steps.steps_size(), 1) << "the ledger has every published step";
+      const v1::StepRecord& record = steps.steps(0);
       const float norm = static_cast<float>(record.grad_norm());
       uint32_t norm_bits;
       std::memcpy(&norm_bits, &norm, 4);

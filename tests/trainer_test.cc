@@ -114,7 +114,15 @@ TEST(TrainerTest, ConcurrentPushesAreDeterministic) {
   for (uint64_t w = 0; w < kWindows; ++w) windows.push_back(MakeWindow(w, kWorkers, 37 * 11 + 11, 2));
   std::vector<float> reference;
   for (int run = 0; run < 3; ++run) {
-    auto trainer = NewTrainer(spec);
+    // Small pieces and a low parallel threshold: this 418-element model goes
+    // through the multi-threaded fused reduction, as big models do.
+    TrainerOptions options;
+    options.reducer.piece_elements = 64;
+    options.reducer.parallel_min_elements = 32;
+    auto created = Trainer::Create(spec, options);
+    ASSERT_TRUE(created.ok()) << created.status();
+    std::unique_ptr<Trainer> trainer = std::move(*created);
+    testing::JoinAll(*trainer);
     std::vector<std::thread> threads;
     for (uint32_t k = 0; k < kWorkers; ++k) {
       threads.emplace_back([&, k] {
@@ -130,6 +138,12 @@ TEST(TrainerTest, ConcurrentPushesAreDeterministic) {
     ASSERT_EQ(trainer->version(), kWindows);
     if (run == 0) {
       reference = trainer->Parameters();
+      // The same bits as one thread with whole-tensor pieces.
+      auto single = NewTrainer(spec);
+      for (uint64_t w = 0; w < kWindows; ++w) {
+        for (uint32_t k = 0; k < kWorkers; ++k) ASSERT_TRUE(Push(*single, windows[w][k]).ok());
+      }
+      EXPECT_TRUE(testing::BitIdentical(single->Parameters(), reference));
     } else {
       EXPECT_TRUE(testing::BitIdentical(trainer->Parameters(), reference));
     }
