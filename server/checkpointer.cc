@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "common/files.h"
 #include "server/checkpoint.h"
 
@@ -44,7 +45,8 @@ absl::Status Checkpointer::Write(const v1::CheckpointState& state, absl::Span<co
     } else {
       if (healthy_) failing_since_ = absl::Now();
       healthy_ = false;
-      error_ = std::string(s.message());
+      // Status is readable by any reader-token holder: no server paths.
+      error_ = absl::StrReplaceAll(s.message(), {{options_.dir, "<checkpoint_dir>"}});
       ++failures_;
       absl::FPrintF(stderr,
                     "gradacc-server: CHECKPOINT FAILED for version %d: %s; version %d is not published until a "

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_replace.h"
 #include "common/errors.h"
 
 namespace gradacc {
@@ -25,7 +26,8 @@ ShmTransport::ShmTransport(const std::string& dir, bool sharded, uint64_t elemen
   nonce_ = ShmSegment::NewNonce();
   auto segment = ShmSegment::Create(ShmSegment::NewPath(dir, nonce_, "params"), elements, nonce_);
   if (!segment.ok()) {
-    off_reason_ = std::string(segment.status().message());
+    // Shown to clients in status: no server paths.
+    off_reason_ = absl::StrReplaceAll(segment.status().message(), {{dir, "<shared_memory_dir>"}});
     absl::FPrintF(stderr, "gradacc-server: shared memory off: %s\n", off_reason_);
     return;
   }

@@ -602,6 +602,7 @@ TEST(CheckpointDiskTest, AFullDiskStopsPublishingUntilItHasRoom) {
       << s.DebugString();
   EXPECT_EQ(s.checkpoint().pending_version(), 1u);
   EXPECT_NE(s.checkpoint().error().find("No space left"), std::string::npos) << s.checkpoint().error();
+  EXPECT_EQ(s.checkpoint().error().find(ckpt), std::string::npos) << "status shows no server paths";
   ASSERT_TRUE(probe.WaitFor([](const v1::Status& st) { return st.checkpoint().failures() >= 3; },
                             absl::Seconds(30), &s))
       << "the server retries " << s.DebugString();

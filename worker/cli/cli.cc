@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
+#include "common/files.h"
 #include "common/grpc_status.h"
 #include "common/usage.h"
 #include "google/protobuf/util/json_util.h"
@@ -138,11 +139,7 @@ int StepsCommand(const CliOptions& o) {
   return 0;
 }
 
-void WritePortFile(const std::string& path, int port) {
-  const std::string tmp = path + ".tmp";
-  std::ofstream(tmp) << port << "\n";
-  std::rename(tmp.c_str(), path.c_str());
-}
+void WritePortFile(const std::string& path, int port) { (void)WriteFileAtomically(path, absl::StrCat(port, "\n")); }
 
 int DashboardCommand(const CliOptions& o) {
   // Taken with sigwait below; blocked before any thread starts so that all
