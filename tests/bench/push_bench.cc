@@ -1,8 +1,11 @@
 // Push and pull throughput of ONE worker (tests/bench/run.sh starts the
-// server with a one-worker job). Per window, untimed: fill grad(), record a
-// micro-batch; timed: Client::Push(); untimed: wait (polling status) until
-// the server has stepped; timed: Client::Pull() of the new version. Prints
-// median GB/s of each (payload = P f32 = 4P bytes) as RESULT lines.
+// server with a two-worker job; this process is both workers). Per window,
+// untimed: fill grad(), record a micro-batch; timed: worker 0's
+// Client::Push() (it never completes the window, so it is the transfer
+// alone); untimed: worker 1 pushes (completing the window; its push is
+// answered once the step is published); timed: worker 0's Client::Pull() of
+// the new version. Prints median GB/s of each (payload = P f32 = 4P bytes)
+// as RESULT lines.
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -43,7 +46,12 @@ int main(int argc, char** argv) {
   auto connected = gradacc::Client::Connect(options);
   if (!connected.ok()) return Fail(connected.status().ToString());
   gradacc::Client& client = **connected;
-  if (client.job().window().num_workers() != 1) return Fail("the job must have exactly one worker");
+  if (client.job().window().num_workers() != 2) return Fail("the job must have exactly two workers");
+  gradacc::ClientOptions closer_options = options;
+  closer_options.worker = 1;
+  auto closer_connected = gradacc::Client::Connect(closer_options);
+  if (!closer_connected.ok()) return Fail(closer_connected.status().ToString());
+  gradacc::Client& closer = **closer_connected;
   const uint64_t p = client.grad().size();
   const double bytes = 4.0 * static_cast<double>(p);
   const int warmup = absl::GetFlag(FLAGS_warmup);
@@ -57,15 +65,12 @@ int main(int argc, char** argv) {
     auto pushed = client.Push();
     const double t1 = gradacc::bench::NowSeconds();
     if (!pushed.ok()) return Fail(pushed.status().ToString());
-    // Pull alone: wait until the server has published v + 1.
-    const absl::Time give_up = absl::Now() + timeout;
-    for (;;) {
-      auto status = client.GetStatus();
-      if (!status.ok()) return Fail(status.status().ToString());
-      if (status->version() > v) break;
-      if (absl::Now() > give_up) return Fail("the server did not step");
-      absl::SleepFor(absl::Milliseconds(1));
-    }
+    // The second worker completes the window; its push returns once v + 1
+    // is published.
+    gradacc::bench::FillGradient(closer.grad().data(), p, 1, v);
+    closer.AddMicroBatch(1, 0.0);
+    auto closed = closer.Step();
+    if (!closed.ok()) return Fail(closed.status().ToString());
     const double t2 = gradacc::bench::NowSeconds();
     absl::Status pulled = client.Pull(v + 1, timeout);
     const double t3 = gradacc::bench::NowSeconds();
@@ -77,6 +82,7 @@ int main(int argc, char** argv) {
   }
   const std::string transport = client.transport();
   (void)client.Leave();
+  (void)closer.Leave();
   absl::FPrintF(stderr, "gradacc_bench_push: data moved through %s\n", transport);
   if (push_gbps.empty()) return Fail("no timed window (raise the job's total_steps above --warmup)");
   const std::string setting = options.shared_memory ? "shm" : "grpc";

@@ -226,7 +226,10 @@ if want push; then
   for shm in off on; do
     setting=$([[ $shm == on ]] && echo shm || echo grpc)
     log "push/pull of one worker, P=16M, $setting"
-    write_job "$work/push.job" "$p16" 1 $((warmup + reps))
+    # Two workers: the timed push (worker 0's) never completes the window, so
+    # it measures the transfer, not the step (a closing push is answered
+    # once the step is published).
+    write_job "$work/push.job" "$p16" 2 $((warmup + reps))
     if start_server "push-$setting" --job="$work/push.job"; then
       timeout 600 "$bin_bench/gradacc_bench_push" --server="$server_addr" --shm="$shm" --warmup="$warmup" \
         2>"$logs/push-$setting.err" | collect || log "push $setting failed (see $logs/push-$setting.err)"
