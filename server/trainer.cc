@@ -1544,18 +1544,19 @@ v1::Status Trainer::GetStatus() const {
     ws->set_duplicates(w.duplicates);
     ws->set_rejected(w.rejected);
     ws->set_last_window(w.last_window);
+    ws->set_covered_by(w.covered_by);
     if (w.covered_by >= 0) {
-      ws->set_transport(absl::StrFormat("via worker %d (hierarchical)", w.covered_by));
+      ws->set_transport(v1::TRANSPORT_HIERARCHICAL);
     } else if (w.shared_memory && grad_segments_[i] != nullptr) {
-      ws->set_transport("shared memory");
+      ws->set_transport(v1::TRANSPORT_SHARED_MEMORY);
     } else if (!w.shm_failure.empty()) {
-      ws->set_transport(absl::StrCat("gRPC (shared memory failed: ", w.shm_failure, ")"));
-    } else if (params_segment_ == nullptr) {
-      ws->set_transport(absl::StrCat("gRPC (no shared memory: ", shm_off_reason_, ")"));
-    } else if (w.contributed_ever) {
-      ws->set_transport("gRPC");
+      ws->set_transport(v1::TRANSPORT_GRPC);
+      ws->set_shared_memory_failure(w.shm_failure);
+    } else if (params_segment_ == nullptr || w.contributed_ever) {
+      ws->set_transport(v1::TRANSPORT_GRPC);
     }
   }
+  if (params_segment_ == nullptr) s.set_shared_memory_off_reason(shm_off_reason_);
   s.set_last_loss(last_loss_);
   for (const v1::LossPoint& p : loss_history_) *s.add_loss_history() = p;
   if (recent_steps_.size() >= 2) {

@@ -197,10 +197,10 @@ TEST(ClientIntegrationTest, EveryTransportGivesTheSameBitsAndShowsInStatus) {
   auto all = [](const std::string& flag) { return [flag](int) { return std::vector<std::string>{flag}; }; };
   const TransportRun grpc = RunWithTransports("t_grpc", {}, all("--shared_memory=false"));
   ASSERT_FALSE(grpc.params.empty());
-  for (const auto& w : grpc.status.workers()) EXPECT_EQ(w.transport(), "gRPC");
+  for (const auto& w : grpc.status.workers()) EXPECT_EQ(w.transport(), v1::TRANSPORT_GRPC);
 
   const TransportRun shm = RunWithTransports("t_shm", {"--shared_memory_dir=/dev/shm"}, all("--shared_memory=true"));
-  for (const auto& w : shm.status.workers()) EXPECT_EQ(w.transport(), "shared memory");
+  for (const auto& w : shm.status.workers()) EXPECT_EQ(w.transport(), v1::TRANSPORT_SHARED_MEMORY);
   EXPECT_EQ(shm.params, grpc.params) << "shared memory and gRPC runs differ";
 
   // Half on each: the server builds pull chunks for the gRPC half only.
@@ -208,7 +208,7 @@ TEST(ClientIntegrationTest, EveryTransportGivesTheSameBitsAndShowsInStatus) {
     return std::vector<std::string>{absl::StrCat("--shared_memory=", k % 2 == 0)};
   });
   for (const auto& w : mixed.status.workers()) {
-    EXPECT_EQ(w.transport(), w.worker() % 2 == 0 ? "shared memory" : "gRPC");
+    EXPECT_EQ(w.transport(), w.worker() % 2 == 0 ? v1::TRANSPORT_SHARED_MEMORY : v1::TRANSPORT_GRPC);
   }
   EXPECT_EQ(mixed.params, grpc.params) << "a mixed-transport run differs";
 
@@ -219,15 +219,15 @@ TEST(ClientIntegrationTest, EveryTransportGivesTheSameBitsAndShowsInStatus) {
         for (const auto& e : std::filesystem::directory_iterator(dir + "/shm")) std::filesystem::remove(e.path());
       });
   for (const auto& w : fallback.status.workers()) {
-    EXPECT_NE(w.transport().find("gRPC (shared memory failed: cannot open shared-memory segment"), std::string::npos)
-        << w.transport();
+    EXPECT_EQ(w.transport(), v1::TRANSPORT_GRPC);
+    EXPECT_NE(w.shared_memory_failure().find("cannot open shared-memory segment"), std::string::npos)
+        << w.shared_memory_failure();
   }
   EXPECT_EQ(fallback.params, grpc.params) << "the fallback run differs";
 
   const TransportRun off = RunWithTransports("t_off", {"--shared_memory_dir="}, all("--shared_memory=true"));
-  for (const auto& w : off.status.workers()) {
-    EXPECT_EQ(w.transport(), "gRPC (no shared memory: off on this server (--shared_memory_dir is empty))");
-  }
+  for (const auto& w : off.status.workers()) EXPECT_EQ(w.transport(), v1::TRANSPORT_GRPC);
+  EXPECT_EQ(off.status.shared_memory_off_reason(), "off on this server (--shared_memory_dir is empty)");
   EXPECT_EQ(off.params, grpc.params);
 
   // Compressed on the wire: half the bytes, close to (not equal to) f32.

@@ -453,9 +453,9 @@ TEST(TrainerSharedMemoryTest, SegmentPushesMatchChunksAndNaNIsRefused) {
     ASSERT_TRUE(testing::BitIdentical((*shm)->Parameters(), grpc->Parameters())) << "after window " << v;
   }
   EXPECT_TRUE(testing::BitIdentical((*shm)->Parameters(), grpc->Parameters()));
-  EXPECT_EQ((*shm)->GetStatus().workers(0).transport(), "shared memory");
-  EXPECT_EQ(grpc->GetStatus().workers(0).transport(),
-            "gRPC (no shared memory: off on this server (--shared_memory_dir is empty))");
+  EXPECT_EQ((*shm)->GetStatus().workers(0).transport(), v1::TRANSPORT_SHARED_MEMORY);
+  EXPECT_EQ(grpc->GetStatus().workers(0).transport(), v1::TRANSPORT_GRPC);
+  EXPECT_EQ(grpc->GetStatus().shared_memory_off_reason(), "off on this server (--shared_memory_dir is empty)");
 }
 
 // Hierarchical reduction: worker 0 joins and pushes for 1 and 2.
@@ -514,7 +514,8 @@ TEST(TrainerHierarchicalTest, CoversCountForEachWorkerAndAreChecked) {
   const v1::Status s = (*t)->GetStatus();
   EXPECT_EQ(s.step(), 1u);
   EXPECT_EQ(s.workers(1).contributions(), 1u);
-  EXPECT_EQ(s.workers(1).transport(), "via worker 0 (hierarchical)");
+  EXPECT_EQ(s.workers(1).transport(), v1::TRANSPORT_HIERARCHICAL);
+  EXPECT_EQ(s.workers(1).covered_by(), 0);
   EXPECT_EQ(s.last_step_samples(), 12u);
 }
 

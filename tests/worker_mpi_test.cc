@@ -97,10 +97,10 @@ std::pair<std::string, v1::Status> RunPath(const std::string& tag, const std::ve
 TEST(WorkerMpiTest, EveryPathGivesTheSameBits) {
   const auto [grpc, grpc_status] = RunPath("path_grpc", {"--shared_memory=false"});
   ASSERT_FALSE(grpc.empty());
-  for (const auto& w : grpc_status.workers()) EXPECT_EQ(w.transport(), "gRPC");
+  for (const auto& w : grpc_status.workers()) EXPECT_EQ(w.transport(), v1::TRANSPORT_GRPC);
 
   const auto [shm, shm_status] = RunPath("path_shm", {});
-  for (const auto& w : shm_status.workers()) EXPECT_EQ(w.transport(), "shared memory");
+  for (const auto& w : shm_status.workers()) EXPECT_EQ(w.transport(), v1::TRANSPORT_SHARED_MEMORY);
   EXPECT_EQ(shm, grpc) << "shared memory and gRPC differ";
 
   // One host, one group: rank 0 adds ranks 1 and 2 in rank order and pushes
@@ -110,9 +110,10 @@ TEST(WorkerMpiTest, EveryPathGivesTheSameBits) {
         RunPath(shared_memory ? "path_hier_shm" : "path_hier_grpc",
                 {"--hierarchical", absl::StrCat("--shared_memory=", shared_memory)});
     ASSERT_EQ(hier_status.workers_size(), 3);
-    EXPECT_EQ(hier_status.workers(0).transport(), shared_memory ? "shared memory" : "gRPC");
+    EXPECT_EQ(hier_status.workers(0).transport(), shared_memory ? v1::TRANSPORT_SHARED_MEMORY : v1::TRANSPORT_GRPC);
     for (int k = 1; k < 3; ++k) {
-      EXPECT_EQ(hier_status.workers(k).transport(), "via worker 0 (hierarchical)");
+      EXPECT_EQ(hier_status.workers(k).transport(), v1::TRANSPORT_HIERARCHICAL);
+      EXPECT_EQ(hier_status.workers(k).covered_by(), 0);
       EXPECT_EQ(hier_status.workers(k).contributions(), 30u);
     }
     EXPECT_EQ(hier_status.contributions_accepted(), 90u);

@@ -60,6 +60,26 @@ std::string Duration(double seconds) {
   return absl::StrFormat("%.2f s", seconds);
 }
 
+// How a worker's data moves, as `gradacc status` has always shown it.
+std::string TransportText(const v1::Status& s, const v1::WorkerStatus& ws) {
+  switch (ws.transport()) {
+    case v1::TRANSPORT_HIERARCHICAL:
+      return absl::StrFormat("via worker %d (hierarchical)", ws.covered_by());
+    case v1::TRANSPORT_SHARED_MEMORY:
+      return "shared memory";
+    case v1::TRANSPORT_GRPC:
+      if (!ws.shared_memory_failure().empty()) {
+        return absl::StrCat("gRPC (shared memory failed: ", ws.shared_memory_failure(), ")");
+      }
+      if (!s.shared_memory_off_reason().empty()) {
+        return absl::StrCat("gRPC (no shared memory: ", s.shared_memory_off_reason(), ")");
+      }
+      return "gRPC";
+    default:
+      return "-";
+  }
+}
+
 }  // namespace
 
 std::string FormatStatusTable(const v1::Status& s) {
@@ -102,7 +122,7 @@ std::string FormatStatusTable(const v1::Status& s) {
                           ws.hostname().empty() ? "-" : ws.hostname().substr(0, 16),
                           Ago(ws.last_seen_unix_micros(), s.server_time_unix_micros()), ws.contributions(),
                           ws.duplicates(), ws.rejected(), ws.last_window(),
-                          ws.transport().empty() ? "-" : ws.transport());
+                          TransportText(s, ws));
   }
   return out;
 }
