@@ -7,8 +7,8 @@
 #include <thread>
 #include <utility>
 
-#include "absl/synchronization/mutex.h"
 #include "common/grpc_status.h"
+#include "common/mutex.h"
 #include "server/push_assembler.h"
 #include "server/shard_exchange.h"
 
@@ -36,7 +36,7 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
         [this](absl::StatusOr<std::shared_ptr<const ParamSnapshot>> snap) { OnSnapshot(std::move(snap)); },
         request.worker(),
         request.has_contribution_key() ? std::optional<uint64_t>(request.contribution_key()) : std::nullopt);
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (id != 0 && !resolved_) waiter_id_ = id;
   }
 
@@ -51,7 +51,7 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
   void OnCancel() override {
     uint64_t id;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       id = waiter_id_;
       waiter_id_ = 0;
     }
@@ -78,7 +78,7 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
 
   void OnSnapshot(absl::StatusOr<std::shared_ptr<const ParamSnapshot>> snap) {
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       resolved_ = true;
       waiter_id_ = 0;
     }
@@ -122,7 +122,7 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
   std::shared_ptr<const ParamSnapshot> snapshot_;
   v1::PullResponse header_;  // the header-only answer
   size_t next_chunk_ = 0;
-  absl::Mutex mu_;
+  Mutex mu_;
   uint64_t waiter_id_ ABSL_GUARDED_BY(mu_) = 0;
   bool resolved_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -139,7 +139,7 @@ class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
     // frees its buffer: an unfinished stream cannot hold memory or a window.
     std::shared_ptr<CancelState> state = cancel_;
     handle_ = trainer_->RegisterPushStream([state] {
-      absl::MutexLock lock(&state->mu);
+      MutexLock lock(&state->mu);
       if (state->context != nullptr) state->context->TryCancel();
     });
     StartRead(&request_);
@@ -167,7 +167,7 @@ class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
   void OnDone() override {
     trainer_->UnregisterPushStream(handle_);
     {
-      absl::MutexLock lock(&cancel_->mu);
+      MutexLock lock(&cancel_->mu);
       cancel_->context = nullptr;
     }
     delete this;
@@ -175,7 +175,7 @@ class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
 
  private:
   struct CancelState {
-    absl::Mutex mu;
+    Mutex mu;
     grpc::CallbackServerContext* context ABSL_GUARDED_BY(mu) = nullptr;
   };
 
@@ -236,7 +236,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Status> {
  private:
   // Outlives the reactor while a listener call may still be running.
   struct Shared {
-    absl::Mutex mu;
+    Mutex mu;
     WatchReactor* reactor ABSL_GUARDED_BY(mu) = nullptr;
     bool writing ABSL_GUARDED_BY(mu) = false;
     bool dirty ABSL_GUARDED_BY(mu) = false;
@@ -244,7 +244,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Status> {
     bool finished ABSL_GUARDED_BY(mu) = false;
 
     void Notify() {
-      absl::MutexLock lock(&mu);
+      MutexLock lock(&mu);
       if (reactor == nullptr || stopped) return;
       if (writing) {
         dirty = true;
@@ -254,7 +254,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Status> {
       reactor->WriteLatest(&mu);
     }
     void WriteDone() {
-      absl::MutexLock lock(&mu);
+      MutexLock lock(&mu);
       writing = false;
       if (reactor == nullptr || stopped) return;
       if (dirty) {
@@ -265,18 +265,18 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Status> {
     }
     // Returns true when the caller should finish the call.
     bool Stop() {
-      absl::MutexLock lock(&mu);
+      MutexLock lock(&mu);
       const bool first = !stopped;
       stopped = true;
       return first;
     }
     void Detach() {
-      absl::MutexLock lock(&mu);
+      MutexLock lock(&mu);
       reactor = nullptr;
     }
   };
 
-  void WriteLatest(absl::Mutex*) {
+  void WriteLatest(Mutex*) {
     status_ = trainer_->GetStatus();
     if (status_.state() == v1::JOB_STATE_STOPPING) {
       state_->stopped = true;  // caller holds state_->mu
@@ -439,20 +439,20 @@ class NormReactor final : public grpc::ServerUnaryReactor {
     std::shared_ptr<State> state = state_;
     const uint32_t shard = exchange->shard();
     const uint64_t id = exchange_->WhenPublished(window, [this, state, shard](const std::vector<double>& value) {
-      absl::MutexLock lock(&state->mu);
+      MutexLock lock(&state->mu);
       if (state->finished) return;
       state->finished = true;
       response_->set_shard(shard);
       for (double v : value) response_->add_tensor_sums(v);
       Finish(grpc::Status::OK);
     });
-    absl::MutexLock lock(&state_->mu);
+    MutexLock lock(&state_->mu);
     id_ = id;
   }
   void OnCancel() override {
     uint64_t id;
     {
-      absl::MutexLock lock(&state_->mu);
+      MutexLock lock(&state_->mu);
       if (state_->finished) return;
       state_->finished = true;
       id = id_;
@@ -464,7 +464,7 @@ class NormReactor final : public grpc::ServerUnaryReactor {
 
  private:
   struct State {
-    absl::Mutex mu;
+    Mutex mu;
     bool finished ABSL_GUARDED_BY(mu) = false;
   };
   ShardExchange* const exchange_;

@@ -28,7 +28,7 @@ ShardExchange::~ShardExchange() = default;
 absl::StatusOr<std::vector<double>> ShardExchange::GlobalSums(uint64_t window, const std::vector<double>& local) {
   std::vector<std::function<void(const std::vector<double>&)>> ready;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     published_[window] = local;
     while (published_.size() > 64) published_.erase(published_.begin());
     for (auto it = waiters_.begin(); it != waiters_.end();) {
@@ -53,7 +53,7 @@ absl::StatusOr<std::vector<double>> ShardExchange::GlobalSums(uint64_t window, c
     while (true) {
       grpc::ClientContext ctx;
       {
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         if (stopped_) return absl::CancelledError("shard exchange stopped: the server is shutting down");
         in_flight_ = &ctx;
       }
@@ -66,7 +66,7 @@ absl::StatusOr<std::vector<double>> ShardExchange::GlobalSums(uint64_t window, c
       v1::GetNormPartialResponse resp;
       const grpc::Status s = stub->GetNormPartial(&ctx, req, &resp);
       {
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         in_flight_ = nullptr;
         if (stopped_) return absl::CancelledError("shard exchange stopped: the server is shutting down");
       }
@@ -92,7 +92,7 @@ absl::StatusOr<std::vector<double>> ShardExchange::GlobalSums(uint64_t window, c
 uint64_t ShardExchange::WhenPublished(uint64_t window, std::function<void(const std::vector<double>&)> done) {
   std::vector<double> value;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto it = published_.find(window);
     if (it == published_.end()) {
       const uint64_t id = next_id_++;
@@ -106,13 +106,13 @@ uint64_t ShardExchange::WhenPublished(uint64_t window, std::function<void(const 
 }
 
 void ShardExchange::Stop() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   stopped_ = true;
   if (in_flight_ != nullptr) in_flight_->TryCancel();
 }
 
 void ShardExchange::Cancel(uint64_t id) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   waiters_.erase(id);
 }
 

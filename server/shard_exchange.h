@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/mutex.h"
 #include "server/trainer.h"
 
 namespace grpc {
@@ -52,7 +52,7 @@ class ShardExchange final : public NormExchange {
   const absl::Duration timeout_;
   std::vector<std::shared_ptr<grpc::Channel>> channels_;
 
-  absl::Mutex mu_;
+  Mutex mu_;
   std::map<uint64_t, std::vector<double>> published_ ABSL_GUARDED_BY(mu_);  // the last few windows
   struct Waiter {
     uint64_t window;

@@ -232,8 +232,8 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
       params_(std::move(params)),
       reduced_(params_.size()),
       optimizer_(std::move(optimizer)) {
-  absl::MutexLock step_lock(&step_mu_);
-  absl::MutexLock lock(&mu_);
+  MutexLock step_lock(&step_mu_);
+  MutexLock lock(&mu_);
   if (options_.shared_memory_dir.empty()) {
     shm_off_reason_ = "off on this server (--shared_memory_dir is empty)";
   } else if (options_.num_shards > 1) {
@@ -287,8 +287,8 @@ void Trainer::StepperLoop() {
   while (true) {
     ClosingWindow window;
     {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(
+      MutexLock lock(&mu_);
+      mu_.Await(Condition(
           +[](Trainer* t) ABSL_EXCLUSIVE_LOCKS_REQUIRED(t->mu_) { return t->pending_close_.has_value() || t->stepper_stop_; },
           this));
       if (!pending_close_.has_value()) return;
@@ -304,23 +304,23 @@ void Trainer::Close(ClosingWindow window) {
     CloseWindow(std::move(window));
     return;
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   pending_close_ = std::move(window);
 }
 
 Trainer::~Trainer() {
   Shutdown();
   {
-    absl::MutexLock lock(&expiry_mu_);
+    MutexLock lock(&expiry_mu_);
     expiry_stop_ = true;
   }
   if (expiry_thread_.joinable()) expiry_thread_.join();
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stepper_stop_ = true;
   }
   if (stepper_thread_.joinable()) stepper_thread_.join();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (ledger_file_ != nullptr) std::fclose(ledger_file_);
 }
 
@@ -433,7 +433,7 @@ absl::StatusOr<v1::JoinResponse> Trainer::Join(const v1::JoinRequest& request) {
   }
   v1::JoinResponse response;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("server is shutting down");
     const uint32_t id = request.worker();
     workers_[id].covered_by = -1;  // it speaks for itself now
@@ -481,7 +481,7 @@ absl::Status Trainer::Leave(const v1::LeaveRequest& request) {
   GRADACC_RETURN_IF_ERROR(CheckWorker(request.worker()));
   std::optional<ClosingWindow> closing;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     WorkerInfo& w = workers_[request.worker()];
     if (w.state == v1::WORKER_STATE_NEVER_JOINED) {
       return absl::FailedPreconditionError(absl::StrCat("worker ", request.worker(), " never joined"));
@@ -517,7 +517,7 @@ absl::StatusOr<v1::AttachSharedMemoryResponse> Trainer::AttachSharedMemory(
   GRADACC_RETURN_IF_ERROR(CheckJob(request.job_id()));
   GRADACC_RETURN_IF_ERROR(CheckWorker(request.worker()));
   v1::AttachSharedMemoryResponse response;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   WorkerInfo& w = workers_[request.worker()];
   if (!request.failure().empty()) {
     // The worker could not use what it was offered: it stays on gRPC, and
@@ -555,22 +555,22 @@ absl::StatusOr<v1::AttachSharedMemoryResponse> Trainer::AttachSharedMemory(
 }
 
 bool Trainer::SharedMemoryAttached(uint32_t worker) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return worker < grad_segments_.size() && grad_segments_[worker] != nullptr;
 }
 
 std::shared_ptr<const ParamSnapshot> Trainer::FullSnapshot() {
   // Under step_mu_ the parameters are exactly those of the current snapshot.
-  absl::MutexLock step_lock(&step_mu_);
+  MutexLock step_lock(&step_mu_);
   std::shared_ptr<const ParamSnapshot> current;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     current = snapshot_;
   }
   if (current->has_chunks) return current;
   const v1::ParametersHeader& h = current->header.header();
   auto full = BuildSnapshot(current->version, h.job_done(), h.lr(), h.loss());
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (snapshot_ == current) snapshot_ = full;
   return full;
 }
@@ -585,7 +585,7 @@ FloatBuffer Trainer::TakeBuffer() {
 }
 
 void Trainer::ReturnBuffer(FloatBuffer buffer) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   // Keep at most what can be in use at once; the rest goes back to the OS.
   if (free_buffers_.size() < static_cast<size_t>(max_inflight_) + num_workers_) {
     free_buffers_.push_back(std::move(buffer));
@@ -593,12 +593,12 @@ void Trainer::ReturnBuffer(FloatBuffer buffer) {
 }
 
 void Trainer::ReleaseInflight() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   --inflight_pushes_;
 }
 
 void Trainer::RecordRejected(uint32_t worker, const std::string& reason) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   ++rejected_;
   ++rejected_by_reason_[reason.empty() ? "other" : reason];
   if (worker < num_workers_) ++workers_[worker].rejected;
@@ -619,7 +619,7 @@ TrainerCounters Trainer::Counters() const {
   TrainerCounters c;
   c.bytes_received = bytes_received_;
   c.bytes_sent = bytes_sent_;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   c.rejected_by_reason = rejected_by_reason_;
   c.step_seconds_bounds = kStepSecondsBounds;
   uint64_t cumulative = 0;
@@ -671,7 +671,7 @@ void Trainer::AppendLedgerLocked(const v1::StepRecord& record) {
 
 v1::GetStepsResponse Trainer::GetSteps(uint64_t from, uint64_t to) const {
   v1::GetStepsResponse r;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   r.set_oldest_kept(ledger_.empty() ? 0 : ledger_.front().step());
   for (const v1::StepRecord& rec : ledger_) {
     if (rec.step() >= from && (to == 0 || rec.step() <= to)) *r.add_steps() = rec;
@@ -725,13 +725,13 @@ absl::Status Trainer::CheckManifest(const v1::PushHeader& h) const {
 
 absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHeader& h) {
   if (absl::Status s = CheckJob(h.job_id()); !s.ok()) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     ++rejected_;
     ++rejected_by_reason_["unknown_job"];
     return s;
   }
   if (absl::Status s = CheckWorker(h.worker()); !s.ok()) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     ++rejected_;
     ++rejected_by_reason_["unknown_worker"];
     return s;
@@ -758,7 +758,7 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
     invalid = CheckManifest(h);
     reason = "manifest";
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (stopping_) return absl::UnavailableError("server is shutting down");
   WorkerInfo& w = workers_[h.worker()];
   if (!invalid.ok()) {
@@ -874,7 +874,7 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
     }
   }
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (stopping_) return absl::UnavailableError("server is shutting down");
     WorkerInfo& w = workers_[h.worker()];
     auto key = w.applied_keys.find(h.contribution_key());
@@ -958,12 +958,12 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
 }
 
 void Trainer::CloseWindow(ClosingWindow window) {
-  absl::MutexLock step_lock(&step_mu_);
+  MutexLock step_lock(&step_mu_);
   const absl::Time t0 = absl::Now();
   uint64_t version;
   absl::Time opened;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     version = version_;
     opened = window_opened_;
   }
@@ -1108,7 +1108,7 @@ void Trainer::CloseWindow(ClosingWindow window) {
   // through gRPC (any member not on shared memory).
   bool all_shared_memory = params_segment_ != nullptr;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     for (uint32_t i = 0; i < num_workers_ && all_shared_memory; ++i) {
       if (expected_[i] && (!workers_[i].shared_memory || grad_segments_[i] == nullptr)) all_shared_memory = false;
     }
@@ -1120,7 +1120,7 @@ void Trainer::CloseWindow(ClosingWindow window) {
   const bool checkpoint = !options_.checkpoint_dir.empty() &&
                           (job_done || new_version % std::max<uint64_t>(1, options_.checkpoint_every) == 0);
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     for (Slot& s : slots) {
       if (s.grad.owned() && s.grad.size() == size() &&
           free_buffers_.size() < static_cast<size_t>(max_inflight_) + num_workers_) {
@@ -1151,7 +1151,7 @@ void Trainer::CloseWindow(ClosingWindow window) {
   }
   if (params_segment_ != nullptr) params_segment_->header()->seq.store(2 * new_version, std::memory_order_release);
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     version_ = new_version;
     snapshot_ = snapshot;
     closing_ = false;
@@ -1159,7 +1159,7 @@ void Trainer::CloseWindow(ClosingWindow window) {
   }
   if (job_done && !options_.final_params_path.empty()) WriteFinalParameters();
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       if (it->second.min_version <= new_version || job_done) {
         ReleaseWaiter(it->second.worker);
@@ -1178,7 +1178,7 @@ void Trainer::CloseWindow(ClosingWindow window) {
     if (i == 0) MaybeKill("mid_broadcast", version, 0);
   }
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     const absl::Time published = absl::Now();
     last_timing_.set_broadcast_seconds(Seconds(published - t2));
     const double step_seconds = Seconds(published - opened);
@@ -1265,7 +1265,7 @@ absl::Status Trainer::WriteCheckpointLocked(const v1::CheckpointState& state) {
   GRADACC_RETURN_IF_ERROR(
       WriteCheckpoint(options_.checkpoint_dir, layout_, s, params_.span(), buffers, options_.keep_checkpoints));
   last_checkpoint_version_ = state.version();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   last_checkpoint_step_ = state.version();
   last_checkpoint_time_ = absl::Now();
   return absl::OkStatus();
@@ -1273,10 +1273,10 @@ absl::Status Trainer::WriteCheckpointLocked(const v1::CheckpointState& state) {
 
 absl::Status Trainer::CheckpointNow() {
   if (options_.checkpoint_dir.empty()) return absl::OkStatus();
-  absl::MutexLock step_lock(&step_mu_);
+  MutexLock step_lock(&step_mu_);
   v1::CheckpointState state;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     // The open window's contributions are not in a checkpoint: workers push
     // them again after a restart.
     state = CheckpointStateLocked(version_);
@@ -1294,14 +1294,14 @@ void Trainer::ReleaseWaiter(int64_t worker) {
 }
 
 uint64_t Trainer::RegisterPushStream(std::function<void()> cancel) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   const uint64_t id = next_push_stream_++;
   push_streams_[id] = PushStream{absl::Now() + options_.push_timeout, std::move(cancel)};
   return id;
 }
 
 void Trainer::UnregisterPushStream(uint64_t handle) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   push_streams_.erase(handle);
 }
 
@@ -1359,7 +1359,7 @@ void Trainer::WriteFinalParameters() {
     absl::FPrintF(stderr, "gradacc-server: cannot write final parameters: %s\n", s.ToString());
   } else {
     absl::FPrintF(stderr, "gradacc-server: final parameters written to %s\n", options_.final_params_path);
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     final_written_ = true;
   }
 }
@@ -1370,7 +1370,7 @@ uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done, in
   absl::Status lost;
   bool stopping;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopping = stopping_;
     if (worker >= 0 && static_cast<uint32_t>(worker) < num_workers_) workers_[worker].last_seen = absl::Now();
     if (!stopping) {
@@ -1401,7 +1401,7 @@ uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done, in
 }
 
 bool Trainer::CancelWait(uint64_t id) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = waiters_.find(id);
   if (it == waiters_.end()) return false;
   ReleaseWaiter(it->second.worker);
@@ -1410,14 +1410,14 @@ bool Trainer::CancelWait(uint64_t id) {
 }
 
 void Trainer::ExpireWaitersLoop() {
-  absl::MutexLock lock(&expiry_mu_);
+  MutexLock lock(&expiry_mu_);
   while (!expiry_stop_) {
-    expiry_mu_.AwaitWithTimeout(absl::Condition(&expiry_stop_), absl::Milliseconds(50));
+    expiry_mu_.AwaitWithTimeout(Condition(&expiry_stop_), absl::Milliseconds(50));
     std::vector<SnapshotCallback> expired;
     std::vector<std::function<void()>> cancels;
     std::optional<ClosingWindow> closing;
     {
-      absl::MutexLock state_lock(&mu_);
+      MutexLock state_lock(&mu_);
       const absl::Time now = absl::Now();
       for (auto it = waiters_.begin(); it != waiters_.end();) {
         if (it->second.deadline <= now) {
@@ -1457,23 +1457,23 @@ void Trainer::ExpireWaitersLoop() {
 }
 
 std::shared_ptr<const ParamSnapshot> Trainer::Current() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return snapshot_;
 }
 
 uint64_t Trainer::version() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return version_;
 }
 
 bool Trainer::done() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return version_ >= spec_.total_steps();
 }
 
 std::vector<float> Trainer::Parameters() const {
   // Steps hold step_mu_, so the parameters are those of one version.
-  absl::MutexLock step_lock(&step_mu_);
+  MutexLock step_lock(&step_mu_);
   return std::vector<float>(params_.data(), params_.data() + params_.size());
 }
 
@@ -1484,7 +1484,7 @@ absl::Status Trainer::ReportMetric(const v1::ReportMetricRequest& request) {
     return absl::InvalidArgumentError("test_accuracy must be in [0, 1]");
   }
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     test_accuracy_ = request.test_accuracy();
     test_accuracy_step_ = request.step();
     v1::AccuracyPoint point;
@@ -1500,7 +1500,7 @@ absl::Status Trainer::ReportMetric(const v1::ReportMetricRequest& request) {
 v1::Status Trainer::GetStatus() const {
   v1::Status s;
   const absl::Time now = absl::Now();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   s.set_job_id(spec_.job_id());
   bool any_joined = false;
   for (const WorkerInfo& w : workers_) any_joined |= w.state != v1::WORKER_STATE_NEVER_JOINED;
@@ -1604,21 +1604,21 @@ v1::Status Trainer::GetStatus() const {
 }
 
 uint64_t Trainer::AddListener(Listener listener) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   const uint64_t id = next_listener_id_++;
   listeners_[id] = std::make_shared<Listener>(std::move(listener));
   return id;
 }
 
 void Trainer::RemoveListener(uint64_t id) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   listeners_.erase(id);
 }
 
 void Trainer::NotifyListeners() {
   std::vector<std::shared_ptr<Listener>> listeners;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     for (auto& [id, l] : listeners_) listeners.push_back(l);
   }
   for (auto& l : listeners) (*l)();
@@ -1627,7 +1627,7 @@ void Trainer::NotifyListeners() {
 void Trainer::Shutdown() {
   std::vector<SnapshotCallback> parked;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (stopping_) return;
     stopping_ = true;
     for (auto& [id, w] : waiters_) parked.push_back(std::move(w.done));

@@ -29,10 +29,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/buffer.h"
 #include "common/job_spec.h"
+#include "common/mutex.h"
 #include "common/shm.h"
 #include "gradacc/v1/control.pb.h"
 #include "gradacc/v1/data.pb.h"
@@ -348,7 +348,7 @@ class Trainer {
   const uint64_t end_;
 
   // Orders steps and checkpoints; taken before mu_, never while holding it.
-  mutable absl::Mutex step_mu_;
+  mutable Mutex step_mu_;
   FloatBuffer params_ ABSL_GUARDED_BY(step_mu_);  // a view of params_segment_ when shared memory is on
   FloatBuffer reduced_ ABSL_GUARDED_BY(step_mu_);  // the window's reduced gradient
   // The fused close's pieces: at most kPieceElements each, never across a
@@ -369,7 +369,7 @@ class Trainer {
   std::string shm_off_reason_;
   std::vector<std::shared_ptr<ShmSegment>> grad_segments_ ABSL_GUARDED_BY(mu_);
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;
   bool closing_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
@@ -424,7 +424,7 @@ class Trainer {
   uint64_t step_seconds_count_ ABSL_GUARDED_BY(mu_) = 0;
   double step_seconds_sum_ ABSL_GUARDED_BY(mu_) = 0;
 
-  absl::Mutex expiry_mu_;
+  Mutex expiry_mu_;
   bool expiry_stop_ ABSL_GUARDED_BY(expiry_mu_) = false;
   std::thread expiry_thread_;
   // close_async: the window handed to the stepper thread.

@@ -51,7 +51,7 @@ absl::StatusOr<std::unique_ptr<Dashboard>> Dashboard::Start(const DashboardOptio
   if (!options.ledger.empty()) {
     auto steps = ReadLedger(options.ledger);
     if (!steps.ok()) return steps.status();
-    absl::MutexLock lock(&d->mu_);
+    MutexLock lock(&d->mu_);
     d->steps_ = std::move(*steps);
   }
   Dashboard* self = d.get();
@@ -80,7 +80,7 @@ absl::StatusOr<std::unique_ptr<Dashboard>> Dashboard::Start(const DashboardOptio
 
 Dashboard::~Dashboard() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stop_ = true;
     if (watch_ != nullptr) watch_->TryCancel();
   }
@@ -91,14 +91,14 @@ Dashboard::~Dashboard() {
 int Dashboard::port() const { return http_->port(); }
 
 std::string Dashboard::StatusJson() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return absl::StrCat("{\"connected\":", connected_ ? "true" : "false",
                       ",\"status\":", have_status_ ? ToJson(status_) : "null", "}");
 }
 
 std::string Dashboard::StepsJson() {
   v1::GetStepsResponse r;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (const auto& [step, record] : steps_) *r.add_steps() = record;
   r.set_oldest_kept(steps_.empty() ? 0 : steps_.begin()->first);
   return ToJson(r);
@@ -117,7 +117,7 @@ void Dashboard::FollowLoop() {
     grpc::ClientContext ctx;
     Authenticate(ctx, connection.token);
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       if (stop_) return;
       watch_ = &ctx;  // the destructor cancels it
     }
@@ -126,7 +126,7 @@ void Dashboard::FollowLoop() {
     while (reader->Read(&status)) {
       uint64_t have = 0;
       {
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         connected_ = true;
         have_status_ = true;
         status_ = status;
@@ -140,17 +140,17 @@ void Dashboard::FollowLoop() {
       Authenticate(sctx, connection.token);
       sctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
       if (stub->GetSteps(&sctx, req, &resp).ok()) {
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         for (const v1::StepRecord& r : resp.steps()) steps_[r.step()] = r;
       }
     }
     reader->Finish();
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       watch_ = nullptr;
       connected_ = false;
       // The server is away: try again shortly (or stop).
-      mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Seconds(1));
+      mu_.AwaitWithTimeout(Condition(&stop_), absl::Seconds(1));
       if (stop_) return;
     }
   }

@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 #include "gradacc/v1/control.pb.h"
 #include "worker/channel.h"
 
@@ -49,7 +49,7 @@ class Dashboard {
   DashboardOptions options_;
   std::unique_ptr<HttpServer> http_;
   std::thread follower_;
-  absl::Mutex mu_;
+  Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   grpc::ClientContext* watch_ ABSL_GUARDED_BY(mu_) = nullptr;
   bool connected_ ABSL_GUARDED_BY(mu_) = false;
