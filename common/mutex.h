@@ -35,11 +35,16 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
+// GRADACC_TSAN: defined by CMake in TSan builds (GRADACC_SANITIZE=thread),
+// which also undefine __SANITIZE_THREAD__ (see CMakeLists.txt); detected
+// here for builds made otherwise.
+#ifndef GRADACC_TSAN
 #if defined(__SANITIZE_THREAD__)
 #define GRADACC_TSAN 1
 #elif defined(__has_feature)
 #if __has_feature(thread_sanitizer)
 #define GRADACC_TSAN 1
+#endif
 #endif
 #endif
 
