@@ -279,7 +279,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Status> {
   void WriteLatest(Mutex*) {
     status_ = trainer_->GetStatus();
     if (status_.state() == v1::JOB_STATE_STOPPING) {
-      state_->stopped = true;  // caller holds state_->mu
+      state_->mu.AssertHeld();  // the caller holds it (Shared::Notify, WriteDone)
+      state_->stopped = true;
       Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server is shutting down"));
       return;
     }

@@ -1092,7 +1092,10 @@ void Trainer::CloseWindow(ClosingWindow window) {
     if (spec_.clipping().max_norm() > 0) {
       const float coef = (1.0f / (grad_norm + 1e-6f)) * static_cast<float>(spec_.clipping().max_norm());
       if (coef < 1.0f) {
-        ParallelFor(acc.size(), [&](size_t b, size_t e) { ScaleInPlace(acc.span().subspan(b, e - b), coef); });
+        // The span is taken here, where step_mu_ is known to be held (the
+        // thread-safety analysis does not follow it into the lambda).
+        const absl::Span<float> grads = acc.span();
+        ParallelFor(grads.size(), [&](size_t b, size_t e) { ScaleInPlace(grads.subspan(b, e - b), coef); });
         clipped_norm = grad_norm * coef;
       }
     }

@@ -337,7 +337,7 @@ class Trainer {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
   void NotifyListeners() ABSL_LOCKS_EXCLUDED(mu_);
   void ExpireWaitersLoop();
-  void WriteFinalParameters();
+  void WriteFinalParameters() ABSL_EXCLUSIVE_LOCKS_REQUIRED(step_mu_);
 
   const v1::JobSpec spec_;
   const ModelLayout layout_;
