@@ -4,6 +4,7 @@
 // count once; health and reflection are served.
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <cmath>
 #include <fstream>
 #include <thread>
@@ -350,13 +351,18 @@ TEST_F(ServerIntegrationTest, DuplicatesAndBrokenStreamsCountOnce) {
 TEST_F(ServerIntegrationTest, ParkedPullWaitsForTheWindow) {
   StartWindowWithWorker0();
   std::vector<float> got;
-  uint64_t version = 0;
-  std::thread puller([&] { got = Pull(1, &version); });
+  // Published when the pull returns; read while it may still be running.
+  std::atomic<uint64_t> version{0};
+  std::thread puller([&] {
+    uint64_t v = 0;
+    got = Pull(1, &v);
+    version = v;
+  });
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  EXPECT_EQ(version, 0u);  // still parked
+  EXPECT_EQ(version.load(), 0u);  // still parked
   FinishWindowAndCheck();
   puller.join();
-  EXPECT_EQ(version, 1u);
+  EXPECT_EQ(version.load(), 1u);
 }
 
 TEST_F(ServerIntegrationTest, ShutdownFinishesParkedPullsWithUnavailable) {
