@@ -191,8 +191,8 @@ class ABSL_LOCKABLE Mutex {
   // says whether the caller may have changed guarded state since it locked:
   // then other waiters must re-evaluate theirs, as after an Unlock.
   bool Wait(const Condition& cond, const Clock::time_point* deadline, bool released) {
-    if (cond.Eval()) return true;
     CheckHeld("Await");
+    if (cond.Eval()) return true;
     std::unique_lock<std::mutex> lock(mu_, std::adopt_lock);
     if (released && waiters_ > 0) cv_.notify_all();
     ++waiters_;
