@@ -74,10 +74,13 @@ history_size=4 halt_on_error=0"
   status=0
   ctest --output-on-failure --timeout 900 -j 2 -L 'unit|integration' "${args[@]}" || status=$?
   if compgen -G "$reports/tsan.*" >/dev/null; then
+    # The first report of each process in full, then a count of them all.
     for f in "$reports"/tsan.*; do
-      echo "=== $f"
-      cat "$f"
+      echo "=== $f (first report)"
+      sed -n '1,/^SUMMARY/p' "$f"
     done
+    echo "=== every report, by its summary line"
+    cat "$reports"/tsan.* | grep '^SUMMARY' | sort | uniq -c | sort -rn
     echo "tsan: $(cat "$reports"/tsan.* | grep -c '^WARNING: ThreadSanitizer') report(s) in" \
       "$(ls "$reports" | wc -l) process(es), see $reports" >&2
     exit 1
