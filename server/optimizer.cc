@@ -18,7 +18,19 @@ namespace {
 // exactly as the scalar ones. Steps run on ParallelFor's threads over
 // contiguous ranges; every update is element-wise, so the bits do not depend
 // on the split.
-__attribute__((target_clones("fma", "default"))) void SgdKernel(
+// Not under ThreadSanitizer: a target_clones resolver (an ifunc) runs during
+// relocation, before TSan's runtime is up, and crashes instrumented.
+#define GRADACC_FMA_CLONES __attribute__((target_clones("fma", "default")))
+#if defined(GRADACC_TSAN) || defined(__SANITIZE_THREAD__)
+#undef GRADACC_FMA_CLONES
+#define GRADACC_FMA_CLONES
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#undef GRADACC_FMA_CLONES
+#define GRADACC_FMA_CLONES
+#endif
+#endif
+GRADACC_FMA_CLONES void SgdKernel(
     float* __restrict p, const float* __restrict g, float* __restrict buf, size_t n, float neg_lr, float wd,
     float mom, float one_minus_damp, bool nesterov, bool first) {
   if (mom == 0) {
@@ -69,7 +81,7 @@ __attribute__((always_inline)) inline void AdamLoop(float* __restrict p, const f
   }
 }
 
-__attribute__((target_clones("fma", "default"))) void AdamKernel(
+GRADACC_FMA_CLONES void AdamKernel(
     float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
     float* __restrict vmax, size_t n, float b1, float one_minus_b1, float b2, float one_minus_b2, float eps,
     float wd, float decay, float neg_step_size, float bc2_sqrt, bool has_wd, bool decoupled, bool amsgrad) {

@@ -14,7 +14,6 @@ StepExecutor::StepExecutor(const v1::JobSpec* spec, const ModelLayout* layout, F
                            uint32_t num_shards, FloatBuffer params, std::unique_ptr<Optimizer> optimizer,
                            ReducerOptions options)
     : spec_(spec),
-      layout_(layout),
       range_(range),
       num_shards_(num_shards),
       reducer_(layout, range, options),

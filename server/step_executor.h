@@ -67,7 +67,6 @@ class StepExecutor {
   absl::StatusOr<float> GlobalNorm(uint64_t window, NormExchange* exchange, std::vector<float>* tensor_sums);
 
   const v1::JobSpec* const spec_;
-  const ModelLayout* const layout_;
   const FlatRange range_;
   const uint32_t num_shards_;
   const Reducer reducer_;

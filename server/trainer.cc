@@ -144,13 +144,14 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
   GRADACC_ASSIGN_OR_RETURN(std::unique_ptr<Optimizer> optimizer, Optimizer::Create(spec.optimizer(), range.size()));
   if (restored.has_value()) {
     optimizer->set_steps(restored->state.optimizer_steps());
-    for (auto& [name, buffer] : optimizer->StateBuffers()) {
+    for (auto& state : optimizer->StateBuffers()) {
+      const std::string& name = state.first;
       auto it = std::find_if(restored->optimizer.begin(), restored->optimizer.end(),
                              [&](const auto& p) { return p.first == name; });
       if (it == restored->optimizer.end()) {
         return absl::DataLossError(absl::StrCat("checkpoint lacks optimizer state '", name, "'"));
       }
-      *buffer = std::move(it->second);
+      *state.second = std::move(it->second);
     }
   }
   std::unique_ptr<Trainer> trainer(new Trainer(std::move(spec), std::move(layout), std::move(options), range,

@@ -18,7 +18,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 #include "common/safetensors.h"
 #include "google/protobuf/util/json_util.h"
 #include "gradacc/v1/control.grpc.pb.h"
@@ -338,7 +338,7 @@ class CuttingProxy {
       }
       int64_t budget = -1;  // unlimited
       {
-        absl::MutexLock lock(&mu_);
+        MutexLock lock(&mu_);
         if (cuts_left_ > 0) {
           --cuts_left_;
           // Somewhere inside a push or a pull of this ~8 KB model, or the
@@ -386,7 +386,7 @@ class CuttingProxy {
   std::vector<std::thread> pumps_;
   std::atomic<bool> stop_{false};
   std::atomic<int> cuts_done_{0};
-  absl::Mutex mu_;
+  Mutex mu_;
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
   int cuts_left_ ABSL_GUARDED_BY(mu_);
 };

@@ -8,7 +8,7 @@
 #include <random>
 #include <thread>
 
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 #include "gtest/gtest.h"
 #include "server/step_executor.h"
 #include "tests/test_util.h"
@@ -95,23 +95,23 @@ TEST(ReducerTest, FusedPassEqualsReduceThenStep) {
 // Two shards in one process: each publishes its part and reads the other's.
 class FakeExchange : public NormExchange {
  public:
-  FakeExchange(std::map<std::pair<uint32_t, uint64_t>, NormPart>* board, absl::Mutex* mu, uint32_t shard,
+  FakeExchange(std::map<std::pair<uint32_t, uint64_t>, NormPart>* board, gradacc::Mutex* mu, uint32_t shard,
                uint32_t shards)
       : board_(board), mu_(mu), shard_(shard), shards_(shards) {}
   absl::StatusOr<TorchNormState> CarryIn(uint64_t window) override {
-    absl::MutexLock lock(mu_);
+    gradacc::MutexLock lock(mu_);
     auto ready = std::make_pair(board_, std::make_pair(shard_ - 1, window));
-    mu_->Await(absl::Condition(+[](decltype(ready)* a) { return a->first->count(a->second) > 0; }, &ready));
+    mu_->Await(gradacc::Condition(+[](decltype(ready)* a) { return a->first->count(a->second) > 0; }, &ready));
     return board_->at(ready.second).carry;
   }
   absl::StatusOr<std::vector<float>> Exchange(uint64_t window, const NormPart& local) override {
-    absl::MutexLock lock(mu_);
+    gradacc::MutexLock lock(mu_);
     (*board_)[{shard_, window}] = local;
     std::vector<float> total(local.finished.size(), 0.0f);
     for (uint32_t s = 0; s < shards_; ++s) {
       const auto key = std::make_pair(s, window);
       auto ready = std::make_pair(board_, key);
-      mu_->Await(absl::Condition(+[](decltype(ready)* a) { return a->first->count(a->second) > 0; }, &ready));
+      mu_->Await(gradacc::Condition(+[](decltype(ready)* a) { return a->first->count(a->second) > 0; }, &ready));
       for (size_t t = 0; t < total.size(); ++t) total[t] += board_->at(key).finished[t];
     }
     return total;
@@ -119,7 +119,7 @@ class FakeExchange : public NormExchange {
 
  private:
   std::map<std::pair<uint32_t, uint64_t>, NormPart>* board_;
-  absl::Mutex* mu_;
+  gradacc::Mutex* mu_;
   const uint32_t shard_, shards_;
 };
 
@@ -130,7 +130,7 @@ TEST(StepExecutorTest, ShardedClippedStepEqualsOneServer) {
   auto run = [&](uint32_t shards) {
     std::vector<float> params(n);
     std::map<std::pair<uint32_t, uint64_t>, NormPart> board;
-    absl::Mutex mu;
+    gradacc::Mutex mu;
     std::vector<std::thread> threads;
     for (uint32_t s = 0; s < shards; ++s) {
       threads.emplace_back([&, s] {

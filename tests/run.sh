@@ -3,22 +3,57 @@
 #   tests/run.sh                 every tier that needs no container
 #   tests/run.sh -L unit         one tier (ctest label: unit, integration, mpi, ...)
 #   tests/run.sh -R Golden       any other ctest arguments
-# Environment: GRADACC_BUILD_DIR (default build), GRADACC_SANITIZE
-# ('address,undefined' or 'thread'), GRADACC_SKIP_INSTALL=1.
+#   tests/run.sh --tsan          ThreadSanitizer build (build-tsan) of the unit
+#                                and integration tiers, and runs them
+#   tests/run.sh --thread-safety clang build (build-clang) of the libraries
+#                                with locks, -Wthread-safety -Werror
+# The fuzz corpus is replayed in the fault tier; to fuzz for new inputs:
+# tests/fuzz/run_fuzz.sh [seconds].
+# Environment: GRADACC_BUILD_DIR (default build, build-tsan, build-clang),
+# GRADACC_SANITIZE ('address,undefined' or 'thread', default run only),
+# GRADACC_SKIP_INSTALL=1.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+
+mode=default
+case "${1:-}" in
+  --tsan) mode=tsan; shift ;;
+  --thread-safety) mode=thread-safety; shift ;;
+esac
 
 if [[ "${GRADACC_SKIP_INSTALL:-0}" != 1 ]]; then
   deploy/install-deps.sh
 fi
 
-build="${GRADACC_BUILD_DIR:-build}"
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DGRADACC_SANITIZE="${GRADACC_SANITIZE:-}" >/dev/null
+launcher=()
+if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
+
 # Two jobs: each TU that includes gRPC headers takes ~1 GB and the machines
 # have 2 cores.
-cmake --build "$build" -j 2
+case "$mode" in
+  thread-safety)
+    # Only compiles (nothing runs): no optimisation, no debug info.
+    build="${GRADACC_BUILD_DIR:-build-clang}"
+    CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-O0 \
+      -DGRADACC_THREAD_SAFETY=ON -DGRADACC_WERROR=ON -DGRADACC_CUDA=OFF "${launcher[@]}" >/dev/null
+    cmake --build "$build" --target gradacc_thread_safety -j 2
+    echo "thread-safety: clang -Wthread-safety -Werror build of common, server, client, dashboard and mutex_test passed"
+    exit 0
+    ;;
+  tsan)
+    build="${GRADACC_BUILD_DIR:-build-tsan}"
+    cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGRADACC_SANITIZE=thread \
+      -DGRADACC_CUDA=OFF "${launcher[@]}" >/dev/null
+    cmake --build "$build" --target gradacc_tier_unit gradacc_tier_integration -j 2
+    ;;
+  default)
+    build="${GRADACC_BUILD_DIR:-build}"
+    cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DGRADACC_SANITIZE="${GRADACC_SANITIZE:-}" "${launcher[@]}" >/dev/null
+    cmake --build "$build" -j 2
+    ;;
+esac
 
 # Open MPI refuses root and more ranks than cores unless told; the tests
 # launch their own mpirun with these.
@@ -26,6 +61,35 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_
 
 cd "$build"
 args=("$@")
+
+if [[ "$mode" == tsan ]]; then
+  # Every process (test binaries and the servers and clients they start)
+  # writes its reports to tsan-reports/ instead of a stderr that a test may
+  # have redirected; any report fails the run. Suppressions: tests/tsan.supp.
+  reports="$PWD/tsan-reports"
+  rm -rf "$reports"
+  mkdir -p "$reports"
+  export TSAN_OPTIONS="suppressions=$root/tests/tsan.supp log_path=$reports/tsan second_deadlock_stack=1 \
+history_size=4 halt_on_error=0"
+  status=0
+  ctest --output-on-failure --timeout 900 -j 2 -L 'unit|integration' "${args[@]}" || status=$?
+  if compgen -G "$reports/tsan.*" >/dev/null; then
+    # The first report of each process in full, then a count of them all.
+    for f in "$reports"/tsan.*; do
+      echo "=== $f (first report)"
+      sed -n '1,/^SUMMARY/p' "$f"
+    done
+    echo "=== every report, by its summary line"
+    cat "$reports"/tsan.* | grep '^SUMMARY' | sort | uniq -c | sort -rn
+    echo "tsan: $(cat "$reports"/tsan.* | grep -c '^WARNING: ThreadSanitizer') report(s) in" \
+      "$(ls "$reports" | wc -l) process(es), see $reports" >&2
+    exit 1
+  fi
+  if ((status != 0)); then exit "$status"; fi
+  echo "tsan: unit and integration tiers passed without a ThreadSanitizer report"
+  exit 0
+fi
+
 # The container tier is its own command (it needs podman and minutes).
 has_label=0
 for a in "${args[@]}"; do [[ "$a" == -L* ]] && has_label=1; done

@@ -7,9 +7,9 @@
 #include <filesystem>
 #include <fstream>
 
-#include "absl/synchronization/notification.h"
 #include "common/errors.h"
 #include "common/files.h"
+#include "common/mutex.h"
 #include "gtest/gtest.h"
 #include "server/checkpointer.h"
 #include "server/deadline_queue.h"
@@ -22,6 +22,24 @@
 namespace gradacc {
 namespace {
 
+// A one-shot event TSan can see (absl::Notification is Debian's,
+// uninstrumented).
+class Event {
+ public:
+  void Notify() {
+    MutexLock lock(&mu_);
+    done_ = true;
+  }
+  bool WaitFor(absl::Duration timeout) {
+    MutexLock lock(&mu_);
+    return mu_.AwaitWithTimeout(Condition(&done_), timeout);
+  }
+
+ private:
+  Mutex mu_;
+  bool done_ = false;
+};
+
 std::string TempDir(const std::string& name) {
   const std::string dir = ::testing::TempDir() + "/" + std::to_string(getpid()) + "_" + name;
   std::filesystem::remove_all(dir);
@@ -32,27 +50,27 @@ std::string TempDir(const std::string& name) {
 TEST(DeadlineQueueTest, RunsInDeadlineOrderAndCancels) {
   DeadlineQueue q;
   std::vector<int> order;
-  absl::Mutex mu;
-  absl::Notification done;
+  gradacc::Mutex mu;
+  Event done;
   const absl::Time now = absl::Now();
   q.Schedule(now + absl::Milliseconds(60), [&] {
-    absl::MutexLock lock(&mu);
+    gradacc::MutexLock lock(&mu);
     order.push_back(3);
     done.Notify();
   });
   const uint64_t cancelled = q.Schedule(now + absl::Milliseconds(20), [&] { ADD_FAILURE() << "cancelled ran"; });
   q.Schedule(now + absl::Milliseconds(40), [&] {
-    absl::MutexLock lock(&mu);
+    gradacc::MutexLock lock(&mu);
     order.push_back(2);
   });
   q.Schedule(now - absl::Seconds(1), [&] {  // already due
-    absl::MutexLock lock(&mu);
+    gradacc::MutexLock lock(&mu);
     order.push_back(1);
   });
   EXPECT_TRUE(q.Cancel(cancelled));
   EXPECT_FALSE(q.Cancel(cancelled));
-  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
-  absl::MutexLock lock(&mu);
+  ASSERT_TRUE(done.WaitFor(absl::Seconds(10)));
+  gradacc::MutexLock lock(&mu);
   EXPECT_EQ(order, (std::vector<int>{1, 2, 3}));
 }
 
@@ -92,13 +110,13 @@ TEST(VersionPublisherTest, ParksUntilPublishedAndBoundsTheWait) {
   EXPECT_EQ(woke, 0u) << "answered by the caller, outside the lock";
   ready[0]();
   EXPECT_EQ(woke, 2u);
-  absl::Notification expired;
+  Event expired;
   absl::StatusCode code = absl::StatusCode::kOk;
   p.Wait(9, [&](auto s) {
     code = s.status().code();
     expired.Notify();
   });
-  ASSERT_TRUE(expired.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(expired.WaitFor(absl::Seconds(10)));
   EXPECT_EQ(code, absl::StatusCode::kDeadlineExceeded);
   const uint64_t cancelled = p.Wait(9, [&](auto) { ADD_FAILURE() << "cancelled waiter ran"; });
   EXPECT_TRUE(p.Cancel(cancelled));

@@ -9,7 +9,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 #include "absl/strings/str_format.h"
 #include "gradacc/v1/control.grpc.pb.h"
 #include "gradacc/v1/data.grpc.pb.h"
@@ -374,12 +374,12 @@ TEST_F(ServerIntegrationTest, ParkedPullWaitsForTheWindow) {
   // The pull is answered only once version 1 exists, and then with it.
   std::vector<float> got;
   uint64_t version = 0;
-  absl::Mutex mu;
+  gradacc::Mutex mu;
   bool answered = false;
   std::thread puller([&] {
     uint64_t v = 0;
     std::vector<float> p = Pull(1, &v);
-    absl::MutexLock lock(&mu);
+    gradacc::MutexLock lock(&mu);
     got = std::move(p);
     version = v;
     answered = true;
@@ -387,14 +387,14 @@ TEST_F(ServerIntegrationTest, ParkedPullWaitsForTheWindow) {
   // Parked: the server counts it on worker 0 (Pull's worker) once it has it.
   for (int i = 0; i < 2000; ++i) {
     {
-      absl::MutexLock lock(&mu);
+      gradacc::MutexLock lock(&mu);
       ASSERT_FALSE(answered) << "answered before the window closed, with version " << version;
     }
     if (Status().window().contributions_received() == 1 && i > 20) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   {
-    absl::MutexLock lock(&mu);
+    gradacc::MutexLock lock(&mu);
     EXPECT_FALSE(answered);
   }
   FinishWindowAndCheck();

@@ -10,7 +10,6 @@
 #include <random>
 #include <thread>
 
-#include "absl/synchronization/notification.h"
 #include "common/kernels.h"
 #include "common/shm.h"
 #include "gtest/gtest.h"

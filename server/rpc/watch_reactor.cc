@@ -50,6 +50,7 @@ void WatchReactor::Shared::Detach() {
 }
 
 void WatchReactor::WriteLatest() {
+  state_->mu.AssertHeld();
   status_ = trainer_->GetStatus();
   if (status_.state() == v1::JOB_STATE_STOPPING) {
     state_->stopped = true;

@@ -40,8 +40,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Status> {
     void Detach();
   };
 
-  // Called with state_->mu held.
-  void WriteLatest() ABSL_EXCLUSIVE_LOCKS_REQUIRED(state_->mu);
+  // Called by Shared with its mutex (state_->mu) held.
+  void WriteLatest();
 
   Trainer* const trainer_;
   std::shared_ptr<Shared> state_;
