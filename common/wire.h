@@ -22,6 +22,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "google/protobuf/message_lite.h"
 
@@ -41,6 +43,11 @@ char* WriteChunkPrefix(char* out, uint32_t tensor, uint64_t offset, size_t paylo
 // stay valid and unchanged until the call the message is written to is
 // finished.
 grpc::ByteBuffer ChunkMessage(uint32_t tensor, uint64_t offset, const char* payload, size_t payload_bytes);
+
+// gRPC channel arguments for the data plane, for both ends (the server's
+// builder and the workers' channels): a stream window that lets a chunked
+// push or pull run several chunks ahead of its reader.
+std::vector<std::pair<std::string, int>> BulkTransferChannelArgs();
 
 // Serialises any message into a ByteBuffer (one copy, for small messages).
 grpc::ByteBuffer SerializeMessage(const google::protobuf::MessageLite& message);

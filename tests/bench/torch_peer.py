@@ -34,6 +34,10 @@ def parse_args():
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--setting", default="", help="label for the RESULT lines")
     p.add_argument("--timeout_s", type=float, default=600)
+    p.add_argument("--rank", type=int, default=None,
+                   help="run only this rank (one process per simulated host, tests/bench/multihost.sh); "
+                        "with --store")
+    p.add_argument("--store", default=None, help="file store path shared by the ranks (with --rank)")
     return p.parse_args()
 
 
@@ -103,6 +107,12 @@ def main():
         print("torch_peer: this PyTorch has no gloo", file=sys.stderr)
         return 77
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    if args.rank is not None:
+        if not args.store:
+            print("torch_peer: --rank needs --store", file=sys.stderr)
+            return 2
+        run(args.rank, args, args.store)
+        return 0
     with tempfile.TemporaryDirectory(prefix="gradacc-gloo-") as d:
         mp.spawn(run, args=(args, os.path.join(d, "store")), nprocs=args.m, join=True)
     return 0

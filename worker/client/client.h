@@ -223,6 +223,13 @@ class Client {
   absl::Status AdoptShard(size_t shard, const v1::JoinResponse& response);
   absl::Status JoinAndFetch(absl::Time give_up);
   v1::PushRequest PushHeaderMessage() const;
+  // Push; with pull_ahead (a sharded job on gRPC, from Step) the shards
+  // are pushed one after another and each is pulled (version + 1) as soon
+  // as its push is acknowledged; when every shard answered that version,
+  // ahead_ holds its header and the pull of StepPull is already done.
+  absl::StatusOr<v1::PushResponse> PushImpl(bool* duplicate, int* attempts, bool pull_ahead);
+  // staging_ ready for a pull (before shards are pulled at once).
+  void PrepareStaging();
   // Runs fn(i) for every shard at once (one thread each beyond the
   // first); the first failure in shard order.
   absl::Status ForEachShard(const std::function<absl::Status(size_t)>& fn);
@@ -282,6 +289,7 @@ class Client {
   uint64_t grad_generation_ = 0;  // the offer's generation (PushHeader.shared_memory_generation)
   bool params_stable_ = false;
   bool pulled_in_place_ = false;  // the last pull left the version in the segment
+  std::optional<v1::ParametersHeader> ahead_;  // pulled ahead by PushImpl, in staging_
   std::string shm_note_;          // why not shared memory
 };
 

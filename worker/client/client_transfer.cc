@@ -55,6 +55,10 @@ v1::PushRequest Client::PushHeaderMessage() const {
 }
 
 absl::StatusOr<v1::PushResponse> Client::Push(bool* duplicate, int* attempts_out) {
+  return PushImpl(duplicate, attempts_out, /*pull_ahead=*/false);
+}
+
+absl::StatusOr<v1::PushResponse> Client::PushImpl(bool* duplicate, int* attempts_out, bool pull_ahead) {
   if (micro_batches_ == 0) {
     return Refusal(v1::ERROR_REASON_NOTHING_TO_PUSH,
                    absl::StrFormat("nothing to push: no micro-batch was added since window %d opened (call "
@@ -67,23 +71,51 @@ absl::StatusOr<v1::PushResponse> Client::Push(bool* duplicate, int* attempts_out
     MutexLock lock(&wire_mu_);
     wire_encoded_ = false;  // the gradients changed since the last push
   }
-  // Each shard gets its part, all at once. A shard that already has it
-  // acknowledges a duplicate, so pushing every shard again after a failure
-  // is safe.
+  // Each shard gets its part, all at once; or, pulling ahead, one shard
+  // after another while the shards already pushed are pulled (a shard
+  // steps as soon as every worker's part is in, so the link carries the
+  // next push while the new parameters of the last one come back). A shard
+  // that already has the part acknowledges a duplicate, so pushing every
+  // shard again after a failure is safe.
   struct Outcome {
     v1::PushResponse response;
     bool duplicate = false;
     int attempts = 0;
     uint32_t attempts_for_key = 0;
+    absl::Status pulled = absl::UnknownError("not pulled");
+    v1::ParametersHeader header;
   };
   std::vector<Outcome> outcomes(shards_.size());
   for (Outcome& o : outcomes) o.attempts_for_key = push_attempts_for_key_;
+  ahead_.reset();
+  if (pull_ahead) PrepareStaging();
+  Mutex turn_mu;
+  size_t turn = 0;  // the shard whose push goes next (pulling ahead)
+  const absl::Time pull_deadline = absl::Now() + options_.window_timeout;
   absl::Status status = ForEachShard([&](size_t i) -> absl::Status {
     Outcome& o = outcomes[i];
+    auto my_turn = [&turn, i] { return turn >= i; };
+    if (pull_ahead) {
+      MutexLock lock(&turn_mu);
+      turn_mu.Await(Condition(&my_turn));
+    }
     auto r = PushShard(shards_[i], header, o.attempts_for_key, &o.duplicate, &o.attempts);
-    if (r.ok()) o.response = *std::move(r);
-    return r.status();
+    if (pull_ahead) {
+      MutexLock lock(&turn_mu);
+      turn = i + 1;
+    }
+    if (!r.ok()) return r.status();
+    o.response = *std::move(r);
+    if (pull_ahead) o.pulled = PullShard(shards_[i], version_ + 1, pull_deadline, &o.header, version_);
+    return absl::OkStatus();
   });
+  if (pull_ahead && status.ok() &&
+      std::all_of(outcomes.begin(), outcomes.end(), [&](const Outcome& o) {
+        return o.pulled.ok() && o.header.version() == outcomes[0].header.version() &&
+               o.header.version() == version_ + 1;
+      })) {
+    ahead_ = outcomes[0].header;  // StepPull installs it without asking again
+  }
   bool all_duplicates = true;
   int attempts = 0;
   for (const Outcome& o : outcomes) {
@@ -213,13 +245,19 @@ absl::Status Client::PullAllShards(uint64_t min_version, absl::Time deadline, st
                                    v1::ParametersHeader* header) {
   std::vector<v1::ParametersHeader> headers(shards_.size());
   uint64_t want = min_version;
+  PrepareStaging();
   // Every shard must hand over the same version; a shard that lags (another
   // worker's window may be closing) is asked again for the newest one seen.
   for (int round = 0; round < kShardRounds; ++round) {
     uint64_t newest = 0, oldest = ~uint64_t{0};
-    for (size_t i = 0; i < shards_.size(); ++i) {
-      if (round > 0 && headers[i].version() >= want) continue;
-      GRADACC_RETURN_IF_ERROR(PullShard(shards_[i], want, deadline, &headers[i], pushed_key));
+    auto pull = [&](size_t i) {
+      if (round > 0 && headers[i].version() >= want) return absl::OkStatus();
+      return PullShard(shards_[i], want, deadline, &headers[i], pushed_key);
+    };
+    if (params_segment_ == nullptr) {
+      GRADACC_RETURN_IF_ERROR(ForEachShard(pull));  // every shard at once
+    } else {
+      for (size_t i = 0; i < shards_.size(); ++i) GRADACC_RETURN_IF_ERROR(pull(i));
     }
     for (const auto& h : headers) {
       newest = std::max<uint64_t>(newest, h.version());
@@ -235,6 +273,11 @@ absl::Status Client::PullAllShards(uint64_t min_version, absl::Time deadline, st
   }
   *header = headers[0];
   return absl::OkStatus();
+}
+
+void Client::PrepareStaging() {
+  if (!staging_.owned()) staging_ = FloatBuffer(layout_.num_elements());
+  pulled_in_place_ = false;
 }
 
 void Client::InstallPulled(const v1::ParametersHeader& header) {
@@ -261,7 +304,6 @@ absl::Status Client::PullShard(Shard& shard, uint64_t min_version, absl::Time de
   request.set_min_version(min_version);
   request.set_shared_memory(params_segment_ != nullptr);
   if (pushed_key.has_value()) request.set_contribution_key(*pushed_key);
-  if (!staging_.owned()) staging_ = FloatBuffer(layout_.num_elements());
   grpc::ClientContext ctx;
   PrepareCall(ctx, options_.connection.token, deadline, /*wait_for_ready=*/true);
   auto reader = shard.stubs->RawPull(&ctx, request);
@@ -270,7 +312,6 @@ absl::Status Client::PullShard(Shard& shard, uint64_t min_version, absl::Time de
   const uint64_t received = ReadParameters(shard, ctx, *reader, &header, &have_header);
   GRADACC_RETURN_IF_ERROR(
       FromGrpcStatus(reader->Finish(), absl::StrFormat("pull of version >= %d from %s", min_version, shard.address)));
-  pulled_in_place_ = false;
   if (have_header && header.shared_memory() && received == 0) {
     if (params_segment_ != nullptr && ReadSharedParameters(header.version())) {
       *header_out = header;
