@@ -38,6 +38,8 @@ def parse_args():
                    help="run only this rank (one process per simulated host, tests/bench/multihost.sh); "
                         "with --store")
     p.add_argument("--store", default=None, help="file store path shared by the ranks (with --rank)")
+    p.add_argument("--phase_file", default=None,
+                   help="rank 0 appends the timed windows' start and end times (unix seconds) here")
     return p.parse_args()
 
 
@@ -57,6 +59,12 @@ def fill(g, rank, window, pattern_cache={}):
         g[full * 1024:].copy_(pat[: n % 1024])
 
 
+def mark(path, what):
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{what} {time.time():.6f}\n")
+
+
 def run(rank, args, store_path):
     import torch
     import torch.distributed as dist
@@ -71,6 +79,8 @@ def run(rank, args, store_path):
     for w in range(args.warmup + args.reps):
         fill(grad, rank, w)
         dist.barrier()
+        if rank == 0 and w == args.warmup:
+            mark(args.phase_file, "start")
         t0 = time.perf_counter()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         tc = time.perf_counter()
@@ -85,6 +95,8 @@ def run(rank, args, store_path):
             times.append(slowest[0].item())
             coll.append(slowest[1].item())
     if rank == 0:
+        mark(args.phase_file, "end")
+
         def out(metric, value, unit):
             print(f"RESULT window,gloo,{args.p},{args.m},{args.setting},{metric},{value:.6g},{unit}", flush=True)
         out("window_median", statistics.median(times) * 1e3, "ms")

@@ -35,6 +35,7 @@ ABSL_FLAG(double, timeout_s, 300, "bound on connecting and on every window");
 ABSL_FLAG(bool, hierarchical, false, "ranks sharing a host reduce into their leader, which alone pushes");
 ABSL_FLAG(std::string, wire_format, "f32", "f32, bf16 or f16: ClientOptions.wire_format");
 ABSL_FLAG(std::string, setting, "", "label of the RESULT lines (default: shm or grpc)");
+ABSL_FLAG(std::string, phase_file, "", "rank 0 appends the timed windows' start and end times here");
 ABSL_FLAG(std::string, params_out, "", "rank 0 writes the final parameters here (raw little-endian f32)");
 
 namespace {
@@ -99,6 +100,7 @@ int main(int argc, char** argv) {
     gradacc::bench::FillGradient(client.grad().data(), p, rank, v);
     client.AddMicroBatch(1, 0.0);
     MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 0 && i == warmup) gradacc::bench::MarkPhase(absl::GetFlag(FLAGS_phase_file), "start");
     const double t0 = gradacc::bench::NowSeconds();
     auto step = client.Step();
     if (!step.ok()) Abort(rank, absl::StrFormat("window %d: %s", v, step.status().ToString()));
@@ -110,6 +112,7 @@ int main(int argc, char** argv) {
     MPI_Reduce(&mine, &slowest, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
     if (i >= warmup) windows.push_back(slowest);
   }
+  if (rank == 0) gradacc::bench::MarkPhase(absl::GetFlag(FLAGS_phase_file), "end");
   // Which transport the data really took ("shared memory", or "gRPC" with
   // the reason when shared memory was asked for and not used).
   const std::string transport = client.transport();
