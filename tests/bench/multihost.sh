@@ -18,7 +18,9 @@
 # addresses (10.233.N.0/24) exist only inside these namespaces: no packet
 # leaves them, and nothing of the root namespace is touched. Then, in one
 # run, for each size: gradacc with its shards on 1, 2 and 4 separate server
-# hosts (--shards-per-host processes on each), shards co-located on the
+# hosts (--shards-per-host processes on each, shard j on host j mod k, so
+# that a worker's wave of k pushes reaches every server host), shards
+# co-located on the
 # worker hosts, hierarchical (2 ranks per worker host, shards on 4 server
 # hosts), bf16 on the wire (4 server hosts); Open MPI MPI_Allreduce (its
 # default tuned algorithm, and ring) and gloo all_reduce, each + the same
@@ -348,7 +350,7 @@ for s in "${size_list[@]}"; do
   for k in 1 2 4; do
     want "ps$k" || continue
     hosts=()
-    for h in $(seq 0 $((k - 1))); do for _ in $(seq "$per_host"); do hosts+=("s$h"); done; done
+    for _ in $(seq "$per_host"); do for h in $(seq 0 $((k - 1))); do hosts+=("s$h"); done; done
     say "P=$s: gradacc, ${#hosts[@]} shards on $k server host(s)"
     if start_shards "$tmp/job-$p-4" "ps$k-$p" "${hosts[@]}"; then
       run_gradacc "ps$k-$p" "$p" 1
@@ -358,7 +360,7 @@ for s in "${size_list[@]}"; do
   done
   if want colocated; then
     hosts=()
-    for h in 0 1 2 3; do for _ in $(seq "$per_host"); do hosts+=("w$h"); done; done
+    for _ in $(seq "$per_host"); do for h in 0 1 2 3; do hosts+=("w$h"); done; done
     say "P=$s: gradacc, ${#hosts[@]} shards co-located on the worker hosts"
     if start_shards "$tmp/job-$p-4" "colocated-$p" "${hosts[@]}"; then
       run_gradacc "colocated-$p" "$p" 1
@@ -368,7 +370,7 @@ for s in "${size_list[@]}"; do
   fi
   if want bf16; then
     hosts=()
-    for h in 0 1 2 3; do for _ in $(seq "$per_host"); do hosts+=("s$h"); done; done
+    for _ in $(seq "$per_host"); do for h in 0 1 2 3; do hosts+=("s$h"); done; done
     say "P=$s: gradacc, bf16 on the wire, shards on 4 server hosts"
     if start_shards "$tmp/job-$p-4" "bf16-$p" "${hosts[@]}"; then
       run_gradacc "bf16-$p" "$p" 1 --wire_format=bf16
@@ -378,7 +380,7 @@ for s in "${size_list[@]}"; do
   fi
   if want hier; then
     hosts=()
-    for h in 0 1 2 3; do for _ in $(seq "$per_host"); do hosts+=("s$h"); done; done
+    for _ in $(seq "$per_host"); do for h in 0 1 2 3; do hosts+=("s$h"); done; done
     for run in 1 2; do
       say "P=$s: gradacc hierarchical, 2 ranks per worker host, shards on 4 server hosts (run $run)"
       if start_shards "$tmp/job-$p-8" "hier$run-$p" "${hosts[@]}"; then

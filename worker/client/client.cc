@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_split.h"
 #include "common/errors.h"
 #include "common/grpc_status.h"
@@ -64,10 +65,13 @@ absl::Status Client::OpenChannels(absl::Time give_up) {
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   for (const auto& [name, value] : BulkTransferChannelArgs()) args.SetInt(name, value);
   // A sharded job lists every shard's address, in shard order.
+  absl::flat_hash_set<std::string> hosts;
   for (absl::string_view address : absl::StrSplit(options_.server, ',', absl::SkipWhitespace())) {
+    hosts.insert(std::string(address.substr(0, address.rfind(':'))));
     ConnectionOptions connection = options_.connection;
     connection.server = std::string(address);
     GRADACC_ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, MakeChannel(connection, args));
+    server_hosts_ = hosts.size();
     Shard shard;
     shard.address = std::string(address);
     shard.stubs = std::make_unique<GradaccStubs>(std::move(channel));

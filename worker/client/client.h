@@ -224,8 +224,8 @@ class Client {
   absl::Status JoinAndFetch(absl::Time give_up);
   v1::PushRequest PushHeaderMessage() const;
   // Push; with pull_ahead (a sharded job on gRPC, from Step) the shards
-  // are pushed one after another and each is pulled (version + 1) as soon
-  // as its push is acknowledged; when every shard answered that version,
+  // are pushed in order, as many at once as there are server hosts, and
+  // each is pulled (version + 1) as soon as its push is acknowledged; when every shard answered that version,
   // ahead_ holds its header and the pull of StepPull is already done.
   absl::StatusOr<v1::PushResponse> PushImpl(bool* duplicate, int* attempts, bool pull_ahead);
   // staging_ ready for a pull (before shards are pulled at once).
@@ -268,6 +268,7 @@ class Client {
 
   const ClientOptions options_;
   std::vector<Shard> shards_;
+  size_t server_hosts_ = 1;  // distinct hosts among the shards' addresses
   v1::JobSpec job_;
   ModelLayout layout_;
   uint64_t version_ = 0;

@@ -71,10 +71,12 @@ absl::StatusOr<v1::PushResponse> Client::PushImpl(bool* duplicate, int* attempts
     MutexLock lock(&wire_mu_);
     wire_encoded_ = false;  // the gradients changed since the last push
   }
-  // Each shard gets its part, all at once; or, pulling ahead, one shard
-  // after another while the shards already pushed are pulled (a shard
-  // steps as soon as every worker's part is in, so the link carries the
-  // next push while the new parameters of the last one come back). A shard
+  // Each shard gets its part, all at once; or, pulling ahead, in waves of
+  // as many shards as the job has server hosts (in shard order, so that a
+  // wave of interleaved shards keeps every server host's link busy) while
+  // the shards already pushed are pulled: a shard steps as soon as every
+  // worker's part is in, so the links carry the next wave's pushes while
+  // the new parameters of the last wave come back. A shard
   // that already has the part acknowledges a duplicate, so pushing every
   // shard again after a failure is safe.
   struct Outcome {
@@ -90,11 +92,12 @@ absl::StatusOr<v1::PushResponse> Client::PushImpl(bool* duplicate, int* attempts
   ahead_.reset();
   if (pull_ahead) PrepareStaging();
   Mutex turn_mu;
-  size_t turn = 0;  // the shard whose push goes next (pulling ahead)
+  size_t pushed = 0;  // shards whose push finished (pulling ahead)
+  const size_t wave = std::max<size_t>(1, server_hosts_);
   const absl::Time pull_deadline = absl::Now() + options_.window_timeout;
   absl::Status status = ForEachShard([&](size_t i) -> absl::Status {
     Outcome& o = outcomes[i];
-    auto my_turn = [&turn, i] { return turn >= i; };
+    auto my_turn = [&pushed, i, wave] { return pushed + wave > i; };
     if (pull_ahead) {
       MutexLock lock(&turn_mu);
       turn_mu.Await(Condition(&my_turn));
@@ -102,7 +105,7 @@ absl::StatusOr<v1::PushResponse> Client::PushImpl(bool* duplicate, int* attempts
     auto r = PushShard(shards_[i], header, o.attempts_for_key, &o.duplicate, &o.attempts);
     if (pull_ahead) {
       MutexLock lock(&turn_mu);
-      turn = i + 1;
+      ++pushed;
     }
     if (!r.ok()) return r.status();
     o.response = *std::move(r);
