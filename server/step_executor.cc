@@ -70,9 +70,12 @@ absl::StatusOr<StepReport> StepExecutor::Run(ClosingWindow& window, NormExchange
       sources.empty() || (spec_->reduction() == v1::REDUCTION_MEAN_OVER_SAMPLES && r.samples == 0);
   r.lr = LearningRateAt(spec_->optimizer(), spec_->schedule(), window.window);
   const float max_norm = static_cast<float>(spec_->clipping().max_norm());
-  if (max_norm <= 0 && num_shards_ <= 1 && !no_gradient) {
+  if (max_norm <= 0 && !no_gradient) {
     // Nothing needs the norm before the step: one pass over memory reduces,
-    // measures and steps each piece.
+    // measures and steps each piece. A shard does not wait for the others
+    // either (its part's norm is what it reports), so each shard publishes
+    // as soon as its part is in and workers can pull it while they push the
+    // next shards.
     MutexLock lock(&mu_);
     before_write();
     const Optimizer::Piece step = optimizer_->Prepare(params_.span(), r.lr);

@@ -7,7 +7,7 @@
 #                      a clear message when the kernel has no sch_netem)
 #   --sizes=16M,64M    f32 parameters of the job
 #   --reps=3 --warmup=1
-#   --shards-per-host=4  shard processes per server host (sharded configs)
+#   --shards-per-host=8  shard processes per server host (sharded configs)
 #   --configs=LIST     default all: ps1,ps2,ps4,colocated,hier,bf16,mpi,mpi_ring,gloo
 #   --build-dir=build-bench --out=bench-results
 #
@@ -44,7 +44,7 @@ root="$(cd "$here/../.." && pwd)"
 cd "$root"
 usage() { sed -n '2,15p' "$self" | sed 's/^# \{0,1\}//'; }
 
-rate="200mbit" delay="0ms" sizes="16M,64M" reps=3 warmup=1 per_host=4
+rate="200mbit" delay="0ms" sizes="16M,64M" reps=3 warmup=1 per_host=8
 configs="ps1,ps2,ps4,colocated,hier,bf16,mpi,mpi_ring,gloo"
 build="build-bench" out="bench-results"
 for arg in "$@"; do
