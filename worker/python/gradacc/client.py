@@ -105,6 +105,9 @@ def connect(server, worker=None, *, job_id="", hostname="", tls_ca="", tls_cert=
     """
     if worker is None:
         worker = env_rank()
+    if hierarchical:
+        from . import mpi
+        mpi.init()  # and MPI_Finalize at exit, after the group is abandoned
     session = _core.Session.connect(
         server=server, worker=int(worker), job_id=job_id, hostname=hostname, tls_ca=tls_ca, tls_cert=tls_cert,
         tls_key=tls_key, token=token, token_file=token_file, connect_timeout_s=float(connect_timeout_s),
