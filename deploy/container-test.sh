@@ -8,7 +8,9 @@
 #   2. makes a minbase Debian 12 root filesystem with debootstrap (cached in
 #      /var/cache/gradacc/) and imports it as localhost/debian:bookworm when
 #      that image is missing (no registry is needed);
-#   3. builds deploy/Dockerfile as localhost/gradacc:latest;
+#   3. builds deploy/Dockerfile as localhost/gradacc:latest (its build stage
+#      makes the .deb packages with cpack, its runtime stage installs the
+#      gradacc .deb with apt) and checks that the binaries come from it;
 #   4. builds the gradacc binaries on the host and starts the server image on
 #      a free loopback port (host network) with a named volume for
 #      checkpoints, a 40-step default job, and checks that it runs as the
@@ -17,6 +19,13 @@
 #   6. stops the container (SIGTERM): exit code 0, "checkpoint of step 40";
 #   7. starts a new container on the same volume and checks that it resumes
 #      from that checkpoint at step 40;
+#   8. takes the .deb packages out of the image's build stage and installs
+#      them with apt on a clean localhost/debian:bookworm container: every
+#      binary finds its libraries and answers --help; then gradacc-dev with
+#      g++ and cmake, and tests/install/install_test.sh builds a project that
+#      only does find_package(gradacc) and trains a job with it against the
+#      packaged gradacc-server (python3-gradacc too, when it was built:
+#      `import gradacc`);
 # then removes its containers and volume (also on failure) and prints PASS or
 # FAIL. Every wait is bounded. From a clean machine it took 3.5 minutes on 2
 # cores (packages 10 s, debootstrap + import 1 min, image build 2-3 min, the
@@ -46,6 +55,7 @@ tag="gradacc-ct-$$"
 vol="$tag-checkpoints"
 c1="$tag-server1"
 c2="$tag-server2"
+c3="$tag-debs"
 work="$(mktemp -d /tmp/gradacc-container-test.XXXXXX)"
 made_volume=0
 phase_names=()
@@ -84,7 +94,7 @@ finish() {
     done
     [[ -s "$work/workers.log" ]] && { echo "--- last lines of the workers' log ---"; tail -n 20 "$work/workers.log"; }
   fi
-  for c in "$c1" "$c2"; do
+  for c in "$c1" "$c2" "$c3"; do
     if command -v podman >/dev/null && podman container exists "$c" 2>/dev/null; then
       timeout 60 podman rm -f -t 5 "$c" >/dev/null 2>&1 || echo "container-test: could not remove container $c" >&2
     fi
@@ -101,7 +111,8 @@ finish() {
     done
   fi
   if ((rc == 0)); then
-    echo "container-test: PASS (image $image: build, health, 4-worker training, SIGTERM checkpoint, resume)"
+    echo "container-test: PASS (image $image: build, health, 4-worker training, SIGTERM checkpoint, resume;" \
+      ".deb packages on a clean Debian 12: --help, a find_package(gradacc) worker trained a job)"
   else
     echo "container-test: FAIL (exit code $rc; see the messages above)"
   fi
@@ -308,6 +319,11 @@ sleep 1  # let the filter above print its last lines
 podman image inspect -f '{{json .Config.Healthcheck}}' "$image" | grep -q 'gradacc' \
   || die "the image has no HEALTHCHECK (built in OCI format?)"
 say "image $image runs as user gradacc and has a HEALTHCHECK"
+owner="$(timeout 60 podman run --rm --entrypoint dpkg-query "$image" -S /usr/bin/gradacc-server)" \
+  || die "/usr/bin/gradacc-server in $image belongs to no Debian package"
+[[ "$owner" == "gradacc: /usr/bin/gradacc-server" ]] || die "dpkg-query -S /usr/bin/gradacc-server: $owner"
+say "the image's gradacc-server comes from the gradacc .deb ($(timeout 60 podman run --rm --entrypoint \
+  dpkg-query "$image" -W -f '${Package} ${Version}' gradacc))"
 
 # ---------------------------------------------------------------------------
 phase "4. host build ($build) and server container"
@@ -420,4 +436,38 @@ step="$(status_step "$port2")"
 say "gradacc status --json: step $step"
 check_healthcheck "$c2"
 stop_server "$c2"
+
+# ---------------------------------------------------------------------------
+phase "8. the .deb packages on a clean Debian 12 container"
+# The build stage is in podman's cache from phase 3: this build only tags it.
+timeout 3600 podman build --network host --format docker -f deploy/Dockerfile --target build -t "$tag-build" . \
+  >"$work/build-stage.log" 2>&1 || { tail -n 20 "$work/build-stage.log"; die "podman build --target build failed"; }
+mkdir -p "$work/debs"
+timeout 120 podman run --rm --network none -v "$work/debs:/out" "$tag-build" sh -c 'cp /src/build/*.deb /out/' \
+  || die "could not copy the .deb packages out of the build stage"
+timeout 60 podman rmi "$tag-build" >/dev/null 2>&1 || true
+say "packages: $(cd "$work/debs" && echo *.deb)"
+rc=0
+timeout 1800 podman run --name "$c3" --rm --network host -v "$work/debs:/debs:ro" \
+  -v "$root/tests/install:/install-test:ro" "$base_image" bash -euo pipefail -c '
+    export DEBIAN_FRONTEND=noninteractive
+    apt_install() { apt-get install -y -qq --no-install-recommends "$@" >/tmp/apt.log 2>&1 || { tail -n 30 /tmp/apt.log; exit 1; }; }
+    apt-get update -qq
+    apt_install /debs/gradacc_*.deb
+    dpkg-query -W -f "gradacc \${Version}, Depends: \${Depends}\n" gradacc
+    for b in gradacc-server gradacc gradacc-worker; do
+      if ldd /usr/bin/$b | grep "not found"; then echo "/usr/bin/$b misses a library"; exit 1; fi
+      /usr/bin/$b --help >/tmp/help.txt || { echo "$b --help failed"; exit 1; }
+      echo "$b --help: $(head -n 1 /tmp/help.txt)"
+    done
+    apt_install /debs/gradacc-dev_*.deb g++ cmake make
+    /install-test/install_test.sh --prefix /usr
+    if compgen -G "/debs/python3-gradacc_*.deb" >/dev/null; then
+      apt_install /debs/python3-gradacc_*.deb
+      python3 -c "import gradacc; print(\"import gradacc:\", gradacc.__file__)"
+    fi
+  ' 2>&1 | tee "$work/debs.log" || rc=$?
+((rc == 0)) || die "the .deb packages failed on a clean Debian 12 container (exit code $rc)"
+grep -q "install-test: PASS" "$work/debs.log" || die "the find_package(gradacc) worker did not pass in the container"
+say "the packages install on a clean Debian 12, their binaries run, and gradacc-dev builds a worker that trains"
 end_phase

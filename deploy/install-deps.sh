@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages that gradacc's build, tests and main job need
 # (clang and its sanitizer runtimes build the fuzz target of the fault tier;
-# chromium renders the dashboard in the observe tier).
+# chromium renders the dashboard in the observe tier; dpkg-dev and file let
+# cpack compute the .deb packages' dependencies with dpkg-shlibdeps).
 # Idempotent: packages already present are skipped, and apt is not touched at
 # all when nothing is missing. Usage: deploy/install-deps.sh [--golden]
 #   --golden  also install python3-torch / python3-numpy (only needed to
@@ -18,6 +19,7 @@ packages=(
   procps iproute2 util-linux openssl
   clang libclang-rt-14-dev
   libcivetweb-dev chromium
+  dpkg-dev file
 )
 # Node.js and npm run the offline deployment validation; machines that
 # already have them (from elsewhere than Debian) keep theirs.

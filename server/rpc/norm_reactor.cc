@@ -1,5 +1,7 @@
 #include "server/rpc/norm_reactor.h"
 
+#include "common/tsan.h"
+
 namespace gradacc {
 
 NormReactor::NormReactor(ShardExchange* exchange, uint64_t window, v1::GetNormPartialResponse* response)
@@ -12,13 +14,16 @@ NormReactor::NormReactor(ShardExchange* exchange, uint64_t window, v1::GetNormPa
       state->finished = true;
     }
     *response_ = part;
+    TsanRelease(this);
     Finish(grpc::Status::OK);
   });
   MutexLock lock(&state_->mu);
   id_ = id;
+  TsanRelease(this);
 }
 
 void NormReactor::OnCancel() {
+  TsanAcquire(this);
   uint64_t id;
   {
     MutexLock lock(&state_->mu);
@@ -27,6 +32,7 @@ void NormReactor::OnCancel() {
     id = id_;
   }
   exchange_->Cancel(id);
+  TsanRelease(this);
   Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
 }
 

@@ -2,6 +2,7 @@
 
 #include "common/errors.h"
 #include "common/grpc_status.h"
+#include "common/tsan.h"
 
 namespace gradacc {
 
@@ -19,6 +20,7 @@ PullReactor::PullReactor(Trainer* trainer, const v1::PullRequest& request)
       request.has_contribution_key() ? std::optional<uint64_t>(request.contribution_key()) : std::nullopt);
   MutexLock lock(&mu_);
   if (id != 0 && !resolved_) wait_id_ = id;
+  TsanRelease(this);
 }
 
 void PullReactor::Done(const absl::Status& status) {
@@ -27,6 +29,7 @@ void PullReactor::Done(const absl::Status& status) {
     if (finished_) return;
     finished_ = true;
   }
+  TsanRelease(this);
   Finish(ToGrpcStatus(status));
 }
 
@@ -46,6 +49,7 @@ void PullReactor::OnSnapshot(absl::StatusOr<std::shared_ptr<const ParamSnapshot>
     header_.mutable_header()->set_shared_memory(true);
     trainer_->CountBytes(0, header_.header().num_elements() * sizeof(float));
     next_chunk_ = snapshot_->chunks.size();
+    TsanRelease(this);
     StartWrite(&header_);
     return;
   }
@@ -63,16 +67,19 @@ void PullReactor::Stream(std::shared_ptr<const ParamSnapshot> snapshot) {
     return;
   }
   snapshot_ = std::move(snapshot);
+  TsanRelease(this);
   StartWrite(&snapshot_->header);
 }
 
 void PullReactor::OnWriteDone(bool ok) {
+  TsanAcquire(this);
   if (!ok) {
     Done(absl::CancelledError("pull stream broken"));
     return;
   }
   if (next_chunk_ < snapshot_->chunks.size()) {
     trainer_->CountBytes(0, snapshot_->chunks[next_chunk_].chunk().data().size());
+    TsanRelease(this);
     StartWrite(&snapshot_->chunks[next_chunk_++]);
   } else {
     Done(absl::OkStatus());
@@ -80,6 +87,7 @@ void PullReactor::OnWriteDone(bool ok) {
 }
 
 void PullReactor::OnCancel() {
+  TsanAcquire(this);
   uint64_t id;
   {
     MutexLock lock(&mu_);

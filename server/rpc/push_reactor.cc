@@ -4,6 +4,7 @@
 
 #include "common/errors.h"
 #include "common/grpc_status.h"
+#include "common/tsan.h"
 
 namespace gradacc {
 
@@ -22,6 +23,7 @@ PushReactor::PushReactor(Trainer* trainer, grpc::CallbackServerContext* context,
     MutexLock lock(&state->mu);
     if (state->context != nullptr) state->context->TryCancel();
   });
+  TsanRelease(this);
   StartRead(&request_);
 }
 
@@ -31,10 +33,12 @@ void PushReactor::Reply(const absl::Status& status) {
     if (finished_) return;
     finished_ = true;
   }
+  TsanRelease(this);
   Finish(ToGrpcStatus(status));
 }
 
 void PushReactor::OnReadDone(bool ok) {
+  TsanAcquire(this);
   if (!ok) {
     if (context_->IsCancelled()) {
       const absl::Status why = Refusal(v1::ERROR_REASON_PUSH_TIMEOUT,
@@ -52,6 +56,7 @@ void PushReactor::OnReadDone(bool ok) {
     Reply(status);
     return;
   }
+  TsanRelease(this);
   StartRead(&request_);
 }
 
@@ -86,6 +91,7 @@ void PushReactor::Complete() {
 }
 
 void PushReactor::OnCancel() {
+  TsanAcquire(this);
   uint64_t id;
   {
     MutexLock lock(&mu_);
@@ -97,6 +103,7 @@ void PushReactor::OnCancel() {
 }
 
 void PushReactor::OnDone() {
+  TsanAcquire(this);
   trainer_->UnregisterPushStream(handle_);
   {
     MutexLock lock(&cancel_->mu);

@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "common/tsan.h"
 #include "gradacc/v1/control.grpc.pb.h"
 
 namespace gradacc {
@@ -10,6 +11,7 @@ StatusReactor::StatusReactor(Trainer* trainer, ShardExchange* exchange, bool loc
     : trainer_(trainer), exchange_(local_only ? nullptr : exchange), response_(response) {
   *response_ = trainer_->GetStatus();
   if (exchange_ == nullptr) {
+    TsanRelease(this);
     Finish(grpc::Status::OK);
     return;
   }
@@ -44,6 +46,7 @@ void StatusReactor::PeerDone(size_t i, bool ok) {
     if (--pending_ > 0) return;
   }
   Summarise();
+  TsanRelease(this);
   Finish(grpc::Status::OK);
 }
 

@@ -2,6 +2,7 @@
 
 #include "common/errors.h"
 #include "common/grpc_status.h"
+#include "common/tsan.h"
 
 namespace gradacc {
 
@@ -54,13 +55,16 @@ void WatchReactor::WriteLatest() {
   status_ = trainer_->GetStatus();
   if (status_.state() == v1::JOB_STATE_STOPPING) {
     state_->stopped = true;
+    TsanRelease(this);
     Finish(ToGrpcStatus(Refusal(v1::ERROR_REASON_SHUTTING_DOWN, "server is shutting down")));
     return;
   }
+  TsanRelease(this);
   StartWrite(&status_);
 }
 
 void WatchReactor::OnWriteDone(bool ok) {
+  TsanAcquire(this);
   if (!ok) {
     if (state_->Stop()) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "watch stream broken"));
     return;
@@ -69,10 +73,12 @@ void WatchReactor::OnWriteDone(bool ok) {
 }
 
 void WatchReactor::OnCancel() {
+  TsanAcquire(this);
   if (state_->Stop()) Finish(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
 }
 
 void WatchReactor::OnDone() {
+  TsanAcquire(this);
   trainer_->RemoveListener(listener_id_);
   state_->Detach();
   delete this;

@@ -86,7 +86,10 @@ for (const d of validateDockerfile(dockerfile)) {
 const lines = dockerfile.split("\n");
 const instr = (name) => lines.filter((l) => l.trimStart().toUpperCase().startsWith(name + " "));
 check("Dockerfile", instr("FROM").length >= 2, "must be multi-stage (a build stage and a runtime stage)");
-check("Dockerfile", instr("COPY").some((l) => l.includes("--from=build")), "the runtime stage copies binaries from the build stage");
+check("Dockerfile", instr("COPY").some((l) => l.includes("--from=build") && /gradacc_\S*\.deb/.test(l)),
+      "the runtime stage takes the gradacc .deb from the build stage");
+check("Dockerfile", /apt-get install[^\n]*(\\\n[^\n]*)*\/tmp\/gradacc_\S*\.deb/.test(dockerfile),
+      "the runtime stage installs the gradacc .deb with apt-get (its dependencies come from Debian)");
 check("Dockerfile", instr("USER").some((l) => !/\broot\b|\b0\b/.test(l)), "must run as a non-root user");
 check("Dockerfile", instr("VOLUME").some((l) => l.includes("checkpoints")), "the checkpoint folder must be a volume");
 check("Dockerfile", instr("HEALTHCHECK").length === 1 && dockerfile.includes('"gradacc", "health"'),

@@ -28,24 +28,12 @@ import sys
 import numpy as np
 import torch
 
+from seeded import f32_bits, uniform
+
 OUT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_golden.json")
 TENSORS = [("big", [300, 401]), ("mid", [4099]), ("small", [10])]
 WORKERS = 3
 WINDOWS = 6
-
-
-def uniform(seed, size):
-    j = np.arange(size, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = np.uint64(seed) + j * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(40)).astype(np.float64) * (1.0 / 16777216.0)
-
-
-def bits(f):
-    return struct.unpack("<I", struct.pack("<f", f))[0]
 
 
 CASES = [
@@ -87,7 +75,7 @@ def run(name, optimizer, max_norm, init_seed, grad_scale):
             p.grad = (total / float(samples)).reshape(p.shape)
             off += size
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        norms.append(bits(norm.item()))
+        norms.append(f32_bits(norm.item()))
         clipped.append(bool(max_norm / (norm.item() + 1e-6) < 1.0))
         opt.step()
     final = np.concatenate([p.detach().numpy().reshape(-1) for p in params]).astype("<f4")

@@ -17,36 +17,22 @@ to these bits.  Run with Debian's torch (``/usr/bin/python3``)::
 """
 
 import os
-import struct
 import sys
 
 import numpy as np
 import torch
 
+from seeded import f32_bits, uniform
+
 OUT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "norm_golden.txt")
-MASK = (1 << 64) - 1
-
-
-def splitmix64(z):
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
-    return z ^ (z >> 31)
 
 
 def vector(seed, size, scale):
-    j = np.arange(size, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = np.uint64(seed) + j * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    u = (z >> np.uint64(40)).astype(np.float64) * (1.0 / 16777216.0)
-    assert splitmix64((seed + 3 * 0x9E3779B97F4A7C15) & MASK) >> 40 == int(z[3] >> np.uint64(40)) if size > 3 else True
-    return torch.from_numpy(((u - 0.5) * scale).astype(np.float32))
+    return torch.from_numpy(((uniform(seed, size) - 0.5) * scale).astype(np.float32))
 
 
 def bits(f):
-    return "%08x" % struct.unpack("<I", struct.pack("<f", f))[0]
+    return "%08x" % f32_bits(f)
 
 
 def main():
