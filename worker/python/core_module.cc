@@ -186,67 +186,72 @@ py::tuple LoadSafetensors(const std::string& path) {
   return py::make_tuple(tensors, contents.metadata);
 }
 
-}  // namespace
-}  // namespace gradacc::python
+// Runs `f` without the GIL (a blocking call) and returns its result.
+template <class F>
+auto WithoutGil(F&& f) {
+  py::gil_scoped_release release;
+  return f();
+}
 
-PYBIND11_MODULE(_core, m) {
-  using namespace gradacc;          // NOLINT(build/namespaces): the module's body only
-  using namespace gradacc::python;  // NOLINT(build/namespaces)
-  m.doc() = "gradacc's C++ client library, MPI and file formats (use the `gradacc` package, not this module)";
+using SessionClass = py::class_<Session, std::shared_ptr<Session>>;
 
-  py::class_<Session, std::shared_ptr<Session>>(m, "Session")
-      .def_static(
-          "connect",
-          [](const std::string& server, uint32_t worker, const std::string& job_id, const std::string& hostname,
-             const std::string& tls_ca, const std::string& tls_cert, const std::string& tls_key,
-             const std::string& token, const std::string& token_file, double connect_timeout_s,
-             double rpc_timeout_s, double window_timeout_s, bool shared_memory, const std::string& wire_format,
-             uint64_t chunk_elements, bool hierarchical) {
-            ClientOptions options =
-                OptionsFrom(server, worker, job_id, hostname, tls_ca, tls_cert, tls_key, token, token_file,
-                            connect_timeout_s, rpc_timeout_s, window_timeout_s, shared_memory, wire_format,
-                            chunk_elements);
-            if (hierarchical) Check(MpiInitialize());
-            absl::StatusOr<std::shared_ptr<Session>> session;
-            {
-              py::gil_scoped_release release;
-              session = Session::Connect(std::move(options), hierarchical);
-            }
-            std::shared_ptr<Session> s = Unwrap(std::move(session));
-            if (hierarchical) RegisterGroupSession(s);
-            return s;
-          },
-          py::arg("server"), py::arg("worker"), py::arg("job_id"), py::arg("hostname"), py::arg("tls_ca"),
-          py::arg("tls_cert"), py::arg("tls_key"), py::arg("token"), py::arg("token_file"),
-          py::arg("connect_timeout_s"), py::arg("rpc_timeout_s"), py::arg("window_timeout_s"),
-          py::arg("shared_memory"), py::arg("wire_format"), py::arg("chunk_elements"), py::arg("hierarchical"))
+std::shared_ptr<Session> ConnectSession(const std::string& server, uint32_t worker, const std::string& job_id,
+                                        const std::string& hostname, const std::string& tls_ca,
+                                        const std::string& tls_cert, const std::string& tls_key,
+                                        const std::string& token, const std::string& token_file,
+                                        double connect_timeout_s, double rpc_timeout_s, double window_timeout_s,
+                                        bool shared_memory, const std::string& wire_format,
+                                        uint64_t chunk_elements, bool hierarchical) {
+  ClientOptions options = OptionsFrom(server, worker, job_id, hostname, tls_ca, tls_cert, tls_key, token,
+                                      token_file, connect_timeout_s, rpc_timeout_s, window_timeout_s,
+                                      shared_memory, wire_format, chunk_elements);
+  if (hierarchical) Check(MpiInitialize());
+  std::shared_ptr<Session> s =
+      Unwrap(WithoutGil([&] { return Session::Connect(std::move(options), hierarchical); }));
+  if (hierarchical) RegisterGroupSession(s);
+  return s;
+}
+
+py::list TensorList(const Session& s) {
+  py::list out;
+  for (const ModelLayout::Tensor& t : s.layout().tensors()) {
+    py::tuple shape(t.shape.size());
+    for (size_t i = 0; i < t.shape.size(); ++i) shape[i] = t.shape[i];
+    out.append(py::make_tuple(t.name, shape, t.offset, t.size));
+  }
+  return out;
+}
+
+py::dict StateDict(Session& s) {
+  Session::State st = Unwrap(s.state());
+  py::dict d;
+  d["version"] = st.version;
+  d["done"] = st.done;
+  d["epoch"] = st.epoch;
+  d["pending_samples"] = st.pending_samples;
+  d["pending_micro_batches"] = st.pending_micro_batches;
+  d["transport"] = st.transport;
+  return d;
+}
+
+// Connecting and what is constant afterwards.
+void BindSessionSetup(SessionClass& cls) {
+  cls.def_static("connect", &ConnectSession, py::arg("server"), py::arg("worker"), py::arg("job_id"),
+                 py::arg("hostname"), py::arg("tls_ca"), py::arg("tls_cert"), py::arg("tls_key"), py::arg("token"),
+                 py::arg("token_file"), py::arg("connect_timeout_s"), py::arg("rpc_timeout_s"),
+                 py::arg("window_timeout_s"), py::arg("shared_memory"), py::arg("wire_format"),
+                 py::arg("chunk_elements"), py::arg("hierarchical"))
       .def_property_readonly("job_json", [](Session& s) { return ToJson(s.job()); })
-      .def_property_readonly("tensors",
-                             [](Session& s) {
-                               py::list out;
-                               for (const ModelLayout::Tensor& t : s.layout().tensors()) {
-                                 py::tuple shape(t.shape.size());
-                                 for (size_t i = 0; i < t.shape.size(); ++i) shape[i] = t.shape[i];
-                                 out.append(py::make_tuple(t.name, shape, t.offset, t.size));
-                               }
-                               return out;
-                             })
+      .def_property_readonly("tensors", &TensorList)
       .def_property_readonly("num_elements", [](Session& s) { return s.layout().num_elements(); })
       .def_property_readonly("worker", &Session::worker)
       .def_property_readonly("hierarchical", &Session::hierarchical)
-      .def_property_readonly("leader", &Session::leader)
-      .def("state",
-           [](Session& s) {
-             Session::State st = Unwrap(s.state());
-             py::dict d;
-             d["version"] = st.version;
-             d["done"] = st.done;
-             d["epoch"] = st.epoch;
-             d["pending_samples"] = st.pending_samples;
-             d["pending_micro_batches"] = st.pending_micro_batches;
-             d["transport"] = st.transport;
-             return d;
-           })
+      .def_property_readonly("leader", &Session::leader);
+}
+
+// The window: views of the memory, micro-batches, the step.
+void BindSessionWindow(SessionClass& cls) {
+  cls.def("state", &StateDict)
       .def("grad_flat",
            [](const std::shared_ptr<Session>& s) {
              Session::Lease lease = Unwrap(s->LeaseGrad());
@@ -259,66 +264,29 @@ PYBIND11_MODULE(_core, m) {
            })
       .def("add_micro_batch", [](Session& s, uint64_t samples,
                                  double loss_sum) { Check(s.AddMicroBatch(samples, loss_sum)); })
-      .def("step",
-           [](Session& s) {
-             absl::StatusOr<StepResult> result;
-             {
-               py::gil_scoped_release release;
-               result = s.Step();
-             }
-             return StepDict(Unwrap(std::move(result)));
-           })
-      .def("status_json",
-           [](Session& s) {
-             absl::StatusOr<v1::Status> status;
-             {
-               py::gil_scoped_release release;
-               status = s.GetStatus();
-             }
-             return ToJson(Unwrap(std::move(status)));
-           })
+      .def("step", [](Session& s) { return StepDict(Unwrap(WithoutGil([&] { return s.Step(); }))); });
+}
+
+// The server: status, reports, leaving.
+void BindSessionServer(SessionClass& cls) {
+  cls.def("status_json", [](Session& s) { return ToJson(Unwrap(WithoutGil([&] { return s.GetStatus(); }))); })
       .def("status_text",
-           [](Session& s) {
-             absl::StatusOr<v1::Status> status;
-             {
-               py::gil_scoped_release release;
-               status = s.GetStatus();
-             }
-             return FormatStatusTable(Unwrap(std::move(status)));
-           })
+           [](Session& s) { return FormatStatusTable(Unwrap(WithoutGil([&] { return s.GetStatus(); }))); })
       .def("report_test_accuracy",
            [](Session& s, double accuracy, uint64_t step) {
-             absl::Status status;
-             {
-               py::gil_scoped_release release;
-               status = s.ReportTestAccuracy(accuracy, step);
-             }
-             Check(status);
+             Check(WithoutGil([&] { return s.ReportTestAccuracy(accuracy, step); }));
            })
-      .def("leave",
-           [](Session& s) {
-             absl::Status status;
-             {
-               py::gil_scoped_release release;
-               status = s.Leave();
-             }
-             Check(status);
-           })
+      .def("leave", [](Session& s) { Check(WithoutGil([&] { return s.Leave(); })); })
       .def("close", [](Session& s) { Check(s.Close()); });
+}
 
+void BindMpi(py::module_& m) {
   m.def("mpi_initialize", [] { Check(MpiInitialize()); });
   m.def("mpi_initialized", &MpiInitialized);
   m.def("mpi_finalize", &MpiFinalize);
   m.def("mpi_rank", &MpiRank);
   m.def("mpi_size", &MpiSize);
-  m.def("mpi_barrier", [] {
-    absl::Status status;
-    {
-      py::gil_scoped_release release;
-      status = MpiBarrier();
-    }
-    Check(status);
-  });
+  m.def("mpi_barrier", [] { Check(WithoutGil([] { return MpiBarrier(); })); });
   m.def(
       "mpi_broadcast",
       [](py::array array, int root) {
@@ -328,25 +296,17 @@ PYBIND11_MODULE(_core, m) {
         if (!array.writeable()) Raise(absl::InvalidArgumentError("mpi_broadcast: the array must be writeable"));
         void* data = array.mutable_data();
         const size_t bytes = static_cast<size_t>(array.nbytes());
-        absl::Status status;
-        {
-          py::gil_scoped_release release;
-          status = MpiBroadcast(data, bytes, root);
-        }
-        Check(status);
+        Check(WithoutGil([&] { return MpiBroadcast(data, bytes, root); }));
       },
       py::arg("array"), py::arg("root") = 0);
   m.def("mpi_allreduce_sum", [](py::array_t<double, py::array::c_style> array) {
     double* data = array.mutable_data();
     const size_t n = static_cast<size_t>(array.size());
-    absl::Status status;
-    {
-      py::gil_scoped_release release;
-      status = MpiAllreduceSum(data, n);
-    }
-    Check(status);
+    Check(WithoutGil([&] { return MpiAllreduceSum(data, n); }));
   });
+}
 
+void BindFiles(py::module_& m) {
   m.def("save_safetensors", &SaveSafetensors, py::arg("path"), py::arg("tensors"),
         py::arg("metadata") = std::map<std::string, std::string>());
   m.def("load_safetensors", &LoadSafetensors, py::arg("path"));
@@ -354,3 +314,16 @@ PYBIND11_MODULE(_core, m) {
   m.def("job_json_from_file", &JobJsonFromFile, py::arg("path"));
 }
 
+}  // namespace
+}  // namespace gradacc::python
+
+PYBIND11_MODULE(_core, m) {
+  namespace gp = gradacc::python;
+  m.doc() = "gradacc's C++ client library, MPI and file formats (use the `gradacc` package, not this module)";
+  gp::SessionClass session(m, "Session");
+  gp::BindSessionSetup(session);
+  gp::BindSessionWindow(session);
+  gp::BindSessionServer(session);
+  gp::BindMpi(m);
+  gp::BindFiles(m);
+}
