@@ -142,6 +142,22 @@ absl::Status Session::Leave() {
 absl::Status Session::Close() {
   GRADACC_RETURN_IF_ERROR(Enter("close"));
   closed_ = true;
+  // An idle gRPC channel notices a server's GOAWAY only at its backup poll
+  // (every 5 s), and a server shutting down waits that long for it: without
+  // a view left, free the client (its channels and memory) now; else it goes
+  // with the Session, after the last view. No lease can be taken meanwhile
+  // (that needs busy_). A GroupClient stays: freeing its communicator is
+  // collective.
+  bool views_alive = false;
+  {
+    gradacc::MutexLock lock(&lease_mu_);
+    views_alive = !live_leases_.empty();
+  }
+  if (client_ != nullptr && !views_alive) {
+    training_ = nullptr;
+    adapter_.reset();
+    client_.reset();
+  }
   Exit();
   return absl::OkStatus();
 }

@@ -88,7 +88,8 @@ class Session {
   absl::StatusOr<v1::Status> GetStatus();
   absl::Status ReportTestAccuracy(double accuracy, uint64_t step);
   absl::Status Leave();
-  // No more calls; the client (and its memory) lives on while leases do.
+  // No more calls. The client (its channels and memory) is freed now when
+  // no lease is alive, else when the Session goes (after the last lease).
   absl::Status Close();
 
   // MPI is being finalised while this session's GroupClient is alive: its

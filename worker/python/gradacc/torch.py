@@ -462,6 +462,17 @@ class Worker:
         """Removes the hooks and patches, leaves the job (when `leave`) and closes the client."""
         if self._closed:
             return
+        self._detach()
+        try:
+            if leave and self.client.leader:
+                self.client.leave()
+        finally:
+            self.client.close()
+
+    def _detach(self):
+        """Removes the hooks and patches; each .grad that is a view of the buffer becomes a copy.
+
+        Without views left, closing the client frees it (its channels) at once."""
         self._closed = True
         for h in self._hooks:
             h.remove()
@@ -472,13 +483,10 @@ class Worker:
             else:
                 delattr(obj, name)
         self._patched = []
-        for _, p in self._params:
-            p.grad = None if p.grad is None else p.grad.clone()
-        try:
-            if leave and self.client.leader:
-                self.client.leave()
-        finally:
-            self.client.close()
+        for index, (_, p) in enumerate(self._params):
+            if index < len(self._grads) and p.grad is self._grads[index]:
+                p.grad = p.grad.clone()
+        self._grads, self._grad_ptr, self._grad_version, self._accumulated = [], [], [], []
 
     def __enter__(self):
         return self
@@ -534,14 +542,7 @@ def connect(model, optimizer=None, *, server, rank=None, world_size=None, loss_r
     try:
         worker._attach()
     except BaseException:
-        worker._closed = True
-        for h in worker._hooks:
-            h.remove()
-        for obj, name, had, old in reversed(worker._patched):
-            if had:
-                setattr(obj, name, old)
-            else:
-                delattr(obj, name)
+        worker._detach()
         client.close()
         raise
     return worker
