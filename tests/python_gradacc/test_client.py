@@ -84,6 +84,9 @@ class ViewsTest(harness.ServerTestCase):
                 np.testing.assert_array_equal(c.param("w"), want)
                 np.testing.assert_array_equal(c.param("b"), np.float32(-0.5 * 1.5 / 2) * np.ones(3, np.float32))
                 c.close()
+                # A view alive keeps the client (and its idle channel, which a
+                # stopping server waits for up to 5 s): let them go first.
+                del g, w, b, p
                 self.assertEqual(server.stop(), 0)
 
     def test_stale_views_stay_readable_across_a_server_restart(self):
@@ -119,6 +122,7 @@ class ViewsTest(harness.ServerTestCase):
         with self.assertRaises(ValueError):
             stale_grad[0] = 1.0
         c.close()
+        del stale_grad, stale_param
         self.assertEqual(server.stop(), 0)
 
     def test_errors_carry_code_reason_and_action(self):

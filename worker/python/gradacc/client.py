@@ -306,9 +306,13 @@ class Client:
         self._session.leave()
 
     def close(self):
-        """No more calls (views stay readable while they live)."""
+        """No more calls (views stay readable while they live).
+
+        The C++ client (its connections and memory) is freed now, or once
+        the last view of its memory is gone."""
         self._expire()
-        self._session.close()
+        session, self._session = self._session, _ClosedSession()
+        session.close()
 
     def __enter__(self):
         return self
@@ -316,3 +320,10 @@ class Client:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+class _ClosedSession:
+    """What a closed Client holds instead of its session: every use is an error."""
+
+    def __getattr__(self, name):
+        raise UsageError(f"{name}: this gradacc Client is closed")
