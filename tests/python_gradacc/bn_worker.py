@@ -7,7 +7,8 @@ OUT/rank<r>.npz: its buffers just before step() ("before<t>_<name>"), just
 after ("after<t>_<name>") and its parameters at the end ("param_<name>").
 
     mpirun -np 2 /usr/bin/python3 bn_worker.py --server=HOST:PORT --out=DIR
-    /usr/bin/python3 bn_worker.py --write_job=PATH --workers=2 --windows=4
+
+The job comes from make_model() (the test writes it with gradacc.torch.write_job).
 """
 import argparse
 import os
@@ -32,18 +33,11 @@ def make_model():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--server")
-    ap.add_argument("--out")
-    ap.add_argument("--write_job")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--windows", type=int, default=4)
+    ap.add_argument("--server", required=True)
+    ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
     model, optimizer = make_model()
-    if args.write_job:
-        gradacc.torch.write_job(args.write_job, model, optimizer, workers=args.workers, micro_batches=2,
-                                micro_batch_size=8, total_steps=args.windows, job_id="bn")
-        return 0
     worker = gradacc.torch.connect(model, optimizer, server=args.server, connect_timeout_s=30, window_timeout_s=60)
     rank = worker.client.worker
     record = {}

@@ -31,11 +31,12 @@ WINDOWS = 4
 class BuffersTest(harness.ServerTestCase):
 
     def test_batchnorm_buffers_follow_rank_0(self):
+        import bn_worker
         folder = harness.temp_dir("bn")
         job = f"{folder}/job.textproto"
-        code, out = harness.run([harness.PYTHON, BN_WORKER, f"--write_job={job}", "--workers=2",
-                                 f"--windows={WINDOWS}"], 60)
-        self.assertEqual(code, 0, out)
+        model, optimizer = bn_worker.make_model()
+        gradacc.torch.write_job(job, model, optimizer, workers=2, micro_batches=2, micro_batch_size=8,
+                                total_steps=WINDOWS, job_id="bn")
         server = self.start_server(folder, [f"--job={job}"])
         code, out = harness.mpirun(2, [harness.PYTHON, BN_WORKER, f"--server={server.address}", f"--out={folder}"],
                                    180)
@@ -88,7 +89,7 @@ class ExampleTest(harness.ServerTestCase):
         self.assertIn("16 windows (1 epochs of 1024)", out)
         server = self.start_server(folder, [f"--job={job}", f"--output={folder}/final.safetensors"])
         code, out = harness.mpirun(2, [harness.PYTHON, EXAMPLE, f"--server={server.address}", "--train_limit=1024",
-                                       "--log_every=4"], 300)
+                                       "--test_limit=2000", "--log_every=4"], 300)
         self.assertEqual(code, 0, out)
         self.assertEqual(server.stop(), 0, server.log())
         lines = [l for l in out.splitlines() if l.strip()]

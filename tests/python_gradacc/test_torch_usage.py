@@ -16,7 +16,6 @@
   (``gradacc status --json``); a correct worker afterwards ends bit-identical
   to a run that never saw the mistake.
 """
-import os
 import socket
 import time
 import unittest

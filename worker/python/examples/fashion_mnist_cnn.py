@@ -99,6 +99,7 @@ def parse_args():
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--data_dir", default=DATA_DIR)
     p.add_argument("--train_limit", type=int, default=0, help="use only the first N training samples")
+    p.add_argument("--test_limit", type=int, default=0, help="evaluate on the first N test samples only")
     p.add_argument("--log_every", type=int, default=0, help="progress line every N windows (0: ~20 lines)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--shared_memory", type=int, default=1, help="1: shared memory on the server's host")
@@ -132,6 +133,8 @@ def train(args):
     if args.train_limit:
         x, y = x[:args.train_limit], y[:args.train_limit]
     x_test, y_test = load(args.data_dir, "t10k") if rank == 0 else (None, None)
+    if args.test_limit and rank == 0:
+        x_test, y_test = x_test[:args.test_limit], y_test[:args.test_limit]
 
     # The usual PyTorch set-up: the job was made from these (its total_steps
     # comes from the server; the local scheduler would only matter locally).
