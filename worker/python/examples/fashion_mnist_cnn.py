@@ -104,6 +104,7 @@ def parse_args():
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--shared_memory", type=int, default=1, help="1: shared memory on the server's host")
     p.add_argument("--hierarchical", type=int, default=0, help="1: the ranks of a host push through one")
+    p.add_argument("--status", type=int, default=1, help="1: print the server's status table at the end")
     return p.parse_args()
 
 
@@ -184,8 +185,9 @@ def train(args):
     elapsed = time.perf_counter() - start
     if rank == 0:
         print(f"trained {total} windows in {elapsed:.1f} s ({seen / elapsed:.0f} samples/s)")
-        print()
-        print(worker.status_text(), flush=True)
+        if args.status:
+            print()
+            print(worker.status_text(), flush=True)
         print(f"final test accuracy: {100 * last_accuracy:.2f}% after {total} windows", flush=True)
     worker.close()
 
