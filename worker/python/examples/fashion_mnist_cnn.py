@@ -124,18 +124,60 @@ def write_job(args):
           f"{total} windows ({args.epochs} epochs of {n})")
 
 
+class Progress:
+    """Rank 0's progress lines and per-epoch evaluations (reported to the server).
+
+    Its clock (samples/s, the "trained ..." line) runs from the first window
+    to the last and leaves out the time spent evaluating the test set."""
+
+    def __init__(self, worker, model, plan, total, log_every, test):
+        self.worker, self.model, self.plan = worker, model, plan
+        self.total, self.log_every, self.test = total, log_every, test
+        self.start = time.perf_counter()
+        self.eval_seconds = 0.0
+        self.seen = 0
+        self.accuracy = None
+
+    def training_seconds(self):
+        return time.perf_counter() - self.start - self.eval_seconds
+
+    def window_done(self, t, result):
+        plan, step = self.plan, result.version
+        self.seen += len(plan.window(t))
+        if step % self.log_every == 0 or step == 1 or result.job_done:
+            rate = self.seen / self.training_seconds()
+            eta = (self.total - step) * plan.window_samples / rate
+            print(f"step {step:5d}/{self.total} | epoch {t // plan.windows_per_epoch + 1} | loss {result.loss:.4f} | "
+                  f"{rate:.0f} samples/s | ETA {int(eta // 60)}:{int(eta % 60):02d}", flush=True)
+        if step % plan.windows_per_epoch == 0 or result.job_done:
+            began = time.perf_counter()
+            self.accuracy = accuracy(self.model, *self.test)
+            self.worker.report_test_accuracy(self.accuracy, step)
+            self.eval_seconds += time.perf_counter() - began
+            print(f"epoch {-(-step // plan.windows_per_epoch)} (step {step}): test accuracy "
+                  f"{100 * self.accuracy:.2f}%", flush=True)
+
+
+def load_data(args, rank):
+    """(x, y) of the training set and, on rank 0, (x, y) of the test set."""
+    x, y = load(args.data_dir, "train")
+    if args.train_limit:
+        x, y = x[:args.train_limit], y[:args.train_limit]
+    if rank != 0:
+        return (x, y), None
+    x_test, y_test = load(args.data_dir, "t10k")
+    if args.test_limit:
+        x_test, y_test = x_test[:args.test_limit], y_test[:args.test_limit]
+    return (x, y), (x_test, y_test)
+
+
 def train(args):
     import gradacc
     import gradacc.torch
     from gradacc.data import WindowPlan
     torch.set_num_threads(args.threads)
     rank, world = gradacc.env_rank(), gradacc.env_world_size()
-    x, y = load(args.data_dir, "train")
-    if args.train_limit:
-        x, y = x[:args.train_limit], y[:args.train_limit]
-    x_test, y_test = load(args.data_dir, "t10k") if rank == 0 else (None, None)
-    if args.test_limit and rank == 0:
-        x_test, y_test = x_test[:args.test_limit], y_test[:args.test_limit]
+    (x, y), test = load_data(args, rank)
 
     # The usual PyTorch set-up: the job was made from these (its total_steps
     # comes from the server; the local scheduler would only matter locally).
@@ -146,49 +188,36 @@ def train(args):
     w = job["window"]
     plan = WindowPlan(len(x), world, int(w["micro_batches"]), int(w["micro_batch_size"]), seed=int(job["seed"]))
     total = int(job["total_steps"])
-    log_every = args.log_every or max(1, total // 20)
+    progress = None
     if rank == 0:
         print(f"training job '{job['job_id']}' (FashionCNN, {worker.client.num_elements} parameters) on "
               f"{world} ranks x {plan.micro_batches} micro-batches of {plan.micro_batch_size} = "
               f"{plan.window_samples} samples/window, {plan.windows_per_epoch} windows/epoch, {total} windows",
               flush=True)
         print(f"rank 0 moves data through {worker.client.transport}", flush=True)
+        progress = Progress(worker, model, plan, total, args.log_every or max(1, total // 20), test)
 
-    start = time.perf_counter()
-    seen = 0
-    last_accuracy = None
+    # The training loop: forward, loss and backward per micro-batch, then one
+    # call that ends the window (instead of optimizer.step() and zero_grad()).
     while not worker.done:
         t = worker.version
         for idx in plan.micro_batches_of(t, rank):
-            if len(idx) == 0:
-                continue
-            idx = torch.from_numpy(idx)
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
-        result = worker.step(allow_empty=worker.micro_batches == 0)
-        seen += len(plan.window(t))
-        if rank != 0:
-            continue
-        step = result.version
-        epoch_done = step % plan.windows_per_epoch == 0 or result.job_done
-        if step % log_every == 0 or step == 1 or result.job_done:
-            elapsed = time.perf_counter() - start
-            rate = seen / elapsed
-            eta = (total - step) * plan.window_samples / rate
-            print(f"step {step:5d}/{total} | epoch {t // plan.windows_per_epoch + 1} | loss {result.loss:.4f} | "
-                  f"{rate:.0f} samples/s | ETA {int(eta // 60)}:{int(eta % 60):02d}", flush=True)
-        if epoch_done:
-            last_accuracy = accuracy(model, x_test, y_test)
-            worker.report_test_accuracy(last_accuracy, step)
-            print(f"epoch {-(-step // plan.windows_per_epoch)} (step {step}): test accuracy "
-                  f"{100 * last_accuracy:.2f}%", flush=True)
-    elapsed = time.perf_counter() - start
+            if len(idx):
+                idx = torch.from_numpy(idx)
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+                loss.backward()
+        result = worker.step(allow_empty=worker.micro_batches == 0)  # this rank may have no sample in the last
+        if progress:
+            progress.window_done(t, result)
+
     if rank == 0:
-        print(f"trained {total} windows in {elapsed:.1f} s ({seen / elapsed:.0f} samples/s)")
+        seconds = progress.training_seconds()
+        print(f"trained {total} windows in {seconds:.1f} s ({progress.seen / seconds:.0f} samples/s, "
+              f"evaluation excluded)", flush=True)
         if args.status:
             print()
             print(worker.status_text(), flush=True)
-        print(f"final test accuracy: {100 * last_accuracy:.2f}% after {total} windows", flush=True)
+        print(f"final test accuracy: {100 * progress.accuracy:.2f}% after {total} windows", flush=True)
     worker.close()
 
 
