@@ -160,7 +160,7 @@ peer_malloc="GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
   echo "setting.mpi=Open MPI, --bind-to none, oversubscribed, $peer_malloc (huge-page malloc: its best setting); buffers allocated once; + scale 1/M + gradacc's Adam step on every rank"
   echo "setting.gloo=PyTorch gloo over lo (file store), 1 thread per rank, LD_LIBRARY_PATH=$openblas_dir, $peer_malloc; all_reduce + div M + torch.optim.Adam on every rank"
   echo "setting.train=main job's MLP 784-256-128-10, 2 ranks, job's micro-batches; gradacc-worker with OPENBLAS_NUM_THREADS=1; DDP: 1 thread per rank, LD_LIBRARY_PATH=$openblas_dir, OMP_WAIT_POLICY=PASSIVE (both)"
-  echo "setting.train_torch=PyTorch CNN of worker/python/examples/fashion_mnist_cnn.py, 2 ranks x 2 micro-batches x 32, Adam lr 0.002 cosine, $torch_steps windows; gradacc: mpirun -np 2 python3 (gradacc.torch, shared memory), DDP: ddp_cnn.py (gloo, no_sync); both 1 torch thread per rank, LD_LIBRARY_PATH=$openblas_dir, OMP_WAIT_POLICY=PASSIVE; evaluation not timed"
+  echo "setting.train_torch=PyTorch CNN of worker/python/examples/fashion_mnist_cnn.py, 2 ranks x 2 micro-batches x 16, Adam lr 0.003 cosine, $torch_steps windows; gradacc: mpirun -np 2 python3 (gradacc.torch, shared memory), DDP: ddp_cnn.py (gloo, no_sync); both 1 torch thread per rank, LD_LIBRARY_PATH=$openblas_dir, OMP_WAIT_POLICY=PASSIVE; evaluation not timed"
   [[ -z "$torch_note" ]] || echo "note=$torch_note"
 } >"$env_file"
 log "environment:"
@@ -346,7 +346,7 @@ if want torch; then
   if ((have_torch == 0)) || [[ ! -e "$build/python/gradacc/__init__.py" ]]; then
     note train_torch 0 2 python "python3-torch or the Python package (pybind11-dev, python3-dev) is missing"
   else
-    k=2 b=32
+    k=2 b=16  # the example's geometry and learning rate
     limit=$((torch_steps * 2 * k * b))  # one epoch of torch_steps windows
     log "training throughput: PyTorch CNN, gradacc Python workers vs DDP, 2 ranks, $torch_steps windows x $train_reps runs"
     torch_env=(LD_LIBRARY_PATH="$openblas_dir" OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE)
@@ -368,7 +368,7 @@ if want torch; then
         fi
       fi
       env "${torch_env[@]}" GLOO_SOCKET_IFNAME=lo timeout 900 /usr/bin/python3 tests/bench/ddp_cnn.py --m=2 --k=$k \
-        --b=$b --steps="$torch_steps" --lr=0.002 --setting=openblas >"$logs/ddp-cnn-$r.log" 2>&1 ||
+        --b=$b --steps="$torch_steps" --lr=0.003 --setting=openblas >"$logs/ddp-cnn-$r.log" 2>&1 ||
         log "DDP CNN run $r failed (see $logs/ddp-cnn-$r.log)"
       grep '^RESULT train_torch,ddp' "$logs/ddp-cnn-$r.log" | sed 's/^RESULT //; s/,samples_per_s,/,samples_per_s_run,/' \
         >>"$raw" || true
