@@ -97,8 +97,14 @@ fi
 bin_server="$build/server/gradacc-server"
 bin_worker="$build/worker/gradacc-worker"
 bin_bench="$build/tests/bench"
-for b in "$bin_server" "$bin_worker" "$bin_bench/gradacc_bench_kernels" "$bin_bench/gradacc_bench_tcp" \
-         "$bin_bench/gradacc_bench_push" "$bin_bench/gradacc_bench_window" "$bin_bench/gradacc_bench_mpi"; do
+# What the parts asked for run.
+needed=("$bin_server")
+want kernels && needed+=("$bin_bench/gradacc_bench_kernels")
+want tcp && needed+=("$bin_bench/gradacc_bench_tcp")
+want push && needed+=("$bin_bench/gradacc_bench_push")
+want window && needed+=("$bin_bench/gradacc_bench_window" "$bin_bench/gradacc_bench_mpi")
+want train && needed+=("$bin_worker")
+for b in "${needed[@]}"; do
   [[ -x "$b" ]] || { echo "run.sh: $b is missing (build first, or drop --no-build)" >&2; exit 1; }
 done
 
