@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "common/errors.h"
+#include "common/wire.h"
 
 namespace gradacc {
 
@@ -26,10 +27,27 @@ absl::Status PushAssembler::Add(const v1::PushRequest& request) {
     trainer_->CountBytes(c.data().size(), 0);
     status = session_->AddChunk(c.tensor(), c.offset(), c.data(), c.name());
   }
-  if (!status.ok()) {
-    trainer_->RecordRefusal(session_ != nullptr ? session_->header().worker() : ~0u, status);
-    session_.reset();
+  return status.ok() ? status : Refuse(std::move(status));
+}
+
+absl::Status PushAssembler::Add(grpc::ByteBuffer& message) {
+  ChunkRef chunk;
+  if (session_ != nullptr && ScanMessage(message, &chunk) == MessageKind::kChunk) {
+    trainer_->CountBytes(chunk.data_size, 0);
+    absl::Status status = session_->AddChunkFrom(chunk.tensor, chunk.offset, chunk.data_size, chunk.name,
+                                                 [&](char* dst) { return ReadChunkPayload(message, chunk, dst); });
+    return status.ok() ? status : Refuse(std::move(status));
   }
+  v1::PushRequest request;
+  if (!ParseMessage(message, &request)) {
+    return Refuse(Refusal(v1::ERROR_REASON_PROTOCOL, "a push stream message that is not a gradacc.v1.PushRequest"));
+  }
+  return Add(request);
+}
+
+absl::Status PushAssembler::Refuse(absl::Status status) {
+  trainer_->RecordRefusal(session_ != nullptr ? session_->header().worker() : ~0u, status);
+  session_.reset();
   return status;
 }
 

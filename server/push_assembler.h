@@ -5,6 +5,8 @@
 #ifndef GRADACC_SERVER_PUSH_ASSEMBLER_H_
 #define GRADACC_SERVER_PUSH_ASSEMBLER_H_
 
+#include <grpcpp/support/byte_buffer.h>
+
 #include <memory>
 
 #include "absl/status/status.h"
@@ -21,6 +23,10 @@ class PushAssembler {
   // One message of the stream. After an error the stream is over: the
   // caller finishes it with that status and nothing was counted.
   absl::Status Add(const v1::PushRequest& request);
+  // The same for a message as it came off the wire: a chunk's payload is
+  // copied once, from gRPC's slices to its place (common/wire.h); anything
+  // else is parsed as a PushRequest.
+  absl::Status Add(grpc::ByteBuffer& message);
   // The client half-closed: commit the contribution.
   absl::StatusOr<PushResult> Finish();
   // Drops whatever was received (a broken or cancelled stream) and counts
@@ -28,6 +34,9 @@ class PushAssembler {
   void Abandon(const absl::Status& why);
 
  private:
+  // Counts the refusal and ends the stream's session.
+  absl::Status Refuse(absl::Status status);
+
   Trainer* const trainer_;
   std::unique_ptr<PushSession> session_;
 };

@@ -1,8 +1,10 @@
 #include "server/push_session.h"
 
 #include <algorithm>
+#include <cstring>
 #include <utility>
 
+#include "absl/base/config.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/errors.h"
@@ -68,6 +70,14 @@ absl::Status PushSession::CheckRange(const ModelLayout::Tensor& t, uint32_t tens
 
 absl::Status PushSession::AddChunk(uint32_t tensor, uint64_t offset, absl::string_view bytes,
                                    absl::string_view name) {
+  return AddChunkFrom(tensor, offset, bytes.size(), name, [bytes](char* dst) {
+    if (!bytes.empty()) std::memcpy(dst, bytes.data(), bytes.size());
+    return true;
+  });
+}
+
+absl::Status PushSession::AddChunkFrom(uint32_t tensor, uint64_t offset, size_t bytes, absl::string_view name,
+                                       absl::FunctionRef<bool(char*)> read) {
   if (segment_ != nullptr) {
     return Refusal(v1::ERROR_REASON_PROTOCOL,
                    "a shared-memory push carries no chunks (its gradients are in the worker's segment)");
@@ -87,19 +97,41 @@ absl::Status PushSession::AddChunk(uint32_t tensor, uint64_t offset, absl::strin
   }
   const v1::WireFormat wire = header_.wire_format();
   const size_t width = wire == v1::WIRE_FORMAT_F32 ? sizeof(float) : 2;
-  if (bytes.empty() || bytes.size() % width != 0) {
+  if (bytes == 0 || bytes % width != 0) {
     return Refusal(v1::ERROR_REASON_CHUNK_SIZE,
                    absl::StrFormat("chunk of tensor '%s' has %d bytes, not a positive multiple of %d (%s)", t.name,
-                                   bytes.size(), width, v1::WireFormat_Name(wire)),
+                                   bytes, width, v1::WireFormat_Name(wire)),
                    {{"tensor", t.name}});
   }
-  const uint64_t n = bytes.size() / width;
+  const uint64_t n = bytes / width;
   if (absl::Status s = CheckRange(t, tensor, offset, n); !s.ok()) return s;
-  float* const dst = buffer_.data() + (t.offset + offset - range_.begin);
-  // Compressed formats are widened exactly; accumulation is f32 either way.
-  const int64_t bad = wire == v1::WIRE_FORMAT_BF16  ? DecodeBf16(bytes.data(), absl::MakeSpan(dst, n))
-                      : wire == v1::WIRE_FORMAT_F16 ? DecodeF16(bytes.data(), absl::MakeSpan(dst, n))
-                                                    : CopyFromLittleEndian(bytes.data(), absl::MakeSpan(dst, n));
+  // Validated: the payload may now be written into this push's private
+  // buffer (a refusal below discards the whole push, buffer and all).
+  const absl::Span<float> dst = absl::MakeSpan(buffer_.data() + (t.offset + offset - range_.begin), n);
+  int64_t bad = -1;
+  bool complete;
+#ifdef ABSL_IS_LITTLE_ENDIAN
+  if (wire == v1::WIRE_FORMAT_F32) {
+    // The one copy: from wherever the payload lies to its place.
+    complete = read(reinterpret_cast<char*>(dst.data()));
+    if (complete) bad = FirstNonFinite(dst);
+  } else
+#endif
+  {
+    // Compressed formats are widened exactly; accumulation is f32 either way.
+    scratch_.resize(bytes);
+    complete = read(scratch_.data());
+    if (complete) {
+      bad = wire == v1::WIRE_FORMAT_BF16  ? DecodeBf16(scratch_.data(), dst)
+            : wire == v1::WIRE_FORMAT_F16 ? DecodeF16(scratch_.data(), dst)
+                                          : CopyFromLittleEndian(scratch_.data(), dst);
+    }
+  }
+  if (!complete) {
+    return Refusal(v1::ERROR_REASON_PROTOCOL,
+                   absl::StrFormat("chunk of tensor '%s' is shorter than its declared %d bytes", t.name, bytes),
+                   {{"tensor", t.name}});
+  }
   if (bad >= 0) {
     return Refusal(v1::ERROR_REASON_NOT_FINITE,
                    absl::StrFormat("gradient of tensor '%s' is not finite at element %d (%f)", t.name, offset + bad,

@@ -13,8 +13,10 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -43,6 +45,12 @@ class PushSession {
   // with earlier chunks, byte length, NaN/Inf. Every refusal carries its
   // reason (common/errors.h) and names the tensor and the range.
   absl::Status AddChunk(uint32_t tensor, uint64_t offset, absl::string_view bytes, absl::string_view name = "");
+  // The same for a payload of `bytes` bytes that lies elsewhere (gRPC's
+  // receive slices): once the chunk is validated, `read(dst)` must copy
+  // exactly `bytes` bytes to `dst` (false: the payload is shorter). An f32
+  // payload is copied straight to its place in the push's buffer.
+  absl::Status AddChunkFrom(uint32_t tensor, uint64_t offset, size_t bytes, absl::string_view name,
+                            absl::FunctionRef<bool(char*)> read);
   // OK when every element arrived (a shared-memory push: when the segment
   // holds only finite values); else MISSING_CHUNKS naming the first gap, or
   // NOT_FINITE.
@@ -71,6 +79,7 @@ class PushSession {
   // Per tensor: begin -> end of the element ranges received (merged).
   std::vector<std::map<uint64_t, uint64_t>> covered_;
   uint64_t covered_elements_ = 0;
+  std::string scratch_;  // a compressed chunk's payload before widening
   const absl::Time arrival_ = absl::Now();
 };
 

@@ -10,9 +10,10 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "common/files.h"
 #include "absl/strings/str_format.h"
+#include "common/files.h"
 #include "common/http_server.h"
+#include "common/wire.h"
 #include "server/metrics.h"
 #include "server/rpc/control_plane_service.h"
 #include "server/rpc/data_plane_service.h"
@@ -94,7 +95,7 @@ absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::Jo
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   // Let a push stream run ahead of the handler by several chunks.
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 8 << 20);
+  for (const auto& [name, value] : BulkTransferChannelArgs()) builder.AddChannelArgument(name, value);
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen, "'"));

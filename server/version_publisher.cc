@@ -4,6 +4,7 @@
 
 #include "common/errors.h"
 #include "common/kernels.h"
+#include "common/wire.h"
 
 namespace gradacc {
 
@@ -22,18 +23,35 @@ std::shared_ptr<const ParamSnapshot> MakeSnapshot(const ModelLayout& layout, Fla
   snap->has_chunks = with_chunks;
   if (!with_chunks) return snap;
   const uint64_t chunk = std::max<uint64_t>(1, chunk_elements);
+  // Where each chunk goes: (tensor, offset in the tensor, first flat element, elements).
+  struct Piece {
+    uint32_t tensor;
+    uint64_t offset, flat, n;
+  };
+  std::vector<Piece> pieces;
+  size_t total = 0;
   for (size_t i = 0; i < layout.tensors().size(); ++i) {
     const ModelLayout::Tensor& t = layout.tensors()[i];
     const FlatRange part = PartOf(t, range.begin, range.end);
     for (uint64_t flat = part.begin; flat < part.end; flat += chunk) {
       const uint64_t n = std::min(chunk, part.end - flat);
-      v1::GradientChunk* c = snap->chunks.emplace_back().mutable_chunk();
-      c->set_tensor(static_cast<uint32_t>(i));
-      c->set_offset(flat - t.offset);
-      std::string* data = c->mutable_data();
-      data->resize(n * sizeof(float));
-      CopyToLittleEndian(params.subspan(flat - range.begin, n), data->data());
+      pieces.push_back({static_cast<uint32_t>(i), flat - t.offset, flat, n});
+      total += ChunkPrefixSize(pieces.back().tensor, pieces.back().offset, n * sizeof(float)) + n * sizeof(float);
     }
+  }
+  // One allocation; each chunk's message is a slice of it.
+  grpc::Slice all(total);
+  char* const base = reinterpret_cast<char*>(const_cast<uint8_t*>(all.begin()));
+  size_t at = 0;
+  snap->chunks.reserve(pieces.size());
+  for (const Piece& p : pieces) {
+    const size_t payload = p.n * sizeof(float);
+    char* data = WriteChunkPrefix(base + at, p.tensor, p.offset, payload);
+    CopyToLittleEndian(params.subspan(p.flat - range.begin, p.n), data);
+    const size_t end = static_cast<size_t>(data - base) + payload;
+    grpc::Slice message = all.sub(at, end);
+    snap->chunks.push_back({grpc::ByteBuffer(&message, 1), payload});
+    at = end;
   }
   return snap;
 }

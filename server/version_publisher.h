@@ -17,6 +17,8 @@
 #include <memory>
 #include <vector>
 
+#include <grpcpp/support/byte_buffer.h>
+
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -27,13 +29,20 @@
 
 namespace gradacc {
 
-// The parameters of one version, serialised once. When every member of the
-// window moves data through shared memory the chunks are not built
-// (has_chunks = false); a gRPC pull then has them built on demand.
+// The parameters of one version, serialised once: every chunk is a
+// PullResponse message as it goes on the wire (common/wire.h), a slice of
+// one allocation, which every pull of the version writes without copying.
+// When every member of the window moves data through shared memory the
+// chunks are not built (has_chunks = false); a gRPC pull then has them
+// built on demand.
 struct ParamSnapshot {
+  struct Chunk {
+    grpc::ByteBuffer message;  // a serialised PullResponse, kind = chunk
+    size_t payload_bytes = 0;
+  };
   uint64_t version = 0;
-  v1::PullResponse header;               // kind = header
-  std::vector<v1::PullResponse> chunks;  // kind = chunk, tensors in order
+  v1::PullResponse header;    // kind = header
+  std::vector<Chunk> chunks;  // tensors in order
   bool has_chunks = true;
   bool job_done() const { return header.header().job_done(); }
 };

@@ -1,5 +1,7 @@
 #include "server/rpc/data_plane_service.h"
 
+#include "common/errors.h"
+#include "common/wire.h"
 #include "server/rpc/authorize.h"
 #include "server/rpc/pull_reactor.h"
 #include "server/rpc/push_reactor.h"
@@ -15,20 +17,26 @@ grpc::ServerUnaryReactor* DataPlaneServiceImpl::Join(grpc::CallbackServerContext
   });
 }
 
-grpc::ServerReadReactor<v1::PushRequest>* DataPlaneServiceImpl::Push(grpc::CallbackServerContext* context,
-                                                                     v1::PushResponse* response) {
+grpc::ServerReadReactor<grpc::ByteBuffer>* DataPlaneServiceImpl::Push(grpc::CallbackServerContext* context,
+                                                                     grpc::ByteBuffer* response) {
   if (absl::Status denied = Authorize(context, tokens_, Role::kWorker); !denied.ok()) {
-    return new RefusedRead<v1::PushRequest>(denied);
+    return new RefusedRead<grpc::ByteBuffer>(denied);
   }
   return new PushReactor(trainer_, context, response);
 }
 
-grpc::ServerWriteReactor<v1::PullResponse>* DataPlaneServiceImpl::Pull(grpc::CallbackServerContext* context,
-                                                                       const v1::PullRequest* request) {
+grpc::ServerWriteReactor<grpc::ByteBuffer>* DataPlaneServiceImpl::Pull(grpc::CallbackServerContext* context,
+                                                                       const grpc::ByteBuffer* request) {
   if (absl::Status denied = Authorize(context, tokens_, Role::kWorker); !denied.ok()) {
-    return new RefusedWrite<v1::PullResponse>(denied);
+    return new RefusedWrite<grpc::ByteBuffer>(denied);
   }
-  return new PullReactor(trainer_, *request);
+  v1::PullRequest parsed;
+  grpc::ByteBuffer bytes = *request;  // shares the slices
+  if (!ParseMessage(bytes, &parsed)) {
+    return new RefusedWrite<grpc::ByteBuffer>(
+        Refusal(v1::ERROR_REASON_PROTOCOL, "a pull request that is not a gradacc.v1.PullRequest"));
+  }
+  return new PullReactor(trainer_, parsed);
 }
 
 grpc::ServerUnaryReactor* DataPlaneServiceImpl::AttachSharedMemory(grpc::CallbackServerContext* context,

@@ -14,16 +14,22 @@
 
 namespace gradacc {
 
-class DataPlaneServiceImpl final : public v1::DataPlane::CallbackService {
+// Push and Pull are raw (ByteBuffer) methods: their chunks are placed and
+// written without protobuf copies (common/wire.h); the wire is the same.
+using DataPlaneBase = v1::DataPlane::WithCallbackMethod_Join<v1::DataPlane::WithRawCallbackMethod_Push<
+    v1::DataPlane::WithRawCallbackMethod_Pull<v1::DataPlane::WithCallbackMethod_Leave<
+        v1::DataPlane::WithCallbackMethod_AttachSharedMemory<v1::DataPlane::Service>>>>>;
+
+class DataPlaneServiceImpl final : public DataPlaneBase {
  public:
   DataPlaneServiceImpl(Trainer* trainer, TokenSet tokens) : trainer_(trainer), tokens_(std::move(tokens)) {}
 
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* context, const v1::JoinRequest* request,
                                  v1::JoinResponse* response) override;
-  grpc::ServerReadReactor<v1::PushRequest>* Push(grpc::CallbackServerContext* context,
-                                                 v1::PushResponse* response) override;
-  grpc::ServerWriteReactor<v1::PullResponse>* Pull(grpc::CallbackServerContext* context,
-                                                   const v1::PullRequest* request) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* Push(grpc::CallbackServerContext* context,
+                                                 grpc::ByteBuffer* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Pull(grpc::CallbackServerContext* context,
+                                                   const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* Leave(grpc::CallbackServerContext* context, const v1::LeaveRequest* request,
                                   v1::LeaveResponse* response) override;
   grpc::ServerUnaryReactor* AttachSharedMemory(grpc::CallbackServerContext* context,

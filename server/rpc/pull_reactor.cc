@@ -3,6 +3,7 @@
 #include "common/errors.h"
 #include "common/grpc_status.h"
 #include "common/tsan.h"
+#include "common/wire.h"
 
 namespace gradacc {
 
@@ -45,9 +46,10 @@ void PullReactor::OnSnapshot(absl::StatusOr<std::shared_ptr<const ParamSnapshot>
   }
   if (shared_memory_) {
     snapshot_ = *std::move(snapshot);
-    header_ = snapshot_->header;
-    header_.mutable_header()->set_shared_memory(true);
-    trainer_->CountBytes(0, header_.header().num_elements() * sizeof(float));
+    v1::PullResponse header = snapshot_->header;
+    header.mutable_header()->set_shared_memory(true);
+    header_ = SerializeMessage(header);
+    trainer_->CountBytes(0, header.header().num_elements() * sizeof(float));
     next_chunk_ = snapshot_->chunks.size();
     TsanRelease(this);
     StartWrite(&header_);
@@ -67,8 +69,9 @@ void PullReactor::Stream(std::shared_ptr<const ParamSnapshot> snapshot) {
     return;
   }
   snapshot_ = std::move(snapshot);
+  header_ = SerializeMessage(snapshot_->header);
   TsanRelease(this);
-  StartWrite(&snapshot_->header);
+  StartWrite(&header_);
 }
 
 void PullReactor::OnWriteDone(bool ok) {
@@ -78,9 +81,9 @@ void PullReactor::OnWriteDone(bool ok) {
     return;
   }
   if (next_chunk_ < snapshot_->chunks.size()) {
-    trainer_->CountBytes(0, snapshot_->chunks[next_chunk_].chunk().data().size());
+    trainer_->CountBytes(0, snapshot_->chunks[next_chunk_].payload_bytes);
     TsanRelease(this);
-    StartWrite(&snapshot_->chunks[next_chunk_++]);
+    StartWrite(&snapshot_->chunks[next_chunk_++].message);
   } else {
     Done(absl::OkStatus());
   }

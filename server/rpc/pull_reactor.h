@@ -1,7 +1,9 @@
 // PullReactor: one pull. Validated by the job's one RequestValidator, then
 // parked with the Trainer until the version exists; then streams the shared,
 // pre-serialised snapshot (header, then chunks) — or only the header to a
-// worker that reads the parameters from shared memory. A snapshot published
+// worker that reads the parameters from shared memory. On the raw
+// (ByteBuffer) method: a chunk is written as the snapshot holds it, so N
+// pulls of a version cost no serialisation and no copy. A snapshot published
 // without chunks has them built on the trainer thread (never a thread of
 // the reactor's own).
 //
@@ -9,6 +11,7 @@
 #ifndef GRADACC_SERVER_RPC_PULL_REACTOR_H_
 #define GRADACC_SERVER_RPC_PULL_REACTOR_H_
 
+#include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/server_callback.h>
 
 #include <memory>
@@ -19,7 +22,7 @@
 
 namespace gradacc {
 
-class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
+class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   PullReactor(Trainer* trainer, const v1::PullRequest& request);
 
@@ -36,7 +39,7 @@ class PullReactor final : public grpc::ServerWriteReactor<v1::PullResponse> {
   const int64_t worker_;
   bool shared_memory_ = false;
   std::shared_ptr<const ParamSnapshot> snapshot_;
-  v1::PullResponse header_;  // the header-only answer
+  grpc::ByteBuffer header_;  // the serialised header
   size_t next_chunk_ = 0;
   Mutex mu_;
   uint64_t wait_id_ ABSL_GUARDED_BY(mu_) = 0;

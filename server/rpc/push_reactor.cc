@@ -5,10 +5,11 @@
 #include "common/errors.h"
 #include "common/grpc_status.h"
 #include "common/tsan.h"
+#include "common/wire.h"
 
 namespace gradacc {
 
-PushReactor::PushReactor(Trainer* trainer, grpc::CallbackServerContext* context, v1::PushResponse* response)
+PushReactor::PushReactor(Trainer* trainer, grpc::CallbackServerContext* context, grpc::ByteBuffer* response)
     : trainer_(trainer),
       context_(context),
       response_(response),
@@ -33,6 +34,7 @@ void PushReactor::Reply(const absl::Status& status) {
     if (finished_) return;
     finished_ = true;
   }
+  if (status.ok()) *response_ = SerializeMessage(reply_);
   TsanRelease(this);
   Finish(ToGrpcStatus(status));
 }
@@ -66,10 +68,10 @@ void PushReactor::Complete() {
     Reply(result.status());
     return;
   }
-  response_->set_window(result->window);
-  response_->set_contributions_received(result->received);
-  response_->set_contributions_expected(result->expected);
-  response_->set_closed_window(result->closed_window);
+  reply_.set_window(result->window);
+  reply_.set_contributions_received(result->received);
+  reply_.set_contributions_expected(result->expected);
+  reply_.set_closed_window(result->closed_window);
   // A shard's step needs the other shards' parts, which this very worker may
   // still have to push: answer at once (version_published stays false).
   if (!result->closed_window || trainer_->num_shards() > 1) {
@@ -83,7 +85,7 @@ void PushReactor::Complete() {
       MutexLock lock(&mu_);
       wait_id_ = 0;
     }
-    if (snapshot.ok()) response_->set_version_published(true);
+    if (snapshot.ok()) reply_.set_version_published(true);
     Reply(snapshot.ok() ? absl::OkStatus() : snapshot.status());
   });
   MutexLock lock(&mu_);

@@ -1,6 +1,7 @@
-// PushReactor: one push stream. The first message must be the header; chunks
-// are validated and copied into the push's private buffer as they arrive
-// (PushAssembler); the contribution is committed when the client
+// PushReactor: one push stream, on the raw (ByteBuffer) method so that a
+// chunk's payload is copied once, from gRPC's receive slices into the push's
+// private buffer (common/wire.h). The first message must be the header;
+// chunks are validated and placed as they arrive (PushAssembler); the contribution is committed when the client
 // half-closes a complete stream. On an unsharded server a push that
 // completes its window is answered once the new version is published
 // (PushResponse.version_published); a shard answers it once counted.
@@ -10,6 +11,7 @@
 #ifndef GRADACC_SERVER_RPC_PUSH_REACTOR_H_
 #define GRADACC_SERVER_RPC_PUSH_REACTOR_H_
 
+#include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/server_callback.h>
 
 #include <memory>
@@ -21,9 +23,9 @@
 
 namespace gradacc {
 
-class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
+class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
  public:
-  PushReactor(Trainer* trainer, grpc::CallbackServerContext* context, v1::PushResponse* response);
+  PushReactor(Trainer* trainer, grpc::CallbackServerContext* context, grpc::ByteBuffer* response);
 
   void OnReadDone(bool ok) override;
   void OnCancel() override;
@@ -40,8 +42,9 @@ class PushReactor final : public grpc::ServerReadReactor<v1::PushRequest> {
 
   Trainer* const trainer_;
   grpc::CallbackServerContext* const context_;
-  v1::PushResponse* const response_;
-  v1::PushRequest request_;
+  grpc::ByteBuffer* const response_;  // serialised from reply_ when OK
+  v1::PushResponse reply_;
+  grpc::ByteBuffer request_;
   PushAssembler assembler_;
   std::shared_ptr<CancelState> cancel_;
   uint64_t handle_ = 0;

@@ -28,6 +28,18 @@ inline double NowSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// Marks the timed windows' wall-clock bounds for tests/bench/multihost.sh,
+// which reads the links' byte counters between them: appends
+// "<what> <unix seconds>" to `path` (nothing when it is empty).
+inline void MarkPhase(const std::string& path, const char* what) {
+  if (path.empty()) return;
+  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  if (FILE* f = std::fopen(path.c_str(), "a")) {
+    std::fprintf(f, "%s %.6f\n", what, now);
+    std::fclose(f);
+  }
+}
+
 inline double Median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());

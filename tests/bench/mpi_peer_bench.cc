@@ -27,6 +27,7 @@ ABSL_FLAG(std::string, job, "", "job spec file: the model's size and the optimiz
 ABSL_FLAG(std::string, op, "allreduce", "allreduce or reduce_bcast");
 ABSL_FLAG(int, reps, 7, "timed windows");
 ABSL_FLAG(int, warmup, 2, "untimed windows first");
+ABSL_FLAG(std::string, phase_file, "", "rank 0 appends the timed windows' start and end times here");
 ABSL_FLAG(std::string, setting, "", "label of the run's environment in the RESULT lines");
 
 namespace {
@@ -67,6 +68,7 @@ int main(int argc, char** argv) {
     gradacc::bench::FillGradient(grad.data(), p, rank, static_cast<uint64_t>(i));
     const double lr = gradacc::LearningRateAt(spec->optimizer(), spec->schedule(), static_cast<uint64_t>(i));
     MPI_Barrier(MPI_COMM_WORLD);
+    if (rank == 0 && i == warmup) gradacc::bench::MarkPhase(absl::GetFlag(FLAGS_phase_file), "start");
     const double t0 = gradacc::bench::NowSeconds();
     if (op == "allreduce") {
       MPI_Allreduce(MPI_IN_PLACE, grad.data(), count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
@@ -87,6 +89,7 @@ int main(int argc, char** argv) {
       collectives.push_back(slowest[1]);
     }
   }
+  if (rank == 0) gradacc::bench::MarkPhase(absl::GetFlag(FLAGS_phase_file), "end");
   if (rank == 0) {
     const std::string name = "mpi_" + op;
     const std::string setting = absl::GetFlag(FLAGS_setting);

@@ -162,11 +162,13 @@ class Report:
         for setting in ("grpc", "shm"):
             push = res.get("push", "gradacc_push", "gbps_median", setting=setting)
             pull = res.get("push", "gradacc_pull", "gbps_median", setting=setting)
-            target = ">= 0.5" if setting == "grpc" else "info"
-            check(f"push ({setting}) / raw TCP, 16M floats, 1 worker", ratio(push, tcp), target,
-                  lambda v: v >= 0.5, P16, 1, setting)
-            check(f"pull ({setting}) / raw TCP, 16M floats, 1 worker", ratio(pull, tcp), "info", None, P16, 1,
-                  setting)
+            # Issue 13: against the best raw TCP configuration (1 or 2
+            # connections, several socket buffer sizes).
+            target = ">= 0.8" if setting == "grpc" else "info"
+            check(f"push ({setting}) / best raw TCP, 16M floats, 1 worker", ratio(push, tcp), target,
+                  lambda v: v >= 0.8, P16, 1, setting)
+            check(f"pull ({setting}) / best raw TCP, 16M floats, 1 worker", ratio(pull, tcp), target,
+                  lambda v: v >= 0.8, P16, 1, setting)
         for m in (2, 4):
             gloo = res.get("window", "gloo", "window_median", P16, m)
             mpi = [v for v in (res.get("window", "mpi_allreduce", "window_median", P16, m),
@@ -178,7 +180,8 @@ class Report:
                 check(f"window ({setting}) / gloo all_reduce+Adam, 16M, M={m}", ratio(w, gloo),
                       "<= 1" if main_path else "info", lambda v: v <= 1.0, P16, m, setting)
                 check(f"window ({setting}) / best MPI (+Adam), 16M, M={m}", ratio(w, best_mpi),
-                      "<= 1.25" if main_path else "info", lambda v: v <= 1.25, P16, m, setting)
+                      "<= 1.25" if main_path else "<= 1.5",
+                      (lambda v: v <= 1.25) if main_path else (lambda v: v <= 1.5), P16, m, setting)
         _, ours = self.medians("train", "gradacc")
         _, ddp = self.medians("train", "ddp")
         check("training samples/s, gradacc / DDP no_sync (MLP, 2 workers)", ratio(ours, ddp), ">= 1",
@@ -247,7 +250,10 @@ class Report:
                 title += ", fell back to gRPC"
             self.md.append(f"| {title} | {fmt(med)}{span} |")
 
-        transfer("raw loopback TCP, 64 MiB messages", "tcp", "loopback")
+        transfer("raw loopback TCP, 64 MiB messages, best configuration", "tcp", "loopback")
+        for r in res.rows:
+            if r["section"] == "tcp" and r["name"] == "loopback_config":
+                self.md.append(f"| raw loopback TCP, {r['setting'].replace('_', ', ')} | {fmt(r['value'])} |")
         for setting in ("grpc", "shm"):
             transfer(f"gradacc Client::Push, 16M floats ({setting})", "push", "gradacc_push", setting)
             transfer(f"gradacc Client::Pull, 16M floats ({setting})", "push", "gradacc_pull", setting)

@@ -18,12 +18,34 @@
 #   --quick: P 1M,16M, M 2, 3 windows after 1 warm-up, 100 training steps
 #   once, 50 CNN windows once, short kernel runs (about two minutes after
 #   the build).
+#   tests/bench/run.sh --multihost [--no-build] [multihost options]: gradacc
+#   against Open MPI and gloo across simulated hosts with shaped links
+#   (root; tests/bench/multihost.sh --help lists its options).
 set -euo pipefail
 self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 root="$(cd "$(dirname "$self")/../.." && pwd)"
 cd "$root"
 
-usage() { sed -n '2,20p' "$self" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$self" | sed 's/^# \{0,1\}//'; }
+
+if [[ "${1:-}" == "--multihost" ]]; then
+  shift
+  mh_args=() mh_build=1 mh_dir="build-bench"
+  for arg in "$@"; do
+    case "$arg" in
+      --no-build) mh_build=0 ;;
+      --build-dir=*) mh_dir="${arg#*=}"; mh_args+=("$arg") ;;
+      *) mh_args+=("$arg") ;;
+    esac
+  done
+  [[ "$(id -u)" == 0 ]] || { echo "run.sh --multihost: needs root (network namespaces and tc)" >&2; exit 1; }
+  if ((mh_build)); then
+    cmake -S . -B "$mh_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGRADACC_BUILD_TESTS=OFF \
+      -DGRADACC_BUILD_BENCH=ON -DGRADACC_CUDA=OFF >/dev/null
+    cmake --build "$mh_dir" --target gradacc_bench -j 2
+  fi
+  exec "$(dirname "$self")/multihost.sh" "${mh_args[@]}"
+fi
 
 sizes="1M,16M,64M"
 workers="1,2,4,8"

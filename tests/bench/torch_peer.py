@@ -34,6 +34,12 @@ def parse_args():
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--setting", default="", help="label for the RESULT lines")
     p.add_argument("--timeout_s", type=float, default=600)
+    p.add_argument("--rank", type=int, default=None,
+                   help="run only this rank (one process per simulated host, tests/bench/multihost.sh); "
+                        "with --store")
+    p.add_argument("--store", default=None, help="file store path shared by the ranks (with --rank)")
+    p.add_argument("--phase_file", default=None,
+                   help="rank 0 appends the timed windows' start and end times (unix seconds) here")
     return p.parse_args()
 
 
@@ -53,6 +59,12 @@ def fill(g, rank, window, pattern_cache={}):
         g[full * 1024:].copy_(pat[: n % 1024])
 
 
+def mark(path, what):
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{what} {time.time():.6f}\n")
+
+
 def run(rank, args, store_path):
     import torch
     import torch.distributed as dist
@@ -67,6 +79,8 @@ def run(rank, args, store_path):
     for w in range(args.warmup + args.reps):
         fill(grad, rank, w)
         dist.barrier()
+        if rank == 0 and w == args.warmup:
+            mark(args.phase_file, "start")
         t0 = time.perf_counter()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         tc = time.perf_counter()
@@ -81,6 +95,8 @@ def run(rank, args, store_path):
             times.append(slowest[0].item())
             coll.append(slowest[1].item())
     if rank == 0:
+        mark(args.phase_file, "end")
+
         def out(metric, value, unit):
             print(f"RESULT window,gloo,{args.p},{args.m},{args.setting},{metric},{value:.6g},{unit}", flush=True)
         out("window_median", statistics.median(times) * 1e3, "ms")
@@ -103,6 +119,12 @@ def main():
         print("torch_peer: this PyTorch has no gloo", file=sys.stderr)
         return 77
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    if args.rank is not None:
+        if not args.store:
+            print("torch_peer: --rank needs --store", file=sys.stderr)
+            return 2
+        run(args.rank, args, args.store)
+        return 0
     with tempfile.TemporaryDirectory(prefix="gradacc-gloo-") as d:
         mp.spawn(run, args=(args, os.path.join(d, "store")), nprocs=args.m, join=True)
     return 0

@@ -2,14 +2,17 @@
 # The multihost tier: "MPI across hosts" without a cluster.
 #   tests/multihost/run.sh PATH/TO/gradacc-server PATH/TO/gradacc-worker
 #
-# Three test hosts are network namespaces (srv, a, b), each with its own
+# Four test hosts are network namespaces (srv, srv2, a, b), each with its own
 # hostname (a UTS namespace), whose veth links meet at a bridge in a fourth
 # namespace (br). Their addresses are in 10.231.N.0/24 and exist only inside
 # those namespaces, so no packet leaves them; the root namespace's interfaces,
 # routes and firewall are not touched. gradacc-server serves on the srv
 # address; mpirun, also on srv (the head node), starts 2 ranks on each of a
 # and b through Open MPI's rsh launcher, whose agent (ns-agent.sh) enters the
-# host's namespaces instead of ssh'ing to it. Then the same job runs on one
+# host's namespaces instead of ssh'ing to it. Every host's link is shaped
+# (tc tbf, 200 Mbit/s each way) when the kernel has sch_tbf. A sharded job
+# runs with its two shards on srv and srv2, and its parts must equal the
+# one-host run's parameters bit for bit. Then the same job runs on one
 # host (a fifth namespace with only loopback: server on 127.0.0.1, mpirun
 # -np 4) and both final parameter files must be byte-identical: same data
 # order, same reduction order, whatever the network.
@@ -48,7 +51,7 @@ done
 
 tmp="$(mktemp -d /tmp/gradacc-mh.XXXXXX)"
 pfx="gradacc-mh-$$"
-ns_br="$pfx-br" ns_srv="$pfx-srv" ns_a="$pfx-a" ns_b="$pfx-b" ns_one="$pfx-one"
+ns_br="$pfx-br" ns_srv="$pfx-srv" ns_srv2="$pfx-srv2" ns_a="$pfx-a" ns_b="$pfx-b" ns_one="$pfx-one"
 made_ns=()   # namespaces this run created
 result=fail  # or pass, skip
 
@@ -111,7 +114,7 @@ fail() { say "FAIL: $*"; exit 1; }
 
 # ---------------------------------------------------------------- hosts
 net="10.231.$((RANDOM % 250 + 1))"
-srv_ip="$net.1" a_ip="$net.2" b_ip="$net.3"
+srv_ip="$net.1" a_ip="$net.2" b_ip="$net.3" srv2_ip="$net.4"
 subnet="$net.0/24"
 
 if ! ip netns add "$ns_br" 2>"$tmp/netns.err"; then
@@ -123,10 +126,10 @@ made_ns+=("$ns_br")
 ip -n "$ns_br" link set lo up || fail "lo up in $ns_br"
 ip -n "$ns_br" link add br0 type bridge || fail "cannot create a bridge"
 ip -n "$ns_br" link set br0 up || fail "bridge up"
-netem=0
-for h in srv a b; do
+netem=0 shaped=0
+for h in srv srv2 a b; do
   ns="$pfx-$h"
-  case $h in srv) addr=$srv_ip ;; a) addr=$a_ip ;; b) addr=$b_ip ;; esac
+  case $h in srv) addr=$srv_ip ;; srv2) addr=$srv2_ip ;; a) addr=$a_ip ;; b) addr=$b_ip ;; esac
   ip netns add "$ns" || fail "cannot create netns $ns"
   made_ns+=("$ns")
   ip -n "$ns" link set lo up || fail "lo up in $ns"
@@ -138,20 +141,36 @@ for h in srv a b; do
   ip -n "$ns" link set eth0 up || fail "eth0 up in $ns"
   # A little latency makes the links more like a network (where the kernel
   # has sch_netem; many VM kernels do not).
-  if ip netns exec "$ns" tc qdisc add dev eth0 root netem delay 1ms 2>/dev/null; then netem=1; fi
+  if ip netns exec "$ns" tc qdisc add dev eth0 root handle 1: netem delay 1ms 2>/dev/null; then netem=1; fi
+  # A real link's rate, both ways (host -> bridge under the netem delay when
+  # there is one; bridge -> host on the bridge's port).
+  if command -v tc >/dev/null; then
+    if [[ $netem == 1 ]]; then
+      ip netns exec "$ns" tc qdisc add dev eth0 parent 1: handle 2: tbf rate 200mbit burst 256kb latency 100ms \
+        2>/dev/null && shaped=1
+    else
+      ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate 200mbit burst 256kb latency 100ms 2>/dev/null &&
+        shaped=1
+    fi
+    ip netns exec "$ns_br" tc qdisc add dev "v-$h" root tbf rate 200mbit burst 256kb latency 100ms 2>/dev/null ||
+      shaped=0
+  fi
 done
 # The single host of the comparison run: loopback only.
 ip netns add "$ns_one" || fail "cannot create netns $ns_one"
 made_ns+=("$ns_one")
 ip -n "$ns_one" link set lo up || fail "lo up in $ns_one"
-say "hosts: srv=$srv_ip a=$a_ip b=$b_ip on a bridge (netns $pfx-{srv,a,b,br}); one host: netns $ns_one;" \
-    "netem 1ms delay: $([[ $netem == 1 ]] && echo on || echo 'not available in this kernel')"
+say "hosts: srv=$srv_ip srv2=$srv2_ip a=$a_ip b=$b_ip on a bridge (netns $pfx-{srv,srv2,a,b,br}); one host:" \
+    "netns $ns_one; 1ms delay: $([[ $netem == 1 ]] && echo on || echo 'not available in this kernel');" \
+    "links 200 Mbit/s: $([[ $shaped == 1 ]] && echo shaped || echo 'not shaped (no tc tbf)')"
 
 # Runs a command on a host: in its network namespace, under its own hostname
 # (as ns-agent.sh does for a and b). Every step exec's the next, so $! of a
 # backgrounded "${on_srv[@]}" CMD is CMD's pid.
 # shellcheck disable=SC2016  # $0 and $@ are the inner shell's
 on_srv=(ip netns exec "$ns_srv" unshare --uts /bin/sh -c 'hostname "$0" && exec "$@"' "$ns_srv")
+# shellcheck disable=SC2016
+on_srv2=(ip netns exec "$ns_srv2" unshare --uts /bin/sh -c 'hostname "$0" && exec "$@"' "$ns_srv2")
 # shellcheck disable=SC2016
 on_one=(ip netns exec "$ns_one" unshare --uts /bin/sh -c 'hostname "$0" && exec "$@"' "$ns_one")
 
@@ -283,6 +302,41 @@ sys.exit(0 if ok else 1)
 EOF
 say "hierarchical across hosts: done ($((SECONDS - t0)) s)"
 
+# ------------------------------------------- 2c. sharded, shards on two hosts
+# Shard 0 on srv, shard 1 on srv2; every worker pushes each shard its part
+# over its own shaped link (and pulls each as soon as it is pushed).
+t0=$SECONDS
+ports=()
+for h in srv srv2; do
+  addr=$srv_ip
+  [[ $h == srv2 ]] && addr=$srv2_ip
+  port=$(ip netns exec "$pfx-$h" /usr/bin/python3 -c \
+    'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$addr") ||
+    fail "no free port on $h"
+  ports+=("$port")
+done
+peers="$srv_ip:${ports[0]},$srv2_ip:${ports[1]}"
+shard_pids=()
+for i in 0 1; do
+  on=("${on_srv[@]}") listen="$srv_ip:${ports[0]}"
+  [[ $i == 1 ]] && on=("${on_srv2[@]}") listen="$srv2_ip:${ports[1]}"
+  "${on[@]}" "$server_bin" --job="$tmp/job.textproto" --listen="$listen" --num_shards=2 --shard="$i" \
+      --shard_peers="$peers" --port_file="$tmp/shard$i.port" --allow_remote_plaintext --shared_memory_dir= \
+      --output="$tmp/shard$i.safetensors" >"$tmp/server-shard$i.log" 2>&1 &
+  shard_pids+=($!)
+done
+wait_file "$tmp/shard0.port" 30 "${shard_pids[0]}" || fail "shard 0 on srv did not start"
+wait_file "$tmp/shard1.port" 30 "${shard_pids[1]}" || fail "shard 1 on srv2 did not start"
+run_waiting "$tmp/mpirun-sharded.log" "${on_srv[@]}" timeout -k 10 120 "$mpirun_bin" -np 4 "${mpi_multihost[@]}" \
+    "$worker_bin" --server="$peers" --shared_memory=false "${worker_args[@]}"
+rc=$?
+[[ $rc == 0 ]] || fail "mpirun with the shards on two hosts exited $rc"
+for i in 0 1; do
+  wait_file "$tmp/shard$i.safetensors" 30 "${shard_pids[$i]}" || fail "no final parameters from shard $i"
+  stop_server "${shard_pids[$i]}" "shard $i"
+done
+say "sharded over srv and srv2: done ($((SECONDS - t0)) s)"
+
 # ------------------------------------------- 3. the same job on one host
 t0=$SECONDS
 "${on_one[@]}" "$server_bin" --job="$tmp/job.textproto" --listen=127.0.0.1:0 --port_file="$tmp/one.port" \
@@ -337,6 +391,23 @@ sys.exit(0 if ok else 1)
 EOF
 cmp "$tmp/multihost.safetensors" "$tmp/one-host.safetensors" || fail "the files differ (outside the tensors)"
 say "final parameters are bit-identical across hosts and on one host"
+# The shards' parts, in shard order, are the one-host run's tensors in order.
+/usr/bin/python3 - "$tmp/one-host.safetensors" "$tmp/shard0.safetensors" "$tmp/shard1.safetensors" <<'EOF' ||
+import json, struct, sys
+def load(path):
+    raw = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n]); header.pop("__metadata__", None)
+    return {k: raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in header.items()}
+one = load(sys.argv[1])
+flat = b"".join(one[k] for k in ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"])
+parts = b"".join(load(p)["shard_params"] for p in sys.argv[2:])
+print(f"  shards' parts: {len(parts) // 4} values; one host: {len(flat) // 4}")
+sys.exit(0 if parts == flat else 1)
+EOF
+  fail "the shards' parameters differ from the one-host run's"
+say "the two shards' parts are bit-identical to the one-host parameters"
+
 # Hierarchical across hosts adds (g0+g1) + (g2+g3): same job, other rounding.
 /usr/bin/python3 - "$tmp/hier.safetensors" "$tmp/one-host.safetensors" <<'EOF' || fail "hierarchical differs too much"
 import json, math, struct, sys

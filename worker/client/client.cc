@@ -8,10 +8,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_split.h"
 #include "common/errors.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
+#include "common/wire.h"
 #include "worker/client/stubs.h"
 
 namespace gradacc {
@@ -61,11 +63,15 @@ absl::Status Client::OpenChannels(absl::Time give_up) {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  for (const auto& [name, value] : BulkTransferChannelArgs()) args.SetInt(name, value);
   // A sharded job lists every shard's address, in shard order.
+  absl::flat_hash_set<std::string> hosts;
   for (absl::string_view address : absl::StrSplit(options_.server, ',', absl::SkipWhitespace())) {
+    hosts.insert(std::string(address.substr(0, address.rfind(':'))));
     ConnectionOptions connection = options_.connection;
     connection.server = std::string(address);
     GRADACC_ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, MakeChannel(connection, args));
+    server_hosts_ = hosts.size();
     Shard shard;
     shard.address = std::string(address);
     shard.stubs = std::make_unique<GradaccStubs>(std::move(channel));
@@ -222,7 +228,9 @@ absl::StatusOr<StepResult> Client::Step() {
 }
 
 absl::StatusOr<Client::StepPhase> Client::StepPush(StepResult& result, absl::Status& last) {
-  absl::StatusOr<v1::PushResponse> pushed = Push(&result.duplicate, &result.push_attempts);
+  // A sharded job on gRPC pulls each shard as soon as it is pushed.
+  const bool pull_ahead = shards_.size() > 1 && grad_segment_ == nullptr && params_segment_ == nullptr;
+  absl::StatusOr<v1::PushResponse> pushed = PushImpl(&result.duplicate, &result.push_attempts, pull_ahead);
   if (pushed.ok()) return StepPhase::kPull;
   const absl::Status& status = pushed.status();
   switch (ActionOf(status)) {
@@ -253,7 +261,14 @@ absl::StatusOr<Client::StepPhase> Client::StepPull(StepResult& result, absl::Tim
   // Our contribution's key goes along: a server that restarted between
   // acknowledging it and this pull says so instead of waiting.
   const std::optional<uint64_t> key = result.stale ? std::nullopt : std::optional<uint64_t>(result.window);
-  absl::Status pulled = Pull(result.window + 1, deadline - absl::Now(), &header, key);
+  absl::Status pulled;
+  if (ahead_.has_value() && ahead_->version() == result.window + 1) {
+    header = *ahead_;  // pulled while pushing (PushImpl)
+    InstallPulled(header);
+  } else {
+    pulled = Pull(result.window + 1, deadline - absl::Now(), &header, key);
+  }
+  ahead_.reset();
   if (pulled.ok() && version_ > result.window) {
     result.version = version_;
     result.loss = header.loss();

@@ -42,6 +42,7 @@
 #define GRADACC_WORKER_CLIENT_CLIENT_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,6 +54,7 @@
 #include "absl/types/span.h"
 #include "common/buffer.h"
 #include "common/job_spec.h"
+#include "common/mutex.h"
 #include "common/retry.h"
 #include "common/shm.h"
 #include "gradacc/v1/control.pb.h"
@@ -60,6 +62,7 @@
 #include "worker/client/channel.h"
 
 namespace grpc {
+class ByteBuffer;
 class ClientContext;
 template <class W>
 class ClientWriter;
@@ -234,18 +237,42 @@ class Client {
   absl::Status AdoptShard(size_t shard, const v1::JoinResponse& response);
   absl::Status JoinAndFetch(absl::Time give_up);
   v1::PushRequest PushHeaderMessage() const;
-  absl::StatusOr<v1::PushResponse> PushShard(Shard& shard, v1::PushRequest header, bool* duplicate, int* attempts);
+  // Push; with pull_ahead (a sharded job on gRPC, from Step) the shards
+  // are pushed in order, as many at once as there are server hosts, and
+  // each is pulled (version + 1) as soon as its push is acknowledged; when every shard answered that version,
+  // ahead_ holds its header and the pull of StepPull is already done.
+  absl::StatusOr<v1::PushResponse> PushImpl(bool* duplicate, int* attempts, bool pull_ahead);
+  // staging_ ready for a pull (before shards are pulled at once).
+  void PrepareStaging();
+  // Runs fn(i) for every shard at once (one thread each beyond the
+  // first); the first failure in shard order.
+  absl::Status ForEachShard(const std::function<absl::Status(size_t)>& fn);
+  // Pushes to one shard, retrying; `attempts_for_key` counts this key's
+  // attempts on it.
+  absl::StatusOr<v1::PushResponse> PushShard(Shard& shard, v1::PushRequest header, uint32_t& attempts_for_key,
+                                             bool* duplicate, int* attempts);
   // One push stream to one shard: the header, then the chunks it owns.
   absl::Status PushOnce(Shard& shard, v1::PushRequest& header, v1::PushResponse* response);
-  bool WriteChunks(const Shard& shard, const v1::PushHeader& header, grpc::ClientWriter<v1::PushRequest>& writer);
+  // The gradients' bytes in `format`: grad_ itself (f32 on a little-endian
+  // host) or wire_scratch_, encoded once per push. Thread-safe (the shards'
+  // streams run at once).
+  const char* WirePayload(v1::WireFormat format);
+  // The chunks a shard owns, as messages over the gradient bytes
+  // themselves (f32) or over wire_scratch_ (the compressed formats).
+  bool WriteChunks(const Shard& shard, const v1::PushHeader& header, grpc::ClientWriter<grpc::ByteBuffer>& writer);
   // Every shard, on the same version (one attempt each).
   absl::Status PullAllShards(uint64_t min_version, absl::Time deadline, std::optional<uint64_t> pushed_key,
                              v1::ParametersHeader* header);
   absl::Status PullShard(Shard& shard, uint64_t min_version, absl::Time deadline, v1::ParametersHeader* header,
                          std::optional<uint64_t> pushed_key);
-  // Reads one pull stream's messages into staging_; the elements received.
-  uint64_t ReadParameters(const Shard& shard, grpc::ClientContext& ctx, grpc::ClientReader<v1::PullResponse>& reader,
+  // Reads one pull stream's messages into staging_ (a chunk's payload is
+  // copied once, from gRPC's slices to its place); the elements received.
+  uint64_t ReadParameters(const Shard& shard, grpc::ClientContext& ctx, grpc::ClientReader<grpc::ByteBuffer>& reader,
                           v1::ParametersHeader* header, bool* have_header);
+  // Validates a chunk against the shard's elements and lets `read` place
+  // its payload; false when it is malformed.
+  bool PlaceChunk(const Shard& shard, uint32_t tensor, uint64_t offset, size_t bytes,
+                  const std::function<bool(char*)>& read, uint64_t* received);
   void InstallPulled(const v1::ParametersHeader& header);
   // Step's phases: each returns where to go next, or the status Step ends
   // with; a recoverable failure is kept in `last` for the final error.
@@ -255,6 +282,7 @@ class Client {
 
   const ClientOptions options_;
   std::vector<Shard> shards_;
+  size_t server_hosts_ = 1;  // distinct hosts among the shards' addresses
   v1::JobSpec job_;
   ModelLayout layout_;
   uint64_t version_ = 0;
@@ -266,6 +294,9 @@ class Client {
   uint32_t micro_batches_ = 0;
   double loss_sum_ = 0;
   uint32_t push_attempts_for_key_ = 0;  // across Step's retries of one window
+  Mutex wire_mu_;
+  std::vector<char> wire_scratch_ ABSL_GUARDED_BY(wire_mu_);  // the gradients in a compressed wire format
+  bool wire_encoded_ ABSL_GUARDED_BY(wire_mu_) = false;       // for the push in progress
   // Shared memory, while attached: grad_ is a view of grad_segment_, and
   // params_ may be a view of params_segment_ (params_stable_).
   std::unique_ptr<ShmSegment> params_segment_;
@@ -273,6 +304,7 @@ class Client {
   uint64_t grad_generation_ = 0;  // the offer's generation (PushHeader.shared_memory_generation)
   bool params_stable_ = false;
   bool pulled_in_place_ = false;  // the last pull left the version in the segment
+  std::optional<v1::ParametersHeader> ahead_;  // pulled ahead by PushImpl, in staging_
   std::string shm_note_;          // why not shared memory
   // Kept by Retire when options_.retain_released_memory.
   std::vector<FloatBuffer> retired_buffers_;

@@ -3,14 +3,18 @@
 // are in shared memory); a pull is a server stream of parameter chunks (or a
 // header naming the version in the shared parameter segment).
 #include <algorithm>
+#include <cstring>
+#include <thread>
 #include <vector>
 
+#include "absl/base/config.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/errors.h"
 #include "common/grpc_status.h"
 #include "common/kernels.h"
 #include "common/status_macros.h"
+#include "common/wire.h"
 #include "worker/client/client.h"
 #include "worker/client/stubs.h"
 
@@ -51,6 +55,10 @@ v1::PushRequest Client::PushHeaderMessage() const {
 }
 
 absl::StatusOr<v1::PushResponse> Client::Push(bool* duplicate, int* attempts_out) {
+  return PushImpl(duplicate, attempts_out, /*pull_ahead=*/false);
+}
+
+absl::StatusOr<v1::PushResponse> Client::PushImpl(bool* duplicate, int* attempts_out, bool pull_ahead) {
   if (micro_batches_ == 0) {
     return Refusal(v1::ERROR_REASON_NOTHING_TO_PUSH,
                    absl::StrFormat("nothing to push: no micro-batch was added since window %d opened (call "
@@ -59,36 +67,113 @@ absl::StatusOr<v1::PushResponse> Client::Push(bool* duplicate, int* attempts_out
                    {{"window", absl::StrCat(version_)}, {"worker", absl::StrCat(options_.worker)}});
   }
   const v1::PushRequest header = PushHeaderMessage();
-  // Each shard gets its part. A shard that already has it acknowledges a
-  // duplicate, so pushing every shard again after a failure is safe.
-  v1::PushResponse last_response;
-  bool all_duplicates = true;
-  const uint32_t first_attempt = push_attempts_for_key_;
-  int attempts = 0;
-  for (Shard& shard : shards_) {
-    push_attempts_for_key_ = first_attempt;
-    bool dup = false;
-    int used = 0;
-    auto r = PushShard(shard, header, &dup, &used);
-    attempts = std::max(attempts, used);
-    if (!r.ok()) return r.status();
-    all_duplicates &= dup;
-    last_response = *r;
+  {
+    MutexLock lock(&wire_mu_);
+    wire_encoded_ = false;  // the gradients changed since the last push
   }
+  // Each shard gets its part, all at once; or, pulling ahead, in waves of
+  // as many shards as the job has server hosts (in shard order, so that a
+  // wave of interleaved shards keeps every server host's link busy) while
+  // the shards already pushed are pulled: a shard steps as soon as every
+  // worker's part is in, so the links carry the next wave's pushes while
+  // the new parameters of the last wave come back. A shard
+  // that already has the part acknowledges a duplicate, so pushing every
+  // shard again after a failure is safe.
+  struct Outcome {
+    v1::PushResponse response;
+    bool duplicate = false;
+    int attempts = 0;
+    uint32_t attempts_for_key = 0;
+    absl::Status pulled = absl::UnknownError("not pulled");
+    v1::ParametersHeader header;
+  };
+  std::vector<Outcome> outcomes(shards_.size());
+  for (Outcome& o : outcomes) o.attempts_for_key = push_attempts_for_key_;
+  ahead_.reset();
+  if (pull_ahead) PrepareStaging();
+  Mutex turn_mu;
+  size_t pushed = 0;  // shards whose push finished (pulling ahead)
+  const size_t wave = std::max<size_t>(1, server_hosts_);
+  const absl::Time pull_deadline = absl::Now() + options_.window_timeout;
+  absl::Status status = ForEachShard([&](size_t i) -> absl::Status {
+    Outcome& o = outcomes[i];
+    auto my_turn = [&pushed, i, wave] { return pushed + wave > i; };
+    if (pull_ahead) {
+      MutexLock lock(&turn_mu);
+      turn_mu.Await(Condition(&my_turn));
+    }
+    auto r = PushShard(shards_[i], header, o.attempts_for_key, &o.duplicate, &o.attempts);
+    if (pull_ahead) {
+      MutexLock lock(&turn_mu);
+      ++pushed;
+    }
+    if (!r.ok()) return r.status();
+    o.response = *std::move(r);
+    if (pull_ahead) o.pulled = PullShard(shards_[i], version_ + 1, pull_deadline, &o.header, version_);
+    return absl::OkStatus();
+  });
+  if (pull_ahead && status.ok() &&
+      std::all_of(outcomes.begin(), outcomes.end(), [&](const Outcome& o) {
+        return o.pulled.ok() && o.header.version() == outcomes[0].header.version() &&
+               o.header.version() == version_ + 1;
+      })) {
+    ahead_ = outcomes[0].header;  // StepPull installs it without asking again
+  }
+  bool all_duplicates = true;
+  int attempts = 0;
+  for (const Outcome& o : outcomes) {
+    all_duplicates &= o.duplicate;
+    attempts = std::max(attempts, o.attempts);
+    push_attempts_for_key_ = std::max(push_attempts_for_key_, o.attempts_for_key);
+  }
+  if (!status.ok()) return status;
   if (duplicate != nullptr) *duplicate = all_duplicates;
   if (attempts_out != nullptr) *attempts_out = attempts;
-  return last_response;
+  return outcomes.back().response;
 }
 
-absl::StatusOr<v1::PushResponse> Client::PushShard(Shard& shard, v1::PushRequest header, bool* duplicate,
-                                                   int* attempts_out) {
+absl::Status Client::ForEachShard(const std::function<absl::Status(size_t)>& fn) {
+  std::vector<absl::Status> results(shards_.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 1; i < shards_.size(); ++i) threads.emplace_back([&, i] { results[i] = fn(i); });
+  results[0] = fn(0);
+  for (std::thread& t : threads) t.join();
+  for (absl::Status& r : results) {
+    if (!r.ok()) return r;
+  }
+  return absl::OkStatus();
+}
+
+const char* Client::WirePayload(v1::WireFormat format) {
+#ifdef ABSL_IS_LITTLE_ENDIAN
+  if (format == v1::WIRE_FORMAT_F32) return reinterpret_cast<const char*>(grad_.data());
+#endif
+  // Encoded once per push, by the first shard's stream that needs it.
+  MutexLock lock(&wire_mu_);
+  if (!wire_encoded_) {
+    const auto values = absl::MakeConstSpan(grad_.data(), layout_.num_elements());
+    wire_scratch_.resize(values.size() * (format == v1::WIRE_FORMAT_F32 ? sizeof(float) : 2));
+    if (format == v1::WIRE_FORMAT_BF16) {
+      EncodeBf16(values, wire_scratch_.data());
+    } else if (format == v1::WIRE_FORMAT_F16) {
+      EncodeF16(values, wire_scratch_.data());
+    } else {
+      CopyToLittleEndian(values, wire_scratch_.data());
+    }
+    wire_encoded_ = true;
+  }
+  return wire_scratch_.data();
+}
+
+absl::StatusOr<v1::PushResponse> Client::PushShard(Shard& shard, v1::PushRequest header, uint32_t& attempts_for_key,
+                                                   bool* duplicate, int* attempts_out) {
   header.mutable_header()->set_num_elements(shard.end - shard.begin);
   v1::PushResponse response;
   absl::Status status = Retry(
       options_.retry, absl::Now() + options_.window_timeout,
       [&](int attempt) {
         if (attempts_out != nullptr) *attempts_out = attempt;
-        header.mutable_header()->set_attempt(++push_attempts_for_key_);
+        header.mutable_header()->set_attempt(++attempts_for_key);
         response.Clear();
         return PushOnce(shard, header, &response);
       },
@@ -109,22 +194,30 @@ absl::StatusOr<v1::PushResponse> Client::PushShard(Shard& shard, v1::PushRequest
 absl::Status Client::PushOnce(Shard& shard, v1::PushRequest& header, v1::PushResponse* response) {
   grpc::ClientContext ctx;
   PrepareCall(ctx, options_.connection.token, absl::Now() + options_.rpc_timeout, /*wait_for_ready=*/true);
-  auto writer = shard.stubs->data->Push(&ctx, response);
+  grpc::ByteBuffer answer;
+  auto writer = shard.stubs->RawPush(&ctx, &answer);
   // Shared memory: the gradients are in the segment already; the header
   // says so and the stream carries nothing else.
   v1::PushHeader* h = header.mutable_header();
   h->set_shared_memory(grad_segment_ != nullptr);
   h->set_shared_memory_generation(grad_segment_ != nullptr ? grad_generation_ : 0);
   h->set_wire_format(h->shared_memory() ? v1::WIRE_FORMAT_F32 : options_.wire_format);
-  bool ok = writer->Write(header);
+  bool ok = writer->Write(SerializeMessage(header));
   if (ok && !h->shared_memory()) ok = WriteChunks(shard, *h, *writer);
   if (ok) writer->WritesDone();
-  return FromGrpcStatus(writer->Finish());
+  // The chunks point into grad_: Finish returns once the call is over.
+  const absl::Status status = FromGrpcStatus(writer->Finish());
+  if (status.ok() && !ParseMessage(answer, response)) {
+    return absl::InternalError("the server's push answer is not a gradacc.v1.PushResponse");
+  }
+  return status;
 }
 
 bool Client::WriteChunks(const Shard& shard, const v1::PushHeader& header,
-                         grpc::ClientWriter<v1::PushRequest>& writer) {
-  v1::PushRequest message;
+                         grpc::ClientWriter<grpc::ByteBuffer>& writer) {
+  const size_t width = header.wire_format() == v1::WIRE_FORMAT_F32 ? sizeof(float) : 2;
+  const char* const payload = WirePayload(header.wire_format());
+  grpc::WriteOptions options;
   for (size_t i = 0; i < layout_.tensors().size(); ++i) {
     const ModelLayout::Tensor& t = layout_.tensors()[i];
     // The part of this tensor the shard owns.
@@ -132,25 +225,9 @@ bool Client::WriteChunks(const Shard& shard, const v1::PushHeader& header,
     if (lo >= hi) continue;
     for (uint64_t off = lo - t.offset; off < hi - t.offset; off += options_.chunk_elements) {
       const uint64_t n = std::min<uint64_t>(options_.chunk_elements, hi - t.offset - off);
-      v1::GradientChunk* c = message.mutable_chunk();
-      c->set_tensor(static_cast<uint32_t>(i));
-      c->set_offset(off);
-      std::string* data = c->mutable_data();
-      const auto values = absl::MakeConstSpan(grad_.data() + t.offset + off, n);
-      switch (header.wire_format()) {
-        case v1::WIRE_FORMAT_BF16:
-          data->resize(n * 2);
-          EncodeBf16(values, data->data());
-          break;
-        case v1::WIRE_FORMAT_F16:
-          data->resize(n * 2);
-          EncodeF16(values, data->data());
-          break;
-        default:
-          data->resize(n * sizeof(float));
-          CopyToLittleEndian(values, data->data());
-      }
-      if (!writer.Write(message)) return false;
+      const grpc::ByteBuffer message =
+          ChunkMessage(static_cast<uint32_t>(i), off, payload + (t.offset + off) * width, n * width);
+      if (!writer.Write(message, options)) return false;
     }
   }
   return true;
@@ -171,13 +248,19 @@ absl::Status Client::PullAllShards(uint64_t min_version, absl::Time deadline, st
                                    v1::ParametersHeader* header) {
   std::vector<v1::ParametersHeader> headers(shards_.size());
   uint64_t want = min_version;
+  PrepareStaging();
   // Every shard must hand over the same version; a shard that lags (another
   // worker's window may be closing) is asked again for the newest one seen.
   for (int round = 0; round < kShardRounds; ++round) {
     uint64_t newest = 0, oldest = ~uint64_t{0};
-    for (size_t i = 0; i < shards_.size(); ++i) {
-      if (round > 0 && headers[i].version() >= want) continue;
-      GRADACC_RETURN_IF_ERROR(PullShard(shards_[i], want, deadline, &headers[i], pushed_key));
+    auto pull = [&](size_t i) {
+      if (round > 0 && headers[i].version() >= want) return absl::OkStatus();
+      return PullShard(shards_[i], want, deadline, &headers[i], pushed_key);
+    };
+    if (params_segment_ == nullptr) {
+      GRADACC_RETURN_IF_ERROR(ForEachShard(pull));  // every shard at once
+    } else {
+      for (size_t i = 0; i < shards_.size(); ++i) GRADACC_RETURN_IF_ERROR(pull(i));
     }
     for (const auto& h : headers) {
       newest = std::max<uint64_t>(newest, h.version());
@@ -193,6 +276,11 @@ absl::Status Client::PullAllShards(uint64_t min_version, absl::Time deadline, st
   }
   *header = headers[0];
   return absl::OkStatus();
+}
+
+void Client::PrepareStaging() {
+  if (!staging_.owned()) staging_ = FloatBuffer(layout_.num_elements());
+  pulled_in_place_ = false;
 }
 
 void Client::InstallPulled(const v1::ParametersHeader& header) {
@@ -222,16 +310,14 @@ absl::Status Client::PullShard(Shard& shard, uint64_t min_version, absl::Time de
   request.set_min_version(min_version);
   request.set_shared_memory(params_segment_ != nullptr);
   if (pushed_key.has_value()) request.set_contribution_key(*pushed_key);
-  if (!staging_.owned()) staging_ = FloatBuffer(layout_.num_elements());
   grpc::ClientContext ctx;
   PrepareCall(ctx, options_.connection.token, deadline, /*wait_for_ready=*/true);
-  auto reader = shard.stubs->data->Pull(&ctx, request);
+  auto reader = shard.stubs->RawPull(&ctx, request);
   v1::ParametersHeader header;
   bool have_header = false;
   const uint64_t received = ReadParameters(shard, ctx, *reader, &header, &have_header);
   GRADACC_RETURN_IF_ERROR(
       FromGrpcStatus(reader->Finish(), absl::StrFormat("pull of version >= %d from %s", min_version, shard.address)));
-  pulled_in_place_ = false;
   if (have_header && header.shared_memory() && received == 0) {
     if (params_segment_ != nullptr && ReadSharedParameters(header.version())) {
       *header_out = header;
@@ -253,29 +339,34 @@ absl::Status Client::PullShard(Shard& shard, uint64_t min_version, absl::Time de
 }
 
 uint64_t Client::ReadParameters(const Shard& shard, grpc::ClientContext& ctx,
-                                grpc::ClientReader<v1::PullResponse>& reader, v1::ParametersHeader* header,
+                                grpc::ClientReader<grpc::ByteBuffer>& reader, v1::ParametersHeader* header,
                                 bool* have_header) {
-  v1::PullResponse msg;
+  grpc::ByteBuffer msg;
   uint64_t received = 0;
   const uint64_t expect = shard.end - shard.begin;
   while (reader.Read(&msg)) {
     bool malformed = false;
-    if (msg.has_header()) {
-      *header = msg.header();
+    ChunkRef ref;
+    v1::PullResponse parsed;
+    if (ScanMessage(msg, &ref) == MessageKind::kChunk) {
+      malformed = !*have_header || !PlaceChunk(
+                                       shard, ref.tensor, ref.offset, ref.data_size,
+                                       [&](char* dst) { return ReadChunkPayload(msg, ref, dst); }, &received);
+    } else if (!ParseMessage(msg, &parsed)) {
+      malformed = true;
+    } else if (parsed.has_header()) {
+      *header = parsed.header();
       *have_header = true;
       malformed = header->num_elements() != expect;
     } else {
-      const v1::GradientChunk& c = msg.chunk();
-      malformed = !*have_header || c.tensor() >= layout_.tensors().size();
-      const ModelLayout::Tensor* t = malformed ? nullptr : &layout_.tensors()[c.tensor()];
-      const uint64_t n = c.data().size() / sizeof(float);
-      const uint64_t flat = malformed ? 0 : t->offset + c.offset();
-      malformed =
-          malformed || c.offset() > t->size || n > t->size - c.offset() || flat < shard.begin || flat + n > shard.end;
-      if (!malformed) {
-        CopyFromLittleEndian(c.data().data(), absl::MakeSpan(staging_.data() + flat, n));
-        received += n;
-      }
+      const v1::GradientChunk& c = parsed.chunk();
+      malformed = !*have_header || !PlaceChunk(
+                                       shard, c.tensor(), c.offset(), c.data().size(),
+                                       [&](char* dst) {
+                                         std::memcpy(dst, c.data().data(), c.data().size());
+                                         return true;
+                                       },
+                                       &received);
     }
     if (malformed) {
       // Stop the server sending the rest: Finish reports CANCELLED, and the
@@ -285,6 +376,25 @@ uint64_t Client::ReadParameters(const Shard& shard, grpc::ClientContext& ctx,
     }
   }
   return received;
+}
+
+bool Client::PlaceChunk(const Shard& shard, uint32_t tensor, uint64_t offset, size_t bytes,
+                        const std::function<bool(char*)>& read, uint64_t* received) {
+  if (tensor >= layout_.tensors().size() || bytes % sizeof(float) != 0) return false;
+  const ModelLayout::Tensor& t = layout_.tensors()[tensor];
+  const uint64_t n = bytes / sizeof(float);
+  const uint64_t flat = t.offset + offset;
+  if (offset > t.size || n > t.size - offset || flat < shard.begin || flat + n > shard.end) return false;
+  float* const dst = staging_.data() + flat;
+#ifdef ABSL_IS_LITTLE_ENDIAN
+  if (!read(reinterpret_cast<char*>(dst))) return false;
+#else
+  std::vector<char> bytes_le(bytes);
+  if (!read(bytes_le.data())) return false;
+  CopyFromLittleEndian(bytes_le.data(), absl::MakeSpan(dst, n));
+#endif
+  *received += n;
+  return true;
 }
 
 }  // namespace gradacc
