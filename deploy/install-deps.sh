@@ -2,11 +2,13 @@
 # Installs the Debian 12 packages that gradacc's build, tests and main job need
 # (clang and its sanitizer runtimes build the fuzz target of the fault tier;
 # chromium renders the dashboard in the observe tier; dpkg-dev and file let
-# cpack compute the .deb packages' dependencies with dpkg-shlibdeps).
+# cpack compute the .deb packages' dependencies with dpkg-shlibdeps;
+# pybind11-dev and python3-dev build the Python package gradacc, and
+# python3-torch and python3-numpy run it, its tests, the quickstart's --torch
+# job and the golden-data generators).
 # Idempotent: packages already present are skipped, and apt is not touched at
-# all when nothing is missing. Usage: deploy/install-deps.sh [--golden]
-#   --golden  also install python3-torch / python3-numpy (only needed to
-#             regenerate golden test data; CI never needs them).
+# all when nothing is missing. Usage: deploy/install-deps.sh
+# (--golden is accepted and changes nothing: torch is always installed now).
 set -euo pipefail
 
 packages=(
@@ -16,6 +18,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   zlib1g-dev libopenblas-dev dataset-fashion-mnist
   python3 python3-grpcio
+  python3-dev pybind11-dev python3-numpy python3-torch
   procps iproute2 util-linux openssl
   clang libclang-rt-14-dev
   libcivetweb-dev chromium
@@ -25,9 +28,6 @@ packages=(
 # already have them (from elsewhere than Debian) keep theirs.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   packages+=(nodejs npm)
-fi
-if [[ "${1:-}" == "--golden" ]]; then
-  packages+=(python3-torch python3-numpy)
 fi
 
 missing=()

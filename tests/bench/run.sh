@@ -4,16 +4,20 @@
 # roofline, raw loopback TCP, gradacc's push and pull, gradacc's end-to-end
 # window against Open MPI and PyTorch gloo (each peer followed by the same
 # Adam step on every rank), and training samples/s of the main job's MLP
-# against PyTorch DDP with no_sync(). Prints a table of medians and ratios
-# and writes it to bench-results/<time>-<host>.{csv,md} (git-ignored).
+# against PyTorch DDP with no_sync(), and the same for the PyTorch CNN of
+# worker/python/examples trained by gradacc's Python workers (gradacc.torch).
+# Prints a table of medians and ratios and writes it to
+# bench-results/<time>-<host>.{csv,md} (git-ignored).
 # Never run by ctest or CI. See tests/bench/README.md.
 #
 #   tests/bench/run.sh [--quick] [--sizes=1M,16M,64M] [--workers=1,2,4,8]
 #                      [--reps=7] [--warmup=2] [--train-steps=400]
-#                      [--train-reps=3] [--build-dir=build-bench] [--no-build]
-#                      [--only=kernels,tcp,push,window,train] [--out=bench-results]
+#                      [--train-reps=3] [--torch-steps=150] [--build-dir=build-bench]
+#                      [--no-build] [--only=kernels,tcp,push,window,train,torch]
+#                      [--out=bench-results]
 #   --quick: P 1M,16M, M 2, 3 windows after 1 warm-up, 100 training steps
-#   once, short kernel runs (about a minute after the build).
+#   once, 50 CNN windows once, short kernel runs (about two minutes after
+#   the build).
 #   tests/bench/run.sh --multihost [--no-build] [multihost options]: gradacc
 #   against Open MPI and gloo across simulated hosts with shaped links
 #   (root; tests/bench/multihost.sh --help lists its options).
@@ -22,7 +26,7 @@ self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]
 root="$(cd "$(dirname "$self")/../.." && pwd)"
 cd "$root"
 
-usage() { sed -n '2,19p' "$self" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$self" | sed 's/^# \{0,1\}//'; }
 
 if [[ "${1:-}" == "--multihost" ]]; then
   shift
@@ -49,15 +53,16 @@ reps=7
 warmup=2
 train_steps=400
 train_reps=3
+torch_steps=150
 kernel_reps=5
 kernel_min_time=0.2
 tcp_reps=10
 build="build-bench"
 do_build=1
-only="kernels,tcp,push,window,train"
+only="kernels,tcp,push,window,train,torch"
 out="bench-results"
 quick=0
-sizes_set=0 workers_set=0 reps_set=0 warmup_set=0 steps_set=0 treps_set=0
+sizes_set=0 workers_set=0 reps_set=0 warmup_set=0 steps_set=0 treps_set=0 tsteps_set=0
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
@@ -67,6 +72,7 @@ for arg in "$@"; do
     --warmup=*) warmup="${arg#*=}"; warmup_set=1 ;;
     --train-steps=*) train_steps="${arg#*=}"; steps_set=1 ;;
     --train-reps=*) train_reps="${arg#*=}"; treps_set=1 ;;
+    --torch-steps=*) torch_steps="${arg#*=}"; tsteps_set=1 ;;
     --build-dir=*) build="${arg#*=}" ;;
     --no-build) do_build=0 ;;
     --only=*) only="${arg#*=}" ;;
@@ -82,6 +88,7 @@ if ((quick)); then
   ((warmup_set)) || warmup=1
   ((steps_set)) || train_steps=100
   ((treps_set)) || train_reps=1
+  ((tsteps_set)) || torch_steps=50
   kernel_reps=3 kernel_min_time=0.05 tcp_reps=5
 fi
 want() { [[ ",$only," == *",$1,"* ]]; }
@@ -112,8 +119,14 @@ fi
 bin_server="$build/server/gradacc-server"
 bin_worker="$build/worker/gradacc-worker"
 bin_bench="$build/tests/bench"
-for b in "$bin_server" "$bin_worker" "$bin_bench/gradacc_bench_kernels" "$bin_bench/gradacc_bench_tcp" \
-         "$bin_bench/gradacc_bench_push" "$bin_bench/gradacc_bench_window" "$bin_bench/gradacc_bench_mpi"; do
+# What the parts asked for run.
+needed=("$bin_server")
+want kernels && needed+=("$bin_bench/gradacc_bench_kernels")
+want tcp && needed+=("$bin_bench/gradacc_bench_tcp")
+want push && needed+=("$bin_bench/gradacc_bench_push")
+want window && needed+=("$bin_bench/gradacc_bench_window" "$bin_bench/gradacc_bench_mpi")
+want train && needed+=("$bin_worker")
+for b in "${needed[@]}"; do
   [[ -x "$b" ]] || { echo "run.sh: $b is missing (build first, or drop --no-build)" >&2; exit 1; }
 done
 
@@ -175,6 +188,7 @@ peer_malloc="GLIBC_TUNABLES=glibc.malloc.hugetlb=1"
   echo "setting.mpi=Open MPI, --bind-to none, oversubscribed, $peer_malloc (huge-page malloc: its best setting); buffers allocated once; + scale 1/M + gradacc's Adam step on every rank"
   echo "setting.gloo=PyTorch gloo over lo (file store), 1 thread per rank, LD_LIBRARY_PATH=$openblas_dir, $peer_malloc; all_reduce + div M + torch.optim.Adam on every rank"
   echo "setting.train=main job's MLP 784-256-128-10, 2 ranks, job's micro-batches; gradacc-worker with OPENBLAS_NUM_THREADS=1; DDP: 1 thread per rank, LD_LIBRARY_PATH=$openblas_dir, OMP_WAIT_POLICY=PASSIVE (both)"
+  echo "setting.train_torch=PyTorch CNN of worker/python/examples/fashion_mnist_cnn.py, 2 ranks x 2 micro-batches x 16, Adam lr 0.003 cosine, $torch_steps windows; gradacc: mpirun -np 2 python3 (gradacc.torch, shared memory), DDP: ddp_cnn.py (gloo, no_sync); both 1 torch thread per rank, LD_LIBRARY_PATH=$openblas_dir, OMP_WAIT_POLICY=PASSIVE; evaluation not timed"
   [[ -z "$torch_note" ]] || echo "note=$torch_note"
 } >"$env_file"
 log "environment:"
@@ -352,6 +366,42 @@ if want train; then
       grep '^RESULT train,ddp' "$logs/ddp-$r.log" | sed 's/^RESULT //; s/,samples_per_s,/,samples_per_s_run,/; s/,steps_per_s,/,steps_per_s_run,/' >>"$raw" || true
     fi
   done
+fi
+
+# ---------------------------------------------------------------- PyTorch CNN
+if want torch; then
+  example=worker/python/examples/fashion_mnist_cnn.py
+  if ((have_torch == 0)) || [[ ! -e "$build/python/gradacc/__init__.py" ]]; then
+    note train_torch 0 2 python "python3-torch or the Python package (pybind11-dev, python3-dev) is missing"
+  else
+    k=2 b=16  # the example's geometry and learning rate
+    limit=$((torch_steps * 2 * k * b))  # one epoch of torch_steps windows
+    log "training throughput: PyTorch CNN, gradacc Python workers vs DDP, 2 ranks, $torch_steps windows x $train_reps runs"
+    torch_env=(LD_LIBRARY_PATH="$openblas_dir" OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE)
+    for r in $(seq "$train_reps"); do
+      env PYTHONPATH="$root/$build/python" /usr/bin/python3 "$example" --write_job="$work/torch.job" --workers=2 \
+        --micro_batches=$k --micro_batch_size=$b --epochs=1 --train_limit=$limit >"$logs/torch-$r.job.log" 2>&1 ||
+        log "writing the CNN job failed (see $logs/torch-$r.job.log)"
+      if start_server "torch-$r" --job="$work/torch.job"; then
+        env "${torch_env[@]}" PYTHONPATH="$root/$build/python" timeout 900 mpirun -np 2 --bind-to none \
+          -x LD_LIBRARY_PATH -x OMP_NUM_THREADS -x OPENBLAS_NUM_THREADS -x OMP_WAIT_POLICY -x PYTHONPATH \
+          /usr/bin/python3 "$example" --server="$server_addr" --train_limit=$limit --test_limit=1000 --status=0 \
+          >"$logs/torch-$r.worker.log" 2>&1 || log "gradacc CNN run $r failed (see $logs/torch-$r.worker.log)"
+        stop_server
+        # "trained N windows in S s (R samples/s, evaluation excluded)"
+        rate=$(sed -n 's/^trained .* (\([0-9.]*\) samples\/s.*/\1/p' "$logs/torch-$r.worker.log" | tail -1)
+        params=$(sed -n 's/.*(FashionCNN, \([0-9]*\) parameters).*/\1/p' "$logs/torch-$r.worker.log" | head -1)
+        if [[ -n "$rate" ]]; then
+          echo "train_torch,gradacc,${params:-0},2,python,samples_per_s_run,$rate,samples/s" >>"$raw"
+        fi
+      fi
+      env "${torch_env[@]}" GLOO_SOCKET_IFNAME=lo timeout 900 /usr/bin/python3 tests/bench/ddp_cnn.py --m=2 --k=$k \
+        --b=$b --steps="$torch_steps" --lr=0.003 --setting=openblas >"$logs/ddp-cnn-$r.log" 2>&1 ||
+        log "DDP CNN run $r failed (see $logs/ddp-cnn-$r.log)"
+      grep '^RESULT train_torch,ddp' "$logs/ddp-cnn-$r.log" | sed 's/^RESULT //; s/,samples_per_s,/,samples_per_s_run,/' \
+        >>"$raw" || true
+    done
+  fi
 fi
 
 # ---------------------------------------------------------------- report

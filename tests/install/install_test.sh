@@ -101,4 +101,24 @@ fi
 timeout 30 "$prefix/bin/gradacc" status --server="$addr" >"$work/status.txt" || die "gradacc status failed"
 head -n 2 "$work/status.txt"
 grep -q "200 / 200" "$work/status.txt" || die "the server is not at step 200 / 200"
+
+# The Python package, when it was installed (component python, python3-gradacc):
+# /usr/bin/python3 imports it from the prefix (Debian's dist-packages path when
+# the prefix is /usr), outside the source tree, and its client reads the
+# finished job from the installed server.
+python_dir="$prefix/lib/python3/dist-packages"
+if [[ -e "$python_dir/gradacc/__init__.py" ]]; then
+  (cd "$work" && PYTHONPATH="$python_dir" timeout 60 /usr/bin/python3 - "$addr" "$python_dir" <<'PY') \
+    || die "the installed Python package failed"
+import sys
+import gradacc
+import gradacc.torch  # noqa: F401
+assert gradacc.__file__.startswith(sys.argv[2]), gradacc.__file__
+client = gradacc.connect(sys.argv[1], 0, connect_timeout_s=20)
+status = client.status()
+assert client.done and int(status["step"]) == 200, status
+client.close()
+print(f"install-test: the installed Python package ({gradacc.__file__}) reads the finished job, step {status['step']}")
+PY
+fi
 say "PASS: a find_package(gradacc) worker trained the job against the installed gradacc-server"

@@ -110,6 +110,12 @@ struct ClientOptions {
   // Hierarchical reduction (worker/training/group_client.h): the other workers whose
   // contributions this one adds into its own and pushes (increasing ranks).
   std::vector<uint32_t> covers;
+  // For language bindings that hand out views of params() and grad()
+  // (worker/python): memory the client stops using (a buffer replaced when
+  // shared memory is attached or detached, an unmapped segment) is kept
+  // until ReleaseRetiredMemory(), so a view held across Step() never points
+  // at freed or unmapped memory. Costs memory only on (re)attach and detach.
+  bool retain_released_memory = false;
 };
 
 struct StepResult {
@@ -192,6 +198,10 @@ class Client {
   // "shared memory" or "gRPC" (with the reason shared memory is not used).
   std::string transport() const;
 
+  // Frees the memory kept by retain_released_memory; the caller knows no
+  // view of it is left.
+  void ReleaseRetiredMemory();
+
  private:
   // One server of the job (the only one unless the job is sharded) and the
   // flat elements it owns.
@@ -205,6 +215,10 @@ class Client {
   enum class StepPhase { kPush, kPull, kRejoin, kDone };
 
   explicit Client(const ClientOptions& options);
+  // Memory the client no longer uses: freed now, or kept
+  // (retain_released_memory).
+  void Retire(FloatBuffer buffer);
+  void Retire(std::unique_ptr<ShmSegment> segment);
   absl::Status OpenChannels(absl::Time give_up);
   void ZeroGradients();
   // Offers taken from the server (AttachSharedMemory) after every join;
@@ -292,6 +306,9 @@ class Client {
   bool pulled_in_place_ = false;  // the last pull left the version in the segment
   std::optional<v1::ParametersHeader> ahead_;  // pulled ahead by PushImpl, in staging_
   std::string shm_note_;          // why not shared memory
+  // Kept by Retire when options_.retain_released_memory.
+  std::vector<FloatBuffer> retired_buffers_;
+  std::vector<std::unique_ptr<ShmSegment>> retired_segments_;
 };
 
 }  // namespace gradacc

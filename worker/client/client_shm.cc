@@ -53,6 +53,7 @@ void Client::SetUpSharedMemory() {
     if (grad.ok()) {
       // The gradient gathered so far moves into the segment.
       std::copy(grad_.data(), grad_.data() + n, (*grad)->data());
+      Retire(std::move(grad_));
       grad_ = FloatBuffer::View((*grad)->data(), n);
       grad_segment_ = *std::move(grad);
       grad_generation_ = offer.generation();
@@ -82,9 +83,24 @@ void Client::DetachSharedMemory() {
     std::copy(params_.data(), params_.data() + n, own.data());
     params_ = std::move(own);
   }
-  grad_segment_.reset();
-  params_segment_.reset();
+  Retire(std::move(grad_segment_));
+  Retire(std::move(params_segment_));
   pulled_in_place_ = false;
+}
+
+void Client::Retire(FloatBuffer buffer) {
+  if (options_.retain_released_memory && buffer.owned() && buffer.data() != nullptr) {
+    retired_buffers_.push_back(std::move(buffer));
+  }
+}
+
+void Client::Retire(std::unique_ptr<ShmSegment> segment) {
+  if (options_.retain_released_memory && segment != nullptr) retired_segments_.push_back(std::move(segment));
+}
+
+void Client::ReleaseRetiredMemory() {
+  retired_buffers_.clear();
+  retired_segments_.clear();
 }
 
 bool Client::ReadSharedParameters(uint64_t version) {

@@ -287,7 +287,10 @@ void Client::InstallPulled(const v1::ParametersHeader& header) {
   done_ = header.job_done();
   if (header.version() < version_) return;  // never go back
   if (pulled_in_place_) {
-    if (params_.owned()) staging_ = std::move(params_);
+    if (params_.owned()) {
+      Retire(std::move(staging_));
+      staging_ = std::move(params_);
+    }
     params_ = FloatBuffer::View(params_segment_->data(), layout_.num_elements());
   } else if (params_.owned()) {
     std::swap(params_, staging_);

@@ -1,0 +1,549 @@
+"""Train any ``torch.nn.Module`` through gradacc (PyTorch 1.13, CPU).
+
+Your loop keeps its shape; the server runs your ``torch.optim`` optimizer::
+
+    model = Net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    worker = gradacc.torch.connect(model, optimizer, server="127.0.0.1:7070")
+    while not worker.done:
+        for x, y in micro_batches_of_this_window:       # any sizes, any number
+            loss = F.cross_entropy(model(x), y)         # the mean over x
+            loss.backward()
+        worker.step()     # instead of optimizer.step(); optimizer.zero_grad()
+
+What :class:`Worker` does for you:
+
+* **The gradient buffer.** Each trainable parameter's ``.grad`` is a view
+  of the window's gradient buffer (on the server's host: the shared-memory
+  segment the server reads); ``backward()`` adds into it.
+* **Exact averaging.** The window's gradient is the mean over every sample
+  of the window, across micro-batches and ranks of any sizes (the short
+  last window of an epoch included): each micro-batch's gradient is scaled
+  by its sample count (``loss_reduction="mean"``, the default, for a loss
+  that averages over the micro-batch; ``"sum"`` for a summed loss), and the
+  server divides the window's sum by its sample count. A micro-batch's
+  sample count is the leading dimension of the first tensor given to the
+  model's forward (``samples_of`` overrides that), counted for each forward
+  whose output a ``backward()`` reaches.
+* **Zeroing is gradacc's.** The buffer is zeroed when the window ends, so a
+  forgotten ``zero_grad()`` cannot leak gradients into the next window. A
+  ``zero_grad()`` (or ``set_to_none``, or anything else that replaces or
+  modifies ``.grad``, e.g. ``clip_grad_norm_``) between ``backward()`` and
+  the end of the window raises :class:`gradacc.UsageError` (the optimizer's
+  and the model's ``zero_grad`` at once; any other way when the next
+  ``backward()`` reaches the parameter or at ``step()``) before anything
+  is pushed. ``zero_grad()`` at a window's start is allowed (a no-op).
+* **Parameters.** :meth:`Worker.step` ends the window (push, wait, pull)
+  and copies the new parameters into each ``param.data``; the local
+  optimizer's ``step()`` raises (the server steps). ``scheduler.step()`` is
+  harmless: the server's schedule is the one that counts.
+* **Buffers** (BatchNorm running statistics, anything in
+  ``named_buffers()``): at the end of every window every rank takes rank
+  0's values (DDP's ``broadcast_buffers``, once per window rather than per
+  forward), over MPI (``comm``); so evaluation on any rank sees rank 0's
+  statistics. Needs ``mpirun`` when the model has buffers and more than one
+  rank (``broadcast_buffers=False`` keeps each rank's own).
+* **The loss** the server shows is the sum over micro-batches of
+  ``loss.item()`` times the sample count (``"mean"``), read from the tensor
+  ``loss.backward()`` was called on (calls through
+  ``torch.autograd.backward`` count as 0).
+
+:func:`job_spec` and :func:`write_job` turn a model, its optimizer
+(``SGD``, ``Adam``, ``AdamW``) and scheduler (``StepLR``,
+``CosineAnnealingLR``, ``LinearLR`` warm-up, ``SequentialLR`` of a warm-up
+and one of those) into the job ``gradacc-server --job=...`` serves, with the
+model's initial parameters in a safetensors file beside it. What the server
+cannot compute exactly as ``torch.optim`` does is refused, never
+approximated. They live in :mod:`gradacc.torch_job` (re-exported here).
+"""
+import functools
+import math
+import os
+import threading
+import weakref
+
+import numpy as np
+import torch
+
+from .client import connect as _connect_client
+from .client import env_rank, env_world_size
+from .errors import UsageError
+from .torch_job import job_spec, optimizer_spec, schedule_spec, write_job
+from .torch_job import trainable as _trainable
+
+__all__ = ["Worker", "connect", "job_spec", "optimizer_spec", "schedule_spec", "write_job"]
+
+_tls = threading.local()  # .root: the tensor backward() was called on, in this thread
+_original_backward = None
+_workers = weakref.WeakSet()  # live Workers (the backward probe tidies up after a failed pass)
+
+
+def _install_backward_probe():
+    """Makes Tensor.backward note its tensor (the loss) for the workers; idempotent."""
+    global _original_backward
+    if _original_backward is not None:
+        return
+    _original_backward = torch.Tensor.backward
+
+    @functools.wraps(_original_backward)
+    def backward(self, *args, **kwargs):
+        previous = getattr(_tls, "root", None)
+        _tls.root = self
+        try:
+            return _original_backward(self, *args, **kwargs)
+        finally:
+            _tls.root = previous
+            # A pass that failed (a hook raised) never ran its end callback.
+            me = threading.get_ident()
+            for worker in list(_workers):
+                if worker._in_backward and worker._bw_thread == me:
+                    worker._in_backward = False
+
+    torch.Tensor.backward = backward
+
+
+def _first_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    if isinstance(value, dict):
+        for v in value.values():
+            t = _first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def _output_tensors(value, out):
+    if isinstance(value, torch.Tensor):
+        if value.requires_grad:
+            out.append(value)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _output_tensors(v, out)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _output_tensors(v, out)
+    return out
+
+
+def _default_samples_of(inputs):
+    t = _first_tensor(inputs)
+    if t is None or t.dim() == 0:
+        raise UsageError("cannot tell the micro-batch's sample count: the model's forward got no tensor with a "
+                         "leading (batch) dimension as a positional argument; pass samples_of=callable(inputs) "
+                         "to gradacc.torch.connect")
+    return int(t.shape[0])
+
+
+class _Forward:
+    """One forward of the model: its sample count, and the last backward that counted it."""
+    __slots__ = ("samples", "counted_in")
+
+    def __init__(self, samples):
+        self.samples = samples
+        self.counted_in = -1
+
+
+class Worker:
+    """A model trained through gradacc: its gradients, parameters and windows.
+
+    Made by :func:`connect`. Thread-compatible (the thread that runs the
+    forward and backward passes calls :meth:`step`). Holds the gradacc
+    client; installs hooks on the model (removed by :meth:`close`) and
+    replaces the ``zero_grad`` and ``step`` of the model and optimizer
+    objects it was given.
+    """
+
+    def __init__(self, model, optimizer, client, *, world_size, loss_reduction, samples_of, comm,
+                 broadcast_buffers):
+        self.model = model
+        self.optimizer = optimizer
+        self.client = client
+        self.world_size = world_size
+        self._mean = loss_reduction == "mean"
+        self._samples_of = samples_of or _default_samples_of
+        self._comm = comm
+        self._broadcast_buffers = broadcast_buffers
+        self._params = _trainable(model)
+        self._hooks = []
+        self._patched = []
+        self._closed = False
+        # The open window.
+        self._micro_batches = 0
+        self._samples = 0
+        self._loss_sum = 0.0
+        self._grads = []       # the .grad tensor of each parameter (views of the buffer)
+        self._grad_ptr = []
+        self._grad_version = []  # ._version when installed
+        self._accumulated = []   # backward passes that added into it since
+        # The backward pass in progress.
+        self._backward_id = 0
+        self._in_backward = False
+        self._bw_thread = None
+        self._bw_samples = 0
+
+    # -- setup -----------------------------------------------------------------
+    def _attach(self):
+        self._check_job()
+        self._install_parameters()
+        self._install_grads()
+        _install_backward_probe()
+        _workers.add(self)
+        self._hooks.append(self.model.register_forward_hook(self._on_forward))
+        for index, (_, p) in enumerate(self._params):
+            self._hooks.append(p.register_hook(functools.partial(self._on_param_grad, index)))
+        self._patch(self.model, "zero_grad", self._guarded_zero_grad("the model"))
+        if self.optimizer is not None:
+            self._patch(self.optimizer, "zero_grad", self._guarded_zero_grad("the optimizer"))
+            self._patch(self.optimizer, "step", self._refused_optimizer_step)
+        self._sync_buffers()
+
+    def _patch(self, obj, name, replacement):
+        had = name in vars(obj)
+        self._patched.append((obj, name, had, vars(obj).get(name)))
+        setattr(obj, name, replacement)
+
+    def _check_job(self):
+        job = self.client.job
+        tensors = [(t.name, tuple(t.shape)) for t in self.client.tensors]
+        mine = [(n, tuple(int(d) for d in p.shape)) for n, p in self._params]
+        if tensors != mine:
+            lines = []
+            for i in range(max(len(tensors), len(mine))):
+                a = tensors[i] if i < len(tensors) else None
+                b = mine[i] if i < len(mine) else None
+                if a != b:
+                    lines.append(f"  #{i}: job {a[0] + str(list(a[1])) if a else '-'}, "
+                                 f"model {b[0] + str(list(b[1])) if b else '-'}")
+            raise UsageError("the model's trainable parameters differ from the job's tensors (names, order, "
+                             "shapes):\n" + "\n".join(lines[:10]), reason="ERROR_REASON_MANIFEST")
+        for name, p in self._params:
+            if p.dtype != torch.float32 or p.device.type != "cpu":
+                raise UsageError(f"parameter {name} is {p.dtype} on {p.device}; gradacc.torch trains float32 "
+                                 "parameters on the CPU")
+        window = job.get("window", {})
+        expected = int(window.get("max_workers") or window.get("num_workers") or 0)
+        if not int(window.get("max_workers") or 0) and expected != self.world_size:
+            raise UsageError(f"the job has {expected} workers but this run has {self.world_size} ranks "
+                             "(mpirun -np, or world_size=)", reason="ERROR_REASON_UNKNOWN_WORKER")
+        reduction = job.get("reduction", "REDUCTION_MEAN_OVER_SAMPLES")
+        if reduction != "REDUCTION_MEAN_OVER_SAMPLES":
+            raise UsageError(f"the job's reduction is {reduction}; gradacc.torch makes the window's gradient the "
+                             "mean over its samples, which needs REDUCTION_MEAN_OVER_SAMPLES")
+        if self.optimizer is not None:
+            self._check_optimizer(job.get("optimizer", {}))
+
+    def _check_optimizer(self, served):
+        mine = optimizer_spec(self.optimizer)
+        kind = served.get("kind", "KIND_SGD")
+        if kind == "KIND_UNSPECIFIED":
+            kind = "KIND_SGD"
+        different = kind != mine["kind"] or not math.isclose(float(served.get("lr", 0)), mine["lr"], rel_tol=1e-9)
+        section = "sgd" if mine["kind"] == "KIND_SGD" else "adam"
+        defaults = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}
+        for key, value in mine[section].items():
+            theirs = served.get(section, {}).get(key, False if isinstance(value, bool) else 0.0)
+            if not isinstance(value, bool) and float(theirs) == 0 and key in defaults:
+                theirs = defaults[key]
+            if isinstance(value, bool):
+                different |= bool(theirs) != value
+            else:
+                different |= not math.isclose(float(theirs), value, rel_tol=1e-9, abs_tol=0.0)
+        if different:
+            raise UsageError(f"the server's job runs {served} but this optimizer is {mine}: the server applies the "
+                             "job's optimizer, so the local one must describe it (or pass optimizer=None)",
+                             reason="ERROR_REASON_UNSUPPORTED")
+
+    # -- parameters and gradients ----------------------------------------------
+    def _install_parameters(self):
+        with torch.no_grad():
+            for index, (_, p) in enumerate(self._params):
+                source = self.client.param(index)
+                if p.data.is_contiguous():
+                    np.copyto(p.data.numpy(), source)
+                else:
+                    p.data.copy_(torch.from_numpy(source.copy()))
+
+    def _install_grads(self):
+        self._grads, self._grad_ptr, self._grad_version, self._accumulated = [], [], [], []
+        for index, (_, p) in enumerate(self._params):
+            g = torch.from_numpy(self.client.grad(index))
+            p.grad = g
+            self._grads.append(g)
+            self._grad_ptr.append(g.data_ptr())
+            self._grad_version.append(g._version)
+            self._accumulated.append(0)
+        self._micro_batches = 0
+        self._samples = 0
+        self._loss_sum = 0.0
+
+    def _grad_problem(self, index):
+        """What happened to parameter `index`'s .grad since the window opened, or None."""
+        name, p = self._params[index]
+        g = p.grad
+        if g is None:
+            return (f"{name}.grad was set to None (zero_grad(set_to_none=True)?) between backward() and the end of "
+                    "the window")
+        if g is not self._grads[index] or g.data_ptr() != self._grad_ptr[index]:
+            return f"{name}.grad was replaced by another tensor between backward() and the end of the window"
+        if g._version != self._grad_version[index] + self._accumulated[index]:
+            return (f"{name}.grad was modified in place (zero_grad()? clip_grad_norm_? grad.mul_()?) between "
+                    "backward() and the end of the window")
+        return None
+
+    def _usage(self, problem):
+        return UsageError(problem + ": gradacc owns the window's gradients — it zeroes them when the window ends "
+                          "(worker.step()) and the server applies clipping; remove the call. Nothing was pushed.")
+
+    # -- hooks -----------------------------------------------------------------------
+    def _on_forward(self, module, inputs, output):
+        if not torch.is_grad_enabled():
+            return
+        outputs = _output_tensors(output, [])
+        if not outputs:
+            return
+        record = _Forward(int(self._samples_of(inputs)))
+        for t in outputs:
+            t.register_hook(functools.partial(self._on_output_grad, record))
+
+    def _begin_backward(self):
+        self._backward_id += 1
+        self._in_backward = True
+        self._bw_thread = threading.get_ident()
+        self._bw_samples = 0
+        torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
+
+    def _on_output_grad(self, record, grad):
+        if not self._in_backward:
+            self._begin_backward()
+        if record.counted_in != self._backward_id:
+            record.counted_in = self._backward_id
+            self._bw_samples += record.samples
+        return None
+
+    def _on_param_grad(self, index, grad):
+        if not self._in_backward:
+            self._begin_backward()
+        problem = self._grad_problem(index)
+        if problem is not None:
+            self._in_backward = False
+            raise self._usage(problem)
+        if self._bw_samples == 0 and self._mean:
+            self._in_backward = False
+            raise UsageError(
+                f"a backward() reached {self._params[index][0]} without passing through a forward of the model "
+                "(no sample count for it): compute every term of the micro-batch's loss from the model's output, "
+                "or use loss_reduction='sum'")
+        self._accumulated[index] += 1
+        # The buffer holds the gradient of the summed loss: a micro-batch's
+        # mean loss counts its sample count times.
+        return grad * self._bw_samples if self._mean else None
+
+    def _on_backward_end(self):
+        self._in_backward = False
+        root = getattr(_tls, "root", None)
+        loss = 0.0
+        if root is not None and root.numel() == 1:
+            loss = float(root.detach())
+        samples = self._bw_samples
+        self._micro_batches += 1
+        self._samples += samples
+        self._loss_sum += loss * samples if self._mean else loss
+        self.client.add_micro_batch(samples, loss * samples if self._mean else loss)
+
+    def _guarded_zero_grad(self, owner):
+        def zero_grad(set_to_none=False):
+            if self._micro_batches or self._in_backward:
+                raise self._usage(f"zero_grad(set_to_none={set_to_none}) on {owner} after {self._micro_batches} "
+                                  "backward() pass(es) of this window")
+            # At a window's start the gradients are zero already (and must
+            # stay the window's buffer): nothing to do.
+        return zero_grad
+
+    def _refused_optimizer_step(self, *args, **kwargs):
+        raise UsageError("the gradacc server applies the optimizer step: end the window with worker.step() "
+                         "instead of optimizer.step()")
+
+    # -- buffers -----------------------------------------------------------------------
+    def _sync_buffers(self):
+        """Every rank takes rank 0's buffers (see the module docstring)."""
+        if not self._broadcast_buffers or self.world_size <= 1:
+            return
+        buffers = [b for _, b in self.model.named_buffers()]
+        if not buffers:
+            return
+        if self._comm is None:
+            from . import mpi
+            if not os.environ.get("OMPI_COMM_WORLD_SIZE") and not mpi.initialized():
+                raise UsageError("the model has buffers (e.g. BatchNorm statistics) and this run has "
+                                 f"{self.world_size} ranks: launch it with mpirun so that rank 0's buffers can be "
+                                 "broadcast, or pass broadcast_buffers=False (or comm=)")
+            self._comm = mpi.World()
+        with torch.no_grad():
+            for b in buffers:
+                if b.is_contiguous():
+                    self._comm.broadcast(b.numpy(), 0)
+                else:
+                    c = b.contiguous()
+                    self._comm.broadcast(c.numpy(), 0)
+                    b.copy_(c)
+
+    # -- the window ----------------------------------------------------------------------
+    @property
+    def done(self):
+        """True once the job has run all its windows."""
+        return self.client.done
+
+    @property
+    def version(self):
+        """Parameter version = the open window."""
+        return self.client.version
+
+    @property
+    def micro_batches(self):
+        """backward() passes recorded in the open window."""
+        return self._micro_batches
+
+    @property
+    def samples(self):
+        """Samples recorded in the open window."""
+        return self._samples
+
+    def step(self, allow_empty=False):
+        """Ends the window: checks the gradients, pushes, waits, installs the new parameters.
+
+        Args:
+          allow_empty: this rank has no sample in this window (e.g. the short
+            last window of an epoch): push an empty contribution. Without it,
+            a window with no backward() raises :class:`gradacc.Error`
+            (``ERROR_REASON_NOTHING_TO_PUSH``): ending a window twice is an
+            error.
+
+        Returns the :class:`gradacc.StepResult`. Raises
+        :class:`gradacc.UsageError` (nothing pushed) when a ``.grad`` was
+        zeroed, replaced or modified since backward(), and
+        :class:`gradacc.Error` when the server refuses (e.g.
+        ``ERROR_REASON_NOT_FINITE`` for a NaN gradient: the window stays
+        open and unchanged on the server).
+        """
+        if self._closed:
+            raise UsageError("this gradacc.torch worker is closed")
+        if self._in_backward:
+            raise UsageError("step() inside a backward pass")
+        for index in range(len(self._params)):
+            problem = self._grad_problem(index)
+            if problem is not None:
+                raise self._usage(problem)
+        if self._micro_batches == 0 and allow_empty:
+            self.client.add_micro_batch(0, 0.0)
+        result = self.client.step()
+        self._install_parameters()
+        self._install_grads()
+        self._sync_buffers()
+        return result
+
+    # -- the rest -------------------------------------------------------------------------
+    def status(self):
+        """The server's status as a dict (see gradacc.Client.status)."""
+        return self.client.status()
+
+    def status_text(self):
+        return self.client.status_text()
+
+    def report_test_accuracy(self, accuracy, step=None):
+        self.client.report_test_accuracy(accuracy, step)
+
+    def close(self, leave=True):
+        """Removes the hooks and patches, leaves the job (when `leave`) and closes the client."""
+        if self._closed:
+            return
+        self._detach()
+        try:
+            if leave and self.client.leader:
+                self.client.leave()
+        finally:
+            self.client.close()
+
+    def _detach(self):
+        """Removes the hooks and patches; each .grad that is a view of the buffer becomes a copy.
+
+        Without views left, closing the client frees it (its channels) at once."""
+        self._closed = True
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        for obj, name, had, old in reversed(self._patched):
+            if had:
+                setattr(obj, name, old)
+            else:
+                delattr(obj, name)
+        self._patched = []
+        for index, (_, p) in enumerate(self._params):
+            if index < len(self._grads) and p.grad is self._grads[index]:
+                p.grad = p.grad.clone()
+        self._grads, self._grad_ptr, self._grad_version, self._accumulated = [], [], [], []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def connect(model, optimizer=None, *, server, rank=None, world_size=None, loss_reduction="mean", samples_of=None,
+            broadcast_buffers=True, comm=None, **client_options):
+    """Trains `model` through the gradacc server at `server`: returns its :class:`Worker`.
+
+    Joins the job, checks that the model's trainable parameters are the
+    job's tensors (names from ``named_parameters()``, order, shapes) and that
+    `optimizer` (when given) describes the job's optimizer, installs the
+    job's current parameters into the model and the window's gradient
+    buffer as each parameter's ``.grad``.
+
+    Args:
+      model: a ``torch.nn.Module`` with float32 parameters on the CPU.
+      optimizer: the ``torch.optim`` optimizer the job was made from (its
+        ``step`` and ``zero_grad`` are taken over), or None.
+      server: ``HOST:PORT`` of the gradacc server.
+      rank, world_size: default: mpirun's environment
+        (``OMPI_COMM_WORLD_RANK`` / ``_SIZE``), else 0 and 1. world_size must
+        equal the job's workers.
+      loss_reduction: ``"mean"`` when each micro-batch's loss averages over
+        its samples (``F.cross_entropy`` and friends by default), ``"sum"``
+        when it sums them.
+      samples_of: ``callable(inputs) -> int``, the sample count of a forward
+        given its positional inputs (default: the first tensor's leading
+        dimension).
+      broadcast_buffers, comm: see the module docstring (comm: an object
+        with ``broadcast(ndarray, root)``; default MPI_COMM_WORLD).
+      client_options: passed to :func:`gradacc.connect` (TLS, tokens,
+        timeouts, ``shared_memory``, ``hierarchical``, ...).
+
+    Raises:
+      gradacc.Error: the server refused or cannot be reached.
+      gradacc.UsageError: the model or optimizer does not match the job
+        (nothing is pushed).
+    """
+    if loss_reduction not in ("mean", "sum"):
+        raise UsageError(f"loss_reduction must be 'mean' or 'sum', not {loss_reduction!r}")
+    rank = env_rank() if rank is None else int(rank)
+    world_size = env_world_size() if world_size is None else int(world_size)
+    if not 0 <= rank < max(world_size, 1):
+        raise UsageError(f"rank {rank} outside world_size {world_size}", reason="ERROR_REASON_UNKNOWN_WORKER")
+    client = _connect_client(server, rank, **client_options)
+    worker = Worker(model, optimizer, client, world_size=world_size, loss_reduction=loss_reduction,
+                    samples_of=samples_of, comm=comm, broadcast_buffers=broadcast_buffers)
+    try:
+        worker._attach()
+    except BaseException:
+        worker._detach()
+        client.close()
+        raise
+    return worker
+
