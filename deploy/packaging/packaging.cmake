@@ -114,7 +114,7 @@ and link gradacc::client.")
 set(CPACK_DEBIAN_PYTHON_PACKAGE_NAME python3-gradacc)
 set(CPACK_DEBIAN_PYTHON_PACKAGE_SECTION python)
 set(CPACK_DEBIAN_PYTHON_PACKAGE_SHLIBDEPS ON)
-set(CPACK_DEBIAN_PYTHON_PACKAGE_DEPENDS "python3 (>= 3.11), python3 (<< 3.12), python3-torch")
+set(CPACK_DEBIAN_PYTHON_PACKAGE_DEPENDS "python3 (>= 3.11), python3 (<< 3.12), python3-numpy, python3-torch")
 set(CPACK_DEBIAN_PYTHON_DESCRIPTION "gradacc for PyTorch: train any nn.Module through a gradacc server
 The Python package gradacc (pybind11 over gradacc's client library).")
 
