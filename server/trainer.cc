@@ -51,16 +51,26 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
       pool_(range_.size(),
             options_.max_inflight_pushes > 0 ? options_.max_inflight_pushes : 2 * static_cast<int>(num_workers_) + 2,
             /*keep=*/3 * num_workers_ + 2),
-      state_(&spec_, num_workers_, started_) {
+      state_(&spec_, num_workers_, started_),
+      stragglers_(num_workers_, options_.straggler_windows) {
   shm_ = std::make_unique<ShmTransport>(options_.shared_memory_dir, options_.num_shards > 1, range_.size(),
                                         num_workers_, params.span());
   if (shm_->on()) params = FloatBuffer::View(shm_->params_data(), range_.size());
   executor_ = std::make_unique<StepExecutor>(&spec_, &layout_, range_, options_.num_shards, std::move(params),
                                              std::move(optimizer), options_.reducer);
+  if (restored != nullptr) {
+    counters_.Restore(restored->state.counters());
+    for (uint64_t step : ledger_.Recover(restored->state.unlogged_steps())) {
+      restore_notes_.push_back(absl::StrFormat(
+          "step %d was durable but missing from the ledger (killed before appending it): appended from checkpoint %s",
+          step, restored->name));
+    }
+  }
   MutexLock lock(&mu_);
   if (restored != nullptr) {
     state_.Restore(restored->state, started_);
-    progress_.Restore(restored->state, restored->name);
+    progress_.Restore(restored->state, restored->name,
+                      Checkpointer::CountResume(options_.checkpoint_dir, restored->state.restarts()));
     checkpointer_.Restored(restored->state.version(), absl::FromUnixMicros(restored->state.written_unix_micros()));
   }
   const uint64_t version = state_.version();
@@ -87,6 +97,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
   std::optional<Checkpoint> restored;
   std::vector<std::string> notes;
   if (!options.checkpoint_dir.empty()) {
+    notes = RemoveTemporaryCheckpoints(options.checkpoint_dir);
     auto loaded = LoadNewestCheckpoint(options.checkpoint_dir, &notes);
     if (loaded.ok()) {
       restored = std::move(*loaded);
@@ -157,6 +168,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
   std::unique_ptr<Trainer> trainer(new Trainer(std::move(spec), std::move(layout), std::move(options), range,
                                                std::move(params), std::move(optimizer), std::move(failpoints),
                                                restored.has_value() ? &*restored : nullptr));
+  notes.insert(notes.end(), trainer->restore_notes_.begin(), trainer->restore_notes_.end());
   trainer->restore_notes_ = std::move(notes);
   return trainer;
 }
@@ -257,7 +269,12 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
   if (!admission.ok()) return Refused(h.worker(), admission.status());
   if (h.shared_memory()) {
     auto segment = shm_->SegmentFor(h.worker(), h.shared_memory_generation());
-    if (!segment.ok()) return Refused(h.worker(), segment.status());
+    if (!segment.ok()) {
+      // A segment of the server this one replaced: the worker attaches
+      // again, as every worker does after a restart.
+      if (shm_->FromEarlierServer(h.shared_memory_generation())) return segment.status();
+      return Refused(h.worker(), segment.status());
+    }
     FloatBuffer view = FloatBuffer::View((*segment)->data(), range_.size());
     return std::make_unique<PushSession>(&layout_, range_, options_.shard, h, std::move(view), nullptr,
                                          std::move(*admission), *std::move(segment));

@@ -45,27 +45,44 @@ void WindowState::Restore(const v1::CheckpointState& s, absl::Time now) {
                   : cw.state();
     w.hostname = cw.hostname();
     w.contributions = cw.contributions();
+    w.duplicates = cw.duplicates();
+    w.rejected = cw.rejected();
+    w.stale = cw.stale();
     w.last_window = cw.last_window();
     w.contributed_ever = cw.contributions() > 0;
     w.last_seen = now;
     ledger_.Import(cw.worker(), cw.applied_keys());
   }
+  accepted_ = s.counters().accepted();
+  duplicates_ = s.counters().duplicate();
+  stale_ = s.counters().stale();
+  rejected_ = s.counters().rejected();
   window_.Open(version_, ExpectedNext(), now);
 }
 
 void WindowState::Export(uint64_t version, v1::CheckpointState* s) const {
+  const bool open_window_left_out = version == version_ && !closing_;
   for (uint32_t i = 0; i < members_.size(); ++i) {
     const WorkerRecord& w = members_.at(i);
     if (w.state == v1::WORKER_STATE_NEVER_JOINED && ledger_.empty(i)) continue;
+    const bool in_open_window = open_window_left_out && window_.has(i);
     v1::CheckpointWorker* cw = s->add_workers();
     cw->set_worker(i);
     cw->set_member(w.member);
     cw->set_state(w.state);
     cw->set_hostname(w.hostname);
-    cw->set_contributions(w.contributions);
+    cw->set_contributions(w.contributions - (in_open_window ? 1 : 0));
     cw->set_last_window(w.last_window);
+    cw->set_duplicates(w.duplicates);
+    cw->set_rejected(w.rejected);
+    cw->set_stale(w.stale);
     ledger_.Export(i, version, cw->mutable_applied_keys());
   }
+  v1::CheckpointCounters* c = s->mutable_counters();
+  c->set_accepted(accepted_ - (open_window_left_out ? window_.received() : 0));
+  c->set_duplicate(duplicates_);
+  c->set_stale(stale_);
+  c->set_rejected(rejected_);
 }
 
 absl::StatusOr<JoinOutcome> WindowState::Join(const v1::JoinRequest& request, absl::Time now) {
@@ -153,6 +170,7 @@ absl::Status WindowState::CheckOpenWindow(const v1::PushHeader& h, std::optional
   }
   if (h.window() < version_ || (h.window() == version_ && closing_)) {
     ++stale_;
+    ++w.stale;
     *late = LateNote{id, h.window(), h.contribution_key(), "stale"};
     return Refusal(v1::ERROR_REASON_STALE_WINDOW,
                    h.window() < version_
