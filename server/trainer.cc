@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/errors.h"
+#include "common/files.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "server/checkpoint.h"
@@ -97,6 +98,8 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
   std::optional<Checkpoint> restored;
   std::vector<std::string> notes;
   if (!options.checkpoint_dir.empty()) {
+    // Now, not at the first checkpoint: the ledger's default file is in it.
+    GRADACC_RETURN_IF_ERROR(MakePrivateDirectory(options.checkpoint_dir));
     notes = RemoveTemporaryCheckpoints(options.checkpoint_dir);
     auto loaded = LoadNewestCheckpoint(options.checkpoint_dir, &notes);
     if (loaded.ok()) {
