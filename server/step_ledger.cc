@@ -28,15 +28,15 @@ std::string JsonLine(const v1::StepRecord& record) {
   return line;
 }
 
-// The steps the ledger file has a line for. Lines start {"step":"N" (the
-// JSON mapping prints fields in number order); any other line is parsed
-// whole, and one that does not parse (cut by a kill) is skipped.
+// The steps the ledger file has a whole line for. Lines are {"step":"N",...}
+// (the JSON mapping prints fields in number order); any other line is
+// parsed whole, and one that does not parse (cut by a kill) is skipped.
 std::set<uint64_t> StepsIn(const std::string& text) {
   std::set<uint64_t> steps;
   constexpr absl::string_view kStart = "{\"step\":\"";
   for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
     uint64_t step = 0;
-    if (absl::StartsWith(line, kStart)) {
+    if (absl::StartsWith(line, kStart) && absl::EndsWith(line, "}")) {
       const absl::string_view rest = line.substr(kStart.size());
       if (absl::SimpleAtoi(rest.substr(0, rest.find('"')), &step)) steps.insert(step);
       continue;

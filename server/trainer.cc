@@ -33,6 +33,32 @@ bool CountsAsRejected(v1::ErrorReason reason) {
   }
 }
 
+// The checkpoint to resume from (nullopt: a fresh start, checked not to be
+// a start-over), after removing what killed servers left in the folder.
+absl::StatusOr<std::optional<Checkpoint>> FindResumePoint(const TrainerOptions& options,
+                                                          std::vector<std::string>* notes) {
+  if (options.checkpoint_dir.empty()) {
+    if (!options.ledger_path.empty()) GRADACC_RETURN_IF_ERROR(Checkpointer::CheckFreshStart("", options.ledger_path));
+    return std::nullopt;
+  }
+  // Now, not at the first checkpoint: the ledger's default file is in it.
+  GRADACC_RETURN_IF_ERROR(MakePrivateDirectory(options.checkpoint_dir));
+  *notes = RemoveTemporaryCheckpoints(options.checkpoint_dir);
+  auto loaded = LoadNewestCheckpoint(options.checkpoint_dir, notes);
+  if (loaded.ok()) {
+    notes->push_back(absl::StrFormat("resuming job '%s' from checkpoint %s/%s at step %d",
+                                     loaded->state.job().job_id(), options.checkpoint_dir, loaded->name,
+                                     loaded->state.version()));
+    return std::optional<Checkpoint>(*std::move(loaded));
+  }
+  if (loaded.status().code() != absl::StatusCode::kNotFound) {
+    for (const std::string& n : *notes) absl::FPrintF(stderr, "gradacc-server: %s\n", n);
+    return loaded.status();
+  }
+  GRADACC_RETURN_IF_ERROR(Checkpointer::CheckFreshStart(options.checkpoint_dir, options.ledger_path));
+  return std::nullopt;
+}
+
 }  // namespace
 
 Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, FlatRange range,
@@ -95,27 +121,9 @@ Trainer::~Trainer() {
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, TrainerOptions options,
                                                          std::optional<FloatBuffer> initial) {
-  std::optional<Checkpoint> restored;
   std::vector<std::string> notes;
-  if (!options.checkpoint_dir.empty()) {
-    // Now, not at the first checkpoint: the ledger's default file is in it.
-    GRADACC_RETURN_IF_ERROR(MakePrivateDirectory(options.checkpoint_dir));
-    notes = RemoveTemporaryCheckpoints(options.checkpoint_dir);
-    auto loaded = LoadNewestCheckpoint(options.checkpoint_dir, &notes);
-    if (loaded.ok()) {
-      restored = std::move(*loaded);
-      spec = restored->state.job();  // a resumed job keeps its spec
-      notes.push_back(absl::StrFormat("resuming job '%s' from checkpoint %s/%s at step %d", spec.job_id(),
-                                      options.checkpoint_dir, restored->name, restored->state.version()));
-    } else if (loaded.status().code() != absl::StatusCode::kNotFound) {
-      for (const std::string& n : notes) absl::FPrintF(stderr, "gradacc-server: %s\n", n);
-      return loaded.status();
-    } else {
-      GRADACC_RETURN_IF_ERROR(Checkpointer::CheckFreshStart(options.checkpoint_dir, options.ledger_path));
-    }
-  } else if (!options.ledger_path.empty()) {
-    GRADACC_RETURN_IF_ERROR(Checkpointer::CheckFreshStart("", options.ledger_path));
-  }
+  GRADACC_ASSIGN_OR_RETURN(std::optional<Checkpoint> restored, FindResumePoint(options, &notes));
+  if (restored.has_value()) spec = restored->state.job();  // a resumed job keeps its spec
   GRADACC_ASSIGN_OR_RETURN(Failpoints failpoints, Failpoints::Parse(options.kill_at));
   GRADACC_RETURN_IF_ERROR(NormalizeJobSpec(spec));
   GRADACC_ASSIGN_OR_RETURN(ModelLayout layout, ModelLayout::FromSpec(spec.model()));
