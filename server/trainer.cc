@@ -85,7 +85,9 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
   if (shm_->on()) params = FloatBuffer::View(shm_->params_data(), range_.size());
   executor_ = std::make_unique<StepExecutor>(&spec_, &layout_, range_, options_.num_shards, std::move(params),
                                              std::move(optimizer), options_.reducer);
+  uint32_t restarts = 0;
   if (restored != nullptr) {
+    restarts = Checkpointer::CountResume(options_.checkpoint_dir, restored->state.restarts());
     counters_.Restore(restored->state.counters());
     for (uint64_t step : ledger_.Recover(restored->state.unlogged_steps())) {
       restore_notes_.push_back(absl::StrFormat(
@@ -96,8 +98,7 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
   MutexLock lock(&mu_);
   if (restored != nullptr) {
     state_.Restore(restored->state, started_);
-    progress_.Restore(restored->state, restored->name,
-                      Checkpointer::CountResume(options_.checkpoint_dir, restored->state.restarts()));
+    progress_.Restore(restored->state, restored->name, restarts);
     checkpointer_.Restored(restored->state.version(), absl::FromUnixMicros(restored->state.written_unix_micros()));
   }
   const uint64_t version = state_.version();
