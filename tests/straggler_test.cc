@@ -81,18 +81,22 @@ TEST(StragglerTest, StoppedQuorumWorkerIsNamedWithinTwoWindowsAndItsLatePushCoun
   std::vector<std::unique_ptr<Subprocess>> workers;
   for (int k = 0; k < kWorkers; ++k) {
     workers.push_back(testing::StartTestClient(dir, (*server)->address(), k,
-                                               {"--micro_batches=1", absl::StrCat("--step_delay_ms=", kStepDelayMs)}));
+                                               {"--micro_batches=1", absl::StrCat("--step_delay_ms=", kStepDelayMs),
+                                                // Through gRPC: a worker on shared memory that wakes up
+                                                // finds the newest parameters in place and never pushes late.
+                                                "--shared_memory=false"}));
   }
   StatusProbe probe((*server)->address());
 
-  // Stop worker 2 while it computes: a window at least 2 old that opened
-  // moments ago and has nothing from it.
+  // Stop worker 2 while it computes (it sleeps kStepDelayMs after pulling):
+  // in a window, at least the 3rd, that opened 30-150 ms ago and has
+  // nothing from it.
   v1::Status s;
   ASSERT_TRUE(probe.WaitFor(
       [](const v1::Status& st) {
+        const int64_t open_for = st.server_time_unix_micros() - st.window().opened_unix_micros();
         return st.step() >= 2 && st.workers_size() == kWorkers &&
-               st.workers(kStopped).state() == v1::WORKER_STATE_JOINED &&
-               st.server_time_unix_micros() - st.window().opened_unix_micros() < 100000;
+               st.workers(kStopped).state() == v1::WORKER_STATE_JOINED && open_for > 30000 && open_for < 150000;
       },
       absl::Seconds(60), &s))
       << s.DebugString();
