@@ -61,17 +61,20 @@ void WindowState::Restore(const v1::CheckpointState& s, absl::Time now) {
 }
 
 void WindowState::Export(uint64_t version, v1::CheckpointState* s) const {
-  const bool open_window_left_out = version == version_ && !closing_;
+  uint64_t left_out = 0;
   for (uint32_t i = 0; i < members_.size(); ++i) {
     const WorkerRecord& w = members_.at(i);
     if (w.state == v1::WORKER_STATE_NEVER_JOINED && ledger_.empty(i)) continue;
-    const bool in_open_window = open_window_left_out && window_.has(i);
+    // Contributions to windows the checkpoint does not hold (the open or
+    // closing one, at a shutdown) are pushed and counted again.
+    const uint64_t not_held = ledger_.CountFrom(i, version);
+    left_out += not_held;
     v1::CheckpointWorker* cw = s->add_workers();
     cw->set_worker(i);
     cw->set_member(w.member);
     cw->set_state(w.state);
     cw->set_hostname(w.hostname);
-    cw->set_contributions(w.contributions - (in_open_window ? 1 : 0));
+    cw->set_contributions(w.contributions - std::min(w.contributions, not_held));
     cw->set_last_window(w.last_window);
     cw->set_duplicates(w.duplicates);
     cw->set_rejected(w.rejected);
@@ -79,7 +82,7 @@ void WindowState::Export(uint64_t version, v1::CheckpointState* s) const {
     ledger_.Export(i, version, cw->mutable_applied_keys());
   }
   v1::CheckpointCounters* c = s->mutable_counters();
-  c->set_accepted(accepted_ - (open_window_left_out ? window_.received() : 0));
+  c->set_accepted(accepted_ - std::min(accepted_, left_out));
   c->set_duplicate(duplicates_);
   c->set_stale(stale_);
   c->set_rejected(rejected_);

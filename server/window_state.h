@@ -58,9 +58,10 @@ class WindowState {
   // counters).
   void Restore(const v1::CheckpointState& state, absl::Time now);
   // Writes membership, the keys applied below `version` and the counters
-  // into `state`. Contributions to the open window (when `version` is the
-  // open one: a checkpoint at shutdown) are left out of every count, as out
-  // of the keys: they are pushed and counted again after a restart.
+  // into `state`. Contributions to windows from `version` on (the open or
+  // closing window, at a checkpoint at shutdown) are left out of every
+  // count, as out of the keys: they are pushed and counted again after a
+  // restart.
   void Export(uint64_t version, v1::CheckpointState* state) const;
 
   uint64_t version() const { return version_; }
