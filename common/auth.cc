@@ -2,7 +2,9 @@
 
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
+#include <sys/stat.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -45,6 +47,15 @@ absl::Status ValidateSecret(absl::string_view secret, absl::string_view source) 
   return absl::OkStatus();
 }
 
+void WarnIfShared(const std::string& file) {
+  struct stat st;
+  if (::stat(file.c_str(), &st) != 0 || (st.st_mode & (S_IRWXG | S_IRWXO)) == 0) return;
+  absl::FPrintF(stderr,
+                "gradacc: WARNING: secret file '%s' is accessible by %s (mode %04o): anyone who can read it can use "
+                "the token; run chmod 600 '%s'\n",
+                file, (st.st_mode & S_IRWXO) != 0 ? "other users" : "its group", st.st_mode & 07777, file);
+}
+
 absl::StatusOr<std::string> LoadSecret(const std::string& file, const char* env) {
   std::string secret, source;
   if (!file.empty()) {
@@ -52,6 +63,7 @@ absl::StatusOr<std::string> LoadSecret(const std::string& file, const char* env)
     if (!read.ok()) return absl::NotFoundError(absl::StrCat("cannot read secret file '", file, "'"));
     secret = std::string(absl::StripAsciiWhitespace(*read));
     if (secret.empty()) return absl::InvalidArgumentError(absl::StrCat("secret file '", file, "' is empty"));
+    WarnIfShared(file);
     source = absl::StrCat("file '", file, "'");
   } else {
     const char* value = env != nullptr ? std::getenv(env) : nullptr;

@@ -25,8 +25,12 @@ struct TokenSet {
 
 // The secret in `file` (surrounding whitespace removed) when `file` is set,
 // else the environment variable `env` (may be unset: returns ""), checked
-// with ValidateSecret.
+// with ValidateSecret. A file that its group or other users may access gets
+// a warning on stderr naming it (WarnIfShared).
 absl::StatusOr<std::string> LoadSecret(const std::string& file, const char* env);
+// Warns on stderr, naming `file`, when its mode lets its group or other
+// users at it (bits 077).
+void WarnIfShared(const std::string& file);
 
 // OK when `secret` can travel as a bearer token in gRPC metadata: one line of
 // visible ASCII (0x21-0x7E: no spaces, control bytes, line breaks or

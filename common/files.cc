@@ -1,6 +1,7 @@
 #include "common/files.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -34,8 +35,10 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
 }
 
 absl::Status WriteFileSynced(const std::string& path, absl::string_view bytes) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, kPrivateFileMode);
   if (fd < 0) return Errno("create", path);
+  // A file left over from an older run keeps its mode through O_TRUNC.
+  (void)::fchmod(fd, kPrivateFileMode);
   const char* p = bytes.data();
   size_t left = bytes.size();
   while (left > 0) {
@@ -64,6 +67,11 @@ absl::Status SyncDirectory(const std::string& path) {
   const int rc = ::fsync(fd);
   ::close(fd);
   if (rc != 0) return Errno("fsync", path);
+  return absl::OkStatus();
+}
+
+absl::Status MakePrivateDirectory(const std::string& path) {
+  if (::mkdir(path.c_str(), kPrivateDirectoryMode) != 0 && errno != EEXIST) return Errno("mkdir", path);
   return absl::OkStatus();
 }
 

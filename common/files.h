@@ -1,5 +1,9 @@
 // Whole-file reads and atomic writes shared by the job loader, safetensors, checkpoints, TLS
 // material and secrets. Free functions; thread-safe.
+//
+// Every file gradacc creates is private to its user: files 0600, folders
+// 0700 (the umask can only narrow that). Checkpoints, the step ledger and
+// the final parameters hold the model and who trained it.
 #ifndef GRADACC_COMMON_FILES_H_
 #define GRADACC_COMMON_FILES_H_
 
@@ -22,6 +26,12 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view byte
 absl::Status WriteFileSynced(const std::string& path, absl::string_view bytes);
 // fsyncs a folder (after creating, renaming or removing entries in it).
 absl::Status SyncDirectory(const std::string& path);
+// Creates folder `path` 0700; OK when it exists already (its mode is left
+// as it is: it may be the user's).
+absl::Status MakePrivateDirectory(const std::string& path);
+
+inline constexpr int kPrivateFileMode = 0600;
+inline constexpr int kPrivateDirectoryMode = 0700;
 
 }  // namespace gradacc
 

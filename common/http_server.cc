@@ -8,6 +8,24 @@
 #include "absl/strings/str_split.h"
 
 namespace gradacc {
+namespace {
+
+const char* ReasonPhrase(int status) {
+  switch (status) {
+    case 200:
+      return "OK";
+    case 401:
+      return "Unauthorized";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    default:
+      return "Error";
+  }
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen, Handler handler) {
   static std::once_flag init;
@@ -38,8 +56,12 @@ int HttpServer::Dispatch(mg_connection* conn, void* self) {
   HttpRequest request;
   request.path = info->local_uri != nullptr ? info->local_uri : "/";
   request.query = info->query_string != nullptr ? info->query_string : "";
+  const char* host = mg_get_header(conn, "Host");
+  request.host = host != nullptr ? host : "";
+  const char* authorization = mg_get_header(conn, "Authorization");
+  request.authorization = authorization != nullptr ? authorization : "";
   HttpResponse response = static_cast<HttpServer*>(self)->handler_(request);
-  const char* reason = response.status == 200 ? "OK" : response.status == 404 ? "Not Found" : "Error";
+  const char* reason = ReasonPhrase(response.status);
   mg_printf(conn,
             "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\nCache-Control: no-store\r\n"
             "Connection: close\r\n\r\n",

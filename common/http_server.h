@@ -18,7 +18,9 @@ namespace gradacc {
 
 struct HttpRequest {
   std::string path;
-  std::string query;  // without '?'
+  std::string query;          // without '?'
+  std::string host;           // the Host header ("" when absent)
+  std::string authorization;  // the Authorization header ("" when absent)
 };
 
 struct HttpResponse {

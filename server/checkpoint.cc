@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -10,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -44,9 +46,10 @@ absl::Status Errno(absl::string_view what, const std::string& path) {
   return absl::InternalError(absl::StrCat(what, " '", path, "': ", std::strerror(errno)));
 }
 
-void RemoveCheckpointDir(const std::string& path) {
+// Only the files a checkpoint holds: a folder with anything else stays.
+bool RemoveCheckpointDir(const std::string& path) {
   for (const char* f : {kParams, kState, kManifest}) ::unlink(absl::StrCat(path, "/", f).c_str());
-  ::rmdir(path.c_str());
+  return ::rmdir(path.c_str()) == 0 || errno == ENOENT;
 }
 
 std::string ManifestLine(absl::string_view file, absl::string_view bytes) {
@@ -112,7 +115,54 @@ absl::StatusOr<Checkpoint> LoadOne(const std::string& dir, const std::string& na
   return c;
 }
 
+// ".tmp-ckpt-<20 digits>-<pid>": the temporary folder WriteCheckpoint
+// makes. Sets `pid`.
+bool IsTemporaryCheckpoint(const std::string& name, pid_t* pid) {
+  const std::string prefix = absl::StrCat(".tmp-", kPrefix);
+  if (name.rfind(prefix, 0) != 0) return false;
+  const std::string rest = name.substr(prefix.size());
+  if (rest.size() < 22 || rest[20] != '-') return false;
+  uint64_t step;
+  int64_t id;
+  if (!absl::SimpleAtoi(rest.substr(0, 20), &step) || !absl::SimpleAtoi(rest.substr(21), &id) || id <= 0) {
+    return false;
+  }
+  for (char c : rest.substr(21)) {
+    if (!absl::ascii_isdigit(c)) return false;
+  }
+  *pid = static_cast<pid_t>(id);
+  return true;
+}
+
 }  // namespace
+
+std::vector<std::string> RemoveTemporaryCheckpoints(const std::string& dir) {
+  std::vector<std::string> notes;
+  std::vector<std::pair<std::string, pid_t>> found;
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return notes;
+  while (dirent* e = ::readdir(d)) {
+    pid_t pid = 0;
+    if (IsTemporaryCheckpoint(e->d_name, &pid)) found.emplace_back(e->d_name, pid);
+  }
+  ::closedir(d);
+  for (const auto& [name, pid] : found) {
+    // Another live process may be writing it (two servers on one folder is
+    // a mistake, but not ours to break); a pid that is ours is a leftover of
+    // an earlier life under the same pid (PID 1 in a container).
+    if (pid != ::getpid() && (::kill(pid, 0) == 0 || errno == EPERM)) {
+      notes.push_back(absl::StrCat("temporary checkpoint folder ", dir, "/", name, " is left alone: process ", pid,
+                                   " is alive"));
+      continue;
+    }
+    const std::string path = absl::StrCat(dir, "/", name);
+    notes.push_back(RemoveCheckpointDir(path)
+                        ? absl::StrCat("removed ", path, ", a checkpoint that a killed server did not finish")
+                        : absl::StrCat("cannot remove ", path, " (", std::strerror(errno), ")"));
+  }
+  if (!found.empty()) (void)SyncDirectory(dir);
+  return notes;
+}
 
 std::vector<std::string> ListCheckpoints(const std::string& dir) {
   std::vector<std::string> names;
@@ -130,8 +180,9 @@ std::vector<std::string> ListCheckpoints(const std::string& dir) {
 
 absl::Status WriteCheckpoint(const std::string& dir, const ModelLayout& layout, const v1::CheckpointState& state,
                              absl::Span<const float> params,
-                             const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer, int keep) {
-  if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) return Errno("mkdir", dir);
+                             const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer, int keep,
+                             const std::function<void()>& before_rename) {
+  GRADACC_RETURN_IF_ERROR(MakePrivateDirectory(dir));
   std::vector<NamedTensor> tensors;
   if (state.num_shards() > 1) {
     tensors.push_back({"shard_params", {params.size()}, params});
@@ -158,11 +209,12 @@ absl::Status WriteCheckpoint(const std::string& dir, const ModelLayout& layout, 
   const std::string final_path = absl::StrCat(dir, "/", name);
   const std::string tmp = absl::StrCat(dir, "/.tmp-", name, "-", ::getpid());
   RemoveCheckpointDir(tmp);
-  if (::mkdir(tmp.c_str(), 0755) != 0) return Errno("mkdir", tmp);
+  if (::mkdir(tmp.c_str(), kPrivateDirectoryMode) != 0) return Errno("mkdir", tmp);
   absl::Status st = WriteFileSynced(tmp + "/" + kParams, params_bytes);
   if (st.ok()) st = WriteFileSynced(tmp + "/" + kState, state_bytes);
   if (st.ok()) st = WriteFileSynced(tmp + "/" + kManifest, manifest);
   if (st.ok()) st = SyncDirectory(tmp);
+  if (st.ok() && before_rename) before_rename();
   if (st.ok()) {
     RemoveCheckpointDir(final_path);  // a same-step checkpoint is replaced
     if (::rename(tmp.c_str(), final_path.c_str()) != 0) st = Errno("rename", final_path);

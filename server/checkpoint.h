@@ -12,6 +12,7 @@
 #ifndef GRADACC_SERVER_CHECKPOINT_H_
 #define GRADACC_SERVER_CHECKPOINT_H_
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,9 +33,18 @@ struct Checkpoint {
   std::vector<std::pair<std::string, FloatBuffer>> optimizer;
 };
 
+// Files are created 0600 and folders 0700 (common/files.h). `before_rename`
+// runs once the temporary folder is complete (a failpoint for tests).
 absl::Status WriteCheckpoint(const std::string& dir, const ModelLayout& layout, const v1::CheckpointState& state,
                              absl::Span<const float> params,
-                             const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer, int keep);
+                             const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer, int keep,
+                             const std::function<void()>& before_rename = nullptr);
+
+// Removes the temporary folders (".tmp-ckpt-<step>-<pid>", nothing else)
+// that a server killed while writing a checkpoint left in `dir`, unless
+// their process is alive and not this one. Call before the first write.
+// Returns a line for each folder removed or kept.
+std::vector<std::string> RemoveTemporaryCheckpoints(const std::string& dir);
 
 // The newest checkpoint that verifies. Every newer one that does not is
 // skipped with a line in `notes` saying why. NOT_FOUND when the folder holds

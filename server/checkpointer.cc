@@ -1,8 +1,10 @@
 #include "server/checkpointer.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
@@ -13,6 +15,7 @@ namespace gradacc {
 namespace {
 
 constexpr char kMarker[] = "JOB";
+constexpr char kRestarts[] = "RESTARTS";
 
 }  // namespace
 
@@ -24,8 +27,9 @@ bool Checkpointer::Due(uint64_t version, bool job_done) const {
 }
 
 absl::Status Checkpointer::Write(const v1::CheckpointState& state, absl::Span<const float> params,
-                                 const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer) {
-  absl::Status s = WriteCheckpoint(options_.dir, *layout_, state, params, optimizer, options_.keep);
+                                 const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer,
+                                 const std::function<void()>& before_rename) {
+  absl::Status s = WriteCheckpoint(options_.dir, *layout_, state, params, optimizer, options_.keep, before_rename);
   bool mark = false;
   {
     MutexLock lock(&mu_);
@@ -121,6 +125,19 @@ absl::Status Checkpointer::CheckFreshStart(const std::string& dir, const std::st
     }
   }
   return absl::OkStatus();
+}
+
+uint32_t Checkpointer::CountResume(const std::string& dir, uint32_t in_checkpoint) {
+  const std::string path = absl::StrCat(dir, "/", kRestarts);
+  uint32_t counted = 0;
+  if (auto text = ReadFileToString(path); text.ok()) {
+    (void)absl::SimpleAtoi(absl::StripAsciiWhitespace(*text), &counted);
+  }
+  const uint32_t restarts = std::max(counted, in_checkpoint) + 1;
+  if (absl::Status s = WriteFileAtomically(path, absl::StrCat(restarts, "\n")); !s.ok()) {
+    absl::FPrintF(stderr, "gradacc-server: cannot count this restart in %s: %s\n", path, s.message());
+  }
+  return restarts;
 }
 
 }  // namespace gradacc

@@ -10,12 +10,15 @@
 // Once a checkpoint was written the folder holds a marker (JOB) naming the
 // job: a later start that finds the marker but no usable checkpoint refuses
 // to start over (CheckStart), as does one whose ledger already has steps.
+// Every resume is counted in a file of its own (RESTARTS), written when the
+// server resumes, so resumes killed before their first checkpoint count too.
 //
 // Thread-safe: Write is called by the trainer thread; health() from any.
 #ifndef GRADACC_SERVER_CHECKPOINTER_H_
 #define GRADACC_SERVER_CHECKPOINTER_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -46,8 +49,10 @@ class Checkpointer {
   bool Due(uint64_t version, bool job_done) const;
   // Writes a checkpoint of `state` (its version) with the parameters and
   // optimizer state; records success or the (sticky) failure.
+  // `before_rename`: see WriteCheckpoint (a failpoint).
   absl::Status Write(const v1::CheckpointState& state, absl::Span<const float> params,
-                     const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer);
+                     const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer,
+                     const std::function<void()>& before_rename = nullptr);
   // The step of `version` is applied and waits for its checkpoint (0: none).
   void SetPending(uint64_t version);
 
@@ -61,6 +66,11 @@ class Checkpointer {
   // in a checkpoint folder that held checkpoints of it before, or when the
   // ledger file already records steps. Call only when no checkpoint loaded.
   static absl::Status CheckFreshStart(const std::string& dir, const std::string& ledger_path);
+  // A resume from a checkpoint that counted `in_checkpoint` restarts: the
+  // number of resumes of this job so far, this one included (the larger of
+  // the checkpoint's count and the RESTARTS file's, plus one), written back
+  // to RESTARTS atomically. A failed write is reported on stderr.
+  static uint32_t CountResume(const std::string& dir, uint32_t in_checkpoint);
 
  private:
   const CheckpointOptions options_;

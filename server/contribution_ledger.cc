@@ -29,6 +29,12 @@ void ContributionLedger::Export(uint32_t worker, uint64_t version,
   }
 }
 
+uint64_t ContributionLedger::CountFrom(uint32_t worker, uint64_t version) const {
+  uint64_t n = 0;
+  for (const auto& [key, window] : keys_[worker]) n += window >= version ? 1 : 0;
+  return n;
+}
+
 void ContributionLedger::Import(uint32_t worker, const google::protobuf::Map<uint64_t, uint64_t>& keys) {
   keys_[worker].insert(keys.begin(), keys.end());
 }

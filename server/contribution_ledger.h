@@ -36,6 +36,9 @@ class ContributionLedger {
   // version makes durable), and their restoration.
   void Export(uint32_t worker, uint64_t version, google::protobuf::Map<uint64_t, uint64_t>* out) const;
   void Import(uint32_t worker, const google::protobuf::Map<uint64_t, uint64_t>& keys);
+  // Keys of `worker` applied to window `version` or later (those Export
+  // leaves out).
+  uint64_t CountFrom(uint32_t worker, uint64_t version) const;
   bool empty(uint32_t worker) const { return keys_[worker].empty(); }
 
  private:

@@ -48,4 +48,19 @@ TrainerCounters Counters::Snapshot() const {
   return c;
 }
 
+void Counters::Export(v1::CheckpointCounters* out) const {
+  out->set_bytes_received(bytes_received_);
+  out->set_bytes_sent(bytes_sent_);
+  MutexLock lock(&mu_);
+  for (const auto& [reason, n] : rejected_) (*out->mutable_rejected_by_reason())[reason] = n;
+}
+
+void Counters::Restore(const v1::CheckpointCounters& in) {
+  bytes_received_ = in.bytes_received();
+  bytes_sent_ = in.bytes_sent();
+  MutexLock lock(&mu_);
+  rejected_.clear();
+  for (const auto& [reason, n] : in.rejected_by_reason()) rejected_[reason] = n;
+}
+
 }  // namespace gradacc

@@ -1,6 +1,7 @@
 // Counters: what /metrics reports beyond Status — gradient and parameter
 // bytes moved, refusals by reason, and the histogram of step durations.
-// Thread-safe.
+// Bytes and refusals go into checkpoints (a resumed server continues them);
+// the histogram is this process's. Thread-safe.
 #ifndef GRADACC_SERVER_COUNTERS_H_
 #define GRADACC_SERVER_COUNTERS_H_
 
@@ -12,6 +13,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "common/mutex.h"
+#include "gradacc/v1/checkpoint.pb.h"
 #include "gradacc/v1/error.pb.h"
 
 namespace gradacc {
@@ -34,6 +36,9 @@ class Counters {
   void Refused(v1::ErrorReason reason);
   void StepTook(double seconds);
   TrainerCounters Snapshot() const;
+  // Into / from a checkpoint's counters (bytes and refusals by reason).
+  void Export(v1::CheckpointCounters* out) const;
+  void Restore(const v1::CheckpointCounters& in);
 
  private:
   std::atomic<uint64_t> bytes_received_{0};

@@ -25,13 +25,18 @@ absl::StatusOr<Failpoints> Failpoints::Parse(const std::vector<std::string>& spe
       p.event = Event::kAfterPublish;
     } else if (ok && parts.size() == 2 && parts[0] == "before_checkpoint") {
       p.event = Event::kBeforeCheckpoint;
+    } else if (ok && parts.size() == 2 && parts[0] == "mid_checkpoint") {
+      p.event = Event::kMidCheckpoint;
+    } else if (ok && parts.size() == 2 && parts[0] == "after_checkpoint") {
+      p.event = Event::kAfterCheckpoint;
     } else {
       ok = false;
     }
     if (!ok) {
       return absl::InvalidArgumentError(absl::StrCat(
           "failpoint '", spec,
-          "' is not one of push:W:N, mid_broadcast:W, after_publish:W, before_checkpoint:W"));
+          "' is not one of push:W:N, mid_broadcast:W, after_publish:W, before_checkpoint:W, mid_checkpoint:W, "
+          "after_checkpoint:W"));
     }
     f.points_.push_back(std::move(p));
   }

@@ -6,6 +6,10 @@
 //                   first parked pull has its answer and the others not yet
 //   after_publish:W after window W closed and every parked pull was answered
 //   before_checkpoint:W  after window W's step, before its checkpoint
+//   mid_checkpoint:W     window W's checkpoint is complete in its temporary
+//                        folder, not yet renamed into place
+//   after_checkpoint:W   window W's step is durable, not yet in the step
+//                        ledger nor published
 //
 // Immutable after construction; thread-safe.
 #ifndef GRADACC_SERVER_FAILPOINTS_H_
@@ -21,7 +25,7 @@ namespace gradacc {
 
 class Failpoints {
  public:
-  enum class Event { kPush, kMidBroadcast, kAfterPublish, kBeforeCheckpoint };
+  enum class Event { kPush, kMidBroadcast, kAfterPublish, kBeforeCheckpoint, kMidCheckpoint, kAfterCheckpoint };
 
   Failpoints() = default;
   // INVALID_ARGUMENT names the first entry that does not parse.

@@ -26,6 +26,7 @@ struct WorkerRecord {
   uint64_t contributions = 0;
   uint64_t duplicates = 0;
   uint64_t rejected = 0;
+  uint64_t stale = 0;  // pushes that came after their window closed
   uint64_t last_window = 0;
   bool contributed_ever = false;
   // Transport: whether its last push came through shared memory, and why

@@ -13,6 +13,32 @@ void Metric(std::string& out, const char* name, const char* type, const char* he
 
 std::string Num(double v) { return absl::StrFormat("%.17g", v); }
 
+// The last closed window's slowest worker, every worker's late streak and
+// the stragglers.
+void RenderStragglers(std::string& out, const v1::Status& s, const std::string& job) {
+  const v1::WindowArrivals& a = s.last_window_arrivals();
+  Metric(out, "gradacc_slowest_worker_behind_median_seconds", "gauge",
+         "The last closed window's slowest worker (label) and how far behind the median arrival it was (a worker "
+         "missing at the close: at least this).");
+  if (a.slowest_worker() >= 0) {
+    absl::StrAppend(&out, "gradacc_slowest_worker_behind_median_seconds{", job, ",worker=\"", a.slowest_worker(),
+                    "\",missing=\"", a.slowest_missing() ? "true" : "false", "\"} ",
+                    Num(a.slowest_behind_median_seconds()), "\n");
+  }
+  Metric(out, "gradacc_worker_late_windows", "gauge",
+         "Closed windows in a row that the worker was missing from when they closed.");
+  for (const auto& w : s.workers()) {
+    absl::StrAppend(&out, "gradacc_worker_late_windows{", job, ",worker=\"", w.worker(), "\"} ", w.late_windows(),
+                    "\n");
+  }
+  Metric(out, "gradacc_straggler", "gauge",
+         "1 for a worker missing from --straggler_windows closed windows in a row or more (until it contributes "
+         "again).");
+  for (const auto& w : s.workers()) {
+    absl::StrAppend(&out, "gradacc_straggler{", job, ",worker=\"", w.worker(), "\"} ", w.straggler() ? 1 : 0, "\n");
+  }
+}
+
 }  // namespace
 
 std::string RenderPrometheus(const v1::Status& s, const TrainerCounters& c) {
@@ -65,6 +91,7 @@ std::string RenderPrometheus(const v1::Status& s, const TrainerCounters& c) {
   absl::StrAppend(&out, "gradacc_workers{", job, ",state=\"alive\"} ", alive, "\n");
   absl::StrAppend(&out, "gradacc_workers{", job, ",state=\"lost\"} ", lost, "\n");
   absl::StrAppend(&out, "gradacc_workers{", job, ",state=\"missing\"} ", missing, "\n");
+  RenderStragglers(out, s, job);
   Metric(out, "gradacc_last_loss", "gauge", "Mean loss per sample of the last closed window.");
   absl::StrAppend(&out, "gradacc_last_loss{", job, "} ", Num(s.last_loss()), "\n");
   Metric(out, "gradacc_learning_rate", "gauge", "Learning rate of the open window.");

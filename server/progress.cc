@@ -9,12 +9,12 @@ constexpr size_t kAccuracyKeep = 256;
 
 }  // namespace
 
-void Progress::Restore(const v1::CheckpointState& s, std::string name) {
+void Progress::Restore(const v1::CheckpointState& s, std::string name, uint32_t restarts) {
   for (const v1::LossPoint& p : s.loss_history()) loss_history_.push_back(p);
   last_loss_ = s.last_loss();
   test_accuracy_ = s.test_accuracy();
   test_accuracy_step_ = s.test_accuracy_step();
-  restarts_ = s.restarts() + 1;
+  restarts_ = restarts;
   restored_from_ = std::move(name);
 }
 

@@ -22,8 +22,9 @@ namespace gradacc {
 
 class Progress {
  public:
-  // Resumed from a checkpoint (`name`: its folder name).
-  void Restore(const v1::CheckpointState& state, std::string name);
+  // Resumed from a checkpoint (`name`: its folder name); `restarts`: the
+  // job's resumes so far, this one included (Checkpointer::CountResume).
+  void Restore(const v1::CheckpointState& state, std::string name, uint32_t restarts);
   // What a checkpoint keeps of it.
   void Export(v1::CheckpointState* state) const;
 

@@ -57,11 +57,15 @@ ABSL_FLAG(int64_t, checkpoint_every, 1,
 ABSL_FLAG(int, keep_checkpoints, 3, "checkpoints to keep");
 ABSL_FLAG(double, push_timeout_s, 120, "cancel a push stream not complete after this long");
 ABSL_FLAG(double, worker_timeout_s, 60, "a worker silent this long (no call, no parked pull) is shown as lost");
+ABSL_FLAG(int, straggler_windows, 2,
+          "report a worker as a straggler (status, /metrics, ledger) once it is missing from this many closed "
+          "windows in a row (QUORUM closes windows without it); 0 = never");
 ABSL_FLAG(std::string, policy, "", "override window.policy: wait or quorum");
 ABSL_FLAG(int, quorum, 0, "override window.quorum (QUORUM: contributions needed at the deadline)");
 ABSL_FLAG(int64_t, deadline_ms, 0, "override window.deadline_ms (QUORUM: from window open)");
 ABSL_FLAG(std::vector<std::string>, kill_at, {},
-          "fault injection for tests: push:W:N, mid_broadcast:W, after_publish:W, before_checkpoint:W (SIGKILL there)");
+          "fault injection for tests: push:W:N, mid_broadcast:W, after_publish:W, before_checkpoint:W, "
+          "mid_checkpoint:W, after_checkpoint:W (SIGKILL there)");
 
 namespace gradacc {
 namespace {
@@ -104,6 +108,8 @@ absl::StatusOr<TrainerOptions> TrainerFromFlags() {
   t.keep_checkpoints = std::max(1, absl::GetFlag(FLAGS_keep_checkpoints));
   t.push_timeout = absl::Seconds(absl::GetFlag(FLAGS_push_timeout_s));
   t.worker_timeout = absl::Seconds(absl::GetFlag(FLAGS_worker_timeout_s));
+  if (absl::GetFlag(FLAGS_straggler_windows) < 0) return absl::InvalidArgumentError("--straggler_windows must be >= 0");
+  t.straggler_windows = static_cast<uint32_t>(absl::GetFlag(FLAGS_straggler_windows));
   t.kill_at = absl::GetFlag(FLAGS_kill_at);
   if (absl::GetFlag(FLAGS_num_shards) < 1 || absl::GetFlag(FLAGS_shard) < 0) {
     return absl::InvalidArgumentError("bad --shard/--num_shards");

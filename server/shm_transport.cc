@@ -7,13 +7,18 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
 #include "common/errors.h"
 
 namespace gradacc {
 
 ShmTransport::ShmTransport(const std::string& dir, bool sharded, uint64_t elements, uint32_t num_workers,
                            absl::Span<const float> params)
-    : dir_(dir), elements_(elements), grads_(num_workers) {
+    : first_generation_(static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))),
+      dir_(dir),
+      elements_(elements),
+      grads_(num_workers),
+      next_generation_(first_generation_) {
   if (dir.empty()) {
     off_reason_ = "off on this server (--shared_memory_dir is empty)";
     return;

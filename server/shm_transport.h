@@ -3,7 +3,9 @@
 // there; the optimizer writes them in place) with its seqlock, and each
 // worker's gradient segment.
 //
-// Every attach gets a fresh gradient segment (a new file and generation):
+// Every attach gets a fresh gradient segment (a new file and generation;
+// generations start at the server's start time in microseconds, so those of
+// a server this one replaced are smaller than any of this one's):
 // a segment that holds an accepted contribution is never handed to anyone
 // again — its window's slot keeps it alive until the window is reduced — so
 // a restarted worker cannot change what was accepted. A shared-memory push
@@ -47,6 +49,12 @@ class ShmTransport {
   // is the worker's current one.
   absl::StatusOr<std::shared_ptr<ShmSegment>> SegmentFor(uint32_t worker, uint64_t generation) const;
   bool Attached(uint32_t worker) const;
+  // Whether `generation` was handed out by an earlier server (before a
+  // restart): its push is refused NOT_ATTACHED as part of the worker's
+  // normal recovery, not a mistake.
+  bool FromEarlierServer(uint64_t generation) const {
+    return generation != 0 && generation < first_generation_;
+  }
 
   // The seqlock over the parameter segment: odd while the parameters of
   // `version` are overwritten, 2 * version while `version` is in place.
@@ -55,6 +63,7 @@ class ShmTransport {
 
  private:
   ShmNonce nonce_{};
+  const uint64_t first_generation_;
   std::string dir_;
   std::string off_reason_;
   uint64_t elements_ = 0;
@@ -65,7 +74,7 @@ class ShmTransport {
     uint64_t generation = 0;
   };
   std::vector<Grad> grads_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_generation_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_generation_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace gradacc

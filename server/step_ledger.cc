@@ -1,8 +1,17 @@
 #include "server/step_ledger.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <set>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
+#include "common/files.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace gradacc {
@@ -17,6 +26,27 @@ std::string JsonLine(const v1::StepRecord& record) {
   (void)google::protobuf::util::MessageToJsonString(record, &line, json);
   line += '\n';
   return line;
+}
+
+// The steps the ledger file has a whole line for. Lines are {"step":"N",...}
+// (the JSON mapping prints fields in number order); any other line is
+// parsed whole, and one that does not parse (cut by a kill) is skipped.
+std::set<uint64_t> StepsIn(const std::string& text) {
+  std::set<uint64_t> steps;
+  constexpr absl::string_view kStart = "{\"step\":\"";
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    uint64_t step = 0;
+    if (absl::StartsWith(line, kStart) && absl::EndsWith(line, "}")) {
+      const absl::string_view rest = line.substr(kStart.size());
+      if (absl::SimpleAtoi(rest.substr(0, rest.find('"')), &step)) steps.insert(step);
+      continue;
+    }
+    v1::StepRecord r;
+    google::protobuf::util::JsonParseOptions options;
+    options.ignore_unknown_fields = true;
+    if (google::protobuf::util::JsonStringToMessage(std::string(line), &r, options).ok()) steps.insert(r.step());
+  }
+  return steps;
 }
 
 }  // namespace
@@ -39,9 +69,45 @@ void StepLedger::Append(v1::StepRecord record) {
   records_.push_back(std::move(record));
   if (records_.size() > kKeep) records_.pop_front();
   if (!path_.empty()) {
-    unwritten_.push_back(std::move(line));
+    unlogged_.push_back(records_.back().step());
+    unwritten_.push_back({std::move(line), true});
     ++queued_;
   }
+}
+
+std::vector<uint64_t> StepLedger::Recover(const google::protobuf::RepeatedPtrField<v1::StepRecord>& records) {
+  std::vector<uint64_t> recovered;
+  if (path_.empty() || records.empty()) return recovered;
+  const std::string file = ReadFileToString(path_).value_or("");
+  const std::set<uint64_t> present = StepsIn(file);
+  {
+    MutexLock lock(&mu_);
+    // A line cut short by the kill stays a line of its own.
+    if (!file.empty() && file.back() != '\n') {
+      unwritten_.push_back({"\n", false});
+      ++queued_;
+    }
+    for (const v1::StepRecord& r : records) {
+      if (present.count(r.step()) > 0) continue;
+      v1::StepRecord copy = r;
+      copy.set_recovered(true);
+      unwritten_.push_back({JsonLine(copy), false});
+      ++queued_;
+      records_.push_back(std::move(copy));
+      recovered.push_back(r.step());
+    }
+  }
+  Flush();
+  return recovered;
+}
+
+std::vector<v1::StepRecord> StepLedger::Unlogged() const {
+  std::vector<v1::StepRecord> out;
+  MutexLock lock(&mu_);
+  for (const v1::StepRecord& r : records_) {
+    if (std::find(unlogged_.begin(), unlogged_.end(), r.step()) != unlogged_.end()) out.push_back(r);
+  }
+  return out;
 }
 
 void StepLedger::NoteLate(const LateNote& late) {
@@ -57,7 +123,7 @@ void StepLedger::NoteLate(const LateNote& late) {
     l->set_arrival_unix_micros(absl::ToUnixMicros(absl::Now()));
     l->set_outcome(late.outcome);
     if (!path_.empty()) {
-      unwritten_.push_back(JsonLine(*it));
+      unwritten_.push_back({JsonLine(*it), false});
       ++queued_;
     }
     return;
@@ -85,22 +151,27 @@ void StepLedger::Flush() {
 }
 
 void StepLedger::WriterLoop() {
-  std::FILE* file = std::fopen(path_.c_str(), "a");
+  const int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, kPrivateFileMode);
+  std::FILE* file = fd < 0 ? nullptr : ::fdopen(fd, "a");
+  if (file == nullptr && fd >= 0) ::close(fd);
   if (file == nullptr) absl::FPrintF(stderr, "gradacc-server: cannot append to ledger '%s'\n", path_);
   MutexLock lock(&mu_);
   while (true) {
     mu_.Await(Condition(
         +[](StepLedger* l) ABSL_NO_THREAD_SAFETY_ANALYSIS { return !l->unwritten_.empty() || l->stop_; }, this));
     if (unwritten_.empty() && stop_) break;
-    std::vector<std::string> lines(unwritten_.begin(), unwritten_.end());
+    std::vector<Line> lines(unwritten_.begin(), unwritten_.end());
     unwritten_.clear();
     mu_.Unlock();
     if (file != nullptr) {
-      for (const std::string& line : lines) std::fwrite(line.data(), 1, line.size(), file);
+      for (const Line& line : lines) std::fwrite(line.text.data(), 1, line.text.size(), file);
       std::fflush(file);
     }
     mu_.Lock();
     written_ += lines.size();
+    for (const Line& line : lines) {
+      if (line.append && !unlogged_.empty()) unlogged_.pop_front();
+    }
   }
   if (file != nullptr) std::fclose(file);
 }

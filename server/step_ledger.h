@@ -2,7 +2,12 @@
 // 4096 records in memory for GetSteps, and every record appended to a JSON
 // lines file (a later line for the same step supersedes an earlier one) by a
 // writer thread of its own, so file I/O never runs under a lock that a push
-// or a pull waits on.
+// or a pull waits on. The file is created 0600.
+//
+// A record is appended after its step is durable, so a server killed in
+// between would lose it from the file for good: the checkpoint therefore
+// carries the records not yet written (Unlogged), and a resumed server
+// appends those the file lacks (Recover) before it serves.
 //
 // Thread-safe. The destructor writes what is queued, then stops.
 #ifndef GRADACC_SERVER_STEP_LEDGER_H_
@@ -13,6 +18,7 @@
 #include <deque>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "common/mutex.h"
@@ -30,6 +36,12 @@ class StepLedger {
   StepLedger& operator=(const StepLedger&) = delete;
 
   void Append(v1::StepRecord record);
+  // Appends the records of `records` whose step the file has no line for,
+  // marked `recovered`, and waits until they are written. Call before the
+  // first Append. Returns the steps appended.
+  std::vector<uint64_t> Recover(const google::protobuf::RepeatedPtrField<v1::StepRecord>& records);
+  // The appended records whose line is not in the file yet.
+  std::vector<v1::StepRecord> Unlogged() const;
   // A push that came after its window closed: counted in that window's
   // record, which is written again.
   void NoteLate(const LateNote& late);
@@ -44,7 +56,12 @@ class StepLedger {
   const std::string path_;
   mutable Mutex mu_;
   std::deque<v1::StepRecord> records_ ABSL_GUARDED_BY(mu_);
-  std::deque<std::string> unwritten_ ABSL_GUARDED_BY(mu_);  // JSON lines for the writer
+  struct Line {
+    std::string text;
+    bool append = false;  // an Append's line (not a rewrite for a late push)
+  };
+  std::deque<Line> unwritten_ ABSL_GUARDED_BY(mu_);  // JSON lines for the writer
+  std::deque<uint64_t> unlogged_ ABSL_GUARDED_BY(mu_);  // steps of Appends not yet written, in order
   uint64_t queued_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t written_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

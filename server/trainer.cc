@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/errors.h"
+#include "common/files.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "server/checkpoint.h"
@@ -32,6 +33,32 @@ bool CountsAsRejected(v1::ErrorReason reason) {
   }
 }
 
+// The checkpoint to resume from (nullopt: a fresh start, checked not to be
+// a start-over), after removing what killed servers left in the folder.
+absl::StatusOr<std::optional<Checkpoint>> FindResumePoint(const TrainerOptions& options,
+                                                          std::vector<std::string>* notes) {
+  if (options.checkpoint_dir.empty()) {
+    if (!options.ledger_path.empty()) GRADACC_RETURN_IF_ERROR(Checkpointer::CheckFreshStart("", options.ledger_path));
+    return std::nullopt;
+  }
+  // Now, not at the first checkpoint: the ledger's default file is in it.
+  GRADACC_RETURN_IF_ERROR(MakePrivateDirectory(options.checkpoint_dir));
+  *notes = RemoveTemporaryCheckpoints(options.checkpoint_dir);
+  auto loaded = LoadNewestCheckpoint(options.checkpoint_dir, notes);
+  if (loaded.ok()) {
+    notes->push_back(absl::StrFormat("resuming job '%s' from checkpoint %s/%s at step %d",
+                                     loaded->state.job().job_id(), options.checkpoint_dir, loaded->name,
+                                     loaded->state.version()));
+    return std::optional<Checkpoint>(*std::move(loaded));
+  }
+  if (loaded.status().code() != absl::StatusCode::kNotFound) {
+    for (const std::string& n : *notes) absl::FPrintF(stderr, "gradacc-server: %s\n", n);
+    return loaded.status();
+  }
+  GRADACC_RETURN_IF_ERROR(Checkpointer::CheckFreshStart(options.checkpoint_dir, options.ledger_path));
+  return std::nullopt;
+}
+
 }  // namespace
 
 Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, FlatRange range,
@@ -51,16 +78,27 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
       pool_(range_.size(),
             options_.max_inflight_pushes > 0 ? options_.max_inflight_pushes : 2 * static_cast<int>(num_workers_) + 2,
             /*keep=*/3 * num_workers_ + 2),
-      state_(&spec_, num_workers_, started_) {
+      state_(&spec_, num_workers_, started_),
+      stragglers_(num_workers_, options_.straggler_windows) {
   shm_ = std::make_unique<ShmTransport>(options_.shared_memory_dir, options_.num_shards > 1, range_.size(),
                                         num_workers_, params.span());
   if (shm_->on()) params = FloatBuffer::View(shm_->params_data(), range_.size());
   executor_ = std::make_unique<StepExecutor>(&spec_, &layout_, range_, options_.num_shards, std::move(params),
                                              std::move(optimizer), options_.reducer);
+  uint32_t restarts = 0;
+  if (restored != nullptr) {
+    restarts = Checkpointer::CountResume(options_.checkpoint_dir, restored->state.restarts());
+    counters_.Restore(restored->state.counters());
+    for (uint64_t step : ledger_.Recover(restored->state.unlogged_steps())) {
+      restore_notes_.push_back(absl::StrFormat(
+          "step %d was durable but missing from the ledger (killed before appending it): appended from checkpoint %s",
+          step, restored->name));
+    }
+  }
   MutexLock lock(&mu_);
   if (restored != nullptr) {
     state_.Restore(restored->state, started_);
-    progress_.Restore(restored->state, restored->name);
+    progress_.Restore(restored->state, restored->name, restarts);
     checkpointer_.Restored(restored->state.version(), absl::FromUnixMicros(restored->state.written_unix_micros()));
   }
   const uint64_t version = state_.version();
@@ -84,24 +122,9 @@ Trainer::~Trainer() {
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, TrainerOptions options,
                                                          std::optional<FloatBuffer> initial) {
-  std::optional<Checkpoint> restored;
   std::vector<std::string> notes;
-  if (!options.checkpoint_dir.empty()) {
-    auto loaded = LoadNewestCheckpoint(options.checkpoint_dir, &notes);
-    if (loaded.ok()) {
-      restored = std::move(*loaded);
-      spec = restored->state.job();  // a resumed job keeps its spec
-      notes.push_back(absl::StrFormat("resuming job '%s' from checkpoint %s/%s at step %d", spec.job_id(),
-                                      options.checkpoint_dir, restored->name, restored->state.version()));
-    } else if (loaded.status().code() != absl::StatusCode::kNotFound) {
-      for (const std::string& n : notes) absl::FPrintF(stderr, "gradacc-server: %s\n", n);
-      return loaded.status();
-    } else {
-      GRADACC_RETURN_IF_ERROR(Checkpointer::CheckFreshStart(options.checkpoint_dir, options.ledger_path));
-    }
-  } else if (!options.ledger_path.empty()) {
-    GRADACC_RETURN_IF_ERROR(Checkpointer::CheckFreshStart("", options.ledger_path));
-  }
+  GRADACC_ASSIGN_OR_RETURN(std::optional<Checkpoint> restored, FindResumePoint(options, &notes));
+  if (restored.has_value()) spec = restored->state.job();  // a resumed job keeps its spec
   GRADACC_ASSIGN_OR_RETURN(Failpoints failpoints, Failpoints::Parse(options.kill_at));
   GRADACC_RETURN_IF_ERROR(NormalizeJobSpec(spec));
   GRADACC_ASSIGN_OR_RETURN(ModelLayout layout, ModelLayout::FromSpec(spec.model()));
@@ -157,6 +180,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
   std::unique_ptr<Trainer> trainer(new Trainer(std::move(spec), std::move(layout), std::move(options), range,
                                                std::move(params), std::move(optimizer), std::move(failpoints),
                                                restored.has_value() ? &*restored : nullptr));
+  notes.insert(notes.end(), trainer->restore_notes_.begin(), trainer->restore_notes_.end());
   trainer->restore_notes_ = std::move(notes);
   return trainer;
 }
@@ -257,7 +281,12 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
   if (!admission.ok()) return Refused(h.worker(), admission.status());
   if (h.shared_memory()) {
     auto segment = shm_->SegmentFor(h.worker(), h.shared_memory_generation());
-    if (!segment.ok()) return Refused(h.worker(), segment.status());
+    if (!segment.ok()) {
+      // A segment of the server this one replaced: the worker attaches
+      // again, as every worker does after a restart.
+      if (shm_->FromEarlierServer(h.shared_memory_generation())) return segment.status();
+      return Refused(h.worker(), segment.status());
+    }
     FloatBuffer view = FloatBuffer::View((*segment)->data(), range_.size());
     return std::make_unique<PushSession>(&layout_, range_, options_.shard, h, std::move(view), nullptr,
                                          std::move(*admission), *std::move(segment));

@@ -9,7 +9,8 @@
 //   Checkpointer      durable state, sticky on failure
 //   VersionPublisher  the published version and the parked pulls
 //   ShmTransport      shared-memory segments and the parameter seqlock
-//   StepLedger, Counters, Progress   what status, /metrics and the ledger show
+//   StepLedger, Counters, Progress, StragglerTracker
+//                     what status, /metrics and the ledger show
 //   DeadlineQueue     pull bounds, push timeouts, QUORUM deadlines
 //   TaskThread        the trainer thread: steps, checkpoints, snapshots
 //
@@ -53,6 +54,7 @@
 #include "server/shm_transport.h"
 #include "server/step_executor.h"
 #include "server/step_ledger.h"
+#include "server/straggler_tracker.h"
 #include "server/task_thread.h"
 #include "server/version_publisher.h"
 #include "server/window_state.h"
@@ -83,6 +85,9 @@ struct TrainerOptions {
   absl::Duration push_timeout = absl::Minutes(2);
   // A joined worker with no call and no parked pull for this long is LOST.
   absl::Duration worker_timeout = absl::Seconds(60);
+  // A worker missing from this many closed windows in a row (QUORUM closes
+  // windows without it) is reported as a straggler; 0 = never.
+  uint32_t straggler_windows = 2;
   // Durable state (server/checkpointer.h): when set, the trainer resumes
   // from the newest valid checkpoint here and writes one every
   // `checkpoint_every` steps before the version is published.
@@ -209,10 +214,16 @@ class Trainer {
   absl::Status Refused(uint32_t worker, absl::Status status);
   void Close(ClosingWindow window);
   void CloseWindow(ClosingWindow& window);
-  bool MakeDurable(uint64_t version, bool job_done);
-  v1::CheckpointState DurableState(uint64_t version) const;
-  void Publish(ClosingWindow& window, const StepReport& report, absl::Time stepped);
-  void LogStep(const ClosingWindow& window, const StepReport& report, absl::Time stepped, absl::Time published);
+  // Writes the checkpoint of `version` when one is due (retrying while it
+  // fails); false when shutdown gave up. `record`: the step's ledger record.
+  bool MakeDurable(uint64_t version, bool job_done, const v1::StepRecord& record);
+  // What a checkpoint of `version` holds besides tensors, with the ledger
+  // records not yet in the file (and `record`, when set).
+  v1::CheckpointState DurableState(uint64_t version, const v1::StepRecord* record) const;
+  void Publish(ClosingWindow& window, v1::StepRecord record, absl::Time stepped);
+  // The step's ledger record, without the broadcast time (not known yet).
+  v1::StepRecord StepRecordOf(const ClosingWindow& window, const StepReport& report, absl::Time stepped) const;
+  void LogStep(v1::StepRecord record, absl::Time opened, absl::Time stepped, absl::Time published);
   v1::StepTiming Timing(const ClosingWindow& window, const StepReport& report) const;
   bool AllOnSharedMemory() const;
   void ScheduleDeadline(uint64_t window) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -243,6 +254,7 @@ class Trainer {
   mutable Mutex mu_;  // the window mutex
   WindowState state_ ABSL_GUARDED_BY(mu_);
   Progress progress_ ABSL_GUARDED_BY(mu_);
+  StragglerTracker stragglers_ ABSL_GUARDED_BY(mu_);
   uint64_t next_listener_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, std::shared_ptr<Listener>> listeners_ ABSL_GUARDED_BY(mu_);
 

@@ -1,6 +1,7 @@
 // Trainer: closing a window, on the trainer thread — step, make durable,
 // publish, log.
 #include <algorithm>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -22,21 +23,28 @@ void Trainer::CloseWindow(ClosingWindow& window) {
   const absl::Time stepped = absl::Now();
   const uint64_t version = window.window + 1;
   applied_version_ = version;
+  v1::StepRecord record = StepRecordOf(window, *report, stepped);
+  std::vector<uint32_t> new_stragglers;
   {
     MutexLock lock(&mu_);
-    const double loss = report->samples > 0 ? report->loss_sum / static_cast<double>(report->samples) : 0.0;
-    progress_.RecordStep(version, loss, report->grad_norm, report->samples, window.missing,
-                         Timing(window, *report), stepped);
+    progress_.RecordStep(version, record.loss(), report->grad_norm, report->samples, window.missing,
+                         record.timing(), stepped);
+    *record.mutable_arrivals() = stragglers_.Observe(window, &new_stragglers);
+  }
+  for (uint32_t w : new_stragglers) {
+    absl::FPrintF(stderr, "gradacc-server: worker %d is a STRAGGLER: missing from %d windows in a row (window %d)\n",
+                  w, options_.straggler_windows, window.window);
   }
   failpoints_.MaybeKill(Failpoints::Event::kBeforeCheckpoint, window.window);
-  if (!MakeDurable(version, version >= spec_.total_steps())) {
+  if (!MakeDurable(version, version >= spec_.total_steps(), record)) {
     absl::FPrintF(stderr,
                   "gradacc-server: version %d is not published: shutting down before its checkpoint succeeded; its "
                   "window is pushed again after the restart\n",
                   version);
     return;
   }
-  Publish(window, *report, stepped);
+  failpoints_.MaybeKill(Failpoints::Event::kAfterCheckpoint, window.window);
+  Publish(window, std::move(record), stepped);
 }
 
 v1::StepTiming Trainer::Timing(const ClosingWindow& window, const StepReport& report) const {
@@ -47,7 +55,7 @@ v1::StepTiming Trainer::Timing(const ClosingWindow& window, const StepReport& re
   return t;
 }
 
-v1::CheckpointState Trainer::DurableState(uint64_t version) const {
+v1::CheckpointState Trainer::DurableState(uint64_t version, const v1::StepRecord* record) const {
   v1::CheckpointState s;
   *s.mutable_job() = spec_;
   s.set_version(version);
@@ -56,6 +64,9 @@ v1::CheckpointState Trainer::DurableState(uint64_t version) const {
     state_.Export(version, &s);
     progress_.Export(&s);
   }
+  counters_.Export(s.mutable_counters());
+  for (v1::StepRecord& r : ledger_.Unlogged()) *s.add_unlogged_steps() = std::move(r);
+  if (record != nullptr) *s.add_unlogged_steps() = *record;
   s.set_written_unix_micros(absl::ToUnixMicros(absl::Now()));
   s.set_optimizer_steps(executor_->optimizer_steps());
   s.set_shard(options_.shard);
@@ -65,12 +76,17 @@ v1::CheckpointState Trainer::DurableState(uint64_t version) const {
   return s;
 }
 
-bool Trainer::MakeDurable(uint64_t version, bool job_done) {
+bool Trainer::MakeDurable(uint64_t version, bool job_done, const v1::StepRecord& record) {
   if (!checkpointer_.Due(version, job_done)) return true;
-  const v1::CheckpointState state = DurableState(version);
+  const v1::CheckpointState state = DurableState(version, &record);
+  const auto mid_checkpoint = [this, version] {
+    failpoints_.MaybeKill(Failpoints::Event::kMidCheckpoint, version - 1);
+  };
   absl::Duration backoff = options_.checkpoint_retry;
   while (true) {
-    if (checkpointer_.Write(state, executor_->params(), executor_->OptimizerState()).ok()) return true;
+    if (checkpointer_.Write(state, executor_->params(), executor_->OptimizerState(), mid_checkpoint).ok()) {
+      return true;
+    }
     // Sticky: nothing is published until a write succeeds.
     checkpointer_.SetPending(version);
     NotifyListeners();
@@ -88,13 +104,12 @@ bool Trainer::AllOnSharedMemory() const {
   return true;
 }
 
-void Trainer::Publish(ClosingWindow& window, const StepReport& report, absl::Time stepped) {
+void Trainer::Publish(ClosingWindow& window, v1::StepRecord record, absl::Time stepped) {
   const uint64_t version = window.window + 1;
   const bool job_done = version >= spec_.total_steps();
-  const double loss = report.samples > 0 ? report.loss_sum / static_cast<double>(report.samples) : 0.0;
   // The chunks of a version are built only when a member may pull it
   // through gRPC.
-  auto snapshot = MakeSnapshot(layout_, range_, executor_->params(), {version, job_done, report.lr, loss},
+  auto snapshot = MakeSnapshot(layout_, range_, executor_->params(), {version, job_done, record.lr(), record.loss()},
                                options_.pull_chunk_elements, !AllOnSharedMemory());
   shm_->Publish(version);
   {
@@ -105,7 +120,7 @@ void Trainer::Publish(ClosingWindow& window, const StepReport& report, absl::Tim
   for (Slot& slot : window.slots) pool_.Return(std::move(slot.grad));
   if (job_done && !options_.final_params_path.empty()) WriteFinalParameters();
   // The ledger has the step before anyone can see its version.
-  LogStep(window, report, stepped, absl::Now());
+  LogStep(std::move(record), window.opened, stepped, absl::Now());
   std::vector<VersionPublisher::Ready> ready = publisher_->Publish(snapshot);
   // mid_broadcast: the version is published and (when anyone was parked)
   // one pull has its answer, the others not yet.
@@ -118,8 +133,8 @@ void Trainer::Publish(ClosingWindow& window, const StepReport& report, absl::Tim
   NotifyListeners();
 }
 
-void Trainer::LogStep(const ClosingWindow& window, const StepReport& report, absl::Time stepped,
-                      absl::Time published) {
+v1::StepRecord Trainer::StepRecordOf(const ClosingWindow& window, const StepReport& report,
+                                     absl::Time stepped) const {
   v1::StepRecord record;
   record.set_step(window.window + 1);
   record.set_window(window.window);
@@ -143,16 +158,19 @@ void Trainer::LogStep(const ClosingWindow& window, const StepReport& report, abs
   record.set_grad_norm(report.grad_norm);
   record.set_grad_norm_clipped(report.clipped_norm);
   record.set_lr(report.lr);
-  v1::StepTiming timing = Timing(window, report);
-  timing.set_broadcast_seconds(absl::ToDoubleSeconds(published - stepped));
-  *record.mutable_timing() = timing;
+  *record.mutable_timing() = Timing(window, report);
   for (uint32_t m : window.missing) record.add_missing_workers(m);
+  return record;
+}
+
+void Trainer::LogStep(v1::StepRecord record, absl::Time opened, absl::Time stepped, absl::Time published) {
+  record.mutable_timing()->set_broadcast_seconds(absl::ToDoubleSeconds(published - stepped));
   {
     MutexLock lock(&mu_);
-    progress_.SetLastTiming(timing);
+    progress_.SetLastTiming(record.timing());
   }
   ledger_.Append(std::move(record));
-  counters_.StepTook(absl::ToDoubleSeconds(published - window.opened));
+  counters_.StepTook(absl::ToDoubleSeconds(published - opened));
 }
 
 void Trainer::WriteFinalParameters() {
@@ -195,7 +213,7 @@ absl::Status Trainer::CheckpointNow() {
               "version %d is applied but not durable (checkpoints fail); the checkpoint of version %d stands", v + 1,
               checkpointer_.last_version()));
         } else if (checkpointer_.last_version() != v || !checkpointer_.healthy()) {
-          s = checkpointer_.Write(DurableState(v), executor_->params(), executor_->OptimizerState());
+          s = checkpointer_.Write(DurableState(v, nullptr), executor_->params(), executor_->OptimizerState());
         }
         MutexLock lock(mu.get());
         *result = s;

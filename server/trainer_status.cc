@@ -29,6 +29,9 @@ void Trainer::FillWorkers(v1::Status* s, absl::Time now) const {
     ws->set_contributions(w.contributions);
     ws->set_duplicates(w.duplicates);
     ws->set_rejected(w.rejected);
+    ws->set_stale(w.stale);
+    ws->set_late_windows(stragglers_.late_windows(i));
+    ws->set_straggler(stragglers_.straggler(i));
     ws->set_last_window(w.last_window);
     ws->set_covered_by(w.covered_by);
     ws->set_shared_memory_failure(w.shm_failure);
@@ -76,6 +79,7 @@ v1::Status Trainer::GetStatus() const {
   }
   FillWorkers(&s, now);
   progress_.Fill(&s);
+  stragglers_.Fill(&s);
   s.set_optimizer(spec_.optimizer().kind());
   s.set_learning_rate(LearningRateAt(spec_.optimizer(), spec_.schedule(), version));
   s.set_uptime_seconds(absl::ToDoubleSeconds(now - started_));

@@ -45,27 +45,47 @@ void WindowState::Restore(const v1::CheckpointState& s, absl::Time now) {
                   : cw.state();
     w.hostname = cw.hostname();
     w.contributions = cw.contributions();
+    w.duplicates = cw.duplicates();
+    w.rejected = cw.rejected();
+    w.stale = cw.stale();
     w.last_window = cw.last_window();
     w.contributed_ever = cw.contributions() > 0;
     w.last_seen = now;
     ledger_.Import(cw.worker(), cw.applied_keys());
   }
+  accepted_ = s.counters().accepted();
+  duplicates_ = s.counters().duplicate();
+  stale_ = s.counters().stale();
+  rejected_ = s.counters().rejected();
   window_.Open(version_, ExpectedNext(), now);
 }
 
 void WindowState::Export(uint64_t version, v1::CheckpointState* s) const {
+  uint64_t left_out = 0;
   for (uint32_t i = 0; i < members_.size(); ++i) {
     const WorkerRecord& w = members_.at(i);
     if (w.state == v1::WORKER_STATE_NEVER_JOINED && ledger_.empty(i)) continue;
+    // Contributions to windows the checkpoint does not hold (the open or
+    // closing one, at a shutdown) are pushed and counted again.
+    const uint64_t not_held = ledger_.CountFrom(i, version);
+    left_out += not_held;
     v1::CheckpointWorker* cw = s->add_workers();
     cw->set_worker(i);
     cw->set_member(w.member);
     cw->set_state(w.state);
     cw->set_hostname(w.hostname);
-    cw->set_contributions(w.contributions);
+    cw->set_contributions(w.contributions - std::min(w.contributions, not_held));
     cw->set_last_window(w.last_window);
+    cw->set_duplicates(w.duplicates);
+    cw->set_rejected(w.rejected);
+    cw->set_stale(w.stale);
     ledger_.Export(i, version, cw->mutable_applied_keys());
   }
+  v1::CheckpointCounters* c = s->mutable_counters();
+  c->set_accepted(accepted_ - std::min(accepted_, left_out));
+  c->set_duplicate(duplicates_);
+  c->set_stale(stale_);
+  c->set_rejected(rejected_);
 }
 
 absl::StatusOr<JoinOutcome> WindowState::Join(const v1::JoinRequest& request, absl::Time now) {
@@ -153,6 +173,7 @@ absl::Status WindowState::CheckOpenWindow(const v1::PushHeader& h, std::optional
   }
   if (h.window() < version_ || (h.window() == version_ && closing_)) {
     ++stale_;
+    ++w.stale;
     *late = LateNote{id, h.window(), h.contribution_key(), "stale"};
     return Refusal(v1::ERROR_REASON_STALE_WINDOW,
                    h.window() < version_

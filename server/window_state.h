@@ -54,9 +54,14 @@ class WindowState {
  public:
   WindowState(const v1::JobSpec* spec, uint32_t num_workers, absl::Time now);
 
-  // Resumes from a checkpoint's state (membership, ledger, version).
+  // Resumes from a checkpoint's state (membership, ledger, version,
+  // counters).
   void Restore(const v1::CheckpointState& state, absl::Time now);
-  // Writes membership and the keys applied below `version` into `state`.
+  // Writes membership, the keys applied below `version` and the counters
+  // into `state`. Contributions to windows from `version` on (the open or
+  // closing window, at a checkpoint at shutdown) are left out of every
+  // count, as out of the keys: they are pushed and counted again after a
+  // restart.
   void Export(uint64_t version, v1::CheckpointState* state) const;
 
   uint64_t version() const { return version_; }

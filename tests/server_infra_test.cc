@@ -1,6 +1,8 @@
 // Unit tests of the trainer's infrastructure: DeadlineQueue, TaskThread,
-// VersionPublisher, StepLedger, Checkpointer (sticky failures, the refusal
-// to start over), Failpoints and ShmTransport (a fresh segment per attach).
+// VersionPublisher, StepLedger (and its recovery from a checkpoint),
+// Checkpointer (sticky failures, the refusal to start over, counted
+// resumes), Failpoints, ShmTransport (a fresh segment per attach) and
+// StragglerTracker.
 #include <sys/stat.h>
 
 #include <atomic>
@@ -16,6 +18,7 @@
 #include "server/failpoints.h"
 #include "server/shm_transport.h"
 #include "server/step_ledger.h"
+#include "server/straggler_tracker.h"
 #include "server/task_thread.h"
 #include "server/version_publisher.h"
 
@@ -189,7 +192,9 @@ TEST(CheckpointerTest, FailuresAreStickyUntilAWriteSucceeds) {
 }
 
 TEST(FailpointsTest, ParsesOnceAndRefusesTypos) {
-  EXPECT_TRUE(Failpoints::Parse({"push:3:2", "mid_broadcast:1", "after_publish:0", "before_checkpoint:4"}).ok());
+  EXPECT_TRUE(Failpoints::Parse({"push:3:2", "mid_broadcast:1", "after_publish:0", "before_checkpoint:4",
+                                 "mid_checkpoint:2", "after_checkpoint:5"})
+                  .ok());
   EXPECT_FALSE(Failpoints::Parse({"push:3"}).ok());
   EXPECT_FALSE(Failpoints::Parse({"mid_brodcast:1"}).ok());
   EXPECT_FALSE(Failpoints::Parse({"push:x:1"}).ok());
@@ -218,11 +223,119 @@ TEST(ShmTransportTest, EveryAttachGetsAFreshSegment) {
   fresh.value()->data()[0] = 7;  // the restarted worker writes its new segment
   EXPECT_EQ((*held)->data()[0], 42) << "what was accepted does not change";
   EXPECT_EQ(ReasonOf(shm.SegmentFor(1, 0).status()), v1::ERROR_REASON_NOT_ATTACHED);
+  // Generations of a server this one replaced are told apart from its own.
+  EXPECT_FALSE(shm.FromEarlierServer(first.generation()));
+  EXPECT_FALSE(shm.FromEarlierServer(0));
+  EXPECT_TRUE(shm.FromEarlierServer(first.generation() - 1));
   shm.BeginParamsWrite(3);
   shm.Publish(4);
   ShmTransport off("", false, 100, 2, params);
   EXPECT_FALSE(off.on());
   EXPECT_FALSE(off.Attach(0, true).available());
+}
+
+v1::StepRecord Record(uint64_t step) {
+  v1::StepRecord r;
+  r.set_step(step);
+  r.set_window(step - 1);
+  return r;
+}
+
+TEST(StepLedgerTest, RecoverAppendsOnlyTheStepsTheFileLacks) {
+  const std::string path = TempDir("ledger_recover") + "/ledger.jsonl";
+  // Steps 1 and 2 are in the file; step 3's line was cut short by a kill.
+  std::ofstream(path) << "{\"step\":\"1\",\"window\":\"0\"}\n{\"window\":\"1\",\"step\":\"2\"}\n{\"step\":\"3\",\"wi";
+  google::protobuf::RepeatedPtrField<v1::StepRecord> held;
+  for (uint64_t step : {2, 3, 4}) *held.Add() = Record(step);
+  std::vector<uint64_t> recovered;
+  {
+    StepLedger ledger(path);
+    recovered = ledger.Recover(held);
+    EXPECT_TRUE(ledger.Unlogged().empty());
+    ledger.Append(Record(5));
+    ledger.Flush();
+    EXPECT_TRUE(ledger.Unlogged().empty()) << "written";
+    const v1::GetStepsResponse kept = ledger.Get(0, 0);
+    ASSERT_EQ(kept.steps_size(), 3);
+    EXPECT_TRUE(kept.steps(0).recovered());
+    EXPECT_FALSE(kept.steps(2).recovered());
+  }
+  EXPECT_EQ(recovered, (std::vector<uint64_t>{3, 4}));
+  const std::string text = ReadFileToString(path).value();
+  EXPECT_NE(text.find("{\"step\":\"3\",\"wi\n{\"step\":\"3\""), std::string::npos) << text;
+  EXPECT_NE(text.find("\"step\":\"4\",\"window\":\"3\",\"recovered\":true"), std::string::npos) << text;
+  EXPECT_EQ(text.find("\"step\":\"2\",\"window\":\"1\",\"recovered\""), std::string::npos) << text;
+}
+
+TEST(CheckpointerTest, EveryResumeIsCountedInItsFolder) {
+  const std::string dir = TempDir("restarts");
+  EXPECT_EQ(Checkpointer::CountResume(dir, 0), 1u);
+  EXPECT_EQ(Checkpointer::CountResume(dir, 0), 2u) << "a resume from the same checkpoint counts again";
+  EXPECT_EQ(Checkpointer::CountResume(dir, 7), 8u) << "the checkpoint's count when it is larger";
+  EXPECT_EQ(ReadFileToString(dir + "/RESTARTS").value(), "8\n");
+}
+
+// A window of `n` workers that arrived `after_ms` after its opening (-1:
+// missing), closed `closed_ms` after it.
+ClosingWindow WindowOf(uint64_t number, const std::vector<int>& after_ms, int closed_ms) {
+  ClosingWindow w;
+  w.window = number;
+  w.opened = absl::FromUnixSeconds(1000);
+  w.last_arrival = w.opened + absl::Milliseconds(closed_ms);
+  for (uint32_t i = 0; i < after_ms.size(); ++i) {
+    if (after_ms[i] < 0) {
+      w.missing.push_back(i);
+      continue;
+    }
+    Slot slot;
+    slot.arrival = w.opened + absl::Milliseconds(after_ms[i]);
+    w.slots.push_back(std::move(slot));
+    w.workers.push_back(i);
+  }
+  return w;
+}
+
+TEST(StragglerTrackerTest, NamesTheSlowestAndStragglersAfterWindowsInARow) {
+  StragglerTracker tracker(4, 2);
+  std::vector<uint32_t> fresh;
+  v1::WindowArrivals a = tracker.Observe(WindowOf(0, {10, 40, 20, 30}, 40), &fresh);
+  EXPECT_DOUBLE_EQ(a.median_after_open_seconds(), 0.025);
+  EXPECT_EQ(a.slowest_worker(), 1);
+  EXPECT_NEAR(a.slowest_behind_median_seconds(), 0.015, 1e-9);
+  EXPECT_FALSE(a.slowest_missing());
+  ASSERT_EQ(a.workers_size(), 4);
+  EXPECT_NEAR(a.workers(0).behind_median_seconds(), -0.015, 1e-9);
+  // Worker 3 misses a window: slowest (missing, at least until the close),
+  // not a straggler yet.
+  a = tracker.Observe(WindowOf(1, {10, 20, 30, -1}, 500), &fresh);
+  EXPECT_EQ(a.slowest_worker(), 3);
+  EXPECT_TRUE(a.slowest_missing());
+  EXPECT_NEAR(a.workers(3).after_open_seconds(), 0.5, 1e-9);
+  EXPECT_NEAR(a.slowest_behind_median_seconds(), 0.48, 1e-9);
+  EXPECT_TRUE(fresh.empty());
+  EXPECT_EQ(tracker.late_windows(3), 1u);
+  // Two in a row: a straggler; worker 1 missing once is the less slow.
+  a = tracker.Observe(WindowOf(2, {10, -1, 30, -1}, 500), &fresh);
+  EXPECT_EQ(a.slowest_worker(), 3);
+  EXPECT_EQ(fresh, std::vector<uint32_t>{3});
+  EXPECT_TRUE(tracker.straggler(3));
+  EXPECT_FALSE(tracker.straggler(1));
+  EXPECT_EQ(std::vector<uint32_t>(a.stragglers().begin(), a.stragglers().end()), std::vector<uint32_t>{3});
+  v1::Status status;
+  tracker.Fill(&status);
+  EXPECT_EQ(status.stragglers_size(), 1);
+  EXPECT_EQ(status.straggler_windows(), 2u);
+  EXPECT_EQ(status.last_window_arrivals().window(), 2u);
+  // Contributing again ends it.
+  fresh.clear();
+  a = tracker.Observe(WindowOf(3, {10, 20, 30, 35}, 35), &fresh);
+  EXPECT_FALSE(tracker.straggler(3));
+  EXPECT_EQ(tracker.late_windows(3), 0u);
+  EXPECT_EQ(a.stragglers_size(), 0);
+  StragglerTracker never(2, 0);
+  for (uint64_t w = 0; w < 5; ++w) never.Observe(WindowOf(w, {10, -1}, 100), &fresh);
+  EXPECT_FALSE(never.straggler(1));
+  EXPECT_EQ(never.late_windows(1), 5u);
 }
 
 }  // namespace

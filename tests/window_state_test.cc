@@ -171,5 +171,46 @@ TEST(WindowStateTest, ElasticNewcomersAndLeavers) {
   EXPECT_EQ(ReasonOf(state.Admit(Header(1, 1, 1), absl::Now(), &late)), v1::ERROR_REASON_NOT_JOINED);
 }
 
+TEST(WindowStateTest, CheckpointCountersLeaveOutWindowsTheyDoNotHold) {
+  const v1::JobSpec spec = Job(3);
+  WindowState state(&spec, 3, absl::Now());
+  for (uint32_t w = 0; w < 3; ++w) ASSERT_TRUE(state.Join(JoinOf(w), absl::Now()).ok());
+  std::optional<LateNote> late;
+  for (uint32_t w = 0; w < 3; ++w) {
+    Slot slot;
+    auto accepted = state.Accept(Header(w, 0, 0), &slot, false, absl::Now(), &late);
+    ASSERT_TRUE(accepted.ok()) << accepted.status();
+    EXPECT_EQ(accepted->closing.has_value(), w == 2);
+  }
+  // Window 0 is closing: a checkpoint of version 0 (a shutdown now) holds
+  // none of it; one of version 1 holds it all.
+  v1::CheckpointState at0, at1;
+  state.Export(0, &at0);
+  state.Export(1, &at1);
+  EXPECT_EQ(at0.counters().accepted(), 0u);
+  EXPECT_EQ(at0.workers(0).contributions(), 0u);
+  EXPECT_EQ(at1.counters().accepted(), 3u);
+  EXPECT_EQ(at1.workers(2).contributions(), 1u);
+  state.Advance(1, absl::Now());
+  Slot slot;
+  ASSERT_TRUE(state.Accept(Header(1, 1, 1), &slot, false, absl::Now(), &late).ok());
+  // A duplicate and a stale push: counted, and kept by a checkpoint.
+  EXPECT_EQ(ReasonOf(state.Admit(Header(1, 1, 1), absl::Now(), &late)), v1::ERROR_REASON_DUPLICATE);
+  EXPECT_EQ(ReasonOf(state.Admit(Header(0, 0, 9), absl::Now(), &late)), v1::ERROR_REASON_STALE_WINDOW);
+  v1::CheckpointState open;
+  state.Export(1, &open);  // at shutdown, window 1 open with one contribution
+  EXPECT_EQ(open.counters().accepted(), 3u);
+  EXPECT_EQ(open.workers(1).contributions(), 1u);
+  EXPECT_EQ(open.counters().duplicate(), 1u);
+  EXPECT_EQ(open.counters().stale(), 1u);
+  EXPECT_EQ(open.workers(0).stale(), 1u);
+  WindowState resumed(&spec, 3, absl::Now());
+  resumed.Restore(open, absl::Now());
+  EXPECT_EQ(resumed.accepted(), 3u);
+  EXPECT_EQ(resumed.duplicates(), 1u);
+  EXPECT_EQ(resumed.stale(), 1u);
+  EXPECT_EQ(resumed.members().at(0).stale, 1u);
+}
+
 }  // namespace
 }  // namespace gradacc

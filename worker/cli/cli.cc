@@ -161,6 +161,12 @@ int DashboardCommand(const CliOptions& o) {
   if (!dashboard.ok()) return Fail("dashboard", dashboard.status());
   absl::FPrintF(stderr, "gradacc: dashboard of %s on http://127.0.0.1:%d/ (Ctrl-C stops it)\n", options.server,
                 (*dashboard)->port());
+  if (!options.connection.token.empty()) {
+    absl::FPrintF(stderr,
+                  "gradacc: the dashboard's data needs the token it uses for the server: open "
+                  "http://127.0.0.1:%d/#token=<token>\n",
+                  (*dashboard)->port());
+  }
   if (!o.port_file.empty()) WritePortFile(o.port_file, (*dashboard)->port());
   int signal = 0;
   sigwait(&signals, &signal);

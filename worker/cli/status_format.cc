@@ -91,6 +91,8 @@ std::string ServerLines(const v1::Status& s) {
   absl::StrAppendFormat(&out, "pushes       %d accepted, %d duplicate, %d stale, %d rejected\n",
                         s.contributions_accepted(), s.contributions_duplicate(), s.contributions_stale(),
                         s.contributions_rejected());
+  const std::string slowest = SlowestLabel(s.last_window_arrivals());
+  if (!slowest.empty()) absl::StrAppendFormat(&out, "slowest      %s\n", slowest);
   const std::string checkpoint = CheckpointLabel(s);
   if (!checkpoint.empty()) absl::StrAppendFormat(&out, "checkpoint   %s\n", checkpoint);
   absl::StrAppendFormat(&out, "uptime       %s\n",
@@ -176,6 +178,21 @@ std::string CheckpointLabel(const v1::Status& s) {
   return out;
 }
 
+std::string SlowestLabel(const v1::WindowArrivals& a) {
+  if (a.slowest_worker() < 0) return "";
+  return absl::StrFormat("worker %d in window %d: %s%s behind the median arrival (%s after the opening)%s",
+                         a.slowest_worker(), a.window(), a.slowest_missing() ? "missing, over " : "",
+                         Duration(a.slowest_behind_median_seconds()), Duration(a.median_after_open_seconds()),
+                         a.stragglers_size() > 0 ? absl::StrCat("; stragglers: ", absl::StrJoin(a.stragglers(), ","))
+                                                 : "");
+}
+
+std::string StragglerLabel(const v1::WorkerStatus& w) {
+  if (w.straggler()) return absl::StrFormat("straggler: missing from %d windows in a row", w.late_windows());
+  if (w.late_windows() > 0) return absl::StrFormat("missing from the last %d window(s)", w.late_windows());
+  return "";
+}
+
 std::vector<std::string> StatusAlerts(const v1::Status& s) {
   std::vector<std::string> alerts;
   if (CheckpointsFailing(s)) {
@@ -187,6 +204,14 @@ std::vector<std::string> StatusAlerts(const v1::Status& s) {
         "SERVER BEHIND ITS WORKERS: a worker holds version %d but this server is at version %d (it lost state it "
         "had published)",
         s.workers_ahead_version(), s.version()));
+  }
+  if (s.stragglers_size() > 0) {
+    std::vector<std::string> named;
+    for (const v1::WorkerStatus& w : s.workers()) {
+      if (w.straggler()) named.push_back(absl::StrFormat("worker %d (%d windows)", w.worker(), w.late_windows()));
+    }
+    alerts.push_back(absl::StrFormat("STRAGGLERS: %s missing from %d or more windows in a row",
+                                     absl::StrJoin(named, ", "), s.straggler_windows()));
   }
   return alerts;
 }
@@ -200,8 +225,9 @@ std::string FormatStatusTable(const v1::Status& s) {
 
 std::string FormatStepsTable(const v1::GetStepsResponse& steps) {
   std::string out =
-      absl::StrFormat("%6s %8s %9s %10s %10s %10s %9s %9s %9s %9s %-12s %-8s %s\n", "STEP", "SAMPLES", "LOSS",
-                      "GRAD NORM", "CLIPPED", "LR", "WAIT", "REDUCE", "APPLY", "BCAST", "WORKERS", "MISSING", "LATE");
+      absl::StrFormat("%6s %8s %9s %10s %10s %10s %9s %9s %9s %9s %-12s %-8s %-20s %s\n", "STEP", "SAMPLES", "LOSS",
+                      "GRAD NORM", "CLIPPED", "LR", "WAIT", "REDUCE", "APPLY", "BCAST", "WORKERS", "MISSING", "LATE",
+                      "SLOWEST");
   for (const v1::StepRecord& r : steps.steps()) {
     std::vector<std::string> workers, missing, late;
     for (const auto& c : r.contributions()) {
@@ -212,12 +238,17 @@ std::string FormatStepsTable(const v1::GetStepsResponse& steps) {
     }
     for (uint32_t m : r.missing_workers()) missing.push_back(absl::StrCat(m));
     for (const auto& l : r.late()) late.push_back(absl::StrCat(l.worker(), ":", l.outcome()));
-    absl::StrAppendFormat(&out, "%6d %8d %9.4f %10.4g %10.4g %10.4g %9s %9s %9s %9s %-12s %-8s %s\n", r.step(),
+    const v1::WindowArrivals& a = r.arrivals();
+    const std::string slowest =
+        a.slowest_worker() < 0 ? "-"
+                               : absl::StrCat(a.slowest_worker(), a.slowest_missing() ? " missing, +" : " +",
+                                              Duration(a.slowest_behind_median_seconds()));
+    absl::StrAppendFormat(&out, "%6d %8d %9.4f %10.4g %10.4g %10.4g %9s %9s %9s %9s %-12s %-8s %-20s %s\n", r.step(),
                           r.samples(), r.loss(), r.grad_norm(), r.grad_norm_clipped(), r.lr(),
                           Duration(r.timing().wait_seconds()), Duration(r.timing().reduce_seconds()),
                           Duration(r.timing().apply_seconds()), Duration(r.timing().broadcast_seconds()),
                           absl::StrJoin(workers, ","), missing.empty() ? "-" : absl::StrJoin(missing, ","),
-                          late.empty() ? "-" : absl::StrJoin(late, ","));
+                          late.empty() ? "-" : absl::StrJoin(late, ","), slowest);
   }
   if (steps.steps_size() == 0) out += "(no steps recorded)\n";
   return out;
@@ -228,6 +259,7 @@ google::protobuf::Struct StatusDisplay(const v1::Status& s) {
   auto& fields = *display.mutable_fields();
   fields["state"].set_string_value(JobStateLabel(s.state()));
   fields["checkpoint"].set_string_value(CheckpointLabel(s));
+  fields["slowest"].set_string_value(SlowestLabel(s.last_window_arrivals()));
   auto* alerts = fields["alerts"].mutable_list_value();
   for (const std::string& alert : StatusAlerts(s)) alerts->add_values()->set_string_value(alert);
   auto* workers = fields["workers"].mutable_list_value();
@@ -236,6 +268,7 @@ google::protobuf::Struct StatusDisplay(const v1::Status& s) {
     row["worker"].set_number_value(w.worker());
     row["state"].set_string_value(WorkerStateLabel(w.state()));
     row["transport"].set_string_value(TransportLabel(w, s));
+    row["straggler"].set_string_value(StragglerLabel(w));
   }
   return display;
 }

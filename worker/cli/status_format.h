@@ -25,11 +25,17 @@ std::string ReductionLabel(v1::Reduction reduction);
 // "gRPC (shared memory failed: <why>)", "gRPC (no shared memory: <why>)" or
 // "via worker N (hierarchical)".
 std::string TransportLabel(const v1::WorkerStatus& worker, const v1::Status& status);
+// The last closed window's slowest worker and by how much behind the median
+// ("" when none): "worker 2 in window 7: missing, over 410 ms behind ...".
+std::string SlowestLabel(const v1::WindowArrivals& arrivals);
+// "straggler: missing from 3 windows in a row", "missing from the last 1
+// window(s)", or "".
+std::string StragglerLabel(const v1::WorkerStatus& worker);
 // Durable state in one line ("" when the server keeps no checkpoints and
 // none failed).
 std::string CheckpointLabel(const v1::Status& status);
 // What needs someone's attention, most important first: checkpoints failing
-// (nothing new is published), a server behind its workers.
+// (nothing new is published), a server behind its workers, stragglers.
 std::vector<std::string> StatusAlerts(const v1::Status& status);
 
 std::string FormatStatusTable(const v1::Status& status);
@@ -37,8 +43,9 @@ std::string FormatStatusTable(const v1::Status& status);
 std::string FormatStepsTable(const v1::GetStepsResponse& steps);
 
 // The labels above for a whole status, as the dashboard's page reads them:
-// {"state": ..., "alerts": [...], "checkpoint": ..., "workers": [{"worker",
-// "state", "transport"}, ...]} (in the order of status.workers).
+// {"state": ..., "alerts": [...], "checkpoint": ..., "slowest": ...,
+// "workers": [{"worker", "state", "transport", "straggler"}, ...]} (in the
+// order of status.workers).
 google::protobuf::Struct StatusDisplay(const v1::Status& status);
 
 }  // namespace gradacc

@@ -6,6 +6,9 @@
 //   /api/status  {"connected": bool, "status": gradacc.v1.Status as JSON,
 //                 "display": the labels of StatusDisplay (worker/cli/status_format.h)}
 //   /api/steps   gradacc.v1.GetStepsResponse as JSON (all steps known)
+// Only for requests whose Host header names a host it listens on, and, when
+// it holds a token for its server, /api/... only with that token
+// (worker/dashboard/dashboard_guard.h).
 // Thread-safe; owns its threads and HTTP server.
 #ifndef GRADACC_WORKER_DASHBOARD_DASHBOARD_H_
 #define GRADACC_WORKER_DASHBOARD_DASHBOARD_H_
@@ -30,6 +33,7 @@ class ClientContext;
 
 namespace gradacc {
 
+class DashboardGuard;
 class HttpServer;
 
 struct DashboardOptions {
@@ -68,6 +72,7 @@ class Dashboard {
   View ViewLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   DashboardOptions options_;  // constant after Start
+  std::unique_ptr<DashboardGuard> guard_;  // constant after Start
   std::unique_ptr<HttpServer> http_;
   std::thread follower_;
   Mutex mu_;
@@ -80,7 +85,8 @@ class Dashboard {
 };
 
 // Reads a ledger file (JSON lines of gradacc.v1.StepRecord; a later line for
-// a step supersedes an earlier one).
+// a step supersedes an earlier one). A line that is not a record (cut short
+// by a kill) is skipped; DATA_LOSS when no line is one.
 absl::StatusOr<std::map<uint64_t, v1::StepRecord>> ReadLedger(const std::string& path);
 
 }  // namespace gradacc
