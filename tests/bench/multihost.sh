@@ -188,6 +188,14 @@ made_ns+=("$ns_one")
 ip -n "$ns_one" link set lo up
 say "hosts w0..w3 ($net.11-14), s0..s3 ($net.21-24), links $rate each way, delay $delay; logs in $logs"
 
+# Runs a command (or function) in the background and waits for it, so that
+# SIGINT/SIGTERM reach the trap at once instead of when the command ends
+# (bash runs traps only between foreground commands, but interrupts wait).
+run_bg() {
+  "$@" &
+  wait $!
+}
+
 # Runs CMD on host NAME (its netns and its own hostname), in the background;
 # sets $last_pid.
 on_host_bg() {
@@ -308,11 +316,11 @@ run_gradacc() {
   local tag="$1" p="$2" rph="$3"
   shift 3
   local np=$((4 * rph)) limit=$((600 + (p >> 20) * 40))
-  ip netns exec "${ns_of[hd]}" timeout "$limit" mpirun -np "$np" --host "$(mpi_hosts "$rph")" "${mpi_common[@]}" \
-    "$bench_bin/gradacc_bench_window" --server="$servers" --shm=off --warmup="$warmup" --timeout_s="$limit" \
-    --phase_file="$tmp/$tag.phase" --params_out="$tmp/$tag.params" "$@" 2>"$logs/$tag.err" |
-    collect "${tag%%-*}" "$p" "$tmp/$tag.phase"
-  [[ ${PIPESTATUS[0]} == 0 ]] || say "$tag failed (see $logs/$tag.err)"
+  run_bg ip netns exec "${ns_of[hd]}" timeout "$limit" mpirun -np "$np" --host "$(mpi_hosts "$rph")" \
+    "${mpi_common[@]}" "$bench_bin/gradacc_bench_window" --server="$servers" --shm=off --warmup="$warmup" \
+    --timeout_s="$limit" --phase_file="$tmp/$tag.phase" --params_out="$tmp/$tag.params" "$@" \
+    >"$tmp/$tag.out" 2>"$logs/$tag.err" || say "$tag failed (see $logs/$tag.err)"
+  collect "${tag%%-*}" "$p" "$tmp/$tag.phase" <"$tmp/$tag.out"
 }
 
 # The reference: single server, single host, gRPC; same job, same ranks.
@@ -324,7 +332,7 @@ run_reference() {  # TAG P RANKS WIRE
     --port_file="$tmp/$tag.port" >"$logs/$tag-server.log" 2>&1 &
   server_pids+=("$!")
   for _ in $(seq 300); do [[ -s "$tmp/$tag.port" ]] && break; sleep 0.1; done
-  ip netns exec "$ns_one" timeout 1800 mpirun -np "$np" --oversubscribe --bind-to none --mca btl self,vader \
+  run_bg ip netns exec "$ns_one" timeout 1800 mpirun -np "$np" --oversubscribe --bind-to none --mca btl self,vader \
     "$bench_bin/gradacc_bench_window" --server="127.0.0.1:$port" --shm=off --warmup="$warmup" \
     --wire_format="$4" --params_out="$tmp/$tag.params" >"$logs/$tag.out" 2>"$logs/$tag.err" ||
     say "reference $tag failed (see $logs/$tag.err)"
@@ -387,7 +395,7 @@ for s in "${size_list[@]}"; do
         if [[ $run == 1 ]]; then
           run_gradacc "hier-$p" "$p" 2 --hierarchical
         else  # untimed: the second run only checks determinism
-          run_gradacc "hierb-$p" "$p" 2 --hierarchical >/dev/null
+          run_gradacc "hierb-$p" "$p" 2 --hierarchical
           sed -i '/^hierb,/d' "$results" "$phases"
         fi
       fi
@@ -400,10 +408,11 @@ for s in "${size_list[@]}"; do
     say "P=$s: Open MPI MPI_Allreduce ($([[ $algo == mpi ]] && echo "default tuned" || echo ring)) + Adam"
     extra=()
     [[ $algo == mpi_ring ]] && extra=(--mca coll_tuned_use_dynamic_rules 1 --mca coll_tuned_allreduce_algorithm 4)
-    ip netns exec "${ns_of[hd]}" timeout $((600 + (p >> 20) * 40)) mpirun -np 4 --host "$(mpi_hosts 1)" \
+    run_bg ip netns exec "${ns_of[hd]}" timeout $((600 + (p >> 20) * 40)) mpirun -np 4 --host "$(mpi_hosts 1)" \
       "${mpi_common[@]}" "${extra[@]}" "$bench_bin/gradacc_bench_mpi" --job="$tmp/job-$p-4" --op=allreduce \
       --reps="$reps" --warmup="$warmup" --setting="$algo" --phase_file="$tmp/$algo-$p.phase" \
-      2>"$logs/$algo-$p.err" | collect "$algo" "$p" "$tmp/$algo-$p.phase"
+      >"$tmp/$algo-$p.out" 2>"$logs/$algo-$p.err" || say "$algo failed (see $logs/$algo-$p.err)"
+    collect "$algo" "$p" "$tmp/$algo-$p.phase" <"$tmp/$algo-$p.out"
   done
   if want gloo; then
     if /usr/bin/python3 -c 'import torch.distributed as d; assert d.is_gloo_available()' 2>/dev/null; then
