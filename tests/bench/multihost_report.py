@@ -76,8 +76,8 @@ class Samples:
         return dict(zip(self.header, self.rows[i]))
 
 
-def main():
-    a = parse_args()
+def load(a):
+    """The programs' values, the timed phases and the sampler."""
     values = {}
     for rec in csv.reader(open(a.results)):
         if len(rec) != 4:
@@ -91,11 +91,14 @@ def main():
     for rec in csv.reader(open(a.phases)):
         if len(rec) == 4:
             phases[(rec[0], int(rec[1]))] = (float(rec[2]), float(rec[3]))
-    samples = Samples(a.samples)
+    return values, phases, Samples(a.samples)
+
+
+def figures(a, values, phases, samples):
+    """Per (configuration, P): window, link bytes, busiest link, CPU."""
     rate_bytes = a.rate_bits / 8
     sizes = sorted({k[1] for k in values})
-
-    rows = []  # per (config, P): the figures
+    rows = []
     for p in sizes:
         for config in ORDER:
             w = values.get((config, p, "window_median"))
@@ -115,10 +118,19 @@ def main():
                 r.update(per_link=per_link, busiest=busiest, util=per_link[busiest][2],
                          cpu=(s1["cpu_busy"] - s0["cpu_busy"]) / max(s1["cpu_total"] - s0["cpu_total"], 1))
             rows.append(r)
+    return sizes, rows
 
-    def get(config, p):
-        return next((r for r in rows if r["config"] == config and r["p"] == p), None)
 
+def best_baseline(rows, p):
+    base = [r for r in rows if r["p"] == p and r["config"] in BASELINES and r["window_ms"]]
+    return min((r["window_ms"] for r in base), default=None)
+
+
+def get(rows, config, p):
+    return next((r for r in rows if r["config"] == config and r["p"] == p), None)
+
+
+def header(a):
     md = [f"gradacc multihost benchmark — commit {a.commit}; {a.machine}", "",
           f"4 worker hosts (w0..w3) and 4 server hosts (s0..s3) as network namespaces on one bridge; every "
           f"host's link shaped to {a.rate} each way (tc tbf), delay {a.delay}; {a.per_host} shard processes per "
@@ -132,33 +144,38 @@ def main():
                 ("env", "shards_per_server_host", "", "", "", "", a.per_host, "", "", ""),
                 ("env", "machine", "", "", "", "", a.machine, "", "", ""),
                 ("env", "commit", "", "", "", "", a.commit, "", "", "")]
+    return md, csv_rows
+
+
+def ratios(sizes, rows, md, csv_rows):
     md += ["### Ratios", "", "| check | value | target | status |", "| --- | ---: | --- | --- |"]
     for p in sizes:
-        base = [get(c, p) for c in BASELINES]
-        best = min((r["window_ms"] for r in base if r and r["window_ms"]), default=None)
+        best = best_baseline(rows, p)
         for config, what, target, ok in (("ps4", "separate server hosts", "<= 0.75", lambda v: v <= 0.75),
                                          ("colocated", "co-located shards", "<= 1.1", lambda v: v <= 1.1)):
-            r = get(config, p)
+            r = get(rows, config, p)
             v = r["window_ms"] / best if r and r["window_ms"] and best else None
             status = "—" if v is None else ("ok" if ok(v) else "NOT MET")
             name = f"multihost window / best all-reduce+Adam, P={label(p)}, {what}"
             md.append(f"| {name} | {fmt(v)} | {target} | {status} |")
             csv_rows.append(("ratio", name, p, 4, config, "ratio", "" if v is None else f"{v:.6g}", "x", target,
                              status))
-        r = get("ps4", p)
+        r = get(rows, "ps4", p)
         if r and "util" in r:
             status = "ok" if r["util"] >= 0.8 else "NOT MET"
             name = f"multihost busiest link / shaped rate, P={label(p)}, separate server hosts"
             md.append(f"| {name} | {fmt(r['util'])} | >= 0.8 | {status} |")
             csv_rows.append(("ratio", name, p, 4, "ps4", "ratio", f"{r['util']:.6g}", "x", ">= 0.8", status))
     md.append("")
+
+
+def windows(sizes, rows, md, csv_rows):
     md += ["### Windows", "",
            "| P | configuration | window ms | / best all-reduce | busiest link (use) | per-window MB up/down on it "
            "| CPU | bit-identical |",
            "| ---: | --- | ---: | ---: | --- | --- | ---: | --- |"]
     for p in sizes:
-        base = [get(c, p) for c in BASELINES]
-        best = min((r["window_ms"] for r in base if r and r["window_ms"]), default=None)
+        best = best_baseline(rows, p)
         for r in (x for x in rows if x["p"] == p):
             ratio = r["window_ms"] / best if r["window_ms"] and best else None
             link = r.get("busiest")
@@ -181,6 +198,15 @@ def main():
                 csv_rows.append(("check", f"multihost_{r['config']}", p, 4, r["config"], "bit_identical",
                                  r["same"], "", "identical", "ok" if r["same"] == "identical" else "NOT MET"))
     md.append("")
+
+
+def main():
+    a = parse_args()
+    values, phases, samples = load(a)
+    sizes, rows = figures(a, values, phases, samples)
+    md, csv_rows = header(a)
+    ratios(sizes, rows, md, csv_rows)
+    windows(sizes, rows, md, csv_rows)
     md += ["Floors per window on these links (S = 4P bytes): a parameter server whose pushes and pulls overlap "
            "perfectly needs S / rate; ring all-reduce needs 2(n-1)/n S / rate = 1.5 S / rate at n = 4.", ""]
     with open(a.md, "w") as f:
@@ -188,7 +214,7 @@ def main():
     with open(a.csv, "w", newline="") as f:
         csv.writer(f).writerows(csv_rows)
     print("\n".join(md))
-    chart(a, sizes, rows, rate_bytes)
+    chart(a, sizes, rows, a.rate_bits / 8)
     return 0
 
 
