@@ -76,9 +76,9 @@ absl::StatusOr<v1::PushResponse> Client::PushImpl(bool* duplicate, int* attempts
   // wave of interleaved shards keeps every server host's link busy) while
   // the shards already pushed are pulled: a shard steps as soon as every
   // worker's part is in, so the links carry the next wave's pushes while
-  // the new parameters of the last wave come back. A shard
-  // that already has the part acknowledges a duplicate, so pushing every
-  // shard again after a failure is safe.
+  // the new parameters of the last wave come back. A shard that already
+  // has the part acknowledges a duplicate, so pushing every shard again
+  // after a failure is safe.
   struct Outcome {
     v1::PushResponse response;
     bool duplicate = false;
