@@ -22,6 +22,7 @@
 #include "gradacc/v1/data.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/status_probe.h"
+#include "tests/http_client.h"
 #include "tests/subprocess.h"
 #include "worker/dashboard/dashboard.h"
 
@@ -53,29 +54,8 @@ std::unique_ptr<Subprocess> StartWorker(const std::string& dir, const std::strin
                                   {"--micro_batches=2", absl::StrCat("--step_delay_ms=", delay_ms)});
 }
 
-// A plain HTTP/1.1 GET on loopback (test-side only).
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = htons(port);
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ::close(fd);
-    return "";
-  }
-  const std::string req = absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-  (void)!::write(fd, req.data(), req.size());
-  std::string out;
-  char buf[8192];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof(buf))) > 0) out.append(buf, n);
-  ::close(fd);
-  const size_t body = out.find("\r\n\r\n");
-  return body == std::string::npos ? "" : out.substr(body + 4);
-}
+// The body of a plain HTTP/1.1 GET on loopback (tests/http_client.h).
+std::string HttpGet(int port, const std::string& path) { return testing::HttpGet(port, path).body; }
 
 // name{labels} -> value, from the Prometheus text format.
 std::map<std::string, double> ParseMetrics(const std::string& text) {
