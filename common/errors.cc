@@ -64,6 +64,7 @@ ReasonInfo InfoOf(v1::ErrorReason reason) {
     case v1::ERROR_REASON_DUPLICATE:
       return {C::kAlreadyExists, v1::CLIENT_ACTION_ACKNOWLEDGED};
     case v1::ERROR_REASON_JOB_DONE:
+    case v1::ERROR_REASON_VERSION_GONE:
       return {C::kFailedPrecondition, v1::CLIENT_ACTION_STOP};
     case v1::ERROR_REASON_SERVER_BEHIND:
       return {C::kDataLoss, v1::CLIENT_ACTION_STOP};

@@ -229,6 +229,15 @@ absl::Status WriteCheckpoint(const std::string& dir, const ModelLayout& layout, 
   return absl::OkStatus();
 }
 
+absl::StatusOr<Checkpoint> LoadCheckpointOfVersion(const std::string& dir, uint64_t version) {
+  const std::string name = absl::StrFormat("%s%020d", kPrefix, version);
+  const std::vector<std::string> names = ListCheckpoints(dir);
+  if (std::find(names.begin(), names.end(), name) == names.end()) {
+    return absl::NotFoundError(absl::StrCat("no checkpoint of version ", version, " in '", dir, "'"));
+  }
+  return LoadOne(dir, name);
+}
+
 absl::StatusOr<Checkpoint> LoadNewestCheckpoint(const std::string& dir, std::vector<std::string>* notes) {
   const std::vector<std::string> names = ListCheckpoints(dir);
   if (names.empty()) return absl::NotFoundError(absl::StrCat("no checkpoint in '", dir, "'"));

@@ -51,6 +51,10 @@ std::vector<std::string> RemoveTemporaryCheckpoints(const std::string& dir);
 // no checkpoint at all; DATA_LOSS when it holds only corrupt ones.
 absl::StatusOr<Checkpoint> LoadNewestCheckpoint(const std::string& dir, std::vector<std::string>* notes);
 
+// The checkpoint of exactly `version`, verified; NOT_FOUND when there is
+// none (not kept), DATA_LOSS when it is corrupt.
+absl::StatusOr<Checkpoint> LoadCheckpointOfVersion(const std::string& dir, uint64_t version);
+
 // Folder names of the checkpoints in `dir`, newest first.
 std::vector<std::string> ListCheckpoints(const std::string& dir);
 

@@ -40,6 +40,7 @@ ShardExchange::ShardExchange(uint32_t shard, std::vector<std::string> peers, std
     channels_.push_back(i == shard_ ? nullptr
                                     : grpc::CreateCustomChannel(peers_[i], grpc::InsecureChannelCredentials(), args));
   }
+  monitor_ = std::make_unique<PeerMonitor>(shard_, peers_, channels_, token_);
 }
 
 ShardExchange::~ShardExchange() = default;

@@ -19,6 +19,7 @@
 #include "common/mutex.h"
 #include "gradacc/v1/control.pb.h"
 #include "server/norm_exchange.h"
+#include "server/peer_monitor.h"
 
 namespace grpc {
 class Channel;
@@ -48,6 +49,8 @@ class ShardExchange final : public NormExchange {
   const std::string& token() const { return token_; }
   // The channel to shard i (null for this shard).
   std::shared_ptr<grpc::Channel> channel(size_t i) const { return channels_[i]; }
+  // Each peer's health, as the monitor last saw it (index = shard).
+  std::vector<PeerMonitor::Health> PeerHealth() const { return monitor_->Get(); }
 
  private:
   // Fetches shard `peer`'s part of `window`, waiting for it (bounded).
@@ -70,6 +73,7 @@ class ShardExchange final : public NormExchange {
   std::map<uint64_t, Waiter> waiters_ ABSL_GUARDED_BY(mu_);
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<grpc::ClientContext*> in_flight_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<PeerMonitor> monitor_;  // last: stopped first
 };
 
 }  // namespace gradacc

@@ -109,7 +109,8 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
                         progress_.last_loss()};
   publisher_ = std::make_unique<VersionPublisher>(
       MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true),
-      deadlines_.get(), options_.max_pull_wait);
+      deadlines_.get(), options_.max_pull_wait, /*keep_previous=*/options_.num_shards > 1,
+      options_.num_shards > 1 && restored != nullptr ? PreviousVersion(version) : nullptr);
   ScheduleDeadline(version);
   thread_ = std::make_unique<TaskThread>();
 }
@@ -353,9 +354,40 @@ void Trainer::OnDeadline(uint64_t window) {
   if (closing.has_value()) Close(std::move(*closing));
 }
 
+std::shared_ptr<const ParamSnapshot> Trainer::PreviousVersion(uint64_t version) {
+  if (version == 0) return nullptr;
+  absl::StatusOr<Checkpoint> previous = LoadCheckpointOfVersion(options_.checkpoint_dir, version - 1);
+  if (!previous.ok()) {
+    restore_notes_.push_back(absl::StrCat("version ", version - 1, " is not available to workers that need it (",
+                                          previous.status().message(), ")"));
+    return nullptr;
+  }
+  SnapshotFields fields{version - 1, false,
+                        LearningRateAt(spec_.optimizer(), spec_.schedule(), version >= 2 ? version - 2 : 0), 0};
+  return MakeSnapshot(layout_, range_, previous->params.span(), fields, options_.pull_chunk_elements, true);
+}
+
 uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done, int64_t worker,
-                                 std::optional<uint64_t> pushed_key) {
+                                 std::optional<uint64_t> pushed_key, bool exact) {
   const bool known = worker >= 0 && static_cast<uint64_t>(worker) < num_workers_;
+  if (exact) {
+    if (std::shared_ptr<const ParamSnapshot> held = publisher_->Exact(min_version); held != nullptr) {
+      if (known) {
+        MutexLock lock(&mu_);
+        state_.members().Seen(static_cast<uint32_t>(worker), absl::Now());
+      }
+      done(std::move(held));
+      return 0;
+    }
+    const uint64_t current = publisher_->Current()->version;
+    if (min_version < current) {
+      done(Refusal(v1::ERROR_REASON_VERSION_GONE,
+                   absl::StrFormat("version %d is gone from shard %d (it holds versions %d and, when sharded, %d)",
+                                   min_version, options_.shard, current, current == 0 ? 0 : current - 1),
+                   {{"version", absl::StrCat(current)}}));
+      return 0;
+    }
+  }
   if (known) {
     const std::shared_ptr<const ParamSnapshot> current = publisher_->Current();
     const bool parks = current->version < min_version && !current->job_done();

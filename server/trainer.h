@@ -162,8 +162,11 @@ class Trainer {
   // a pull that would park fails at once (CONTRIBUTION_LOST) when `worker`
   // has no contribution with that key here. Returns an id for CancelWait, 0
   // when `done` already ran.
+  // `exact` (PullRequest.exact_version): exactly min_version, which a
+  // sharded server still holds when it is the version before the current
+  // one; an older one fails at once (VERSION_GONE).
   uint64_t WaitForVersion(uint64_t min_version, SnapshotCallback done, int64_t worker = -1,
-                          std::optional<uint64_t> pushed_key = std::nullopt);
+                          std::optional<uint64_t> pushed_key = std::nullopt, bool exact = false);
   // Drops a parked pull; its callback is not called afterwards. False when
   // it already ran or is running.
   bool CancelWait(uint64_t id, int64_t worker = -1);
@@ -208,6 +211,9 @@ class Trainer {
   void FlushLedger() { ledger_.Flush(); }
 
  private:
+  // The snapshot of `version` - 1 from its checkpoint (a resumed shard keeps
+  // serving it, see PullRequest.exact_version), or null with a note.
+  std::shared_ptr<const ParamSnapshot> PreviousVersion(uint64_t version);
   Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, FlatRange range, FloatBuffer params,
           std::unique_ptr<Optimizer> optimizer, Failpoints failpoints, const Checkpoint* restored);
 

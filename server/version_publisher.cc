@@ -57,12 +57,24 @@ std::shared_ptr<const ParamSnapshot> MakeSnapshot(const ModelLayout& layout, Fla
 }
 
 VersionPublisher::VersionPublisher(std::shared_ptr<const ParamSnapshot> initial, DeadlineQueue* deadlines,
-                                   absl::Duration max_wait)
-    : deadlines_(deadlines), max_wait_(max_wait), current_(std::move(initial)) {}
+                                   absl::Duration max_wait, bool keep_previous,
+                                   std::shared_ptr<const ParamSnapshot> previous)
+    : deadlines_(deadlines),
+      max_wait_(max_wait),
+      keep_previous_(keep_previous),
+      current_(std::move(initial)),
+      previous_(keep_previous ? std::move(previous) : nullptr) {}
 
 std::shared_ptr<const ParamSnapshot> VersionPublisher::Current() const {
   MutexLock lock(&mu_);
   return current_;
+}
+
+std::shared_ptr<const ParamSnapshot> VersionPublisher::Exact(uint64_t version) const {
+  MutexLock lock(&mu_);
+  if (current_->version == version) return current_;
+  if (previous_ != nullptr && previous_->version == version && previous_->has_chunks) return previous_;
+  return nullptr;
 }
 
 uint64_t VersionPublisher::Wait(uint64_t min_version, Callback done) {
@@ -115,6 +127,7 @@ std::vector<VersionPublisher::Ready> VersionPublisher::Publish(std::shared_ptr<c
   std::vector<uint64_t> timers;
   {
     MutexLock lock(&mu_);
+    if (keep_previous_ && current_->version < snapshot->version) previous_ = std::move(current_);
     current_ = snapshot;
     for (auto it = parked_.begin(); it != parked_.end();) {
       if (it->second.min_version <= snapshot->version || snapshot->job_done()) {

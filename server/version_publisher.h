@@ -66,10 +66,17 @@ class VersionPublisher {
   // A callback with its argument, ready to run outside the locks.
   using Ready = std::function<void()>;
 
-  VersionPublisher(std::shared_ptr<const ParamSnapshot> initial, DeadlineQueue* deadlines,
-                   absl::Duration max_wait);
+  // `keep_previous` (sharded servers): the version before the current one
+  // stays available to Exact (see PullRequest.exact_version); `previous` is
+  // that version when the server starts (a resumed shard reads it from its
+  // previous checkpoint), or null.
+  VersionPublisher(std::shared_ptr<const ParamSnapshot> initial, DeadlineQueue* deadlines, absl::Duration max_wait,
+                   bool keep_previous = false, std::shared_ptr<const ParamSnapshot> previous = nullptr);
 
   std::shared_ptr<const ParamSnapshot> Current() const;
+  // The snapshot of exactly `version` when it is the current one or the
+  // kept previous one (with its chunks); null otherwise.
+  std::shared_ptr<const ParamSnapshot> Exact(uint64_t version) const;
   // Calls `done` with the snapshot of a version >= min_version (at once
   // when it exists or the job is done), else parks it. Returns an id for
   // Cancel, 0 when `done` already ran.
@@ -94,7 +101,9 @@ class VersionPublisher {
   DeadlineQueue* const deadlines_;
   const absl::Duration max_wait_;
   mutable Mutex mu_;
+  const bool keep_previous_;
   std::shared_ptr<const ParamSnapshot> current_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<const ParamSnapshot> previous_ ABSL_GUARDED_BY(mu_);  // keep_previous_ only
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, Parked> parked_ ABSL_GUARDED_BY(mu_);

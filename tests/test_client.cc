@@ -25,6 +25,7 @@ ABSL_FLAG(int, first_window_micro_batches, 0,
           "given another number pushes a different contribution for a window the server already holds");
 ABSL_FLAG(int, chunk_elements, 100, "elements per pushed chunk");
 ABSL_FLAG(int, step_delay_ms, 0, "sleep this long in every window (a slow worker)");
+ABSL_FLAG(int, window_timeout_s, 60, "give up on a window after this long");
 ABSL_FLAG(bool, shared_memory, true, "use shared memory when the server is on this host");
 ABSL_FLAG(std::string, wire_format, "f32", "f32, bf16 or f16 through gRPC");
 ABSL_FLAG(std::string, tls_ca, "", "PEM CA of the server");
@@ -52,7 +53,7 @@ int main(int argc, char** argv) {
   }
   options.wire_format = *wire;
   options.connect_timeout = absl::Seconds(20);
-  options.window_timeout = absl::Seconds(60);
+  options.window_timeout = absl::Seconds(absl::GetFlag(FLAGS_window_timeout_s));
   options.connection.tls_ca_file = absl::GetFlag(FLAGS_tls_ca);
   options.connection.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.connection.tls_key_file = absl::GetFlag(FLAGS_tls_key);

@@ -18,7 +18,8 @@ PullReactor::PullReactor(Trainer* trainer, const v1::PullRequest& request)
   // later on the thread that publishes the version.
   const uint64_t id = trainer_->WaitForVersion(
       request.min_version(), [this](auto snapshot) { OnSnapshot(std::move(snapshot)); }, request.worker(),
-      request.has_contribution_key() ? std::optional<uint64_t>(request.contribution_key()) : std::nullopt);
+      request.has_contribution_key() ? std::optional<uint64_t>(request.contribution_key()) : std::nullopt,
+      request.exact_version());
   MutexLock lock(&mu_);
   if (id != 0 && !resolved_) wait_id_ = id;
   TsanRelease(this);

@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/strings/str_cat.h"
 #include "common/tsan.h"
 #include "gradacc/v1/control.grpc.pb.h"
 
@@ -35,7 +36,11 @@ StatusReactor::StatusReactor(Trainer* trainer, ShardExchange* exchange, bool loc
     p->context.AddMetadata("x-gradacc-local", "1");
     if (!exchange_->token().empty()) p->context.AddMetadata("authorization", "Bearer " + exchange_->token());
     p->stub = v1::ControlPlane::NewStub(exchange_->channel(i));
-    p->stub->async()->GetStatus(&p->context, &request_, &p->status, [this, i](grpc::Status s) { PeerDone(i, s.ok()); });
+    p->stub->async()->GetStatus(&p->context, &request_, &p->status, [this, i](grpc::Status s) {
+      peers_[i]->error = s.error_message().empty() && !s.ok() ? absl::StrCat("gRPC code ", s.error_code())
+                                                               : s.error_message();
+      PeerDone(i, s.ok());
+    });
   }
 }
 
@@ -51,13 +56,18 @@ void StatusReactor::PeerDone(size_t i, bool ok) {
 }
 
 void StatusReactor::Summarise() {
+  const std::vector<PeerMonitor::Health> health = exchange_->PeerHealth();
   for (size_t i = 0; i < peers_.size(); ++i) {
     const Peer& p = *peers_[i];
     v1::ShardSummary* summary = response_->add_shards();
     summary->set_shard(static_cast<uint32_t>(i));
     summary->set_address(exchange_->peers()[i]);
     summary->set_reachable(p.ok);
-    if (!p.ok) continue;
+    if (!health[i].reachable) summary->set_away_since_unix_micros(absl::ToUnixMicros(health[i].away_since));
+    if (!p.ok) {
+      summary->set_error(!p.error.empty() ? p.error : health[i].error);
+      continue;
+    }
     summary->set_step(p.status.step());
     summary->set_state(p.status.state());
     summary->set_contributions_received(p.status.window().contributions_received());

@@ -34,6 +34,7 @@ class StatusReactor final : public grpc::ServerUnaryReactor {
     grpc::ClientContext context;
     v1::Status status;
     bool ok = false;
+    std::string error;
   };
   void PeerDone(size_t i, bool ok);
   void Summarise();

@@ -95,6 +95,19 @@ std::string ServerLines(const v1::Status& s) {
   if (!slowest.empty()) absl::StrAppendFormat(&out, "slowest      %s\n", slowest);
   const std::string checkpoint = CheckpointLabel(s);
   if (!checkpoint.empty()) absl::StrAppendFormat(&out, "checkpoint   %s\n", checkpoint);
+  for (const v1::ShardSummary& shard : s.shards()) {
+    if (shard.reachable()) {
+      absl::StrAppendFormat(&out, "shard %-6d %s  step %d, window %d/%d, elements [%d, %d)\n", shard.shard(),
+                            shard.address(), shard.step(), shard.contributions_received(),
+                            shard.contributions_expected(), shard.shard_begin(), shard.shard_end());
+    } else {
+      absl::StrAppendFormat(&out, "shard %-6d %s  NOT REACHABLE%s: %s\n", shard.shard(), shard.address(),
+                            shard.away_since_unix_micros() != 0
+                                ? " since " + Ago(shard.away_since_unix_micros(), s.server_time_unix_micros())
+                                : "",
+                            shard.error());
+    }
+  }
   absl::StrAppendFormat(&out, "uptime       %s\n",
                         absl::FormatDuration(absl::Seconds(static_cast<int64_t>(s.uptime_seconds()))));
   return out;
@@ -204,6 +217,16 @@ std::vector<std::string> StatusAlerts(const v1::Status& s) {
         "SERVER BEHIND ITS WORKERS: a worker holds version %d but this server is at version %d (it lost state it "
         "had published)",
         s.workers_ahead_version(), s.version()));
+  }
+  for (const v1::ShardSummary& shard : s.shards()) {
+    if (shard.reachable()) continue;
+    alerts.push_back(absl::StrFormat("SHARD AWAY: shard %d (%s) does not answer%s (%s); the job cannot step until it "
+                                     "is back (restart it with the same flags)",
+                                     shard.shard(), shard.address(),
+                                     shard.away_since_unix_micros() != 0
+                                         ? " since " + Ago(shard.away_since_unix_micros(), s.server_time_unix_micros())
+                                         : "",
+                                     shard.error()));
   }
   if (s.stragglers_size() > 0) {
     std::vector<std::string> named;

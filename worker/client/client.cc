@@ -100,7 +100,7 @@ absl::Status Client::JoinShard(size_t i, const std::string& job_id, absl::Time d
   grpc::ClientContext ctx;
   PrepareCall(ctx, options_.connection.token, deadline, /*wait_for_ready=*/true);
   return FromGrpcStatus(shards_[i].stubs->data->Join(&ctx, JoinRequestFor(job_id), response),
-                        "join " + shards_[i].address);
+                        "join " + NameOf(shards_[i]));
 }
 
 absl::Status Client::AdoptShard(size_t i, const v1::JoinResponse& response) {
@@ -126,14 +126,15 @@ absl::Status Client::AdoptShard(size_t i, const v1::JoinResponse& response) {
 }
 
 absl::Status Client::JoinAndFetch(absl::Time give_up) {
-  uint64_t first_window = 0, version = 0;
+  uint64_t version = 0, newest = 0, wait = 0;  // wait: windows until this worker's first (elastic)
   for (size_t i = 0; i < shards_.size(); ++i) {
     v1::JoinResponse response;
     GRADACC_RETURN_IF_ERROR(
         JoinShard(i, options_.job_id, std::max(give_up, absl::Now() + options_.rpc_timeout), &response));
     GRADACC_RETURN_IF_ERROR(AdoptShard(i, response));
-    first_window = std::max<uint64_t>(first_window, response.window());
+    wait = std::max<uint64_t>(wait, response.window() - std::min(response.window(), response.version()));
     version = i == 0 ? response.version() : std::min<uint64_t>(version, response.version());
+    newest = std::max<uint64_t>(newest, response.version());
   }
   if (shards_.back().end != layout_.num_elements()) {
     return absl::FailedPreconditionError("the shards' element ranges do not cover the model");
@@ -146,9 +147,16 @@ absl::Status Client::JoinAndFetch(absl::Time give_up) {
   }
   SetUpSharedMemory();
   // Fetch the current parameters (whatever version the server is at); an
-  // elastic job may make the next window this worker's first.
-  GRADACC_RETURN_IF_ERROR(Pull(version, options_.rpc_timeout));
-  if (first_window > version_) GRADACC_RETURN_IF_ERROR(Pull(first_window, options_.window_timeout));
+  // elastic job may make the next window this worker's first. Shards one
+  // version apart wait for contributions to the older window, maybe this
+  // worker's (it was restarted between pushing to one shard and another):
+  // take the older version everywhere and compute that window again.
+  if (newest > version) {
+    GRADACC_RETURN_IF_ERROR(PullExact(version, options_.rpc_timeout));
+  } else {
+    GRADACC_RETURN_IF_ERROR(Pull(version, options_.rpc_timeout));
+  }
+  if (wait > 0) GRADACC_RETURN_IF_ERROR(Pull(version_ + wait, options_.window_timeout));
   return absl::OkStatus();
 }
 
@@ -213,7 +221,7 @@ absl::StatusOr<StepResult> Client::Step() {
   while (rounds.Next()) {
     for (int hop = 0; hop < kMaxPhasesPerRound; ++hop) {
       last = absl::OkStatus();
-      absl::StatusOr<StepPhase> next = phase == StepPhase::kPush   ? StepPush(result, last)
+      absl::StatusOr<StepPhase> next = phase == StepPhase::kPush   ? StepPush(result, deadline, last)
                                        : phase == StepPhase::kPull ? StepPull(result, deadline, last)
                                                                    : StepRejoin(result, deadline);
       if (!next.ok()) return next.status();
@@ -223,14 +231,16 @@ absl::StatusOr<StepResult> Client::Step() {
     }
   }
   if (last.ok()) last = absl::DeadlineExceededError("no progress");
-  return Annotate(last, absl::StrFormat("window %d did not close (%d attempts within %s)", result.window,
-                                        rounds.attempts(), absl::FormatDuration(options_.window_timeout)));
+  const std::string away = UnreachableShards();
+  return Annotate(last, absl::StrFormat("window %d did not close (%d attempts within %s)%s", result.window,
+                                        rounds.attempts(), absl::FormatDuration(options_.window_timeout),
+                                        away.empty() ? "" : ": " + away));
 }
 
-absl::StatusOr<Client::StepPhase> Client::StepPush(StepResult& result, absl::Status& last) {
+absl::StatusOr<Client::StepPhase> Client::StepPush(StepResult& result, absl::Time deadline, absl::Status& last) {
   // A sharded job on gRPC pulls each shard as soon as it is pushed.
   const bool pull_ahead = shards_.size() > 1 && grad_segment_ == nullptr && params_segment_ == nullptr;
-  absl::StatusOr<v1::PushResponse> pushed = PushImpl(&result.duplicate, &result.push_attempts, pull_ahead);
+  absl::StatusOr<v1::PushResponse> pushed = PushImpl(&result.duplicate, &result.push_attempts, pull_ahead, deadline);
   if (pushed.ok()) return StepPhase::kPull;
   const absl::Status& status = pushed.status();
   switch (ActionOf(status)) {
@@ -344,7 +354,7 @@ absl::Status Client::Leave() {
       v1::LeaveResponse response;
       grpc::ClientContext ctx;
       PrepareCall(ctx, options_.connection.token, deadline, /*wait_for_ready=*/true);
-      return FromGrpcStatus(shard.stubs->data->Leave(&ctx, request, &response), "leave " + shard.address);
+      return FromGrpcStatus(shard.stubs->data->Leave(&ctx, request, &response), "leave " + NameOf(shard));
     });
     if (result.ok()) result = left;
   }

@@ -211,6 +211,13 @@ class Client {
     uint64_t begin = 0, end = 0;
   };
 
+  // "shard i (host:port)" in a sharded job, else the address: what errors
+  // name.
+  std::string NameOf(const Shard& shard) const;
+  // The shards whose channel cannot connect, named, for an error ("" when
+  // none).
+  std::string UnreachableShards() const;
+
   // Where Step goes next.
   enum class StepPhase { kPush, kPull, kRejoin, kDone };
 
@@ -241,7 +248,8 @@ class Client {
   // are pushed in order, as many at once as there are server hosts, and
   // each is pulled (version + 1) as soon as its push is acknowledged; when every shard answered that version,
   // ahead_ holds its header and the pull of StepPull is already done.
-  absl::StatusOr<v1::PushResponse> PushImpl(bool* duplicate, int* attempts, bool pull_ahead);
+  // Gives up at `deadline` (Step's window deadline; Push: window_timeout).
+  absl::StatusOr<v1::PushResponse> PushImpl(bool* duplicate, int* attempts, bool pull_ahead, absl::Time deadline);
   // staging_ ready for a pull (before shards are pulled at once).
   void PrepareStaging();
   // Runs fn(i) for every shard at once (one thread each beyond the
@@ -250,9 +258,9 @@ class Client {
   // Pushes to one shard, retrying; `attempts_for_key` counts this key's
   // attempts on it.
   absl::StatusOr<v1::PushResponse> PushShard(Shard& shard, v1::PushRequest header, uint32_t& attempts_for_key,
-                                             bool* duplicate, int* attempts);
+                                             bool* duplicate, int* attempts, absl::Time deadline);
   // One push stream to one shard: the header, then the chunks it owns.
-  absl::Status PushOnce(Shard& shard, v1::PushRequest& header, v1::PushResponse* response);
+  absl::Status PushOnce(Shard& shard, v1::PushRequest& header, v1::PushResponse* response, absl::Time deadline);
   // The gradients' bytes in `format`: grad_ itself (f32 on a little-endian
   // host) or wire_scratch_, encoded once per push. Thread-safe (the shards'
   // streams run at once).
@@ -261,10 +269,16 @@ class Client {
   // themselves (f32) or over wire_scratch_ (the compressed formats).
   bool WriteChunks(const Shard& shard, const v1::PushHeader& header, grpc::ClientWriter<grpc::ByteBuffer>& writer);
   // Every shard, on the same version (one attempt each).
+  // `exact`: exactly min_version from every shard (PullRequest.exact_version).
   absl::Status PullAllShards(uint64_t min_version, absl::Time deadline, std::optional<uint64_t> pushed_key,
-                             v1::ParametersHeader* header);
+                             v1::ParametersHeader* header, bool exact = false);
+  // `group`: the pull is one of several (call_group.h); it fails the group
+  // when it fails, and is cancelled when another fails.
   absl::Status PullShard(Shard& shard, uint64_t min_version, absl::Time deadline, v1::ParametersHeader* header,
-                         std::optional<uint64_t> pushed_key);
+                         std::optional<uint64_t> pushed_key, bool exact = false, class CallGroup* group = nullptr);
+  // Exactly `version` from every shard, installed: a worker that joins while
+  // the shards are one version apart takes the older one.
+  absl::Status PullExact(uint64_t version, absl::Duration timeout);
   // Reads one pull stream's messages into staging_ (a chunk's payload is
   // copied once, from gRPC's slices to its place); the elements received.
   uint64_t ReadParameters(const Shard& shard, grpc::ClientContext& ctx, grpc::ClientReader<grpc::ByteBuffer>& reader,
@@ -276,7 +290,7 @@ class Client {
   void InstallPulled(const v1::ParametersHeader& header);
   // Step's phases: each returns where to go next, or the status Step ends
   // with; a recoverable failure is kept in `last` for the final error.
-  absl::StatusOr<StepPhase> StepPush(StepResult& result, absl::Status& last);
+  absl::StatusOr<StepPhase> StepPush(StepResult& result, absl::Time deadline, absl::Status& last);
   absl::StatusOr<StepPhase> StepPull(StepResult& result, absl::Time deadline, absl::Status& last);
   absl::StatusOr<StepPhase> StepRejoin(StepResult& result, absl::Time deadline);
 

@@ -10,11 +10,13 @@
 #include "absl/base/config.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/errors.h"
 #include "common/grpc_status.h"
 #include "common/kernels.h"
 #include "common/status_macros.h"
 #include "common/wire.h"
+#include "worker/client/call_group.h"
 #include "worker/client/client.h"
 #include "worker/client/stubs.h"
 
@@ -55,10 +57,11 @@ v1::PushRequest Client::PushHeaderMessage() const {
 }
 
 absl::StatusOr<v1::PushResponse> Client::Push(bool* duplicate, int* attempts_out) {
-  return PushImpl(duplicate, attempts_out, /*pull_ahead=*/false);
+  return PushImpl(duplicate, attempts_out, /*pull_ahead=*/false, absl::Now() + options_.window_timeout);
 }
 
-absl::StatusOr<v1::PushResponse> Client::PushImpl(bool* duplicate, int* attempts_out, bool pull_ahead) {
+absl::StatusOr<v1::PushResponse> Client::PushImpl(bool* duplicate, int* attempts_out, bool pull_ahead,
+                                                  absl::Time deadline) {
   if (micro_batches_ == 0) {
     return Refusal(v1::ERROR_REASON_NOTHING_TO_PUSH,
                    absl::StrFormat("nothing to push: no micro-batch was added since window %d opened (call "
@@ -94,7 +97,8 @@ absl::StatusOr<v1::PushResponse> Client::PushImpl(bool* duplicate, int* attempts
   Mutex turn_mu;
   size_t pushed = 0;  // shards whose push finished (pulling ahead)
   const size_t wave = std::max<size_t>(1, server_hosts_);
-  const absl::Time pull_deadline = absl::Now() + options_.window_timeout;
+  const absl::Time pull_deadline = deadline;
+  CallGroup pulls;  // a failure cancels the pulls parked on other shards
   absl::Status status = ForEachShard([&](size_t i) -> absl::Status {
     Outcome& o = outcomes[i];
     auto my_turn = [&pushed, i, wave] { return pushed + wave > i; };
@@ -102,14 +106,17 @@ absl::StatusOr<v1::PushResponse> Client::PushImpl(bool* duplicate, int* attempts
       MutexLock lock(&turn_mu);
       turn_mu.Await(Condition(&my_turn));
     }
-    auto r = PushShard(shards_[i], header, o.attempts_for_key, &o.duplicate, &o.attempts);
+    auto r = PushShard(shards_[i], header, o.attempts_for_key, &o.duplicate, &o.attempts, deadline);
     if (pull_ahead) {
       MutexLock lock(&turn_mu);
       ++pushed;
     }
-    if (!r.ok()) return r.status();
+    if (!r.ok()) {
+      pulls.Fail();
+      return r.status();
+    }
     o.response = *std::move(r);
-    if (pull_ahead) o.pulled = PullShard(shards_[i], version_ + 1, pull_deadline, &o.header, version_);
+    if (pull_ahead) o.pulled = PullShard(shards_[i], version_ + 1, pull_deadline, &o.header, version_, false, &pulls);
     return absl::OkStatus();
   });
   if (pull_ahead && status.ok() &&
@@ -138,10 +145,30 @@ absl::Status Client::ForEachShard(const std::function<absl::Status(size_t)>& fn)
   for (size_t i = 1; i < shards_.size(); ++i) threads.emplace_back([&, i] { results[i] = fn(i); });
   results[0] = fn(0);
   for (std::thread& t : threads) t.join();
+  // A deadline that ran out is often only a consequence (a pull parked on
+  // a shard that waits for another): report a shard's own failure first.
+  for (absl::Status& r : results) {
+    if (!r.ok() && !absl::IsDeadlineExceeded(r) && !absl::IsCancelled(r)) return r;
+  }
   for (absl::Status& r : results) {
     if (!r.ok()) return r;
   }
   return absl::OkStatus();
+}
+
+std::string Client::NameOf(const Shard& shard) const {
+  if (shards_.size() <= 1) return shard.address;
+  return absl::StrFormat("shard %d (%s)", &shard - shards_.data(), shard.address);
+}
+
+std::string Client::UnreachableShards() const {
+  std::vector<std::string> away;
+  for (const Shard& shard : shards_) {
+    const grpc_connectivity_state state = shard.stubs->channel->GetState(/*try_to_connect=*/false);
+    if (state == GRPC_CHANNEL_TRANSIENT_FAILURE || state == GRPC_CHANNEL_SHUTDOWN) away.push_back(NameOf(shard));
+  }
+  if (away.empty()) return "";
+  return absl::StrCat(absl::StrJoin(away, ", "), away.size() == 1 ? " does" : " do", " not answer");
 }
 
 const char* Client::WirePayload(v1::WireFormat format) {
@@ -166,16 +193,16 @@ const char* Client::WirePayload(v1::WireFormat format) {
 }
 
 absl::StatusOr<v1::PushResponse> Client::PushShard(Shard& shard, v1::PushRequest header, uint32_t& attempts_for_key,
-                                                   bool* duplicate, int* attempts_out) {
+                                                   bool* duplicate, int* attempts_out, absl::Time deadline) {
   header.mutable_header()->set_num_elements(shard.end - shard.begin);
   v1::PushResponse response;
   absl::Status status = Retry(
-      options_.retry, absl::Now() + options_.window_timeout,
+      options_.retry, deadline,
       [&](int attempt) {
         if (attempts_out != nullptr) *attempts_out = attempt;
         header.mutable_header()->set_attempt(++attempts_for_key);
         response.Clear();
-        return PushOnce(shard, header, &response);
+        return PushOnce(shard, header, &response, deadline);
       },
       ShouldPushAgain);
   const bool acknowledged = ActionOf(status) == v1::CLIENT_ACTION_ACKNOWLEDGED;
@@ -186,14 +213,16 @@ absl::StatusOr<v1::PushResponse> Client::PushShard(Shard& shard, v1::PushRequest
   }
   if (!status.ok()) {
     return Annotate(status,
-                    absl::StrFormat("push of window %d by worker %d to %s", version_, options_.worker, shard.address));
+                    absl::StrFormat("push of window %d by worker %d to %s", version_, options_.worker, NameOf(shard)));
   }
   return response;
 }
 
-absl::Status Client::PushOnce(Shard& shard, v1::PushRequest& header, v1::PushResponse* response) {
+absl::Status Client::PushOnce(Shard& shard, v1::PushRequest& header, v1::PushResponse* response,
+                              absl::Time deadline) {
   grpc::ClientContext ctx;
-  PrepareCall(ctx, options_.connection.token, absl::Now() + options_.rpc_timeout, /*wait_for_ready=*/true);
+  PrepareCall(ctx, options_.connection.token, std::min(deadline, absl::Now() + options_.rpc_timeout),
+              /*wait_for_ready=*/true);
   grpc::ByteBuffer answer;
   auto writer = shard.stubs->RawPush(&ctx, &answer);
   // Shared memory: the gradients are in the segment already; the header
@@ -244,18 +273,37 @@ absl::Status Client::Pull(uint64_t min_version, absl::Duration timeout, v1::Para
   return absl::OkStatus();
 }
 
+absl::Status Client::PullExact(uint64_t version, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  v1::ParametersHeader header;
+  GRADACC_RETURN_IF_ERROR(Retry(options_.retry, deadline, [&](int) {
+    return PullAllShards(version, deadline, std::nullopt, &header, /*exact=*/true);
+  }));
+  InstallPulled(header);
+  return absl::OkStatus();
+}
+
 absl::Status Client::PullAllShards(uint64_t min_version, absl::Time deadline, std::optional<uint64_t> pushed_key,
-                                   v1::ParametersHeader* header) {
+                                   v1::ParametersHeader* header, bool exact) {
   std::vector<v1::ParametersHeader> headers(shards_.size());
   uint64_t want = min_version;
   PrepareStaging();
+  if (exact) {
+    CallGroup group;
+    GRADACC_RETURN_IF_ERROR(ForEachShard([&](size_t i) {
+      return PullShard(shards_[i], want, deadline, &headers[i], pushed_key, /*exact=*/true, &group);
+    }));
+    *header = headers[0];
+    return absl::OkStatus();
+  }
   // Every shard must hand over the same version; a shard that lags (another
   // worker's window may be closing) is asked again for the newest one seen.
   for (int round = 0; round < kShardRounds; ++round) {
     uint64_t newest = 0, oldest = ~uint64_t{0};
+    CallGroup group;
     auto pull = [&](size_t i) {
       if (round > 0 && headers[i].version() >= want) return absl::OkStatus();
-      return PullShard(shards_[i], want, deadline, &headers[i], pushed_key);
+      return PullShard(shards_[i], want, deadline, &headers[i], pushed_key, false, &group);
     };
     if (params_segment_ == nullptr) {
       GRADACC_RETURN_IF_ERROR(ForEachShard(pull));  // every shard at once
@@ -303,21 +351,31 @@ void Client::InstallPulled(const v1::ParametersHeader& header) {
 }
 
 absl::Status Client::PullShard(Shard& shard, uint64_t min_version, absl::Time deadline,
-                               v1::ParametersHeader* header_out, std::optional<uint64_t> pushed_key) {
+                               v1::ParametersHeader* header_out, std::optional<uint64_t> pushed_key, bool exact,
+                               CallGroup* group) {
   v1::PullRequest request;
   request.set_job_id(job_.job_id());
   request.set_worker(options_.worker);
   request.set_min_version(min_version);
+  request.set_exact_version(exact);
   request.set_shared_memory(params_segment_ != nullptr);
   if (pushed_key.has_value()) request.set_contribution_key(*pushed_key);
   grpc::ClientContext ctx;
   PrepareCall(ctx, options_.connection.token, deadline, /*wait_for_ready=*/true);
+  if (group != nullptr && !group->Add(&ctx)) {
+    return absl::CancelledError(absl::StrFormat("pull from %s not started: another shard's failed", NameOf(shard)));
+  }
   auto reader = shard.stubs->RawPull(&ctx, request);
   v1::ParametersHeader header;
   bool have_header = false;
   const uint64_t received = ReadParameters(shard, ctx, *reader, &header, &have_header);
+  const grpc::Status finished = reader->Finish();
+  if (group != nullptr) {
+    group->Remove(&ctx);
+    if (!finished.ok()) group->Fail();
+  }
   GRADACC_RETURN_IF_ERROR(
-      FromGrpcStatus(reader->Finish(), absl::StrFormat("pull of version >= %d from %s", min_version, shard.address)));
+      FromGrpcStatus(finished, absl::StrFormat("pull of version >= %d from %s", min_version, NameOf(shard))));
   if (have_header && header.shared_memory() && received == 0) {
     if (params_segment_ != nullptr && ReadSharedParameters(header.version())) {
       *header_out = header;
@@ -327,12 +385,12 @@ absl::Status Client::PullShard(Shard& shard, uint64_t min_version, absl::Time de
     // segment any more): this pull goes through gRPC.
     DetachSharedMemory();
     shm_note_ = "the parameter segment changed while read; pulling through gRPC";
-    return PullShard(shard, min_version, deadline, header_out, pushed_key);
+    return PullShard(shard, min_version, deadline, header_out, pushed_key, exact);
   }
   const uint64_t expect = shard.end - shard.begin;
   if (!have_header || received != expect) {
     return absl::DataLossError(absl::StrFormat("pull of version >= %d from %s: incomplete parameters (%d of %d)",
-                                               min_version, shard.address, received, expect));
+                                               min_version, NameOf(shard), received, expect));
   }
   *header_out = header;
   return absl::OkStatus();
