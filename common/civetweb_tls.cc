@@ -6,6 +6,7 @@
 #include <openssl/ssl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <mutex>
 #include <vector>
 
@@ -27,8 +28,9 @@ std::vector<std::string> CompatDirs() {
     path = path.substr(0, path.rfind('/'));
     dirs.push_back(path.substr(0, path.rfind('/')) + "/lib/gradacc");
   }
-  dirs.push_back(GRADACC_TLS_COMPAT_INSTALL_DIR);
-  dirs.push_back(GRADACC_TLS_COMPAT_BUILD_DIR);
+  for (const char* dir : {GRADACC_TLS_COMPAT_INSTALL_DIR, GRADACC_TLS_COMPAT_BUILD_DIR}) {
+    if (std::find(dirs.begin(), dirs.end(), dir) == dirs.end()) dirs.push_back(dir);
+  }
   return dirs;
 }
 
