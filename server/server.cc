@@ -99,7 +99,6 @@ absl::StatusOr<ConnectionOptions> PeerConnection(const ServerOptions& options) {
 // /metrics over HTTPS when the server has a certificate; with tokens on,
 // only for a reader or worker token (401 otherwise).
 absl::StatusOr<std::unique_ptr<HttpServer>> StartMetrics(const ServerOptions& options, Trainer* trainer) {
-  GRADACC_RETURN_IF_ERROR(CheckPlaintext(options, options.metrics_listen, "metrics on"));
   HttpServerOptions http;
   http.listen = options.metrics_listen;
   http.tls_cert_file = options.tls_cert_file;
@@ -128,6 +127,9 @@ absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::Jo
                                                                     const ServerOptions& options) {
   auto credentials = Credentials(options);
   if (!credentials.ok()) return credentials.status();
+  if (!options.metrics_listen.empty()) {
+    GRADACC_RETURN_IF_ERROR(CheckPlaintext(options, options.metrics_listen, "metrics on"));
+  }
   std::unique_ptr<GradaccServer> server(new GradaccServer());
   TrainerOptions trainer_options = options.trainer;
   if (trainer_options.num_shards > 1) {
