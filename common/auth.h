@@ -21,7 +21,7 @@ enum class Role {
 struct TokenSet {
   std::string worker;  // empty: not configured
   std::string reader;
-  std::string shard;   // what sharded servers present to each other
+  std::string shard;  // what sharded servers present to each other
   bool enabled() const { return !worker.empty() || !reader.empty() || !shard.empty(); }
 };
 

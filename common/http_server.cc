@@ -69,8 +69,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const HttpServerOp
                               nullptr};
   server->context_ = mg_start(&callbacks, server.get(), mg_options);
   if (server->context_ == nullptr) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve ", server->scheme(), " on '", options.listen, "'"));
+    return absl::UnavailableError(absl::StrCat("cannot serve ", server->scheme(), " on '", options.listen, "'"));
   }
   mg_set_request_handler(server->context_, "/", &HttpServer::Dispatch, server.get());
   mg_server_port mg_ports[4];

@@ -12,8 +12,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/files.h"
-#include "common/status_macros.h"
 #include "common/http_server.h"
+#include "common/status_macros.h"
 #include "common/wire.h"
 #include "server/metrics.h"
 #include "server/rpc/control_plane_service.h"
@@ -139,9 +139,9 @@ absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::Jo
     }
     auto connection = PeerConnection(options);
     if (!connection.ok()) return connection.status();
-    auto exchange = ShardExchange::Create(trainer_options.shard, options.shard_peers,
-                                          spec.job_id().empty() ? "default" : spec.job_id(), *connection,
-                                          options.shard_timeout);
+    auto exchange =
+        ShardExchange::Create(trainer_options.shard, options.shard_peers,
+                              spec.job_id().empty() ? "default" : spec.job_id(), *connection, options.shard_timeout);
     if (!exchange.ok()) return exchange.status();
     server->exchange_ = *std::move(exchange);
     trainer_options.exchange = server->exchange_.get();

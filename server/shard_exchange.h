@@ -36,8 +36,7 @@ class ShardExchange final : public NormExchange {
   // dialled); `connection` says how to reach them (its server is ignored).
   // INVALID_ARGUMENT when the TLS files or the token cannot be used.
   static absl::StatusOr<std::unique_ptr<ShardExchange>> Create(uint32_t shard, std::vector<std::string> peers,
-                                                               std::string job_id,
-                                                               const ConnectionOptions& connection,
+                                                               std::string job_id, const ConnectionOptions& connection,
                                                                absl::Duration timeout);
   ~ShardExchange() override;
 

@@ -11,7 +11,7 @@
 namespace gradacc::testing {
 
 struct HttpReply {
-  int status = 0;  // 0: no answer
+  int status = 0;       // 0: no answer
   bool tls = false;     // HttpsGet: the TLS handshake succeeded
   std::string headers;  // the status line and headers
   std::string body;

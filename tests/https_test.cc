@@ -3,11 +3,11 @@
 // OpenSSL 3 (common/civetweb_tls.h); starting, using and stopping HTTPS
 // servers leaves gRPC's TLS working, and certificate problems are reported
 // naming the file.
-#include <fstream>
-#include <memory>
-
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/server_credentials.h>
+
+#include <fstream>
+#include <memory>
 
 #include "absl/strings/match.h"
 #include "common/http_server.h"

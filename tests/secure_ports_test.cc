@@ -4,6 +4,7 @@
 // a peer without the right certificate or token; /metrics over HTTPS needs
 // a token while gRPC's TLS keeps working in the same process; the dashboard
 // over HTTPS; no plaintext beyond loopback unless told.
+#include <grpcpp/grpcpp.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -11,8 +12,6 @@
 
 #include <cstring>
 #include <fstream>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -43,8 +42,16 @@ using testing::Subprocess;
 constexpr char kShardedJob[] = R"pb(
   job_id: "secure-shards"
   model {
-    tensors { name: "w" shape: [160, 33] init { uniform { low: -0.5 high: 0.5 } } }
-    tensors { name: "b" shape: [33] init { constant: 0.1 } }
+    tensors {
+      name: "w"
+      shape: [ 160, 33 ]
+      init { uniform { low: -0.5 high: 0.5 } }
+    }
+    tensors {
+      name: "b"
+      shape: [ 33 ]
+      init { constant: 0.1 }
+    }
   }
   optimizer { kind: KIND_ADAM lr: 0.01 }
   window { num_workers: 2 micro_batches: 2 }
@@ -57,7 +64,16 @@ constexpr int kShards = 3;
 
 constexpr char kSmallJob[] = R"pb(
   job_id: "secure-ports"
-  model { tensors { name: "w" shape: [16, 8] } tensors { name: "b" shape: [8] } }
+  model {
+    tensors {
+      name: "w"
+      shape: [ 16, 8 ]
+    }
+    tensors {
+      name: "b"
+      shape: [ 8 ]
+    }
+  }
   optimizer { kind: KIND_SGD lr: 0.1 }
   window { num_workers: 2 micro_batches: 1 }
   total_steps: 5
@@ -214,10 +230,10 @@ TEST(SecurePortsTest, ShardsOverMutualTlsWithTokensTrainLikeOnePlaintextServer) 
     const std::string sd = absl::StrCat(dir, "/shard", i);
     ::mkdir(sd.c_str(), 0700);
     std::vector<std::string> flags = ServerSecurityFlags();
-    for (const std::string& f : {"--job=" + dir + "/job.textproto", absl::StrCat("--shard=", i),
-                                 absl::StrCat("--num_shards=", kShards), "--shard_peers=" + peers,
-                                 "--shard_token_file=" + pki.Path("shard.token"),
-                                 "--output=" + sd + "/final.safetensors"}) {
+    for (const std::string& f :
+         {"--job=" + dir + "/job.textproto", absl::StrCat("--shard=", i), absl::StrCat("--num_shards=", kShards),
+          "--shard_peers=" + peers, "--shard_token_file=" + pki.Path("shard.token"),
+          "--output=" + sd + "/final.safetensors"}) {
       flags.push_back(f);
     }
     auto s = ServerProcess::Start(sd, flags, ports[i]);
@@ -275,8 +291,8 @@ TEST(SecurePortsTest, ShardedServersRefuseIncompleteSecurity) {
   const Pki& pki = Pki::Get();
   const std::string dir = testing::MakeTempDir("secure_shard_flags");
   const std::string peers = absl::StrCat("127.0.0.1:", FreePort(), ",127.0.0.1:", FreePort());
-  const std::vector<std::string> sharded = {GRADACC_SERVER_BIN, "--num_shards=2", "--shard=0",
-                                            "--shard_peers=" + peers, "--listen=" + peers.substr(0, peers.find(','))};
+  const std::vector<std::string> sharded = {GRADACC_SERVER_BIN, "--num_shards=2", "--shard=0", "--shard_peers=" + peers,
+                                            "--listen=" + peers.substr(0, peers.find(','))};
   auto run = [&](std::vector<std::string> extra) {
     std::vector<std::string> argv = sharded;
     argv.insert(argv.end(), extra.begin(), extra.end());
@@ -291,8 +307,8 @@ TEST(SecurePortsTest, ShardedServersRefuseIncompleteSecurity) {
   EXPECT_NE(no_ca.exit_code, 0);
   EXPECT_TRUE(absl::StrContains(no_ca.output, "--shard_tls_ca")) << no_ca.output;
   // The shard token may not be another role's.
-  auto same = run({"--worker_token_file=" + pki.Path("worker.token"),
-                   "--shard_token_file=" + pki.Path("worker.token")});
+  auto same =
+      run({"--worker_token_file=" + pki.Path("worker.token"), "--shard_token_file=" + pki.Path("worker.token")});
   EXPECT_NE(same.exit_code, 0);
   EXPECT_TRUE(absl::StrContains(same.output, "must differ")) << same.output;
 }
@@ -355,9 +371,13 @@ TEST(SecurePortsTest, DashboardOverHttpsWithItsToken) {
   flags.push_back("--job=" + dir + "/job.textproto");
   auto server = ServerProcess::Start(dir, flags);
   ASSERT_TRUE(server.ok()) << server.status();
-  std::vector<std::string> argv = {GRADACC_CLI_BIN, "dashboard", "--server=" + (*server)->address(),
-                                   "--listen=127.0.0.1:0", "--port_file=" + dir + "/dashboard.port",
-                                   "--token_file=" + pki.Path("reader.token"), "--https_cert=" + pki.Path("server.pem"),
+  std::vector<std::string> argv = {GRADACC_CLI_BIN,
+                                   "dashboard",
+                                   "--server=" + (*server)->address(),
+                                   "--listen=127.0.0.1:0",
+                                   "--port_file=" + dir + "/dashboard.port",
+                                   "--token_file=" + pki.Path("reader.token"),
+                                   "--https_cert=" + pki.Path("server.pem"),
                                    "--https_key=" + pki.Path("server.key")};
   for (const std::string& f : ClientTlsFlags()) argv.push_back(f);
   auto dashboard = Subprocess::Start(argv, dir + "/dashboard.log");
@@ -372,8 +392,8 @@ TEST(SecurePortsTest, DashboardOverHttpsWithItsToken) {
   EXPECT_TRUE(absl::StrContains(page.body, "<html")) << page.body.substr(0, 200);
   EXPECT_EQ(HttpsGet(port, "/api/status", ca).status, 401);
   EXPECT_EQ(HttpsGet(port, "/api/status", ca, Bearer(kWorkerToken)).status, 401);
-  EXPECT_EQ(HttpsGet(port, "/api/status", ca, {{"Authorization", std::string("Bearer ") + kReaderToken},
-                                              {"Host", "evil.example:80"}})
+  EXPECT_EQ(HttpsGet(port, "/api/status", ca,
+                     {{"Authorization", std::string("Bearer ") + kReaderToken}, {"Host", "evil.example:80"}})
                 .status,
             403);
   // Data with the token, once the dashboard follows the server over TLS.
@@ -395,8 +415,8 @@ TEST(SecurePortsTest, DashboardOverHttpsWithItsToken) {
 
 TEST(SecurePortsTest, NoPlaintextBeyondLoopbackUnlessTold) {
   const std::string dir = testing::MakeTempDir("secure_plaintext");
-  auto metrics = RunCommand({GRADACC_SERVER_BIN, "--listen=127.0.0.1:0", "--metrics_listen=0.0.0.0:0"},
-                            absl::Seconds(20));
+  auto metrics =
+      RunCommand({GRADACC_SERVER_BIN, "--listen=127.0.0.1:0", "--metrics_listen=0.0.0.0:0"}, absl::Seconds(20));
   EXPECT_NE(metrics.exit_code, 0);
   EXPECT_TRUE(absl::StrContains(metrics.output, "refusing plaintext metrics on '0.0.0.0:0'")) << metrics.output;
   auto dashboard = RunCommand({GRADACC_CLI_BIN, "dashboard", "--server=", "--listen=0.0.0.0:0"}, absl::Seconds(20));

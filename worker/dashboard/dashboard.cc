@@ -76,9 +76,9 @@ absl::StatusOr<std::unique_ptr<Dashboard>> Dashboard::Start(const DashboardOptio
     d->steps_ = std::move(*steps);
   }
   if (options.https_cert_file.empty() && !options.allow_remote_plaintext && !IsLoopbackListen(options.listen)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "refusing to serve the dashboard in plain HTTP on '", options.listen,
-        "': give it --https_cert/--https_key, listen on loopback, or pass --allow_remote_plaintext"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("refusing to serve the dashboard in plain HTTP on '", options.listen,
+                     "': give it --https_cert/--https_key, listen on loopback, or pass --allow_remote_plaintext"));
   }
   d->guard_ = std::make_unique<DashboardGuard>(options.listen, options.connection.token);
   Dashboard* self = d.get();
