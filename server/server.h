@@ -41,7 +41,8 @@ struct ServerOptions {
   // Bearer tokens; none configured = no token checks. A sharded server with
   // tokens needs tokens.shard (what shards present to each other).
   TokenSet tokens;
-  // Without TLS the server refuses non-loopback addresses unless this is set.
+  // Without TLS the server refuses non-loopback addresses (its gRPC and
+  // metrics addresses, its peer shards') unless this is set.
   bool allow_remote_plaintext = false;
   // Sharded job: every shard's gRPC address, in shard order (this shard's
   // own entry included); trainer.shard / trainer.num_shards say which.
