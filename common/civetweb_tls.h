@@ -8,11 +8,13 @@
 // (the unversioned names exist only with libssl-dev installed), and it
 // requires every function of its table, among them SSL_get_peer_certificate
 // — which OpenSSL 3 only has as a macro for SSL_get1_peer_certificate. So
-// loading fails ("cannot find SSL_get_peer_certificate"), and civetweb's
-// failure path is unsound: it dlcloses libssl but keeps its half-filled
-// function table and its count of users, so the next mg_start "succeeds"
-// and serves TLS through that table (libssl.so.3 is NODELETE, so the
-// pointers stay mapped): handshakes complete, then every request is reset.
+// loading fails ("cannot find SSL_get_peer_certificate": no HTTPS at all),
+// and civetweb's failure path is unsound: it dlcloses libssl but keeps its
+// half-filled function table and its count of users, so after a failed
+// mg_init_library(MG_FEATURES_TLS) the next mg_start can "succeed" and
+// serve TLS through that table (libssl.so.3 is NODELETE, so the pointers
+// stay mapped): in our runs the handshake completed and the process died
+// of SIGSEGV on the first request.
 //
 // The fix: two shared objects built with the project (common/tls_compat/),
 // whose SONAMEs are "libcrypto.so" and "libssl.so", are loaded by absolute
