@@ -24,8 +24,6 @@ const char* ReasonPhrase(int status) {
       return "Forbidden";
     case 404:
       return "Not Found";
-    case 405:
-      return "Method Not Allowed";
     default:
       return "Error";
   }

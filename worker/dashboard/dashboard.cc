@@ -67,6 +67,11 @@ absl::StatusOr<std::map<uint64_t, v1::StepRecord>> ReadLedger(const std::string&
 }
 
 absl::StatusOr<std::unique_ptr<Dashboard>> Dashboard::Start(const DashboardOptions& options) {
+  if (options.https_cert_file.empty() && !options.allow_remote_plaintext && !IsLoopbackListen(options.listen)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("refusing to serve the dashboard in plain HTTP on '", options.listen,
+                     "': give it --https_cert/--https_key, listen on loopback, or pass --allow_remote_plaintext"));
+  }
   std::unique_ptr<Dashboard> d(new Dashboard());
   d->options_ = options;
   if (!options.ledger.empty()) {
@@ -74,11 +79,6 @@ absl::StatusOr<std::unique_ptr<Dashboard>> Dashboard::Start(const DashboardOptio
     if (!steps.ok()) return steps.status();
     MutexLock lock(&d->mu_);
     d->steps_ = std::move(*steps);
-  }
-  if (options.https_cert_file.empty() && !options.allow_remote_plaintext && !IsLoopbackListen(options.listen)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("refusing to serve the dashboard in plain HTTP on '", options.listen,
-                     "': give it --https_cert/--https_key, listen on loopback, or pass --allow_remote_plaintext"));
   }
   d->guard_ = std::make_unique<DashboardGuard>(options.listen, options.connection.token);
   Dashboard* self = d.get();
