@@ -87,11 +87,13 @@ Role RoleOf(const TokenSet& tokens, absl::string_view authorization) {
   if (!absl::StartsWith(authorization, kBearer)) return Role::kNone;
   const absl::string_view token = authorization.substr(kBearer.size());
   if (token.empty()) return Role::kNone;
-  // Both comparisons always run: timing says nothing about which matched.
+  // Every comparison always runs: timing says nothing about which matched.
   const bool worker = !tokens.worker.empty() && ConstantTimeEquals(token, tokens.worker);
   const bool reader = !tokens.reader.empty() && ConstantTimeEquals(token, tokens.reader);
+  const bool shard = !tokens.shard.empty() && ConstantTimeEquals(token, tokens.shard);
   if (worker) return Role::kWorker;
   if (reader) return Role::kReader;
+  if (shard) return Role::kShard;
   return Role::kNone;
 }
 

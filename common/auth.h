@@ -13,14 +13,16 @@ namespace gradacc {
 
 enum class Role {
   kNone,    // no or unknown token
-  kReader,  // may read status and the ledger
+  kReader,  // may read status and the ledger (and /metrics)
   kWorker,  // may also join, push, pull, leave and report metrics
+  kShard,   // a peer shard: may only fetch norm partials and per-shard status
 };
 
 struct TokenSet {
   std::string worker;  // empty: not configured
   std::string reader;
-  bool enabled() const { return !worker.empty() || !reader.empty(); }
+  std::string shard;  // what sharded servers present to each other
+  bool enabled() const { return !worker.empty() || !reader.empty() || !shard.empty(); }
 };
 
 // The secret in `file` (surrounding whitespace removed) when `file` is set,

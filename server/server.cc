@@ -13,20 +13,17 @@
 #include "absl/strings/str_format.h"
 #include "common/files.h"
 #include "common/http_server.h"
+#include "common/status_macros.h"
 #include "common/wire.h"
 #include "server/metrics.h"
 #include "server/rpc/control_plane_service.h"
 #include "server/rpc/data_plane_service.h"
 #include "server/shard_exchange.h"
+#include "worker/client/channel.h"
 
 namespace gradacc {
 
 namespace {
-
-bool IsLoopback(const std::string& listen) {
-  const std::string host = listen.substr(0, listen.rfind(':'));
-  return host == "127.0.0.1" || host == "localhost" || host == "[::1]" || absl::StartsWith(host, "127.");
-}
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const ServerOptions& options) {
   if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
@@ -34,7 +31,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
   }
   if (options.tls_cert_file.empty()) {
     if (!options.tls_client_ca_file.empty()) return absl::InvalidArgumentError("--tls_client_ca needs --tls_cert");
-    if (!IsLoopback(options.listen) && !options.allow_remote_plaintext) {
+    if (!IsLoopbackListen(options.listen) && !options.allow_remote_plaintext) {
       return absl::FailedPreconditionError(absl::StrCat(
           "refusing to serve plaintext on '", options.listen,
           "': without --tls_cert/--tls_key the server listens on loopback only; pass "
@@ -57,12 +54,82 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> Credentials(const Serve
   return grpc::SslServerCredentials(ssl);
 }
 
+// Plaintext beyond loopback only when told (every port: gRPC, /metrics, the
+// shards' channels).
+absl::Status CheckPlaintext(const ServerOptions& options, const std::string& address, const char* what) {
+  if (!options.tls_cert_file.empty() || IsLoopbackListen(address) || options.allow_remote_plaintext) {
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "refusing plaintext ", what, " '", address,
+      "': without --tls_cert/--tls_key only loopback addresses are used; pass --allow_remote_plaintext for a "
+      "trusted network"));
+}
+
+// How this shard reaches its peers: over TLS when it serves TLS (verifying
+// them with --shard_tls_ca, presenting its own certificate for mutual TLS),
+// with the shard token when tokens are on.
+absl::StatusOr<ConnectionOptions> PeerConnection(const ServerOptions& options) {
+  const TokenSet& tokens = options.tokens;
+  if (tokens.enabled() && (tokens.shard.empty() || tokens.worker.empty())) {
+    return absl::FailedPreconditionError(
+        "a sharded server with tokens needs --worker_token_file and --shard_token_file (the token shards present "
+        "to each other)");
+  }
+  if (!tokens.shard.empty() && (tokens.shard == tokens.worker || tokens.shard == tokens.reader)) {
+    return absl::InvalidArgumentError("the shard token must differ from the worker and reader tokens");
+  }
+  ConnectionOptions c;
+  c.token = tokens.shard;
+  for (const std::string& peer : options.shard_peers) {
+    if (absl::Status plain = CheckPlaintext(options, peer, "channel to shard"); !plain.ok()) return plain;
+  }
+  if (options.tls_cert_file.empty()) return c;
+  c.tls_ca_file = options.shard_tls_ca_file.empty() ? options.tls_client_ca_file : options.shard_tls_ca_file;
+  if (c.tls_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "a sharded server with TLS needs --shard_tls_ca (or --tls_client_ca): the CA that signed the other shards' "
+        "certificates");
+  }
+  c.tls_cert_file = options.tls_cert_file;
+  c.tls_key_file = options.tls_key_file;
+  return c;
+}
+
+// /metrics over HTTPS when the server has a certificate; with tokens on,
+// only for a reader or worker token (401 otherwise).
+absl::StatusOr<std::unique_ptr<HttpServer>> StartMetrics(const ServerOptions& options, Trainer* trainer) {
+  HttpServerOptions http;
+  http.listen = options.metrics_listen;
+  http.tls_cert_file = options.tls_cert_file;
+  http.tls_key_file = options.tls_key_file;
+  const TokenSet tokens = options.tokens;
+  return HttpServer::Start(http, [trainer, tokens](const HttpRequest& request) {
+    HttpResponse response;
+    const Role role = RoleOf(tokens, request.authorization);
+    if (tokens.enabled() && role != Role::kReader && role != Role::kWorker) {
+      response.status = 401;
+      response.body = "gradacc-server: /metrics needs the reader (or worker) token: Authorization: Bearer <token>\n";
+    } else if (request.path == "/metrics") {
+      response.content_type = "text/plain; version=0.0.4; charset=utf-8";
+      response.body = RenderPrometheus(trainer->GetStatus(), trainer->Counters());
+    } else {
+      response.status = 404;
+      response.body = "gradacc-server: metrics are at /metrics\n";
+    }
+    return response;
+  });
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::JobSpec& spec,
                                                                     const ServerOptions& options) {
   auto credentials = Credentials(options);
   if (!credentials.ok()) return credentials.status();
+  if (!options.metrics_listen.empty()) {
+    GRADACC_RETURN_IF_ERROR(CheckPlaintext(options, options.metrics_listen, "metrics on"));
+  }
   std::unique_ptr<GradaccServer> server(new GradaccServer());
   TrainerOptions trainer_options = options.trainer;
   if (trainer_options.num_shards > 1) {
@@ -70,13 +137,13 @@ absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::Jo
       return absl::InvalidArgumentError(absl::StrFormat(
           "--shard_peers must list all %d shards' addresses in shard order", trainer_options.num_shards));
     }
-    if (!options.tls_cert_file.empty()) {
-      return absl::UnimplementedError("sharded servers talk to each other in plaintext; TLS between shards is not "
-                                      "supported yet");
-    }
-    server->exchange_ = std::make_unique<ShardExchange>(trainer_options.shard, options.shard_peers,
-                                                        spec.job_id().empty() ? "default" : spec.job_id(),
-                                                        options.tokens.worker, options.shard_timeout);
+    auto connection = PeerConnection(options);
+    if (!connection.ok()) return connection.status();
+    auto exchange =
+        ShardExchange::Create(trainer_options.shard, options.shard_peers,
+                              spec.job_id().empty() ? "default" : spec.job_id(), *connection, options.shard_timeout);
+    if (!exchange.ok()) return exchange.status();
+    server->exchange_ = *std::move(exchange);
     trainer_options.exchange = server->exchange_.get();
   }
   auto trainer = Trainer::Create(spec, trainer_options);
@@ -101,18 +168,7 @@ absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::Jo
     return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen, "'"));
   }
   if (!options.metrics_listen.empty()) {
-    Trainer* trainer = server->trainer_.get();
-    auto http = HttpServer::Start(options.metrics_listen, [trainer](const HttpRequest& request) {
-      HttpResponse response;
-      if (request.path == "/metrics") {
-        response.content_type = "text/plain; version=0.0.4; charset=utf-8";
-        response.body = RenderPrometheus(trainer->GetStatus(), trainer->Counters());
-      } else {
-        response.status = 404;
-        response.body = "gradacc-server: metrics are at /metrics\n";
-      }
-      return response;
-    });
+    auto http = StartMetrics(options, server->trainer_.get());
     if (!http.ok()) return http.status();
     server->metrics_ = std::move(*http);
   }

@@ -29,20 +29,27 @@ struct ServerOptions {
   std::string listen = "127.0.0.1:0";  // host:port; port 0 = pick a free one
   TrainerOptions trainer;
   int max_message_bytes = 64 << 20;
-  // HOST:PORT for Prometheus /metrics over HTTP; empty = none.
+  // HOST:PORT for Prometheus /metrics; empty = none. Over HTTPS with the
+  // server's certificate when it has one; with tokens, only for the reader
+  // or worker token (401 otherwise).
   std::string metrics_listen;
   // TLS: PEM files. With client_ca_file, clients must present a certificate
   // signed by that CA (mutual TLS).
   std::string tls_cert_file;
   std::string tls_key_file;
   std::string tls_client_ca_file;
-  // Bearer tokens; none configured = no token checks.
+  // Bearer tokens; none configured = no token checks. A sharded server with
+  // tokens needs tokens.shard (what shards present to each other).
   TokenSet tokens;
-  // Without TLS the server refuses non-loopback addresses unless this is set.
+  // Without TLS the server refuses non-loopback addresses (its gRPC and
+  // metrics addresses, its peer shards') unless this is set.
   bool allow_remote_plaintext = false;
   // Sharded job: every shard's gRPC address, in shard order (this shard's
   // own entry included); trainer.shard / trainer.num_shards say which.
   std::vector<std::string> shard_peers;
+  // With TLS: the CA that signed the peers' certificates (empty: the
+  // client CA). Shards present tls_cert_file as client certificate.
+  std::string shard_tls_ca_file;
   absl::Duration shard_timeout = absl::Minutes(5);
 };
 

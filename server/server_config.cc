@@ -38,12 +38,22 @@ ABSL_FLAG(std::string, worker_token_file, "",
           "file holding the worker bearer token (join, push, pull); default: $GRADACC_WORKER_TOKEN");
 ABSL_FLAG(std::string, reader_token_file, "",
           "file holding the read-only bearer token (status, ledger); default: $GRADACC_READER_TOKEN");
-ABSL_FLAG(bool, allow_remote_plaintext, false, "serve non-loopback addresses without TLS (trusted networks only)");
+ABSL_FLAG(std::string, shard_token_file, "",
+          "file holding the bearer token sharded servers present to each other (accepted only for the norm "
+          "exchange and per-shard status; required on sharded servers with tokens); default: $GRADACC_SHARD_TOKEN");
+ABSL_FLAG(bool, allow_remote_plaintext, false,
+          "without TLS, still serve (gRPC and /metrics) and dial shards on non-loopback addresses (trusted "
+          "networks only)");
 ABSL_FLAG(int, shard, 0, "this server's shard (0-based) of a sharded job");
 ABSL_FLAG(int, num_shards, 1, "shards the parameters are split over (each owns a contiguous flat range)");
 ABSL_FLAG(std::vector<std::string>, shard_peers, {},
-          "every shard's HOST:PORT in shard order, this one included (sharded jobs)");
-ABSL_FLAG(std::string, metrics_listen, "", "HOST:PORT to serve Prometheus /metrics on (port 0: a free one)");
+          "every shard's HOST:PORT in shard order, this one included (sharded jobs); with --tls_cert the shards "
+          "dial each other over TLS, presenting --tls_cert/--tls_key as client certificate");
+ABSL_FLAG(std::string, shard_tls_ca, "",
+          "PEM CA that signed the other shards' certificates (sharded jobs with TLS; default: --tls_client_ca)");
+ABSL_FLAG(std::string, metrics_listen, "",
+          "HOST:PORT to serve Prometheus /metrics on (port 0: a free one); HTTPS with --tls_cert/--tls_key, and "
+          "with tokens only for the reader or worker token (Authorization: Bearer)");
 ABSL_FLAG(std::string, metrics_port_file, "", "write the metrics port to this file once serving");
 ABSL_FLAG(std::string, shared_memory_dir, "/dev/shm",
           "tmpfs folder for the shared-memory segments of workers on this host; empty = gRPC only");
@@ -135,8 +145,10 @@ void Announce(const ServerConfig& config, GradaccServer& server) {
   for (const std::string& note : t.restore_notes()) absl::FPrintF(stderr, "gradacc-server: %s\n", note);
   const ModelLayout& layout = t.layout();
   if (t.num_shards() > 1) {
-    absl::FPrintF(stderr, "gradacc-server: shard %d of %d: flat elements [%d, %d) of %d\n", t.shard(),
-                  t.num_shards(), t.begin(), t.end(), layout.num_elements());
+    absl::FPrintF(stderr, "gradacc-server: shard %d of %d: flat elements [%d, %d) of %d; peers over %s%s\n",
+                  t.shard(), t.num_shards(), t.begin(), t.end(), layout.num_elements(),
+                  options.tls_cert_file.empty() ? "plaintext" : "TLS (this server's certificate as client certificate)",
+                  options.tokens.shard.empty() ? "" : " with the shard token");
   }
   absl::FPrintF(stderr,
                 "gradacc-server: serving job '%s' on port %d: %d tensors, %d parameters, %d workers x %d "
@@ -144,7 +156,9 @@ void Announce(const ServerConfig& config, GradaccServer& server) {
                 t.spec().job_id(), server.port(), layout.tensors().size(), layout.num_elements(),
                 t.spec().window().num_workers(), t.spec().window().micro_batches(), t.spec().total_steps());
   if (server.metrics_port() != 0) {
-    absl::FPrintF(stderr, "gradacc-server: Prometheus metrics on port %d at /metrics\n", server.metrics_port());
+    absl::FPrintF(stderr, "gradacc-server: Prometheus metrics on port %d at /metrics (%s%s)\n", server.metrics_port(),
+                  options.tls_cert_file.empty() ? "HTTP" : "HTTPS",
+                  options.tokens.enabled() ? ", reader or worker token required" : "");
     if (!config.metrics_port_file.empty()) {
       (void)WriteFileAtomically(config.metrics_port_file, absl::StrCat(server.metrics_port(), "\n"));
     }
@@ -181,9 +195,13 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   o.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  o.shard_tls_ca_file = absl::GetFlag(FLAGS_shard_tls_ca);
   o.allow_remote_plaintext = absl::GetFlag(FLAGS_allow_remote_plaintext);
   GRADACC_ASSIGN_OR_RETURN(o.tokens.worker, LoadSecret(absl::GetFlag(FLAGS_worker_token_file), "GRADACC_WORKER_TOKEN"));
   GRADACC_ASSIGN_OR_RETURN(o.tokens.reader, LoadSecret(absl::GetFlag(FLAGS_reader_token_file), "GRADACC_READER_TOKEN"));
+  if (o.trainer.num_shards > 1) {
+    GRADACC_ASSIGN_OR_RETURN(o.tokens.shard, LoadSecret(absl::GetFlag(FLAGS_shard_token_file), "GRADACC_SHARD_TOKEN"));
+  }
   return c;
 }
 

@@ -32,15 +32,34 @@ v1::GetNormPartialResponse ToProto(uint32_t shard, const NormPart& part) {
 ShardExchange::ShardExchange(uint32_t shard, std::vector<std::string> peers, std::string job_id, std::string token,
                              absl::Duration timeout)
     : shard_(shard), peers_(std::move(peers)), job_id_(std::move(job_id)), token_(std::move(token)),
-      timeout_(timeout) {
+      timeout_(timeout) {}
+
+absl::StatusOr<std::unique_ptr<ShardExchange>> ShardExchange::Create(uint32_t shard, std::vector<std::string> peers,
+                                                                     std::string job_id,
+                                                                     const ConnectionOptions& connection,
+                                                                     absl::Duration timeout) {
+  std::unique_ptr<ShardExchange> exchange(
+      new ShardExchange(shard, std::move(peers), std::move(job_id), connection.token, timeout));
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  for (size_t i = 0; i < peers_.size(); ++i) {
-    channels_.push_back(i == shard_ ? nullptr
-                                    : grpc::CreateCustomChannel(peers_[i], grpc::InsecureChannelCredentials(), args));
+  for (size_t i = 0; i < exchange->peers_.size(); ++i) {
+    if (i == shard) {
+      exchange->channels_.push_back(nullptr);
+      continue;
+    }
+    ConnectionOptions to_peer = connection;
+    to_peer.server = exchange->peers_[i];
+    auto channel = MakeChannel(to_peer, args);
+    if (!channel.ok()) {
+      return absl::Status(channel.status().code(),
+                          absl::StrCat("channel to shard ", i, ": ", channel.status().message()));
+    }
+    exchange->channels_.push_back(*std::move(channel));
   }
-  monitor_ = std::make_unique<PeerMonitor>(shard_, peers_, channels_, token_);
+  exchange->monitor_ =
+      std::make_unique<PeerMonitor>(shard, exchange->peers_, exchange->channels_, exchange->token_);
+  return exchange;
 }
 
 ShardExchange::~ShardExchange() = default;

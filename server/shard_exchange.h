@@ -2,7 +2,9 @@
 // the job-wide status). Each shard publishes its NormPart of a window;
 // peers fetch it with GetNormPartial, which is answered as soon as it is
 // published (a parked call, not a blocked thread). Channels to the peers
-// are made once.
+// are made once, by the clients' MakeChannel (worker/client/channel.h): TLS
+// when a CA for the peers is given, this shard's own certificate as client
+// certificate (mutual TLS), and the shard token on every call.
 //
 // Thread-safe. Stop() gives up every wait for a peer (server shutdown).
 #ifndef GRADACC_SERVER_SHARD_EXCHANGE_H_
@@ -20,6 +22,7 @@
 #include "gradacc/v1/control.pb.h"
 #include "server/norm_exchange.h"
 #include "server/peer_monitor.h"
+#include "worker/client/channel.h"
 
 namespace grpc {
 class Channel;
@@ -30,9 +33,12 @@ namespace gradacc {
 
 class ShardExchange final : public NormExchange {
  public:
-  // `peers[i]` is shard i's address (this shard's own entry is not dialled).
-  ShardExchange(uint32_t shard, std::vector<std::string> peers, std::string job_id, std::string token,
-                absl::Duration timeout);
+  // `peers[i]` is shard i's address (this shard's own entry is not
+  // dialled); `connection` says how to reach them (its server is ignored).
+  // INVALID_ARGUMENT when the TLS files or the token cannot be used.
+  static absl::StatusOr<std::unique_ptr<ShardExchange>> Create(uint32_t shard, std::vector<std::string> peers,
+                                                               std::string job_id, const ConnectionOptions& connection,
+                                                               absl::Duration timeout);
   ~ShardExchange() override;
 
   absl::StatusOr<TorchNormState> CarryIn(uint64_t window) override;
@@ -53,6 +59,8 @@ class ShardExchange final : public NormExchange {
   std::vector<PeerMonitor::Health> PeerHealth() const { return monitor_->Get(); }
 
  private:
+  ShardExchange(uint32_t shard, std::vector<std::string> peers, std::string job_id, std::string token,
+                absl::Duration timeout);
   // Fetches shard `peer`'s part of `window`, waiting for it (bounded).
   absl::StatusOr<v1::GetNormPartialResponse> Fetch(size_t peer, uint64_t window);
 

@@ -71,5 +71,19 @@ TEST(SecretsTest, ValidateSecretSaysWhereAndWhatNotWhich) {
   EXPECT_FALSE(ValidateSecret(std::string(kMaxSecretBytes + 1, 'a'), "x").ok());
 }
 
+TEST(SecretsTest, EachTokenGrantsItsOwnRole) {
+  const TokenSet tokens{"worker-token", "reader-token", "shard-token"};
+  EXPECT_EQ(RoleOf(tokens, "Bearer worker-token"), Role::kWorker);
+  EXPECT_EQ(RoleOf(tokens, "Bearer reader-token"), Role::kReader);
+  EXPECT_EQ(RoleOf(tokens, "Bearer shard-token"), Role::kShard);
+  EXPECT_EQ(RoleOf(tokens, "Bearer other"), Role::kNone);
+  EXPECT_EQ(RoleOf(tokens, "shard-token"), Role::kNone);
+  EXPECT_EQ(RoleOf(tokens, "Bearer "), Role::kNone);
+  // A role not configured is granted to nobody.
+  EXPECT_EQ(RoleOf(TokenSet{"worker-token", "", ""}, "Bearer "), Role::kNone);
+  EXPECT_TRUE(TokenSet({"", "", "shard-token"}).enabled());
+  EXPECT_FALSE(TokenSet().enabled());
+}
+
 }  // namespace
 }  // namespace gradacc

@@ -14,18 +14,19 @@
 #include "gradacc/v1/data.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/subprocess.h"
+#include "tests/test_pki.h"
 #include "worker/client/channel.h"
 
 namespace gradacc {
 namespace {
 
+using testing::kReaderToken;
+using testing::kWorkerToken;
+using testing::Pki;
 using testing::ReadFile;
 using testing::RunCommand;
 using testing::ServerProcess;
 using testing::Subprocess;
-
-constexpr char kWorkerToken[] = "wkr-5f1c0a9e27d84b6c93a1e0f4d2b7c8a6";
-constexpr char kReaderToken[] = "rdr-0b8e3d71c6a94f52a7e9d1c3b5f2a864";
 
 constexpr char kJob[] = R"pb(
   job_id: "secure"
@@ -34,43 +35,6 @@ constexpr char kJob[] = R"pb(
   window { num_workers: 2 micro_batches: 1 }
   total_steps: 5
 )pb";
-
-// A CA, a server certificate for 127.0.0.1 and a client certificate signed
-// by it, and a second CA with its own client certificate.
-class Pki {
- public:
-  static const Pki& Get() {
-    static Pki* pki = new Pki();
-    return *pki;
-  }
-  std::string dir;
-  std::string Path(const std::string& name) const { return dir + "/" + name; }
-
- private:
-  Pki() : dir(testing::MakeTempDir("pki")) {
-    auto sh = [&](const std::string& cmd) {
-      auto r = RunCommand({"/bin/sh", "-c", "cd " + dir + " && " + cmd});
-      EXPECT_EQ(r.exit_code, 0) << cmd << "\n" << r.output;
-    };
-    const std::string ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-    for (const char* ca : {"ca", "otherca"}) {
-      sh(absl::StrCat("openssl req -x509 ", ec, " -keyout ", ca, ".key -out ", ca, ".pem -days 2 -subj /CN=", ca));
-    }
-    std::ofstream(dir + "/server.ext") << "subjectAltName=IP:127.0.0.1,DNS:localhost\n";
-    std::ofstream(dir + "/client.ext") << "extendedKeyUsage=clientAuth\n";
-    auto leaf = [&](const std::string& name, const std::string& ca, const std::string& ext) {
-      sh(absl::StrCat("openssl req ", ec, " -keyout ", name, ".key -out ", name, ".csr -subj /CN=", name));
-      sh(absl::StrCat("openssl x509 -req -in ", name, ".csr -CA ", ca, ".pem -CAkey ", ca, ".key -CAcreateserial -out ",
-                      name, ".pem -days 2 -extfile ", ext));
-    };
-    leaf("server", "ca", "server.ext");
-    leaf("client", "ca", "client.ext");
-    leaf("intruder", "otherca", "client.ext");
-    std::ofstream(dir + "/worker.token") << kWorkerToken << "\n";
-    std::ofstream(dir + "/reader.token") << kReaderToken << "\n";
-    std::ofstream(dir + "/wrong.token") << "not-a-token\n";
-  }
-};
 
 std::vector<std::string> TokenFlags() {
   const Pki& pki = Pki::Get();

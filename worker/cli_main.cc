@@ -23,6 +23,10 @@ ABSL_FLAG(int64_t, to, 0, "steps: last step (0 = the newest)");
 ABSL_FLAG(std::string, listen, "127.0.0.1:8080", "dashboard: HOST:PORT to serve the page on (port 0: a free one)");
 ABSL_FLAG(std::string, ledger, "", "dashboard: also read steps from this ledger.jsonl (works after the job)");
 ABSL_FLAG(std::string, port_file, "", "dashboard: write the bound port here once serving");
+ABSL_FLAG(std::string, https_cert, "", "dashboard: serve HTTPS (only) with this PEM certificate chain");
+ABSL_FLAG(std::string, https_key, "", "dashboard: PEM private key of --https_cert");
+ABSL_FLAG(bool, allow_remote_plaintext, false,
+          "dashboard: serve a non-loopback --listen address without --https_cert (trusted networks only)");
 
 int main(int argc, char** argv) {
   gradacc::InitUsage(gradacc::CliUsage());
@@ -45,5 +49,8 @@ int main(int argc, char** argv) {
   o.listen = absl::GetFlag(FLAGS_listen);
   o.ledger = absl::GetFlag(FLAGS_ledger);
   o.port_file = absl::GetFlag(FLAGS_port_file);
+  o.https_cert = absl::GetFlag(FLAGS_https_cert);
+  o.https_key = absl::GetFlag(FLAGS_https_key);
+  o.allow_remote_plaintext = absl::GetFlag(FLAGS_allow_remote_plaintext);
   return gradacc::RunCli(std::vector<std::string>(positional.begin(), positional.end()), o);
 }

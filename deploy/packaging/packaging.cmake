@@ -29,6 +29,10 @@ set(GRADACC_INSTALL_PYTHONDIR lib/python3/dist-packages CACHE STRING
     "Where the Python package gradacc goes, relative to the prefix (Debian's: lib/python3/dist-packages)")
 
 install(TARGETS gradacc-server gradacc gradacc-worker RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT runtime)
+# HTTPS for /metrics and the dashboard: the objects civetweb loads as
+# libcrypto.so / libssl.so (common/civetweb_tls.h), where the binaries look.
+install(TARGETS gradacc_tls_ssl gradacc_tls_crypto LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/gradacc
+    COMPONENT runtime)
 
 # The client library and the static libraries it links, as one export set.
 set(gradacc_exported gradacc_client gradacc_common gradacc_proto gradacc_grpc_status gradacc_auth)

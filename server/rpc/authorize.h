@@ -1,11 +1,15 @@
 // Authorization of every gradacc RPC, in one place: the role a call's bearer
 // token grants against the role the method needs (worker for the data
-// plane and reports; reader for status). Thread-safe (pure functions).
+// plane and reports; reader for status; the shard token only for what peer
+// shards call: GetNormPartial and per-shard status). Thread-safe (pure
+// functions).
 #ifndef GRADACC_SERVER_RPC_AUTHORIZE_H_
 #define GRADACC_SERVER_RPC_AUTHORIZE_H_
 
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/server_callback.h>
+
+#include <initializer_list>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -14,10 +18,14 @@
 
 namespace gradacc {
 
-// OK when tokens are off or the call's token grants `needed`; else
-// UNAUTHENTICATED (no or unknown token) or PERMISSION_DENIED (too weak),
-// with their ErrorInfo reasons.
+// OK when tokens are off or the call's token grants `needed` (kReader: a
+// reader or worker token; kWorker: a worker token; kShard: the shard token);
+// else UNAUTHENTICATED (no or unknown token) or PERMISSION_DENIED (a token
+// of another role), with their ErrorInfo reasons.
 absl::Status Authorize(const grpc::CallbackServerContext* context, const TokenSet& tokens, Role needed);
+// The same for a call that more than one role may make.
+absl::Status AuthorizeAny(const grpc::CallbackServerContext* context, const TokenSet& tokens,
+                          std::initializer_list<Role> accepted);
 
 // A unary call finished at once with `status`.
 inline grpc::ServerUnaryReactor* Finished(grpc::CallbackServerContext* context, const absl::Status& status) {

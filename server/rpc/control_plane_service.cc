@@ -10,10 +10,12 @@ namespace gradacc {
 
 grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetStatus(grpc::CallbackServerContext* context,
                                                              const v1::GetStatusRequest*, v1::Status* response) {
-  if (absl::Status denied = Authorize(context, tokens_, Role::kReader); !denied.ok()) {
-    return Finished(context, denied);
-  }
+  // Peer shards ask for this shard's own status (x-gradacc-local) with the
+  // shard token.
   const bool local = context->client_metadata().count("x-gradacc-local") > 0;
+  const absl::Status denied = local ? AuthorizeAny(context, tokens_, {Role::kReader, Role::kWorker, Role::kShard})
+                                    : Authorize(context, tokens_, Role::kReader);
+  if (!denied.ok()) return Finished(context, denied);
   return new StatusReactor(trainer_, exchange_, local, response);
 }
 
@@ -28,7 +30,7 @@ grpc::ServerWriteReactor<v1::Status>* ControlPlaneServiceImpl::WatchStatus(grpc:
 grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetNormPartial(grpc::CallbackServerContext* context,
                                                                   const v1::GetNormPartialRequest* request,
                                                                   v1::GetNormPartialResponse* response) {
-  absl::Status denied = Authorize(context, tokens_, Role::kWorker);
+  absl::Status denied = Authorize(context, tokens_, Role::kShard);
   if (denied.ok() && exchange_ == nullptr) {
     denied = Refusal(v1::ERROR_REASON_UNSUPPORTED, "this server is not sharded");
   }

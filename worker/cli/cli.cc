@@ -157,15 +157,19 @@ int DashboardCommand(const CliOptions& o) {
   if (absl::Status s = LoadToken(o.token_file, options.connection); !s.ok()) return Fail("token", s);
   options.listen = o.listen;
   options.ledger = o.ledger;
+  options.https_cert_file = o.https_cert;
+  options.https_key_file = o.https_key;
+  options.allow_remote_plaintext = o.allow_remote_plaintext;
   auto dashboard = Dashboard::Start(options);
   if (!dashboard.ok()) return Fail("dashboard", dashboard.status());
-  absl::FPrintF(stderr, "gradacc: dashboard of %s on http://127.0.0.1:%d/ (Ctrl-C stops it)\n", options.server,
+  const char* scheme = o.https_cert.empty() ? "http" : "https";
+  absl::FPrintF(stderr, "gradacc: dashboard of %s on %s://127.0.0.1:%d/ (Ctrl-C stops it)\n", options.server, scheme,
                 (*dashboard)->port());
   if (!options.connection.token.empty()) {
     absl::FPrintF(stderr,
                   "gradacc: the dashboard's data needs the token it uses for the server: open "
-                  "http://127.0.0.1:%d/#token=<token>\n",
-                  (*dashboard)->port());
+                  "%s://127.0.0.1:%d/#token=<token>\n",
+                  scheme, (*dashboard)->port());
   }
   if (!o.port_file.empty()) WritePortFile(o.port_file, (*dashboard)->port());
   int signal = 0;
@@ -207,9 +211,10 @@ const std::vector<CliCommand>& CliCommands() {
        ServerFlags({"json", "watch", "timeout_s"})},
       {"steps", "gradacc steps --server=ADDR [--from=N --to=M] [--json]", "The step ledger: what went into each step.",
        ServerFlags({"from", "to", "json", "timeout_s"})},
-      {"dashboard", "gradacc dashboard --server=ADDR --listen=HOST:PORT [--ledger=FILE]",
+      {"dashboard",
+       "gradacc dashboard --server=ADDR --listen=HOST:PORT [--ledger=FILE] [--https_cert=PEM --https_key=PEM]",
        "A live web page of the run (also of a finished run, from its ledger).",
-       ServerFlags({"listen", "ledger", "port_file"})},
+       ServerFlags({"listen", "ledger", "port_file", "https_cert", "https_key", "allow_remote_plaintext"})},
       {"health", "gradacc health --server=ADDR", "Exits 0 only when the server is SERVING.",
        ServerFlags({"timeout_s"})},
   };

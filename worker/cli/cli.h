@@ -24,6 +24,8 @@ struct CliOptions {
   std::string listen = "127.0.0.1:8080";
   std::string ledger;
   std::string port_file;
+  std::string https_cert, https_key;  // dashboard: serve HTTPS
+  bool allow_remote_plaintext = false;
 };
 
 struct CliCommand {

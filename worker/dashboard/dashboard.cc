@@ -67,6 +67,11 @@ absl::StatusOr<std::map<uint64_t, v1::StepRecord>> ReadLedger(const std::string&
 }
 
 absl::StatusOr<std::unique_ptr<Dashboard>> Dashboard::Start(const DashboardOptions& options) {
+  if (options.https_cert_file.empty() && !options.allow_remote_plaintext && !IsLoopbackListen(options.listen)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("refusing to serve the dashboard in plain HTTP on '", options.listen,
+                     "': give it --https_cert/--https_key, listen on loopback, or pass --allow_remote_plaintext"));
+  }
   std::unique_ptr<Dashboard> d(new Dashboard());
   d->options_ = options;
   if (!options.ledger.empty()) {
@@ -77,7 +82,11 @@ absl::StatusOr<std::unique_ptr<Dashboard>> Dashboard::Start(const DashboardOptio
   }
   d->guard_ = std::make_unique<DashboardGuard>(options.listen, options.connection.token);
   Dashboard* self = d.get();
-  auto http = HttpServer::Start(options.listen, [self](const HttpRequest& request) {
+  HttpServerOptions http_options;
+  http_options.listen = options.listen;
+  http_options.tls_cert_file = options.https_cert_file;
+  http_options.tls_key_file = options.https_key_file;
+  auto http = HttpServer::Start(http_options, [self](const HttpRequest& request) {
     const bool data = request.path.rfind("/api/", 0) == 0;
     if (auto refused = self->guard_->Check(request, data); refused.has_value()) return *refused;
     HttpResponse r;

@@ -6,7 +6,8 @@
 //   /api/status  {"connected": bool, "status": gradacc.v1.Status as JSON,
 //                 "display": the labels of StatusDisplay (worker/cli/status_format.h)}
 //   /api/steps   gradacc.v1.GetStepsResponse as JSON (all steps known)
-// Only for requests whose Host header names a host it listens on, and, when
+// Over HTTPS when given a certificate; plain HTTP only on loopback unless
+// told. Only for requests whose Host header names a host it listens on, and, when
 // it holds a token for its server, /api/... only with that token
 // (worker/dashboard/dashboard_guard.h).
 // Thread-safe; owns its threads and HTTP server.
@@ -41,6 +42,11 @@ struct DashboardOptions {
   std::string listen = "127.0.0.1:8080";
   std::string ledger;            // optional ledger.jsonl to read steps from
   ConnectionOptions connection;  // TLS and token (its server is ignored)
+  // Serve HTTPS (only) with this PEM certificate chain and key.
+  std::string https_cert_file;
+  std::string https_key_file;
+  // Without HTTPS, serve a non-loopback `listen` anyway (else refused).
+  bool allow_remote_plaintext = false;
 };
 
 // The page, as compiled in from dashboard.html.
