@@ -2,6 +2,8 @@
 # Installs what is missing, builds, and runs gradacc's test suite.
 #   tests/run.sh                 every tier that needs no container
 #   tests/run.sh -L unit         one tier (ctest label: unit, integration, mpi, ...)
+#   tests/run.sh -L soak         the soak test (10 minutes of faults; not in
+#                                the default run; tests/soak/soak.py --help)
 #   tests/run.sh -R Golden       any other ctest arguments
 #   tests/run.sh --tsan          ThreadSanitizer build (build-tsan) of the unit
 #                                and integration tiers, and runs them
@@ -90,8 +92,9 @@ history_size=4 halt_on_error=0"
   exit 0
 fi
 
-# The container tier is its own command (it needs podman and minutes).
+# The container tier and the soak test are their own commands (podman and
+# minutes; ten minutes of faults): tests/run.sh -L container, -L soak.
 has_label=0
 for a in "${args[@]}"; do [[ "$a" == -L* ]] && has_label=1; done
-if ((has_label == 0)); then args+=(-LE container); fi
+if ((has_label == 0)); then args+=(-LE 'container|soak'); fi
 exec ctest --output-on-failure --timeout 900 -j 2 "${args[@]}"
