@@ -28,6 +28,7 @@
 namespace gradacc {
 namespace {
 
+using testing::FreePort;
 using testing::HttpGet;
 using testing::HttpsGet;
 using testing::kReaderToken;
@@ -78,19 +79,6 @@ constexpr char kSmallJob[] = R"pb(
   window { num_workers: 2 micro_batches: 1 }
   total_steps: 5
 )pb";
-
-// A port the OS picks (bound to port 0, read back, released).
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 // The port a process writes to `file` once serving (0 after 20 s).
 int WaitForPort(const std::string& file) {

@@ -23,6 +23,7 @@
 namespace gradacc {
 namespace {
 
+using testing::FreePort;
 using testing::ReadFile;
 using testing::ServerProcess;
 using testing::Subprocess;
@@ -48,18 +49,6 @@ std::string Job(bool clipping = true) {
                       kSteps, R"pb(
     seed: 13
   )pb");
-}
-
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
 }
 
 // The job's shards, each in its own folder with its own checkpoints.

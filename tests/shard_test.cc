@@ -24,6 +24,7 @@
 namespace gradacc {
 namespace {
 
+using testing::FreePort;
 using testing::ReadFile;
 using testing::RunCommand;
 using testing::ServerProcess;
@@ -42,19 +43,6 @@ constexpr char kJob[] = R"pb(
   seed: 8
 )pb";
 constexpr uint64_t kN = 160 * 33 + 33;  // w is large enough to be split: shard 0 owns [0, 2656)
-
-// A port the OS picks (bound to port 0, read back, released).
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 void RunWorkers(const std::string& dir, const std::string& servers) {
   std::vector<std::unique_ptr<Subprocess>> workers;

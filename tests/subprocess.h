@@ -45,6 +45,11 @@ struct RunResult {
 RunResult RunCommand(const std::vector<std::string>& argv, absl::Duration timeout = absl::Seconds(30));
 
 std::string ReadFile(const std::string& path);
+// A port the OS picks on 127.0.0.1 (bound to port 0, read back, released):
+// for a server that must keep its port across restarts, or that peers must
+// know before it starts.
+int FreePort();
+
 // A fresh, empty folder under the test temp dir.
 std::string MakeTempDir(const std::string& name);
 
