@@ -104,9 +104,9 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
   const uint64_t version = state_.version();
   applied_version_ = version;
   shm_->Publish(version);
-  SnapshotFields fields{version, version >= spec_.total_steps(),
+  SnapshotFields fields{version, state_.done(),
                         LearningRateAt(spec_.optimizer(), spec_.schedule(), version ? version - 1 : 0),
-                        progress_.last_loss()};
+                        progress_.last_loss(), state_.plan()};
   publisher_ = std::make_unique<VersionPublisher>(
       MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true),
       deadlines_.get(), options_.max_pull_wait);
@@ -200,9 +200,12 @@ void Trainer::RecordRefusal(uint32_t worker, const absl::Status& status) { (void
 absl::StatusOr<v1::JoinResponse> Trainer::Join(const v1::JoinRequest& request) {
   GRADACC_RETURN_IF_ERROR(validator_.CheckJoin(request));
   JoinOutcome outcome;
+  v1::JoinResponse response;
   {
     MutexLock lock(&mu_);
     GRADACC_ASSIGN_OR_RETURN(outcome, state_.Join(request, absl::Now()));
+    response.set_job_done(state_.done());
+    if (state_.planned()) *response.mutable_plan() = state_.plan();
     if (request.held_version() > outcome.version) {
       progress_.NoteWorkersAhead(request.held_version());
       absl::FPrintF(stderr,
@@ -211,12 +214,10 @@ absl::StatusOr<v1::JoinResponse> Trainer::Join(const v1::JoinRequest& request) {
                     request.worker(), request.held_version(), outcome.version);
     }
   }
-  v1::JoinResponse response;
   *response.mutable_job() = spec_;
   response.set_window(outcome.first_window);
   response.set_version(outcome.version);
   response.set_num_elements(layout_.num_elements());
-  response.set_job_done(outcome.version >= spec_.total_steps());
   response.set_shard(options_.shard);
   response.set_num_shards(options_.num_shards);
   response.set_shard_begin(range_.begin);
@@ -414,7 +415,7 @@ void Trainer::WithChunks(std::function<void(std::shared_ptr<const ParamSnapshot>
     std::shared_ptr<const ParamSnapshot> current = publisher_->Current();
     if (!current->has_chunks && applied_version_ == current->version) {
       const v1::ParametersHeader& h = current->header.header();
-      current = MakeSnapshot(layout_, range_, executor_->params(), {current->version, h.job_done(), h.lr(), h.loss()},
+      current = MakeSnapshot(layout_, range_, executor_->params(), {current->version, h.job_done(), h.lr(), h.loss(), h.plan()},
                              options_.pull_chunk_elements, true);
       publisher_->Complete(current);
     }
