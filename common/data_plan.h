@@ -15,7 +15,6 @@
 #include <cstdint>
 #include <vector>
 
-#include "gradacc/v1/data.pb.h"
 #include "gradacc/v1/job.pb.h"
 
 namespace gradacc {

@@ -29,6 +29,8 @@
 //   PUSH_AGAIN    push the window's contribution again, same key
 //   PULL          pull (the window closed without this contribution: Step
 //                 reports it as stale)
+//   RECOMPUTE     (a job with a data plan) join again to learn the window's
+//                 new plan; Step returns replanned, gradients discarded
 // Every loop is bounded by attempts and a deadline and backs off
 // exponentially with jitter (common/retry.h); it never installs parameters
 // older than the ones it holds.

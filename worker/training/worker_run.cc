@@ -70,8 +70,11 @@ absl::Status Connect(const WorkerOptions& options, int rank, int size, Setup& s)
     }
   } else if (static_cast<uint32_t>(size) != job.window().num_workers()) {
     return absl::FailedPreconditionError(
-        absl::StrFormat("the server's job '%s' expects %d workers but mpirun started %d ranks; use mpirun -np %d",
-                        job.job_id(), job.window().num_workers(), size, job.window().num_workers()));
+        options.rank >= 0
+            ? absl::StrFormat("the server's job '%s' has %d workers; start the replacement with --world_size=%d",
+                              job.job_id(), job.window().num_workers(), job.window().num_workers())
+            : absl::StrFormat("the server's job '%s' expects %d workers but mpirun started %d ranks; use mpirun -np %d",
+                              job.job_id(), job.window().num_workers(), size, job.window().num_workers()));
   }
   GRADACC_ASSIGN_OR_RETURN(MlpShape shape, ModelFor(options, job, s.train.features()));
   GRADACC_ASSIGN_OR_RETURN(s.backend, MakeBackend(options.device, shape));
