@@ -415,8 +415,8 @@ void Trainer::WithChunks(std::function<void(std::shared_ptr<const ParamSnapshot>
     std::shared_ptr<const ParamSnapshot> current = publisher_->Current();
     if (!current->has_chunks && applied_version_ == current->version) {
       const v1::ParametersHeader& h = current->header.header();
-      current = MakeSnapshot(layout_, range_, executor_->params(), {current->version, h.job_done(), h.lr(), h.loss(), h.plan()},
-                             options_.pull_chunk_elements, true);
+      const SnapshotFields fields{current->version, h.job_done(), h.lr(), h.loss(), h.plan()};
+      current = MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true);
       publisher_->Complete(current);
     }
     done(current);

@@ -3,13 +3,14 @@
 // within an epoch, a lost member, and a resume with another number of
 // workers: every sample of every epoch exactly once (or a gap the plan
 // records).
+#include "worker/training/data_order.h"
+
 #include <algorithm>
 #include <random>
 #include <vector>
 
 #include "common/data_plan.h"
 #include "gtest/gtest.h"
-#include "worker/training/data_order.h"
 
 namespace gradacc {
 namespace {

@@ -5,6 +5,8 @@
 //    2 ranks, is killed again and resumes with 3: the ledger's plans tile
 //    every epoch exactly once, every window received the samples it planned,
 //    and the model learns;
+//  - the server is killed and restarted under living ranks: they rejoin,
+//    and recompute the open window under its new plan;
 //  - QUORUM under `mpirun --enable-recovery`: rank 2 is SIGKILLed, the
 //    survivors finish and exit 0 in bounded time;
 //  - WAIT: rank 2 is SIGKILLed and a replacement started alone
@@ -37,8 +39,7 @@ using testing::Subprocess;
 
 const bool kMpiEnvironment = (testing::AllowMpiAsRoot(), true);
 
-std::string SmallJob(const std::string& window, uint64_t total_steps, uint64_t train_samples) {
-  return absl::StrCat(R"pb(
+constexpr char kSmallModel[] = R"pb(
   job_id: "elastic"
   model {
     tensors { name: "fc1.weight" shape: [32, 784] init { fan_in_uniform { fan_in: 784 } } }
@@ -50,15 +51,21 @@ std::string SmallJob(const std::string& window, uint64_t total_steps, uint64_t t
   seed: 9
   worker_hints { key: "model" value: "mlp" }
   worker_hints { key: "hidden" value: "32" }
-  )pb",
-                      "window {", window, "} total_steps: ", total_steps,
-                      " worker_hints { key: \"train_samples\" value: \"", train_samples, "\" }\n");
+)pb";
+
+// The small MLP job with this window rule, total_steps and train_samples.
+std::string SmallJob(const std::string& window, uint64_t total_steps, uint64_t train_samples) {
+  return absl::StrCat(kSmallModel, "window {", window, "}\ntotal_steps: ", total_steps,
+                      "\nworker_hints { key: \"train_samples\" value: \"", train_samples, "\" }\n");
 }
 
 std::unique_ptr<Subprocess> StartMpirun(const std::string& log, int ranks, const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {GRADACC_MPIEXEC, "-np",       std::to_string(ranks), "--enable-recovery",
-                                   "--oversubscribe", "--allow-run-as-root", "--bind-to", "none", "-x",
-                                   "OPENBLAS_NUM_THREADS=1", GRADACC_WORKER_BIN};
+  // --enable-recovery: a lost rank does not take the others down.
+  std::vector<std::string> argv = {GRADACC_MPIEXEC, "-np", std::to_string(ranks), "--enable-recovery"};
+  for (const char* arg : {"--oversubscribe", "--allow-run-as-root", "--bind-to", "none", "-x", "OPENBLAS_NUM_THREADS=1",
+                          GRADACC_WORKER_BIN}) {
+    argv.push_back(arg);
+  }
   argv.insert(argv.end(), args.begin(), args.end());
   auto p = Subprocess::Start(argv, log);
   EXPECT_TRUE(p.ok()) << p.status();
@@ -122,7 +129,7 @@ struct ElasticRun {
   std::vector<std::string> server_flags;
   std::vector<std::string> worker_flags;
   uint64_t samples = 0, epochs = 0;
-  std::vector<int> ranks;           // per run; every run but the last is killed
+  std::vector<int> ranks;            // per run; every run but the last is killed
   std::vector<uint64_t> kill_after;  // the step each killed run reaches first
   double accuracy = 0;
   absl::Duration run_timeout = absl::Seconds(120);
@@ -144,9 +151,9 @@ void RunElastic(const std::string& dir, const ElasticRun& e) {
     StatusProbe probe((*server)->address());
     v1::Status last;
     if (i + 1 < e.ranks.size()) {
-      ASSERT_TRUE(probe.WaitFor([&](const v1::Status& s) { return s.step() >= e.kill_after[i]; }, e.run_timeout,
-                                &last))
-          << "run " << i << " stuck at step " << last.step() << "\n" << testing::ReadFile(log) << (*server)->log();
+      ASSERT_TRUE(probe.WaitFor([&](const v1::Status& s) { return s.step() >= e.kill_after[i]; }, e.run_timeout, &last))
+          << "run " << i << " stuck at step " << last.step() << "\n"
+          << testing::ReadFile(log) << (*server)->log();
       ASSERT_NE(last.state(), v1::JOB_STATE_DONE) << "run " << i << " finished the job before it was killed";
       (*server)->process().Signal(SIGKILL);
       ASSERT_TRUE((*server)->process().Wait(absl::Seconds(10)).has_value());
@@ -196,6 +203,37 @@ TEST(ElasticFullTest, QuickstartJobFourThenTwoThenThreeRanks) {
   RunElastic(dir, e);
 }
 
+// The server is killed and restarted (same port, same checkpoints) under
+// living ranks: membership starts over, so the plan of the open window
+// changes under the ranks that computed it; their pushes are refused
+// (PLAN_CHANGED) and they recompute. Still every sample once per epoch.
+TEST(ElasticTest, ServerRestartUnderLivingRanksReplans) {
+  const std::string dir = testing::MakeTempDir("elastic_restart");
+  std::ofstream(dir + "/job.textproto") << SmallJob("num_workers: 3 micro_batches: 2 micro_batch_size: 20", 1, 2000);
+  const std::vector<std::string> flags = {"--job=" + dir + "/job.textproto", "--data_plan", "--epochs=2",
+                                          "--checkpoint_dir=" + dir + "/ck"};
+  auto server = ServerProcess::Start(dir, flags);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const int port = (*server)->port();
+  auto mpirun = StartMpirun(dir + "/mpirun.log", 3,
+                            {"--server=" + (*server)->address(), "--train_limit=2000", "--log_every=10"});
+  ASSERT_NE(mpirun, nullptr);
+  for (uint64_t kill_at : {8, 20}) {
+    ASSERT_TRUE(StatusProbe((*server)->address())
+                    .WaitFor([&](const v1::Status& s) { return s.step() >= kill_at; }, absl::Seconds(60)))
+        << testing::ReadFile(dir + "/mpirun.log") << (*server)->log();
+    (*server)->process().Signal(SIGKILL);
+    ASSERT_TRUE((*server)->process().Wait(absl::Seconds(10)).has_value());
+    server = ServerProcess::Start(dir, flags, port);
+    ASSERT_TRUE(server.ok()) << server.status();
+  }
+  ASSERT_EQ(mpirun->Wait(absl::Seconds(120)), std::optional<int>(0)) << testing::ReadFile(dir + "/mpirun.log");
+  const v1::Status status = StatusProbe((*server)->address()).Get();
+  EXPECT_EQ(status.state(), v1::JOB_STATE_DONE);
+  EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
+  ExpectEverySampleOnce(ReadLedger(dir + "/ck/ledger.jsonl"), 2000, 2);
+}
+
 // A fixed job of 3 ranks with `policy` under mpirun --enable-recovery;
 // rank 2 is SIGKILLed at step 10.
 struct KilledRank {
@@ -225,8 +263,9 @@ KilledRank StartAndKillRank2(const std::string& tag, const std::string& window, 
 
 TEST(RankSurvivalTest, QuorumSurvivorsFinishAndExit) {
   KilledRank k = StartAndKillRank2(
-      "survive", "num_workers: 3 micro_batches: 2 micro_batch_size: 20 policy: POLICY_QUORUM quorum: 2 deadline_ms: 200",
-      60);
+      "survive",
+      "num_workers: 3 micro_batches: 2 micro_batch_size: 20 policy: POLICY_QUORUM quorum: 2 deadline_ms: 200",
+      /*steps=*/60);
   ASSERT_NE(k.mpirun, nullptr);
   const absl::Time killed = absl::Now();
   // At most 50 windows of a 200 ms deadline, and no final barrier.
@@ -250,9 +289,9 @@ TEST(RankSurvivalTest, AReplacementStartedAloneRejoins) {
   absl::SleepFor(absl::Milliseconds(500));
   EXPECT_EQ(probe.Get().step(), before.step()) << "a WAIT window closed without rank 2";
   // The documented command: the same flags, --rank and --world_size, no mpirun.
-  auto replacement = Subprocess::Start({GRADACC_WORKER_BIN, "--server=" + k.server->address(), "--train_limit=1000",
-                                        "--rank=2", "--world_size=3"},
-                                       k.dir + "/replacement.log");
+  auto replacement = Subprocess::Start(
+      {GRADACC_WORKER_BIN, "--server=" + k.server->address(), "--train_limit=1000", "--rank=2", "--world_size=3"},
+      k.dir + "/replacement.log");
   ASSERT_TRUE(replacement.ok()) << replacement.status();
   EXPECT_EQ((*replacement)->Wait(absl::Seconds(60)), std::optional<int>(0))
       << testing::ReadFile(k.dir + "/replacement.log");

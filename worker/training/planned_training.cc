@@ -31,21 +31,20 @@ absl::Status CheckPlannedOptions(const v1::JobSpec& job, const Dataset& train, c
         w.micro_batches(), w.micro_batch_size()));
   }
   if (options.epochs != 0 && options.epochs != job.data_plan().epochs()) {
-    return absl::FailedPreconditionError(absl::StrFormat("--epochs=%d, but the server's job runs %d epochs",
-                                                         options.epochs, job.data_plan().epochs()));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("--epochs=%d, but the server's job runs %d epochs", options.epochs, job.data_plan().epochs()));
   }
   if (options.steps != 0) return absl::FailedPreconditionError("a job with a data plan runs epochs, not --steps");
   return absl::OkStatus();
 }
 
 // This member's K micro-batches of the window `plan`, at position r.
-absl::Status ComputePlanned(TrainingClient& client, Backend& backend, const Dataset& train,
-                            const v1::WindowPlan& plan, int r, const std::vector<uint32_t>& perm,
-                            std::vector<float>& x, std::vector<uint8_t>& y) {
+absl::Status ComputePlanned(TrainingClient& client, Backend& backend, const Dataset& train, const v1::WindowPlan& plan,
+                            int r, const std::vector<uint32_t>& perm, std::vector<float>& x, std::vector<uint8_t>& y) {
   const uint32_t k_count = std::max(1u, client.job().window().micro_batches());
   for (uint32_t k = 0; k < k_count; ++k) {
-    const WindowGeometry::Range range = PlannedSlot(plan.offset(), plan.samples(), plan.members_size(), k_count,
-                                                    static_cast<uint32_t>(r), k);
+    const WindowGeometry::Range range =
+        PlannedSlot(plan.offset(), plan.samples(), plan.members_size(), k_count, static_cast<uint32_t>(r), k);
     const uint32_t n = static_cast<uint32_t>(range.end - range.begin);
     double loss = 0;
     if (n > 0) {
@@ -86,8 +85,8 @@ class PlannedReport {
     }
     if (test != nullptr && (epoch > epoch_ || step.job_done)) {
       GRADACC_ASSIGN_OR_RETURN(result.test_accuracy, Evaluate(backend, *test));
-      absl::FPrintF(options_.out, "epoch %d (step %d): test accuracy %.2f%%\n", std::min(epoch, epochs_),
-                    step.version, 100 * result.test_accuracy);
+      absl::FPrintF(options_.out, "epoch %d (step %d): test accuracy %.2f%%\n", std::min(epoch, epochs_), step.version,
+                    100 * result.test_accuracy);
       absl::Status reported = client.ReportTestAccuracy(result.test_accuracy, step.version);
       if (!reported.ok()) absl::FPrintF(stderr, "gradacc-worker: %s\n", reported.ToString());
     }
