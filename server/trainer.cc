@@ -25,6 +25,7 @@ bool CountsAsRejected(v1::ErrorReason reason) {
   switch (reason) {
     case v1::ERROR_REASON_DUPLICATE:
     case v1::ERROR_REASON_STALE_WINDOW:
+    case v1::ERROR_REASON_PLAN_CHANGED:
     case v1::ERROR_REASON_OVERLOADED:
     case v1::ERROR_REASON_SHUTTING_DOWN:
       return false;

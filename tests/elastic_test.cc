@@ -228,6 +228,9 @@ TEST(ElasticTest, ServerRestartUnderLivingRanksReplans) {
     ASSERT_TRUE(server.ok()) << server.status();
   }
   ASSERT_EQ(mpirun->Wait(absl::Seconds(120)), std::optional<int>(0)) << testing::ReadFile(dir + "/mpirun.log");
+  EXPECT_NE(testing::ReadFile(dir + "/mpirun.log").find("plan changed (the server restarted); recomputing"),
+            std::string::npos)
+      << testing::ReadFile(dir + "/mpirun.log");
   const v1::Status status = StatusProbe((*server)->address()).Get();
   EXPECT_EQ(status.state(), v1::JOB_STATE_DONE);
   EXPECT_EQ((*server)->Stop(), std::optional<int>(0));

@@ -132,7 +132,11 @@ absl::StatusOr<TrainingResult> RunPlannedTraining(TrainingClient& client, Backen
       GRADACC_ASSIGN_OR_RETURN(step, client.Step());
       if (!step.replanned) samples_done += plan.samples();
     }
-    if (step.replanned) continue;  // the same window under its new plan
+    if (step.replanned) {
+      absl::FPrintF(stderr, "gradacc-worker[%d]: window %d's plan changed (the server restarted); recomputing\n",
+                    client.worker(), client.version());
+      continue;
+    }
     GRADACC_RETURN_IF_ERROR(backend.SetParameters(client.params()));
     result.steps = step.version;
     result.last_loss = step.loss;
