@@ -211,7 +211,11 @@ absl::StatusOr<StepResult> Client::WaitNextWindow() {
   StepResult result;
   result.window = version_;
   result.stale = true;  // nothing of this worker's is in the window
-  return RunStep(StepPhase::kPull, result);
+  // A window without members (a restarted server: membership starts over)
+  // waits for a join to take it; a worker that reached the new server
+  // through a pull alone has not joined it yet.
+  const bool unclaimed = HasDataPlan(job_) && plan_.window() == version_ && plan_.members_size() == 0;
+  return RunStep(unclaimed ? StepPhase::kRejoin : StepPhase::kPull, result);
 }
 
 absl::StatusOr<StepResult> Client::Step() {

@@ -187,7 +187,8 @@ class Client {
   // For a worker that is not a member of the open window: waits (bounded by
   // window_timeout, joining again when the server went away) until a newer
   // version is published and installs it, or until the worker became a
-  // member of the open window after all (replanned).
+  // member of the open window after all (replanned). An open window with no
+  // members (after a server restart) is joined first, which takes it.
   absl::StatusOr<StepResult> WaitNextWindow();
 
   // Push + wait + pull + zero: the end of a window. Without a micro-batch
