@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/data_plan.h"
 #include "common/errors.h"
 #include "common/files.h"
 #include "common/safetensors.h"
@@ -135,6 +136,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
                                                       options.num_shards));
   }
   if (options.num_shards > layout.num_elements()) return absl::InvalidArgumentError("more shards than parameters");
+  if (options.num_shards > 1 && HasDataPlan(spec)) {
+    return absl::InvalidArgumentError("a job with a data plan (--data_plan) runs on one server, not sharded");
+  }
   const auto [begin, end] = ShardRange(layout, options.shard, options.num_shards);
   if (begin >= end) {
     return absl::InvalidArgumentError(absl::StrFormat(
