@@ -51,6 +51,8 @@ ReasonInfo InfoOf(v1::ErrorReason reason) {
     case v1::ERROR_REASON_WINDOW_NOT_OPEN:
     case v1::ERROR_REASON_NOT_A_MEMBER_YET:
       return {C::kFailedPrecondition, v1::CLIENT_ACTION_PULL};
+    case v1::ERROR_REASON_PLAN_CHANGED:
+      return {C::kFailedPrecondition, v1::CLIENT_ACTION_RECOMPUTE};
     case v1::ERROR_REASON_OVERLOADED:
       return {C::kResourceExhausted, v1::CLIENT_ACTION_RETRY};
     case v1::ERROR_REASON_SHUTTING_DOWN:

@@ -187,6 +187,10 @@ absl::Status NormalizeJobSpec(v1::JobSpec& spec) {
     return Invalid("window.num_workers", absl::StrCat("must be <= ", kMaxWorkers));
   }
   if (window.micro_batches() == 0) window.set_micro_batches(1);
+  if (spec.data_plan().samples() > 0) {
+    if (window.max_workers() == 0) return Invalid("data_plan", "needs elastic membership (window.max_workers > 0)");
+    if (window.micro_batch_size() == 0) return Invalid("data_plan", "needs window.micro_batch_size");
+  }
 
   if (!(spec.clipping().max_norm() >= 0) || !Finite(spec.clipping().max_norm())) {
     return Invalid("clipping.max_norm", "must be >= 0");

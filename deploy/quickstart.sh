@@ -70,7 +70,10 @@ if [[ "$mode" == torch ]]; then
   mpirun -np "$workers" --bind-to none -x PYTHONPATH -x OMP_NUM_THREADS=1 -x OPENBLAS_NUM_THREADS=1 \
     "$python" "$example" --server="$addr" --status=0 2>&1 | tee "$run/worker.log"
 else
-  mpirun -np "$workers" --bind-to none -x OPENBLAS_NUM_THREADS=1 \
+  # --enable-recovery: a rank that dies does not take the others down; its
+  # replacement, started alone, rejoins (README, "A lost gradacc-worker rank"):
+  #   $build/worker/gradacc-worker --rank=R --world_size=$workers --server=$addr --epochs=$epochs
+  mpirun -np "$workers" --enable-recovery --bind-to none -x OPENBLAS_NUM_THREADS=1 \
     "$build/worker/gradacc-worker" --server="$addr" --epochs="$epochs" 2>&1 | tee "$run/worker.log"
 fi
 seconds=$((SECONDS - start))

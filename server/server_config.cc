@@ -6,10 +6,12 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
 #include "common/auth.h"
+#include "common/data_plan.h"
 #include "common/files.h"
 #include "common/job_spec.h"
 #include "common/status_macros.h"
@@ -25,6 +27,12 @@ ABSL_FLAG(int, micro_batches, 0, "override window.micro_batches (per worker per 
 ABSL_FLAG(int, micro_batch_size, 0, "override window.micro_batch_size");
 ABSL_FLAG(int64_t, total_steps, 0, "override total_steps");
 ABSL_FLAG(int64_t, epochs, 0, "set total_steps to this many epochs of worker_hints[\"train_samples\"]");
+ABSL_FLAG(int, max_workers, 0, "override window.max_workers (> 0: elastic membership, worker ids below it)");
+ABSL_FLAG(int, min_workers, 0, "override window.min_workers (elastic: fewest contributions to close a window)");
+ABSL_FLAG(bool, data_plan, false,
+          "elastic gradacc-worker jobs: the server plans each window's samples (JobSpec.data_plan) so every "
+          "sample of an epoch is used once whatever the membership; needs --epochs (and max_workers, default "
+          "num_workers)");
 ABSL_FLAG(double, lr, 0, "override optimizer.lr");
 ABSL_FLAG(int64_t, seed, -1, "override seed");
 ABSL_FLAG(std::string, output, "", "write the final parameters here (safetensors) when the job is done");
@@ -80,14 +88,38 @@ ABSL_FLAG(std::vector<std::string>, kill_at, {},
 namespace gradacc {
 namespace {
 
+// --data_plan: N from worker_hints["train_samples"], the job done after
+// `epochs` epochs; total_steps the most windows that can take.
+absl::Status SetDataPlan(v1::JobSpec& spec, int64_t epochs) {
+  if (epochs <= 0) return absl::InvalidArgumentError("--data_plan needs --epochs");
+  if (absl::GetFlag(FLAGS_total_steps) > 0) {
+    return absl::InvalidArgumentError("--data_plan and --total_steps exclude each other");
+  }
+  auto it = spec.worker_hints().find("train_samples");
+  uint64_t samples = 0;
+  if (it == spec.worker_hints().end() || !absl::SimpleAtoi(it->second, &samples) || samples == 0) {
+    return absl::FailedPreconditionError("--data_plan needs the job's worker_hints[\"train_samples\"]");
+  }
+  v1::WindowRule* w = spec.mutable_window();
+  if (w->max_workers() == 0) w->set_max_workers(std::max(1u, w->num_workers()));
+  spec.mutable_data_plan()->set_samples(samples);
+  spec.mutable_data_plan()->set_epochs(static_cast<uint64_t>(epochs));
+  spec.set_total_steps(MaxPlannedWindows(samples, epochs, w->micro_batches(), w->micro_batch_size()));
+  return absl::OkStatus();
+}
+
 absl::Status ApplyOverrides(v1::JobSpec& spec) {
   if (!absl::GetFlag(FLAGS_job_id).empty()) spec.set_job_id(absl::GetFlag(FLAGS_job_id));
   v1::WindowRule* w = spec.mutable_window();
   if (absl::GetFlag(FLAGS_workers) > 0) w->set_num_workers(absl::GetFlag(FLAGS_workers));
   if (absl::GetFlag(FLAGS_micro_batches) > 0) w->set_micro_batches(absl::GetFlag(FLAGS_micro_batches));
   if (absl::GetFlag(FLAGS_micro_batch_size) > 0) w->set_micro_batch_size(absl::GetFlag(FLAGS_micro_batch_size));
+  if (absl::GetFlag(FLAGS_max_workers) > 0) w->set_max_workers(absl::GetFlag(FLAGS_max_workers));
+  if (absl::GetFlag(FLAGS_min_workers) > 0) w->set_min_workers(absl::GetFlag(FLAGS_min_workers));
   if (absl::GetFlag(FLAGS_total_steps) > 0) spec.set_total_steps(absl::GetFlag(FLAGS_total_steps));
-  if (absl::GetFlag(FLAGS_epochs) > 0) {
+  if (absl::GetFlag(FLAGS_data_plan)) {
+    GRADACC_RETURN_IF_ERROR(SetDataPlan(spec, absl::GetFlag(FLAGS_epochs)));
+  } else if (absl::GetFlag(FLAGS_epochs) > 0) {
     if (absl::GetFlag(FLAGS_total_steps) > 0) {
       return absl::InvalidArgumentError("--epochs and --total_steps exclude each other");
     }

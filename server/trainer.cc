@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/data_plan.h"
 #include "common/errors.h"
 #include "common/files.h"
 #include "common/safetensors.h"
@@ -25,6 +26,7 @@ bool CountsAsRejected(v1::ErrorReason reason) {
   switch (reason) {
     case v1::ERROR_REASON_DUPLICATE:
     case v1::ERROR_REASON_STALE_WINDOW:
+    case v1::ERROR_REASON_PLAN_CHANGED:
     case v1::ERROR_REASON_OVERLOADED:
     case v1::ERROR_REASON_SHUTTING_DOWN:
       return false;
@@ -104,9 +106,9 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
   const uint64_t version = state_.version();
   applied_version_ = version;
   shm_->Publish(version);
-  SnapshotFields fields{version, version >= spec_.total_steps(),
+  SnapshotFields fields{version, state_.done(),
                         LearningRateAt(spec_.optimizer(), spec_.schedule(), version ? version - 1 : 0),
-                        progress_.last_loss()};
+                        progress_.last_loss(), state_.plan()};
   publisher_ = std::make_unique<VersionPublisher>(
       MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true),
       deadlines_.get(), options_.max_pull_wait, /*keep_previous=*/options_.num_shards > 1,
@@ -135,6 +137,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
                                                       options.num_shards));
   }
   if (options.num_shards > layout.num_elements()) return absl::InvalidArgumentError("more shards than parameters");
+  if (options.num_shards > 1 && HasDataPlan(spec)) {
+    return absl::InvalidArgumentError("a job with a data plan (--data_plan) runs on one server, not sharded");
+  }
   const auto [begin, end] = ShardRange(layout, options.shard, options.num_shards);
   if (begin >= end) {
     return absl::InvalidArgumentError(absl::StrFormat(
@@ -201,9 +206,12 @@ void Trainer::RecordRefusal(uint32_t worker, const absl::Status& status) { (void
 absl::StatusOr<v1::JoinResponse> Trainer::Join(const v1::JoinRequest& request) {
   GRADACC_RETURN_IF_ERROR(validator_.CheckJoin(request));
   JoinOutcome outcome;
+  v1::JoinResponse response;
   {
     MutexLock lock(&mu_);
     GRADACC_ASSIGN_OR_RETURN(outcome, state_.Join(request, absl::Now()));
+    response.set_job_done(state_.done());
+    if (state_.planned()) *response.mutable_plan() = state_.plan();
     if (request.held_version() > outcome.version) {
       progress_.NoteWorkersAhead(request.held_version());
       absl::FPrintF(stderr,
@@ -212,12 +220,10 @@ absl::StatusOr<v1::JoinResponse> Trainer::Join(const v1::JoinRequest& request) {
                     request.worker(), request.held_version(), outcome.version);
     }
   }
-  v1::JoinResponse response;
   *response.mutable_job() = spec_;
   response.set_window(outcome.first_window);
   response.set_version(outcome.version);
   response.set_num_elements(layout_.num_elements());
-  response.set_job_done(outcome.version >= spec_.total_steps());
   response.set_shard(options_.shard);
   response.set_num_shards(options_.num_shards);
   response.set_shard_begin(range_.begin);
@@ -446,8 +452,8 @@ void Trainer::WithChunks(std::function<void(std::shared_ptr<const ParamSnapshot>
     std::shared_ptr<const ParamSnapshot> current = publisher_->Current();
     if (!current->has_chunks && applied_version_ == current->version) {
       const v1::ParametersHeader& h = current->header.header();
-      current = MakeSnapshot(layout_, range_, executor_->params(), {current->version, h.job_done(), h.lr(), h.loss()},
-                             options_.pull_chunk_elements, true);
+      const SnapshotFields fields{current->version, h.job_done(), h.lr(), h.loss(), h.plan()};
+      current = MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true);
       publisher_->Complete(current);
     }
     done(current);

@@ -25,8 +25,10 @@ void Trainer::CloseWindow(ClosingWindow& window) {
   applied_version_ = version;
   v1::StepRecord record = StepRecordOf(window, *report, stepped);
   std::vector<uint32_t> new_stragglers;
+  bool job_done = false;
   {
     MutexLock lock(&mu_);
+    job_done = state_.DoneAfterClose();
     progress_.RecordStep(version, record.loss(), report->grad_norm, report->samples, window.missing,
                          record.timing(), stepped);
     *record.mutable_arrivals() = stragglers_.Observe(window, &new_stragglers);
@@ -36,7 +38,7 @@ void Trainer::CloseWindow(ClosingWindow& window) {
                   w, options_.straggler_windows, window.window);
   }
   failpoints_.MaybeKill(Failpoints::Event::kBeforeCheckpoint, window.window);
-  if (!MakeDurable(version, version >= spec_.total_steps(), record)) {
+  if (!MakeDurable(version, job_done, record)) {
     absl::FPrintF(stderr,
                   "gradacc-server: version %d is not published: shutting down before its checkpoint succeeded; its "
                   "window is pushed again after the restart\n",
@@ -106,17 +108,22 @@ bool Trainer::AllOnSharedMemory() const {
 
 void Trainer::Publish(ClosingWindow& window, v1::StepRecord record, absl::Time stepped) {
   const uint64_t version = window.window + 1;
-  const bool job_done = version >= spec_.total_steps();
-  // The chunks of a version are built only when a member may pull it
-  // through gRPC.
-  auto snapshot = MakeSnapshot(layout_, range_, executor_->params(), {version, job_done, record.lr(), record.loss()},
-                               options_.pull_chunk_elements, !AllOnSharedMemory());
-  shm_->Publish(version);
+  SnapshotFields fields{version, false, record.lr(), record.loss(), {}};
   {
+    // The new window opens (pushes for it wait for its version anyway);
+    // its plan goes out with the version.
     MutexLock lock(&mu_);
+    fields.job_done = state_.DoneAfterClose();
     state_.Advance(version, absl::Now());
     ScheduleDeadline(version);
+    fields.plan = state_.plan();
   }
+  const bool job_done = fields.job_done;
+  // The chunks of a version are built only when a member may pull it
+  // through gRPC.
+  auto snapshot = MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements,
+                               !AllOnSharedMemory());
+  shm_->Publish(version);
   for (Slot& slot : window.slots) pool_.Return(std::move(slot.grad));
   if (job_done && !options_.final_params_path.empty()) WriteFinalParameters();
   // The ledger has the step before anyone can see its version.
@@ -160,6 +167,7 @@ v1::StepRecord Trainer::StepRecordOf(const ClosingWindow& window, const StepRepo
   record.set_lr(report.lr);
   *record.mutable_timing() = Timing(window, report);
   for (uint32_t m : window.missing) record.add_missing_workers(m);
+  if (window.plan.id() != 0) *record.mutable_plan() = window.plan;
   return record;
 }
 

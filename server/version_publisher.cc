@@ -20,6 +20,7 @@ std::shared_ptr<const ParamSnapshot> MakeSnapshot(const ModelLayout& layout, Fla
   h->set_lr(fields.lr);
   h->set_loss(fields.loss);
   h->set_num_elements(range.size());
+  if (fields.plan.id() != 0) *h->mutable_plan() = fields.plan;
   snap->has_chunks = with_chunks;
   if (!with_chunks) return snap;
   const uint64_t chunk = std::max<uint64_t>(1, chunk_elements);

@@ -52,6 +52,7 @@ struct SnapshotFields {
   bool job_done = false;
   double lr = 0;
   double loss = 0;
+  v1::WindowPlan plan;  // a job with a data plan: version's window's (id 0: none)
 };
 
 // Serialises `params` (the elements [range.begin, range.end) of the model)

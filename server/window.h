@@ -21,6 +21,7 @@
 #include "absl/time/time.h"
 #include "common/buffer.h"
 #include "common/shm.h"
+#include "gradacc/v1/data.pb.h"
 #include "gradacc/v1/job.pb.h"
 
 namespace gradacc {
@@ -46,6 +47,7 @@ struct ClosingWindow {
   std::vector<uint32_t> missing;  // expected but absent
   absl::Time opened;
   absl::Time last_arrival;
+  v1::WindowPlan plan;  // a job with a data plan: what the window was planned to train on
 };
 
 class Window {

@@ -21,6 +21,16 @@ WindowState::WindowState(const v1::JobSpec* spec, uint32_t num_workers, absl::Ti
       ledger_(num_workers),
       window_(num_workers) {
   window_.Open(0, ExpectedNext(), now);
+  Replan();
+}
+
+void WindowState::Replan() {
+  if (!planned()) return;
+  std::vector<uint32_t> members;
+  for (uint32_t i = 0; i < members_.size(); ++i) {
+    if (window_.expected(i)) members.push_back(i);
+  }
+  plan_ = PlanWindow(*spec_, version_, cursor_, members);
 }
 
 std::vector<bool> WindowState::ExpectedNext() const {
@@ -37,7 +47,9 @@ void WindowState::Restore(const v1::CheckpointState& s, absl::Time now) {
   for (const v1::CheckpointWorker& cw : s.workers()) {
     if (cw.worker() >= members_.size()) continue;
     WorkerRecord& w = members_.at(cw.worker());
-    w.member = members_.elastic() ? cw.member() : true;
+    // With a data plan nobody is a member after a restart: every worker
+    // joins again, so ranks that never come back do not hold the job up.
+    w.member = members_.elastic() ? cw.member() && !planned() : true;
     // Joined workers stay joined: they reconnect and carry on. Whether they
     // are alive shows in their last-seen time.
     w.state = cw.state() == v1::WORKER_STATE_PUSHED || cw.state() == v1::WORKER_STATE_LOST
@@ -57,7 +69,9 @@ void WindowState::Restore(const v1::CheckpointState& s, absl::Time now) {
   duplicates_ = s.counters().duplicate();
   stale_ = s.counters().stale();
   rejected_ = s.counters().rejected();
+  cursor_ = {s.plan_epoch(), s.plan_offset()};
   window_.Open(version_, ExpectedNext(), now);
+  Replan();
 }
 
 void WindowState::Export(uint64_t version, v1::CheckpointState* s) const {
@@ -86,6 +100,11 @@ void WindowState::Export(uint64_t version, v1::CheckpointState* s) const {
   c->set_duplicate(duplicates_);
   c->set_stale(stale_);
   c->set_rejected(rejected_);
+  if (planned()) {
+    const EpochCursor c = closing_ && version == version_ + 1 ? CursorAfter(*spec_, plan_) : cursor_;
+    s->set_plan_epoch(c.epoch);
+    s->set_plan_offset(c.offset);
+  }
 }
 
 absl::StatusOr<JoinOutcome> WindowState::Join(const v1::JoinRequest& request, absl::Time now) {
@@ -95,7 +114,9 @@ absl::StatusOr<JoinOutcome> WindowState::Join(const v1::JoinRequest& request, ab
                 [this](uint32_t i) { return window_.has(i); });
   JoinOutcome out{version_, version_};
   WorkerRecord& w = members_.at(id);
-  if (members_.elastic() && !w.member) {
+  if (planned() && !w.member) {
+    JoinPlanned(id, &out);
+  } else if (members_.elastic() && !w.member) {
     w.member = true;
     // Joining a window nobody has contributed to yet joins it; otherwise
     // the worker's first window is the next one.
@@ -108,6 +129,16 @@ absl::StatusOr<JoinOutcome> WindowState::Join(const v1::JoinRequest& request, ab
     out.first_window = version_ + 1;
   }
   return out;
+}
+
+void WindowState::JoinPlanned(uint32_t worker, JoinOutcome* out) {
+  members_.at(worker).member = true;
+  if (window_.expected_count() == 0 && window_.received() == 0 && !closing_) {
+    window_.Expect(worker, true);
+    Replan();
+  } else if (!window_.expected(worker)) {
+    out->first_window = version_ + 1;
+  }
 }
 
 absl::Status WindowState::Leave(uint32_t worker, absl::Time now, std::optional<ClosingWindow>* closing) {
@@ -188,6 +219,13 @@ absl::Status WindowState::CheckOpenWindow(const v1::PushHeader& h, std::optional
                    absl::StrFormat("window %d is not open yet; the open window is %d", h.window(), version_),
                    {{"window", Str(h.window())}, {"open_window", Str(version_)}});
   }
+  if (planned() && h.plan_id() != 0 && h.plan_id() != plan_.id()) {
+    return Refusal(v1::ERROR_REASON_PLAN_CHANGED,
+                   absl::StrFormat("window %d's data plan is not the one worker %d computed on (the server restarted "
+                                   "or the window's members changed): join again and recompute",
+                                   version_, id),
+                   {{"window", Str(version_)}, {"plan_id", Str(plan_.id())}});
+  }
   if (window_.has(id)) {
     return Refusal(v1::ERROR_REASON_SECOND_CONTRIBUTION,
                    absl::StrFormat("worker %d already contributed to window %d under another key", id, version_));
@@ -261,10 +299,13 @@ std::optional<ClosingWindow> WindowState::TakeIfComplete(bool deadline_passed) {
   if (closing_ || stopping_ || done()) return std::nullopt;
   if (!window_.Complete(spec_->window(), members_.elastic(), deadline_passed)) return std::nullopt;
   closing_ = true;
-  return window_.Take();
+  ClosingWindow w = window_.Take();
+  if (planned()) w.plan = plan_;
+  return w;
 }
 
 void WindowState::Advance(uint64_t new_version, absl::Time now) {
+  if (planned()) cursor_ = CursorAfter(*spec_, plan_);
   version_ = new_version;
   closing_ = false;
   for (uint32_t i = 0; i < members_.size(); ++i) {
@@ -272,6 +313,7 @@ void WindowState::Advance(uint64_t new_version, absl::Time now) {
     if (w.state == v1::WORKER_STATE_PUSHED) w.state = v1::WORKER_STATE_JOINED;
   }
   window_.Open(new_version, ExpectedNext(), now);
+  Replan();
 }
 
 absl::Status WindowState::CheckHeld(uint32_t worker, uint64_t key) const {

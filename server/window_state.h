@@ -21,6 +21,7 @@
 #include "gradacc/v1/checkpoint.pb.h"
 #include "gradacc/v1/control.pb.h"
 #include "gradacc/v1/data.pb.h"
+#include "common/data_plan.h"
 #include "server/contribution_ledger.h"
 #include "server/membership.h"
 #include "server/window.h"
@@ -67,7 +68,16 @@ class WindowState {
   uint64_t version() const { return version_; }
   bool closing() const { return closing_; }
   bool stopping() const { return stopping_; }
-  bool done() const { return version_ >= spec_->total_steps(); }
+  // total_steps reached, or (a data plan) the cursor reached its epochs.
+  bool done() const { return version_ >= spec_->total_steps() || PlanDone(cursor_); }
+  // Whether the job is done once the closing window's step is applied.
+  bool DoneAfterClose() const {
+    return version_ + 1 >= spec_->total_steps() || (planned() && PlanDone(CursorAfter(*spec_, plan_)));
+  }
+  // A job with a data plan (JobSpec.data_plan): the open window's plan, fixed
+  // when it opened (or when a joiner took a window that had no members).
+  bool planned() const { return HasDataPlan(*spec_); }
+  const v1::WindowPlan& plan() const { return plan_; }
   void Stop() { stopping_ = true; }
 
   // Request must have passed RequestValidator::CheckJoin.
@@ -112,6 +122,14 @@ class WindowState {
   absl::Status CheckOpenWindow(const v1::PushHeader& h, std::optional<LateNote>* late);
   void RecordContribution(uint32_t worker, const v1::PushHeader& h, absl::Time now);
   std::vector<bool> ExpectedNext() const;
+  // plan_ for the open window: its expected workers and cursor_.
+  void Replan();
+  bool PlanDone(EpochCursor c) const {
+    return planned() && spec_->data_plan().epochs() > 0 && c.epoch >= spec_->data_plan().epochs();
+  }
+  // A joiner of a planned job: a member of the open window only while it
+  // has none; else the next window is its first.
+  void JoinPlanned(uint32_t worker, JoinOutcome* out);
 
   const v1::JobSpec* const spec_;
   Membership members_;
@@ -124,6 +142,8 @@ class WindowState {
   uint64_t duplicates_ = 0;
   uint64_t stale_ = 0;
   uint64_t rejected_ = 0;
+  EpochCursor cursor_;    // where the open window's samples start (data plan)
+  v1::WindowPlan plan_;   // the open window's (data plan)
 };
 
 }  // namespace gradacc

@@ -35,14 +35,16 @@ TEST(HelpTest, TheServerListsItsFlags) {
   ExpectHelp(
       {{GRADACC_SERVER_BIN, "--help"},
        {"--listen  (default: \"127.0.0.1:7070\")", "host:port to serve on", "--checkpoint_dir", "--worker_token_file",
-        "--shared_memory_dir  (default: \"/dev/shm\")", "--checkpoint_every  (default: 1)"},
+        "--shared_memory_dir  (default: \"/dev/shm\")", "--checkpoint_every  (default: 1)",
+        "--data_plan  (default: false)", "--max_workers"},
        {"--flagfile"}});
 }
 
 TEST(HelpTest, TheWorkerListsItsFlagsWithoutMpirun) {
   ExpectHelp({{GRADACC_WORKER_BIN, "--help"},
               {"mpirun -np N gradacc-worker", "--server  (default: \"\")", "--device  (default: \"cpu\")",
-               "cpu or cuda", "--epochs", "--hierarchical  (default: false)", "--window_timeout_s  (default: 1800)"},
+               "cpu or cuda", "--epochs", "--hierarchical  (default: false)", "--window_timeout_s  (default: 1800)",
+               "mpirun --enable-recovery", "--rank  (default: -1)", "--world_size  (default: 0)"},
               {}});
 }
 

@@ -9,6 +9,8 @@
 #                                and integration tiers, and runs them
 #   tests/run.sh --thread-safety clang build (build-clang) of the libraries
 #                                with locks, -Wthread-safety -Werror
+# The elastic tier's full-size run (the quickstart's job resumed from 4 to 2
+# to 3 ranks, >= 85%, ~2 min): GRADACC_ELASTIC_FULL=1 tests/run.sh -R ElasticFull.
 # The fuzz corpus is replayed in the fault tier; to fuzz for new inputs:
 # tests/fuzz/run_fuzz.sh [seconds].
 # Environment: GRADACC_BUILD_DIR (default build, build-tsan, build-clang),

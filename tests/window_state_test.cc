@@ -212,5 +212,69 @@ TEST(WindowStateTest, CheckpointCountersLeaveOutWindowsTheyDoNotHold) {
   EXPECT_EQ(resumed.members().at(0).stale, 1u);
 }
 
+// A job with a data plan: a joiner takes an open window only while it has no
+// members; the plan's identity guards pushes; the cursor advances by the
+// plan, survives a checkpoint, and membership does not (every worker joins
+// again, so ranks that never come back hold nothing up).
+TEST(WindowStateTest, DataPlanJoinersCursorAndResume) {
+  v1::JobSpec spec = Job(4, /*max_workers=*/4);
+  spec.mutable_window()->set_micro_batches(2);
+  spec.mutable_window()->set_micro_batch_size(5);
+  spec.mutable_data_plan()->set_samples(45);
+  spec.mutable_data_plan()->set_epochs(2);
+  spec.set_total_steps(100);
+  WindowState state(&spec, 4, absl::Now());
+  EXPECT_EQ(state.plan().members_size(), 0);
+  ASSERT_TRUE(state.Join(JoinOf(2), absl::Now()).ok());
+  EXPECT_EQ(state.plan().members_size(), 1) << "the first joiner takes the empty window";
+  EXPECT_EQ(state.plan().samples(), 10u);
+  auto joined = state.Join(JoinOf(0), absl::Now());
+  ASSERT_TRUE(joined.ok());
+  EXPECT_EQ(joined->first_window, 1u) << "window 0 has a member: the next one is worker 0's first";
+  ASSERT_TRUE(state.Join(JoinOf(1), absl::Now()).ok());
+  std::optional<LateNote> late;
+  v1::PushHeader h = Header(2, 0, 0);
+  h.set_plan_id(state.plan().id() + 1);
+  EXPECT_EQ(ReasonOf(state.Admit(h, absl::Now(), &late)), v1::ERROR_REASON_PLAN_CHANGED);
+  EXPECT_EQ(ActionOf(v1::ERROR_REASON_PLAN_CHANGED), v1::CLIENT_ACTION_RECOMPUTE);
+  h.set_plan_id(state.plan().id());
+  Slot slot;
+  auto accepted = state.Accept(h, &slot, false, absl::Now(), &late);
+  ASSERT_TRUE(accepted.ok()) << accepted.status();
+  ASSERT_TRUE(accepted->closing.has_value());
+  EXPECT_EQ(accepted->closing->plan.samples(), 10u);
+  EXPECT_FALSE(state.DoneAfterClose());
+  v1::CheckpointState at1;
+  state.Export(1, &at1);  // the closing window's checkpoint: the cursor after it
+  at1.set_version(1);
+  EXPECT_EQ(at1.plan_epoch(), 0u);
+  EXPECT_EQ(at1.plan_offset(), 10u);
+  state.Advance(1, absl::Now());
+  EXPECT_EQ(state.plan().offset(), 10u);
+  EXPECT_EQ(state.plan().members_size(), 3) << "workers 0, 1, 2";
+  EXPECT_EQ(state.plan().samples(), 30u);
+  // Resume with the cursor, not the members.
+  WindowState resumed(&spec, 4, absl::Now());
+  resumed.Restore(at1, absl::Now());
+  EXPECT_EQ(resumed.plan().members_size(), 0);
+  EXPECT_EQ(resumed.plan().offset(), 10u);
+  ASSERT_TRUE(resumed.Join(JoinOf(1), absl::Now()).ok());
+  EXPECT_EQ(resumed.plan().members_size(), 1);
+  EXPECT_NE(resumed.plan().id(), state.plan().id());
+  // The job ends when the cursor reaches its epochs: 45 samples, 10 a window
+  // with one member.
+  uint64_t version = 1;
+  while (!resumed.done()) {
+    v1::PushHeader p = Header(1, version, version);
+    p.set_plan_id(resumed.plan().id());
+    Slot s;
+    auto a = resumed.Accept(p, &s, false, absl::Now(), &late);
+    ASSERT_TRUE(a.ok()) << a.status();
+    resumed.Advance(++version, absl::Now());
+    ASSERT_LT(version, 20u);
+  }
+  EXPECT_EQ(version, 1u + 4u + 5u) << "epoch 0: 35 more samples (4 windows); epoch 1: 45 (5 windows)";
+}
+
 }  // namespace
 }  // namespace gradacc

@@ -58,6 +58,20 @@ TEST(WorkerOptionsTest, EachBadOptionIsNamed) {
   ExpectInvalid([](WorkerOptions& o) { o.connect_timeout_s = 0; }, "--connect_timeout_s must be a positive");
   ExpectInvalid([](WorkerOptions& o) { o.window_timeout_s = -3; }, "--window_timeout_s must be a positive");
   ExpectInvalid([](WorkerOptions& o) { o.tls_cert = "c.pem"; }, "--tls_cert and --tls_key go together");
+  ExpectInvalid([](WorkerOptions& o) { o.rank = -2; }, "--rank must be >= 0");
+  ExpectInvalid([](WorkerOptions& o) { o.world_size = -1; }, "--world_size=-1");
+  ExpectInvalid(
+      [](WorkerOptions& o) {
+        o.rank = 3;
+        o.world_size = 3;
+      },
+      "--rank must be below --world_size");
+  ExpectInvalid(
+      [](WorkerOptions& o) {
+        o.rank = 1;
+        o.hierarchical = true;
+      },
+      "cannot take part in --hierarchical");
 }
 
 TEST(WorkerOptionsTest, ClientAndTrainingOptionsFollowTheFlags) {

@@ -1,6 +1,7 @@
 // gradacc-worker: one MPI rank = one worker (identity = rank). Parses flags
 // and hands them to RunWorker (worker/training/worker_run.h).
 //   mpirun -np 4 gradacc-worker --server=HOST:PORT [--epochs=3] [--device=cpu]
+//   gradacc-worker --rank=2 --world_size=4 --server=HOST:PORT   (a replacement, alone)
 #include <cstdio>
 #include <string>
 
@@ -38,12 +39,19 @@ ABSL_FLAG(std::string, tls_key, "", "PEM key of --tls_cert");
 ABSL_FLAG(std::string, token_file, "", "file holding the worker bearer token; default: $GRADACC_TOKEN");
 ABSL_FLAG(double, connect_timeout_s, 30, "give up when the server is unreachable for this long");
 ABSL_FLAG(double, window_timeout_s, 1800, "give up when a window does not close within this long");
+ABSL_FLAG(int64_t, rank, -1,
+          "a worker started alone (no mpirun), e.g. the replacement of a lost rank: its worker id (-1 = the MPI "
+          "rank)");
+ABSL_FLAG(int64_t, world_size, 0, "with --rank: the job's number of ranks (0 = the server's num_workers check is "
+          "made against --rank + 1)");
 
 namespace {
 
 constexpr char kUsage[] =
     "gradacc-worker: one MPI rank trains as one worker of a gradacc job (Fashion-MNIST, built-in MLP).\n"
-    "  mpirun -np N gradacc-worker --server=HOST:PORT [--epochs=E] [--device=cpu|cuda]";
+    "  mpirun -np N gradacc-worker --server=HOST:PORT [--epochs=E] [--device=cpu|cuda]\n"
+    "A lost rank survives under `mpirun --enable-recovery` (QUORUM or elastic jobs); its replacement is started\n"
+    "alone: gradacc-worker --rank=R --world_size=N --server=HOST:PORT [same flags]";
 
 gradacc::WorkerOptions OptionsFromFlags() {
   gradacc::WorkerOptions o;
@@ -68,6 +76,8 @@ gradacc::WorkerOptions OptionsFromFlags() {
   o.token_file = absl::GetFlag(FLAGS_token_file);
   o.connect_timeout_s = absl::GetFlag(FLAGS_connect_timeout_s);
   o.window_timeout_s = absl::GetFlag(FLAGS_window_timeout_s);
+  o.rank = absl::GetFlag(FLAGS_rank);
+  o.world_size = absl::GetFlag(FLAGS_world_size);
   return o;
 }
 

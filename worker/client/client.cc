@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_split.h"
+#include "common/data_plan.h"
 #include "common/errors.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
@@ -132,6 +133,7 @@ absl::Status Client::JoinAndFetch(absl::Time give_up) {
     GRADACC_RETURN_IF_ERROR(
         JoinShard(i, options_.job_id, std::max(give_up, absl::Now() + options_.rpc_timeout), &response));
     GRADACC_RETURN_IF_ERROR(AdoptShard(i, response));
+    if (i == 0 && response.has_plan()) plan_ = response.plan();
     wait = std::max<uint64_t>(wait, response.window() - std::min(response.window(), response.version()));
     version = i == 0 ? response.version() : std::min<uint64_t>(version, response.version());
     newest = std::max<uint64_t>(newest, response.version());
@@ -156,7 +158,9 @@ absl::Status Client::JoinAndFetch(absl::Time give_up) {
   } else {
     GRADACC_RETURN_IF_ERROR(Pull(version, options_.rpc_timeout));
   }
-  if (wait > 0) GRADACC_RETURN_IF_ERROR(Pull(version_ + wait, options_.window_timeout));
+  if (wait > 0 && options_.wait_for_first_window) {
+    GRADACC_RETURN_IF_ERROR(Pull(version_ + wait, options_.window_timeout));
+  }
   return absl::OkStatus();
 }
 
@@ -171,6 +175,7 @@ absl::Span<float> Client::grad(int tensor) {
 }
 
 void Client::AddMicroBatch(uint64_t samples, double loss_sum) {
+  if (micro_batches_ == 0) computed_plan_id_ = plan_.id();
   samples_ += samples;
   loss_sum_ += loss_sum;
   ++micro_batches_;
@@ -204,17 +209,34 @@ absl::StatusOr<v1::JoinResponse> Client::Rejoin(absl::Time deadline) {
   }
   // A restarted server has new segments (or none): attach again.
   SetUpSharedMemory();
+  if (oldest.has_plan()) plan_ = oldest.plan();
   return oldest;
+}
+
+bool Client::member() const { return !HasDataPlan(job_) || PlanPosition(plan_, options_.worker) >= 0; }
+
+absl::StatusOr<StepResult> Client::WaitNextWindow() {
+  StepResult result;
+  result.window = version_;
+  result.stale = true;  // nothing of this worker's is in the window
+  // A window without members (a restarted server: membership starts over)
+  // waits for a join to take it; a worker that reached the new server
+  // through a pull alone has not joined it yet.
+  const bool unclaimed = HasDataPlan(job_) && plan_.window() == version_ && plan_.members_size() == 0;
+  return RunStep(unclaimed ? StepPhase::kRejoin : StepPhase::kPull, result);
 }
 
 absl::StatusOr<StepResult> Client::Step() {
   StepResult result;
   result.window = version_;
+  return RunStep(StepPhase::kPush, result);
+}
+
+absl::StatusOr<StepResult> Client::RunStep(StepPhase phase, StepResult result) {
   const absl::Time deadline = absl::Now() + options_.window_timeout;
   RetryPolicy policy = options_.retry;
   policy.max_attempts = options_.max_recoveries + 1;
   RetryLoop rounds(policy, deadline);
-  StepPhase phase = StepPhase::kPush;
   absl::Status last;
   // A round runs phases while they make progress (push, then pull); a
   // recoverable failure ends it, and the next round starts after a backoff.
@@ -257,8 +279,10 @@ absl::StatusOr<Client::StepPhase> Client::StepPush(StepResult& result, absl::Tim
       return StepPhase::kPush;
     case v1::CLIENT_ACTION_REJOIN:
     case v1::CLIENT_ACTION_RETRY:
+    case v1::CLIENT_ACTION_RECOMPUTE:
       // RETRY: Push used up its attempts; the server may be gone or
-      // restarted, and joining again tells where it stands.
+      // restarted, and joining again tells where it stands. RECOMPUTE: the
+      // join brings the window's new plan.
       last = status;
       return StepPhase::kRejoin;
     default:  // FIX_REQUEST, STOP
@@ -316,10 +340,27 @@ absl::StatusOr<Client::StepPhase> Client::StepRejoin(StepResult& result, absl::T
                                    joined.version(), result.window),
                    {{"server_version", absl::StrCat(joined.version())}, {"held_version", absl::StrCat(version_)}});
   }
+  if (HasDataPlan(job_) && joined.version() == result.window) return AfterPlannedRejoin(result, joined);
   // version == window: the server does not have our contribution (any
   // more): push it again, same key. version > window: it closed the
   // window; pull.
   return joined.version() == result.window && !result.stale ? StepPhase::kPush : StepPhase::kPull;
+}
+
+Client::StepPhase Client::AfterPlannedRejoin(StepResult& result, const v1::JoinResponse& joined) {
+  if (PlanPosition(joined.plan(), options_.worker) < 0) {
+    // Not a member of the open window (any more): its gradients are of no
+    // use there; wait for the next window.
+    result.stale = true;
+    return StepPhase::kPull;
+  }
+  // Gradients computed on this very plan are pushed again, same key.
+  if (!result.stale && micro_batches_ > 0 && computed_plan_id_ == joined.plan().id()) return StepPhase::kPush;
+  ZeroGradients();
+  result.replanned = true;
+  result.stale = false;
+  result.version = version_;
+  return StepPhase::kDone;
 }
 
 absl::Status Client::ReportTestAccuracy(double accuracy, uint64_t step) {

@@ -29,6 +29,8 @@
 //   PUSH_AGAIN    push the window's contribution again, same key
 //   PULL          pull (the window closed without this contribution: Step
 //                 reports it as stale)
+//   RECOMPUTE     (a job with a data plan) join again to learn the window's
+//                 new plan; Step returns replanned, gradients discarded
 // Every loop is bounded by attempts and a deadline and backs off
 // exponentially with jitter (common/retry.h); it never installs parameters
 // older than the ones it holds.
@@ -93,6 +95,10 @@ struct ClientOptions {
   // Joining a server that went away (Connect and rejoin) tries this often
   // (with retry's backoff), within connect_timeout or the window's deadline.
   int max_join_attempts = 100;
+  // An elastic newcomer whose first window is the next one: Connect waits
+  // for it (true), or returns at once holding the open window's version, not
+  // a member of it (member() false; call WaitNextWindow).
+  bool wait_for_first_window = true;
   // Recoveries in one Step (rejoin, push again, pull again) before it gives
   // up; each waits a backoff of `retry`.
   int max_recoveries = 20;
@@ -130,6 +136,11 @@ struct StepResult {
   double loss = 0;  // the server's mean loss of the closed window
   double lr = 0;
   bool job_done = false;
+  // A job with a data plan: the window's plan changed under this worker (the
+  // server restarted and the window's members changed). The gradients were
+  // discarded and the version is unchanged: compute the window again under
+  // plan() when a member of it, else WaitNextWindow().
+  bool replanned = false;
 };
 
 // "f32", "bf16" or "f16" (flags of gradacc-worker and the tests).
@@ -165,6 +176,20 @@ class Client {
   void AddCoveredContribution(uint64_t samples, uint32_t micro_batches, double loss_sum);
   uint64_t pending_samples() const { return samples_; }
   uint32_t pending_micro_batches() const { return micro_batches_; }
+
+  // A job with a data plan (JobSpec.data_plan, common/data_plan.h): the
+  // plan of window version(): its epoch cursor, samples and members. Empty
+  // (id 0) without a plan.
+  const v1::WindowPlan& plan() const { return plan_; }
+  // Whether this worker computes the open window: always without a plan;
+  // with one, when it is among the plan's members.
+  bool member() const;
+  // For a worker that is not a member of the open window: waits (bounded by
+  // window_timeout, joining again when the server went away) until a newer
+  // version is published and installs it, or until the worker became a
+  // member of the open window after all (replanned). An open window with no
+  // members (after a server restart) is joined first, which takes it.
+  absl::StatusOr<StepResult> WaitNextWindow();
 
   // Push + wait + pull + zero: the end of a window. Without a micro-batch
   // since the window opened: ERROR_REASON_NOTHING_TO_PUSH at once.
@@ -293,6 +318,11 @@ class Client {
   absl::StatusOr<StepPhase> StepPush(StepResult& result, absl::Time deadline, absl::Status& last);
   absl::StatusOr<StepPhase> StepPull(StepResult& result, absl::Time deadline, absl::Status& last);
   absl::StatusOr<StepPhase> StepRejoin(StepResult& result, absl::Time deadline);
+  // Step's loop from `phase`.
+  absl::StatusOr<StepResult> RunStep(StepPhase phase, StepResult result);
+  // A planned job after a join that answered the open window: push again,
+  // recompute (replanned) or wait for the next window.
+  StepPhase AfterPlannedRejoin(StepResult& result, const v1::JoinResponse& joined);
 
   const ClientOptions options_;
   std::vector<Shard> shards_;
@@ -308,6 +338,8 @@ class Client {
   uint32_t micro_batches_ = 0;
   double loss_sum_ = 0;
   uint32_t push_attempts_for_key_ = 0;  // across Step's retries of one window
+  v1::WindowPlan plan_;                 // the open window's (data plan)
+  uint64_t computed_plan_id_ = 0;       // the plan the gradients in grad() were computed on
   Mutex wire_mu_;
   std::vector<char> wire_scratch_ ABSL_GUARDED_BY(wire_mu_);  // the gradients in a compressed wire format
   bool wire_encoded_ ABSL_GUARDED_BY(wire_mu_) = false;       // for the push in progress

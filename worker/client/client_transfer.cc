@@ -47,6 +47,7 @@ v1::PushRequest Client::PushHeaderMessage() const {
   h->set_micro_batches(micro_batches_);
   h->set_samples(samples_);
   h->set_loss_sum(loss_sum_);
+  h->set_plan_id(computed_plan_id_);
   for (uint32_t c : options_.covers) h->add_covers(c);
   for (const ModelLayout::Tensor& t : layout_.tensors()) {
     v1::TensorShape* shape = h->add_tensors();
@@ -347,6 +348,9 @@ void Client::InstallPulled(const v1::ParametersHeader& header) {
     staging_ = FloatBuffer(layout_.num_elements());
   }
   if (header.version() > version_) ZeroGradients();
+  // A join's plan of the same window is at least as new as this header's
+  // (a joiner may have been added to a window that had no members).
+  if (header.has_plan() && (header.plan().window() > plan_.window() || plan_.id() == 0)) plan_ = header.plan();
   version_ = header.version();
 }
 

@@ -18,13 +18,18 @@ std::vector<uint32_t> EpochPermutation(uint64_t seed, uint64_t epoch, uint32_t n
   return perm;
 }
 
+WindowGeometry::Range PlannedSlot(uint64_t offset, uint64_t samples, uint32_t members, uint32_t micro_batches,
+                                  uint32_t r, uint32_t k) {
+  const uint64_t slots = uint64_t{members} * micro_batches;
+  const uint64_t s = uint64_t{r} * micro_batches + k;
+  return {offset + s * samples / slots, offset + (s + 1) * samples / slots};
+}
+
 WindowGeometry::Range WindowGeometry::Slot(uint64_t t, uint32_t r, uint32_t k) const {
   const uint64_t w = windows_per_epoch();
   const uint64_t base = (t % w) * window_samples();
   const uint64_t size = std::min(window_samples(), samples - base);
-  const uint64_t slots = uint64_t{workers} * micro_batches;
-  const uint64_t s = uint64_t{r} * micro_batches + k;
-  return {base + s * size / slots, base + (s + 1) * size / slots};
+  return PlannedSlot(base, size, workers, micro_batches, r, k);
 }
 
 }  // namespace gradacc

@@ -18,6 +18,21 @@
 //
 // So every arrangement of the same S' (1 worker x 8 micro-batches, 2 x 4,
 // 4 x 2, 8 x 1) sees the same samples in every window.
+//
+// Elastic jobs (JobSpec.data_plan, common/data_plan.h) do not assume a fixed
+// M: the server plans each window when it opens and hands the plan to its
+// workers (JoinResponse.plan, ParametersHeader.plan): the members (sorted
+// worker ids, fixed at the opening) and the epoch cursor (epoch e, offset o).
+// The window holds perm_e[o, o + R) with R = min(|members|*K*b, N - o); the
+// member at position r of the sorted list takes slots s = r*K + k of the
+// S' = |members|*K slots, split evenly as above:
+//   slot s gets perm_e[o + floor(s*R/S'), o + floor((s+1)*R/S')).
+// The next window starts at o + R (epoch e + 1 at offset 0 once that is N).
+// Consecutive windows tile the epoch, so every sample of an epoch is used
+// exactly once however members come and go — unless a member is lost
+// before it contributes, which the step ledger shows (StepRecord.plan
+// against StepRecord.samples). The fixed formula is the special case
+// o = j*B with M members every window.
 #ifndef GRADACC_WORKER_TRAINING_DATA_ORDER_H_
 #define GRADACC_WORKER_TRAINING_DATA_ORDER_H_
 
@@ -43,6 +58,11 @@ struct WindowGeometry {
   };
   Range Slot(uint64_t t, uint32_t r, uint32_t k) const;
 };
+
+// Elastic jobs: micro-batch k of the member at position r of a window planned
+// at `offset` with `samples` samples over `members` members of K micro-batches.
+WindowGeometry::Range PlannedSlot(uint64_t offset, uint64_t samples, uint32_t members, uint32_t micro_batches,
+                                  uint32_t r, uint32_t k);
 
 }  // namespace gradacc
 

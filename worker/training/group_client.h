@@ -44,6 +44,11 @@ class GroupClient final : public TrainingClient {
   absl::Span<float> grad() override;
   void AddMicroBatch(uint64_t samples, double loss_sum) override;
   absl::StatusOr<StepResult> Step() override;
+  // Hierarchical reduction has fixed membership: no data plan.
+  const v1::WindowPlan& plan() const override { return no_plan_; }
+  absl::StatusOr<StepResult> WaitNextWindow() override {
+    return absl::UnimplementedError("hierarchical reduction has no elastic membership");
+  }
   std::string transport() const override;
   // Leader only (the others have no connection): status and reports go
   // through it; Leave leaves for the whole group.
@@ -72,6 +77,7 @@ class GroupClient final : public TrainingClient {
   uint64_t samples_ = 0;
   uint32_t micro_batches_ = 0;
   double loss_sum_ = 0;
+  v1::WindowPlan no_plan_;
 };
 
 }  // namespace gradacc

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/data_plan.h"
 #include "common/status_macros.h"
 
 namespace gradacc {
@@ -158,6 +159,7 @@ absl::StatusOr<double> EvaluateAndReport(TrainingClient& client, Backend& backen
 absl::StatusOr<TrainingResult> RunTraining(TrainingClient& client, Backend& backend, const Dataset& train,
                                            const Dataset* test, const TrainingOptions& options) {
   const v1::JobSpec& job = client.job();
+  if (HasDataPlan(job)) return RunPlannedTraining(client, backend, train, test, options);
   GRADACC_ASSIGN_OR_RETURN(WindowGeometry geometry, GeometryFor(job, train, options));
   const Progress progress(options, geometry, job.total_steps(), client.version());
   std::vector<float> x(uint64_t{geometry.micro_batch} * train.features() + 1);

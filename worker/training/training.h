@@ -33,6 +33,9 @@ class TrainingClient {
   virtual absl::Span<float> grad() = 0;
   virtual void AddMicroBatch(uint64_t samples, double loss_sum) = 0;
   virtual absl::StatusOr<StepResult> Step() = 0;
+  // A job with a data plan (Client::plan, Client::WaitNextWindow).
+  virtual const v1::WindowPlan& plan() const = 0;
+  virtual absl::StatusOr<StepResult> WaitNextWindow() = 0;
   virtual std::string transport() const = 0;
   virtual absl::Status ReportTestAccuracy(double accuracy, uint64_t step) = 0;
   virtual absl::StatusOr<v1::Status> GetStatus() = 0;
@@ -50,6 +53,8 @@ class ClientAdapter final : public TrainingClient {
   absl::Span<float> grad() override { return c_.grad(); }
   void AddMicroBatch(uint64_t samples, double loss_sum) override { c_.AddMicroBatch(samples, loss_sum); }
   absl::StatusOr<StepResult> Step() override { return c_.Step(); }
+  const v1::WindowPlan& plan() const override { return c_.plan(); }
+  absl::StatusOr<StepResult> WaitNextWindow() override { return c_.WaitNextWindow(); }
   std::string transport() const override { return c_.transport(); }
   absl::Status ReportTestAccuracy(double accuracy, uint64_t step) override {
     return c_.ReportTestAccuracy(accuracy, step);
@@ -81,6 +86,12 @@ struct TrainingResult {
   double last_loss = 0;        // the server's loss of the last window
   double test_accuracy = -1;   // last evaluation, when report
 };
+
+// A job with a data plan (JobSpec.data_plan): windows are computed from the
+// plan each one comes with (data_order.h); a worker that is not a member of
+// the open window waits for the next. RunTraining calls it for such jobs.
+absl::StatusOr<TrainingResult> RunPlannedTraining(TrainingClient& client, Backend& backend, const Dataset& train,
+                                                  const Dataset* test, const TrainingOptions& options);
 
 // The window geometry this worker uses for `job` and `train`.
 absl::StatusOr<WindowGeometry> GeometryFor(const v1::JobSpec& job, const Dataset& train,

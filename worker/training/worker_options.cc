@@ -51,6 +51,14 @@ absl::Status ValidateWorkerOptions(const WorkerOptions& o) {
   if (o.tls_cert.empty() != o.tls_key.empty()) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key go together");
   }
+  if (o.rank < -1 || o.rank > kMaxU32) return absl::InvalidArgumentError("--rank must be >= 0");
+  GRADACC_RETURN_IF_ERROR(NonNegative(o.world_size, "world_size", kMaxU32));
+  if (o.rank >= 0 && o.world_size > 0 && o.rank >= o.world_size) {
+    return absl::InvalidArgumentError("--rank must be below --world_size");
+  }
+  if (o.rank >= 0 && o.hierarchical) {
+    return absl::InvalidArgumentError("--rank (a worker started alone) cannot take part in --hierarchical reduction");
+  }
   return absl::OkStatus();
 }
 
@@ -61,6 +69,9 @@ absl::StatusOr<ClientOptions> ClientOptionsFor(const WorkerOptions& o, int rank)
   options.connect_timeout = absl::Seconds(o.connect_timeout_s);
   options.window_timeout = absl::Seconds(o.window_timeout_s);
   options.shared_memory = o.shared_memory;
+  // An elastic newcomer learns from its plan that the next window is its
+  // first (training waits for it), so no rank waits inside start-up.
+  options.wait_for_first_window = false;
   GRADACC_ASSIGN_OR_RETURN(options.wire_format, ParseWireFormat(o.wire_format));
   options.connection.tls_ca_file = o.tls_ca;
   options.connection.tls_cert_file = o.tls_cert;

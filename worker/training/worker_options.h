@@ -38,6 +38,10 @@ struct WorkerOptions {
   std::string token_file;  // empty: $GRADACC_TOKEN
   double connect_timeout_s = 30;
   double window_timeout_s = 1800;
+  // A worker started alone (a replacement for a lost rank): its worker id
+  // and the job's world size, instead of MPI's (-1 / 0: MPI's).
+  int64_t rank = -1;
+  int64_t world_size = 0;
 };
 
 // OK when the options make sense on their own (the job's agreement is

@@ -1,9 +1,11 @@
 #include "worker/training/worker_run.h"
 
+#include <algorithm>
 #include <memory>
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "common/data_plan.h"
 #include "common/status_macros.h"
 #include "worker/training/group_client.h"
 #include "worker/training/model.h"
@@ -59,10 +61,20 @@ absl::Status Connect(const WorkerOptions& options, int rank, int size, Setup& s)
     s.session = std::make_unique<ClientAdapter>(*s.client);
   }
   const v1::JobSpec& job = s.session->job();
-  if (static_cast<uint32_t>(size) != job.window().num_workers()) {
+  if (HasDataPlan(job)) {
+    // Elastic: any number of ranks up to max_workers, worker ids below it.
+    if (static_cast<uint32_t>(std::max(size, rank + 1)) > job.window().max_workers()) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "the server's job '%s' takes worker ids below %d; worker %d of %d is out of range", job.job_id(),
+          job.window().max_workers(), rank, size));
+    }
+  } else if (static_cast<uint32_t>(size) != job.window().num_workers()) {
     return absl::FailedPreconditionError(
-        absl::StrFormat("the server's job '%s' expects %d workers but mpirun started %d ranks; use mpirun -np %d",
-                        job.job_id(), job.window().num_workers(), size, job.window().num_workers()));
+        options.rank >= 0
+            ? absl::StrFormat("the server's job '%s' has %d workers; start the replacement with --world_size=%d",
+                              job.job_id(), job.window().num_workers(), job.window().num_workers())
+            : absl::StrFormat("the server's job '%s' expects %d workers but mpirun started %d ranks; use mpirun -np %d",
+                              job.job_id(), job.window().num_workers(), size, job.window().num_workers()));
   }
   GRADACC_ASSIGN_OR_RETURN(MlpShape shape, ModelFor(options, job, s.train.features()));
   GRADACC_ASSIGN_OR_RETURN(s.backend, MakeBackend(options.device, shape));
@@ -83,12 +95,22 @@ void ReportResult(TrainingClient& session, const TrainingResult& result) {
 }  // namespace
 
 int RunWorker(const WorkerOptions& options, const MpiScope& mpi) {
-  const int rank = mpi.rank();
+  // A replacement started alone (--rank) is its own world of one.
+  if (options.rank >= 0 && mpi.size() > 1) {
+    absl::FPrintF(stderr, "gradacc-worker: --rank is for a worker started alone, not under mpirun -np %d\n",
+                  mpi.size());
+    return 2;
+  }
+  const int rank = options.rank >= 0 ? static_cast<int>(options.rank) : mpi.rank();
+  const int size = options.world_size > 0 ? static_cast<int>(options.world_size) : std::max(mpi.size(), rank + 1);
   Setup setup;
   absl::Status ready = PrepareLocal(options, rank, setup);
   // Every rank learns whether all are ready, so none is left waiting for a
   // window (or a collective connect) that a failed rank will never reach.
-  if (mpi.AllOk(ready.ok())) ready = Connect(options, rank, mpi.size(), setup);
+  // This is the last use of MPI (without --hierarchical): from here on a
+  // lost rank is the server's business (QUORUM, elastic membership), and
+  // the others finish without waiting for it.
+  if (mpi.AllOk(ready.ok())) ready = Connect(options, rank, size, setup);
   if (!mpi.AllOk(ready.ok())) {
     if (!ready.ok()) {
       absl::FPrintF(stderr, "gradacc-worker[%d]: %s\n", rank, ready.message());
@@ -105,7 +127,8 @@ int RunWorker(const WorkerOptions& options, const MpiScope& mpi) {
   }
   (void)setup.session->Leave();
   if (rank == 0) ReportResult(*setup.session, *result);
-  mpi.Barrier();
+  // No final barrier: every rank is done when the server says the job is,
+  // and a barrier would wait forever for a rank that was lost.
   return 0;
 }
 
