@@ -4,11 +4,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <set>
 #include <vector>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/time/time.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "common/files.h"
@@ -143,37 +146,90 @@ v1::GetStepsResponse StepLedger::Get(uint64_t from, uint64_t to) const {
 void StepLedger::Flush() {
   MutexLock lock(&mu_);
   std::pair<StepLedger*, uint64_t> target(this, queued_);
-  mu_.Await(Condition(
-      +[](std::pair<StepLedger*, uint64_t>* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-        return a->first->written_ >= a->second || a->first->stop_;
-      },
-      &target));
+  // Bounded: a ledger on a full disk keeps its lines queued (and retried).
+  mu_.AwaitWithTimeout(Condition(
+                           +[](std::pair<StepLedger*, uint64_t>* a) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                             return a->first->written_ >= a->second || a->first->stop_;
+                           },
+                           &target),
+                       absl::Seconds(30));
 }
 
+namespace {
+
+// Appends `text` to `fd`; false (and `error`, and `partial` when some bytes
+// went out) on failure.
+bool WriteAll(int fd, const std::string& text, bool* partial, std::string* error) {
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      *partial = *partial || done > 0;
+      *error = n < 0 ? std::strerror(errno) : "nothing written";
+      return false;
+    }
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+}  // namespace
+
 void StepLedger::WriterLoop() {
-  const int fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, kPrivateFileMode);
-  std::FILE* file = fd < 0 ? nullptr : ::fdopen(fd, "a");
-  if (file == nullptr && fd >= 0) ::close(fd);
-  if (file == nullptr) absl::FPrintF(stderr, "gradacc-server: cannot append to ledger '%s'\n", path_);
+  int fd = -1;
+  bool partial = false;  // the file may end in a line cut short by a failed write
+  bool failing = false;
+  absl::Duration backoff = absl::ZeroDuration();
   MutexLock lock(&mu_);
   while (true) {
-    mu_.Await(Condition(
-        +[](StepLedger* l) ABSL_NO_THREAD_SAFETY_ANALYSIS { return !l->unwritten_.empty() || l->stop_; }, this));
+    if (backoff > absl::ZeroDuration()) {
+      mu_.AwaitWithTimeout(Condition(&stop_), backoff);
+    } else {
+      mu_.Await(Condition(
+          +[](StepLedger* l) ABSL_NO_THREAD_SAFETY_ANALYSIS { return !l->unwritten_.empty() || l->stop_; }, this));
+    }
     if (unwritten_.empty() && stop_) break;
+    if (unwritten_.empty()) continue;
     std::vector<Line> lines(unwritten_.begin(), unwritten_.end());
-    unwritten_.clear();
     mu_.Unlock();
-    if (file != nullptr) {
-      for (const Line& line : lines) std::fwrite(line.text.data(), 1, line.text.size(), file);
-      std::fflush(file);
+    size_t done = 0;
+    std::string error;
+    if (fd < 0) fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, kPrivateFileMode);
+    if (fd < 0) {
+      error = std::strerror(errno);
+    } else {
+      // A line cut short by an earlier failure stays a line of its own.
+      if (partial && WriteAll(fd, "\n", &partial, &error)) partial = false;
+      while (!partial && done < lines.size() && WriteAll(fd, lines[done].text, &partial, &error)) ++done;
     }
     mu_.Lock();
-    written_ += lines.size();
-    for (const Line& line : lines) {
-      if (line.append && !unlogged_.empty()) unlogged_.pop_front();
+    for (size_t k = 0; k < done; ++k) {
+      if (unwritten_.front().append && !unlogged_.empty()) unlogged_.pop_front();
+      unwritten_.pop_front();
     }
+    written_ += done;
+    if (done == lines.size()) {
+      if (failing) absl::FPrintF(stderr, "gradacc-server: the ledger '%s' is written again\n", path_);
+      failing = false;
+      backoff = absl::ZeroDuration();
+      continue;
+    }
+    // Nothing is lost: the lines stay queued, and every checkpoint carries
+    // the records not yet in the file (Unlogged), so a resumed server
+    // appends them even if this one dies first.
+    if (!failing) {
+      absl::FPrintF(stderr,
+                    "gradacc-server: LEDGER WRITE FAILED for '%s': %s; retrying (the records are kept, and carried "
+                    "by the checkpoints)\n",
+                    path_, error);
+    }
+    failing = true;
+    backoff = std::min(absl::Seconds(10), std::max(absl::Milliseconds(500), backoff * 2));
+    if (stop_) break;  // the final checkpoint carries what is left
   }
-  if (file != nullptr) std::fclose(file);
+  written_ = queued_;  // Flush waits no more
+  if (fd >= 0) ::close(fd);
 }
 
 }  // namespace gradacc

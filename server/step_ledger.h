@@ -47,7 +47,10 @@ class StepLedger {
   void NoteLate(const LateNote& late);
   // Records with from <= step <= to (0 = open end).
   v1::GetStepsResponse Get(uint64_t from, uint64_t to) const;
-  // Blocks until every record appended so far is in the file.
+  // Blocks until every record appended so far is in the file, at most 30 s:
+  // a write that fails (a full disk, a missing folder) keeps its lines
+  // queued and is retried with backoff (0.5 s to 10 s; the log says LEDGER
+  // WRITE FAILED once), and the checkpoints carry them meanwhile.
   void Flush();
 
  private:

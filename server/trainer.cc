@@ -368,8 +368,9 @@ std::shared_ptr<const ParamSnapshot> Trainer::PreviousVersion(uint64_t version) 
                                           previous.status().message(), ")"));
     return nullptr;
   }
-  SnapshotFields fields{version - 1, false,
-                        LearningRateAt(spec_.optimizer(), spec_.schedule(), version >= 2 ? version - 2 : 0), 0};
+  SnapshotFields fields;  // sharded jobs have no data plan
+  fields.version = version - 1;
+  fields.lr = LearningRateAt(spec_.optimizer(), spec_.schedule(), version >= 2 ? version - 2 : 0);
   return MakeSnapshot(layout_, range_, previous->params.span(), fields, options_.pull_chunk_elements, true);
 }
 

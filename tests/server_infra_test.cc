@@ -151,6 +151,30 @@ TEST(StepLedgerTest, FileHoldsEveryRecordAndLateNotes) {
   EXPECT_NE(text.find("\"outcome\":\"duplicate\""), std::string::npos);
 }
 
+// A write that fails (here: the folder is missing; on a full disk, ENOSPC)
+// keeps its lines queued, still unlogged (so checkpoints carry them), and
+// retries until it succeeds: no record is dropped.
+TEST(StepLedgerTest, FailedWritesAreRetriedNotDropped) {
+  const std::string dir = TempDir("ledger_retry") + "/later";
+  const std::string path = dir + "/ledger.jsonl";
+  {
+    StepLedger ledger(path);
+    for (uint64_t s = 1; s <= 3; ++s) {
+      v1::StepRecord r;
+      r.set_step(s);
+      ledger.Append(r);
+    }
+    absl::SleepFor(absl::Milliseconds(200));  // the first attempts fail
+    EXPECT_EQ(ledger.Unlogged().size(), 3u);
+    ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
+    const absl::Time give_up = absl::Now() + absl::Seconds(20);
+    while (!ledger.Unlogged().empty() && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(50));
+    EXPECT_TRUE(ledger.Unlogged().empty());
+  }
+  const std::string text = ReadFileToString(path).value_or("");
+  for (int s = 1; s <= 3; ++s) EXPECT_NE(text.find(absl::StrCat("\"step\":\"", s, "\"")), std::string::npos) << text;
+}
+
 TEST(CheckpointerTest, FailuresAreStickyUntilAWriteSucceeds) {
   const std::string dir = TempDir("ckpt");
   v1::ModelSpec model;

@@ -354,7 +354,10 @@ class Soak:
             acc = {k: int(s.get(f"contributions{k}", 0) or 0) for k in ("Accepted", "Duplicate", "Stale", "Rejected")}
             acc["step"] = int(s.get("step", 0) or 0)
             acc["restarts"] = int(s.get("serverRestarts", 0) or 0)
-            ledger = read_ledger(os.path.join(self.shard_dir(i), "ckpt", "ledger.jsonl"))
+            ledger_path = os.path.join(self.shard_dir(i), "ckpt", "ledger.jsonl")
+            if os.path.exists(ledger_path):  # kept beside the logs (the tmpfs goes away)
+                shutil.copy(ledger_path, os.path.join(self.shard_dir(i), "ledger.jsonl"))
+            ledger = read_ledger(ledger_path)
             complete = [st for st, n in ledger.items() if n == WORKERS]
             acc["ledger_steps"] = len(ledger)
             acc["ledger_steps_with_every_worker"] = len(complete)
