@@ -76,6 +76,7 @@ __all__ = ["Worker", "connect", "job_spec", "optimizer_spec", "schedule_spec", "
 _tls = threading.local()  # .root: the tensor backward() was called on, in this thread
 _original_backward = None
 _workers = weakref.WeakSet()  # live Workers (the backward probe tidies up after a failed pass)
+_workers_lock = threading.Lock()  # a set iterated while another thread adds to it raises
 
 
 def _install_backward_probe():
@@ -95,7 +96,9 @@ def _install_backward_probe():
             _tls.root = previous
             # A pass that failed (a hook raised) never ran its end callback.
             me = threading.get_ident()
-            for worker in list(_workers):
+            with _workers_lock:
+                workers = list(_workers)
+            for worker in workers:
                 if worker._in_backward and worker._bw_thread == me:
                     worker._in_backward = False
 
@@ -193,7 +196,8 @@ class Worker:
         self._install_parameters()
         self._install_grads()
         _install_backward_probe()
-        _workers.add(self)
+        with _workers_lock:
+            _workers.add(self)
         self._hooks.append(self.model.register_forward_hook(self._on_forward))
         for index, (_, p) in enumerate(self._params):
             self._hooks.append(p.register_hook(functools.partial(self._on_param_grad, index)))
