@@ -146,6 +146,7 @@ class Soak:
         self.events = []
         self.samples = {"server": [], "worker": []}
         self.mounted = []
+        self.disk_use = []  # [time, shard, bytes used before a full_disk fault]
 
     # --- processes -------------------------------------------------------
     def shard_dir(self, i):
@@ -220,16 +221,19 @@ class Soak:
         if path not in self.mounted:
             return False
         filler = os.path.join(path, "filler")
-        with open(filler, "wb") as f:
-            chunk = b"\0" * (1 << 16)
-            try:
+        used = disk_used(path)
+        try:
+            with open(filler, "wb") as f:
+                chunk = b"\0" * (1 << 16)
                 while True:
                     f.write(chunk)
                     f.flush()
-            except OSError:
-                pass
+        except OSError:
+            pass  # full (or full already: then only the wait)
         time.sleep(self.rng.uniform(3, 6))
-        os.unlink(filler)
+        if os.path.exists(filler):
+            os.unlink(filler)
+        self.disk_use.append([round(time.monotonic() - self.t0, 1), i, used])
         return True
 
     def fault(self, proxies, worker_servers):
@@ -398,7 +402,8 @@ class Soak:
             "seed": self.args.seed, "minutes": self.args.minutes, "steps": steps,
             "faults": kinds, "fault_phase_seconds": round(fault_end, 1), "finished_seconds": round(finished, 1),
             "bit_identical": identical, "accounting": accounting, "resources": bounds,
-            "disk_faults_possible": bool(self.mounted), "events": self.events, "failures": failures,
+            "disk_faults_possible": bool(self.mounted), "checkpoint_disk_use": self.disk_use[-4:],
+            "events": self.events, "failures": failures,
         }
         with open(os.path.join(self.out, "soak.json"), "w") as f:
             json.dump(report, f, indent=1)
@@ -410,6 +415,11 @@ class Soak:
         self.stop_all()
         for path in self.mounted:
             subprocess.run(["umount", "-l", path], capture_output=True)
+
+
+def disk_used(path):
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
 def proc_stats(pid):
