@@ -713,6 +713,10 @@ TEST(TrainerWaitTest, ParkedWaitersWakeOnCloseAndOnShutdown) {
   const uint64_t cancelled = trainer->WaitForVersion(2, [&](auto) { ADD_FAILURE() << "cancelled waiter ran"; });
   EXPECT_TRUE(trainer->CancelWait(cancelled));
   ASSERT_TRUE(Push(*trainer, MakeWindow(0, 1, 418, 7)[0]).ok());
+  // The version is published when Push returns; the parked callbacks run
+  // right after, on the thread that published it.
+  const absl::Time give_up = absl::Now() + absl::Seconds(10);
+  while (woke.load() == 0 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(1));
   EXPECT_EQ(woke, 1);
   EXPECT_EQ(seen, 1u);
   // Already there: answered at once.
