@@ -12,7 +12,8 @@
 //  - WAIT: rank 2 is SIGKILLed and a replacement started alone
 //    (gradacc-worker --rank=2 --world_size=3) rejoins; the job finishes.
 // GRADACC_ELASTIC_FULL=1 runs the first scenario on the quickstart's job
-// (60000 samples, 784-256-128-10, 3 epochs; ctest label elastic_full) with
+// (60000 samples, 784-256-128-10, 3 epochs; ctest test elastic_full, label
+// elastic_full, which sets it; not in the default run) with
 // the bar at 85%.
 #include <signal.h>
 

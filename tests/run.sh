@@ -94,9 +94,10 @@ history_size=4 halt_on_error=0"
   exit 0
 fi
 
-# The container tier and the soak test are their own commands (podman and
-# minutes; ten minutes of faults): tests/run.sh -L container, -L soak.
+# The container tier, the soak test and the full-size elastic run are their
+# own commands (podman and minutes; ten minutes of faults; minutes of
+# training): tests/run.sh -L container, -L soak, -L elastic_full.
 has_label=0
 for a in "${args[@]}"; do [[ "$a" == -L* ]] && has_label=1; done
-if ((has_label == 0)); then args+=(-LE 'container|soak'); fi
+if ((has_label == 0)); then args+=(-LE 'container|soak|elastic_full'); fi
 exec ctest --output-on-failure --timeout 900 -j 2 "${args[@]}"
