@@ -3,7 +3,6 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_format.h"
-#include "gradacc/v1/control.grpc.pb.h"
 
 namespace gradacc {
 
@@ -12,10 +11,10 @@ PeerMonitor::PeerMonitor(uint32_t shard, std::vector<std::string> peers,
                          absl::Duration period)
     : shard_(shard),
       peers_(std::move(peers)),
-      channels_(std::move(channels)),
       token_(std::move(token)),
       period_(period),
       health_(peers_.size()) {
+  for (const auto& channel : channels) stubs_.push_back(channel ? v1::ControlPlane::NewStub(channel) : nullptr);
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -39,7 +38,7 @@ void PeerMonitor::Run() {
       if (mu_.AwaitWithTimeout(Condition(&stop_), period_)) return;
     }
     for (size_t i = 0; i < peers_.size(); ++i) {
-      if (i != shard_ && channels_[i] != nullptr) Probe(i);
+      if (i != shard_ && stubs_[i] != nullptr) Probe(i);
     }
   }
 }
@@ -51,7 +50,7 @@ void PeerMonitor::Probe(size_t i) {
   if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
   v1::GetStatusRequest request;
   v1::Status response;
-  const grpc::Status s = v1::ControlPlane::NewStub(channels_[i])->GetStatus(&ctx, request, &response);
+  const grpc::Status s = stubs_[i]->GetStatus(&ctx, request, &response);
   const absl::Time now = absl::Now();
   MutexLock lock(&mu_);
   Health& h = health_[i];

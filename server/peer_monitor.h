@@ -18,10 +18,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
 #include "common/mutex.h"
-
-namespace grpc {
-class Channel;
-}  // namespace grpc
+#include "gradacc/v1/control.grpc.pb.h"
 
 namespace gradacc {
 
@@ -46,7 +43,7 @@ class PeerMonitor {
 
   const uint32_t shard_;
   const std::vector<std::string> peers_;
-  const std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::vector<std::unique_ptr<v1::ControlPlane::Stub>> stubs_;  // null for this shard
   const std::string token_;
   const absl::Duration period_;
   mutable Mutex mu_;

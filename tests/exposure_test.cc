@@ -106,15 +106,8 @@ class DashboardProcess {
     EXPECT_TRUE(p.ok()) << p.status();
     if (!p.ok()) return;
     process_ = std::move(*p);
-    const absl::Time give_up = absl::Now() + absl::Seconds(20);
-    while (absl::Now() < give_up && process_->running()) {
-      const std::string text = ReadFile(port_file);
-      if (!text.empty() && text.back() == '\n') {
-        port_ = std::stoi(text);
-        return;
-      }
-      absl::SleepFor(absl::Milliseconds(10));
-    }
+    port_ = testing::WaitForPortFile(port_file, process_.get());
+    if (port_ != 0) return;
     ADD_FAILURE() << "the dashboard did not start:\n" << ReadFile(dir + "/dashboard.log");
   }
   int port() const { return port_; }

@@ -80,16 +80,6 @@ constexpr char kSmallJob[] = R"pb(
   total_steps: 5
 )pb";
 
-// The port a process writes to `file` once serving (0 after 20 s).
-int WaitForPort(const std::string& file) {
-  const absl::Time give_up = absl::Now() + absl::Seconds(20);
-  while (absl::Now() < give_up) {
-    const std::string text = ReadFile(file);
-    if (!text.empty() && text.back() == '\n') return std::stoi(text);
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return 0;
-}
 
 std::vector<std::string> ServerSecurityFlags() {
   const Pki& pki = Pki::Get();
@@ -316,7 +306,7 @@ TEST(SecurePortsTest, MetricsOverHttpsNeedATokenAndGrpcTlsKeepsWorking) {
   }
   auto server = ServerProcess::Start(dir, flags);
   ASSERT_TRUE(server.ok()) << server.status();
-  const int port = WaitForPort(dir + "/metrics.port");
+  const int port = testing::WaitForPortFile(dir + "/metrics.port");
   ASSERT_GT(port, 0) << (*server)->log();
   EXPECT_TRUE(absl::StrContains((*server)->log(), "(HTTPS, reader or worker token required)")) << (*server)->log();
   const ConnectionOptions tls = Mtls((*server)->address());
@@ -370,7 +360,7 @@ TEST(SecurePortsTest, DashboardOverHttpsWithItsToken) {
   for (const std::string& f : ClientTlsFlags()) argv.push_back(f);
   auto dashboard = Subprocess::Start(argv, dir + "/dashboard.log");
   ASSERT_TRUE(dashboard.ok());
-  const int port = WaitForPort(dir + "/dashboard.port");
+  const int port = testing::WaitForPortFile(dir + "/dashboard.port");
   ASSERT_GT(port, 0) << ReadFile(dir + "/dashboard.log");
   EXPECT_TRUE(absl::StrContains(ReadFile(dir + "/dashboard.log"), "https://127.0.0.1:"));
   const std::string ca = pki.Path("ca.pem");

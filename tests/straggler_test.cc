@@ -52,16 +52,6 @@ bool Contains(const google::protobuf::RepeatedField<uint32_t>& list, uint32_t v)
   return std::find(list.begin(), list.end(), v) != list.end();
 }
 
-int PortIn(const std::string& file) {
-  const absl::Time give_up = absl::Now() + absl::Seconds(20);
-  while (absl::Now() < give_up) {
-    const std::string text = ReadFile(file);
-    if (!text.empty() && text.back() == '\n') return std::stoi(text);
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return 0;
-}
-
 TEST(StragglerTest, StoppedQuorumWorkerIsNamedWithinTwoWindowsAndItsLatePushCountedOnce) {
   const std::string dir = testing::MakeTempDir("straggler");
   std::ofstream(dir + "/job.textproto") << kJob;
@@ -70,13 +60,13 @@ TEST(StragglerTest, StoppedQuorumWorkerIsNamedWithinTwoWindowsAndItsLatePushCoun
       dir, {"--job=" + dir + "/job.textproto", "--ledger_file=" + ledger, "--metrics_listen=127.0.0.1:0",
             "--metrics_port_file=" + dir + "/metrics.port", "--worker_timeout_s=30", "--straggler_windows=2"});
   ASSERT_TRUE(server.ok()) << server.status();
-  const int metrics_port = PortIn(dir + "/metrics.port");
+  const int metrics_port = testing::WaitForPortFile(dir + "/metrics.port");
   ASSERT_NE(metrics_port, 0);
   auto dashboard = Subprocess::Start({GRADACC_CLI_BIN, "dashboard", "--server=" + (*server)->address(),
                                       "--listen=127.0.0.1:0", "--port_file=" + dir + "/dashboard.port"},
                                      dir + "/dashboard.log");
   ASSERT_TRUE(dashboard.ok()) << dashboard.status();
-  const int dashboard_port = PortIn(dir + "/dashboard.port");
+  const int dashboard_port = testing::WaitForPortFile(dir + "/dashboard.port");
   ASSERT_NE(dashboard_port, 0) << ReadFile(dir + "/dashboard.log");
   std::vector<std::unique_ptr<Subprocess>> workers;
   for (int k = 0; k < kWorkers; ++k) {

@@ -97,6 +97,16 @@ int FreePort() {
   return ntohs(addr.sin_port);
 }
 
+int WaitForPortFile(const std::string& file, Subprocess* process, absl::Duration timeout) {
+  const absl::Time give_up = absl::Now() + timeout;
+  while (absl::Now() < give_up && (process == nullptr || process->running())) {
+    const std::string text = ReadFile(file);
+    if (!text.empty() && text.back() == '\n') return std::stoi(text);
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return 0;
+}
+
 std::string MakeTempDir(const std::string& name) {
   static int counter = 0;
   std::string dir = absl::StrCat(::testing::TempDir(), "/gradacc_", getpid(), "_", counter++, "_", name);
@@ -161,17 +171,10 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(const std::s
   auto p = Subprocess::Start(argv, server->log_path_);
   if (!p.ok()) return p.status();
   server->process_ = std::move(*p);
-  const absl::Time deadline = absl::Now() + absl::Seconds(20);
-  while (absl::Now() < deadline) {
-    const std::string text = ReadFile(port_file);
-    if (!text.empty() && text.back() == '\n') {
-      server->port_ = std::stoi(text);
-      return server;
-    }
-    if (!server->process_->running()) {
-      return absl::InternalError(absl::StrCat("gradacc-server exited early:\n", server->log()));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  server->port_ = WaitForPortFile(port_file, server->process_.get());
+  if (server->port_ != 0) return server;
+  if (!server->process_->running()) {
+    return absl::InternalError(absl::StrCat("gradacc-server exited early:\n", server->log()));
   }
   return absl::DeadlineExceededError(absl::StrCat("gradacc-server did not write its port:\n", server->log()));
 }

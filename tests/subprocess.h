@@ -50,6 +50,11 @@ std::string ReadFile(const std::string& path);
 // know before it starts.
 int FreePort();
 
+// The port a process writes to `file` (a number and a newline) once it
+// serves; 0 when `timeout` passes or `process` (when given) exits first.
+int WaitForPortFile(const std::string& file, Subprocess* process = nullptr,
+                    absl::Duration timeout = absl::Seconds(20));
+
 // A fresh, empty folder under the test temp dir.
 std::string MakeTempDir(const std::string& name);
 
