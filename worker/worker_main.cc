@@ -93,5 +93,5 @@ int main(int argc, char** argv) {
   gradacc::KeepFreedMemoryForReuse();
   gradacc::MpiScope mpi(&argc, &argv);
   absl::ParseCommandLine(argc, argv);
-  return gradacc::RunWorker(OptionsFromFlags(), mpi);
+  return mpi.Finish(gradacc::RunWorker(OptionsFromFlags(), mpi));
 }

@@ -7,6 +7,8 @@
 #ifndef GRADACC_WORKER_TRAINING_MPI_SCOPE_H_
 #define GRADACC_WORKER_TRAINING_MPI_SCOPE_H_
 
+#include "absl/time/time.h"
+
 namespace gradacc {
 
 class MpiScope {
@@ -21,10 +23,15 @@ class MpiScope {
   // True on every rank when `ok` is true on every rank (a collective).
   bool AllOk(bool ok) const;
   void Barrier() const;
+  // Finalises MPI and returns `exit_code`. Under `mpirun --enable-recovery`
+  // a finalize that does not return within `bound` (it waits for every rank,
+  // and a lost rank never arrives) ends the process with `exit_code`.
+  int Finish(int exit_code, absl::Duration bound = absl::Seconds(5));
 
  private:
   int rank_ = 0;
   int size_ = 1;
+  bool finalized_ = false;
 };
 
 }  // namespace gradacc
