@@ -809,7 +809,9 @@ TEST(TrainerElasticTest, MembershipChangesAtWindowBoundaries) {
 }
 
 TEST(TrainerCheckpointTest, ResumesExactlyAndSkipsCorruptNewest) {
+  // Fresh: a folder left by an earlier run with the same pid would resume it.
   const std::string dir = ::testing::TempDir() + "/ckpt_unit_" + std::to_string(getpid());
+  std::filesystem::remove_all(dir);
   v1::JobSpec spec = SmallJob(2, 6, v1::OptimizerSpec::KIND_ADAM);
   TrainerOptions options;
   options.checkpoint_dir = dir;
@@ -838,6 +840,7 @@ TEST(TrainerCheckpointTest, ResumesExactlyAndSkipsCorruptNewest) {
     for (auto& c : MakeWindow(w, 2, 418, 10)) ASSERT_TRUE(Push(**t, c).ok());
   EXPECT_TRUE(testing::BitIdentical((*t)->Parameters(), reference));
   EXPECT_EQ(ListCheckpoints(dir).size(), 3u);  // keep_checkpoints
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
