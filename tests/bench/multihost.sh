@@ -5,6 +5,8 @@
 #   --rate=200mbit     each host's link, each direction (tc tbf on both ends)
 #   --delay=0ms        added one-way latency per link (tc netem; refused with
 #                      a clear message when the kernel has no sch_netem)
+#   --queue=200ms      the most a link's queue holds, in time at its rate
+#                      (tbf latency; a switch port holds far less)
 #   --sizes=16M,64M    f32 parameters of the job
 #   --reps=3 --warmup=1
 #   --shards-per-host=8  shard processes per server host (sharded configs)
@@ -42,15 +44,16 @@ self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]
 here="$(dirname "$self")"
 root="$(cd "$here/../.." && pwd)"
 cd "$root"
-usage() { sed -n '2,15p' "$self" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,17p' "$self" | sed 's/^# \{0,1\}//'; }
 
-rate="200mbit" delay="0ms" sizes="16M,64M" reps=3 warmup=1 per_host=8
+rate="200mbit" delay="0ms" queue="200ms" sizes="16M,64M" reps=3 warmup=1 per_host=8
 configs="ps1,ps2,ps4,colocated,hier,bf16,mpi,mpi_ring,gloo"
 build="build-bench" out="bench-results"
 for arg in "$@"; do
   case "$arg" in
     --rate=*) rate="${arg#*=}" ;;
     --delay=*) delay="${arg#*=}" ;;
+    --queue=*) queue="${arg#*=}" ;;
     --sizes=*) sizes="${arg#*=}" ;;
     --reps=*) reps="${arg#*=}" ;;
     --warmup=*) warmup="${arg#*=}" ;;
@@ -155,10 +158,10 @@ shape() {  # NS DEV: tbf at $rate, after netem when --delay > 0
   if [[ "$delay_ms" != "0.0" ]]; then
     ip netns exec "$1" tc qdisc add dev "$2" root handle 1: netem delay "$delay" 2>"$tmp/netem.err" ||
       die "--delay needs tc netem, which this kernel lacks ($(head -1 "$tmp/netem.err")); use --delay=0ms"
-    ip netns exec "$1" tc qdisc add dev "$2" parent 1: handle 2: tbf rate "$rate" burst "$burst" latency 200ms ||
+    ip netns exec "$1" tc qdisc add dev "$2" parent 1: handle 2: tbf rate "$rate" burst "$burst" latency "$queue" ||
       die "tc tbf failed on $2"
   else
-    ip netns exec "$1" tc qdisc add dev "$2" root tbf rate "$rate" burst "$burst" latency 200ms ||
+    ip netns exec "$1" tc qdisc add dev "$2" root tbf rate "$rate" burst "$burst" latency "$queue" ||
       die "tc tbf failed on $2 (does this kernel have sch_tbf?)"
   fi
 }
@@ -182,6 +185,9 @@ add_host() {  # NAME ADDRESS SHAPED(0/1)
 }
 add_host hd "$net.2" 0
 for i in 0 1 2 3; do add_host "w$i" "$net.$((11 + i))" 1; add_host "s$i" "$net.$((21 + i))" 1; done
+# Reported with the figures: the hosts' TCP congestion control (the
+# namespaces inherit the machine's).
+tcp_cc="$(ip netns exec "${ns_of[w0]}" sysctl -n net.ipv4.tcp_congestion_control 2>/dev/null || echo unknown)"
 ns_one="$pfx-one"  # the reference: one host, loopback only
 ip netns add "$ns_one" || die "cannot create netns $ns_one"
 made_ns+=("$ns_one")
@@ -439,7 +445,8 @@ commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]] && commit="$commit+dirty"
 cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 /usr/bin/python3 "$here/multihost_report.py" --results="$results" --phases="$phases" --samples="$sampler_log" \
-  --rate-bits="$rate_bits" --rate="$rate" --delay="$delay" --per-host="$per_host" --reps="$reps" \
+  --rate-bits="$rate_bits" --rate="$rate" --delay="$delay" --queue="$queue" \
+  --tcp="$tcp_cc" --per-host="$per_host" --reps="$reps" \
   --warmup="$warmup" --machine="$(nproc) CPUs, $cpu" --commit="$commit" \
   --csv="$base.csv" --md="$base.md" --png="$base.png"
 cp "$sampler_log" "$logs/samples.csv" 2>/dev/null

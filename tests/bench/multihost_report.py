@@ -31,7 +31,7 @@ BASELINES = ("mpi", "mpi_ring", "gloo")
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for name in ("results", "phases", "samples", "rate", "delay", "machine", "commit", "csv", "md", "png"):
+    for name in ("results", "phases", "samples", "rate", "delay", "queue", "tcp", "machine", "commit", "csv", "md", "png"):
         p.add_argument("--" + name, required=True)
     p.add_argument("--rate-bits", type=float, required=True)
     p.add_argument("--per-host", type=int, required=True)
@@ -133,7 +133,7 @@ def get(rows, config, p):
 def header(a):
     md = [f"gradacc multihost benchmark — commit {a.commit}; {a.machine}", "",
           f"4 worker hosts (w0..w3) and 4 server hosts (s0..s3) as network namespaces on one bridge; every "
-          f"host's link shaped to {a.rate} each way (tc tbf), delay {a.delay}; {a.per_host} shard processes per "
+          f"host's link shaped to {a.rate} each way (tc tbf, queue {a.queue}), delay {a.delay}, TCP congestion control {a.tcp}; {a.per_host} shard processes per "
           f"server host in the sharded configurations; medians of {a.reps} windows after {a.warmup} warm-up; "
           f"gRPC only (no shared memory between hosts). Link bytes are per window, during the timed windows; "
           f"'busiest link' is its bytes over the timed windows' wall time against the shaped rate; CPU is the "
@@ -141,6 +141,8 @@ def header(a):
     csv_rows = [("kind", "name", "P", "M", "setting", "metric", "value", "unit", "target", "status"),
                 ("env", "rate", "", "", "", "", a.rate, "", "", ""),
                 ("env", "delay", "", "", "", "", a.delay, "", "", ""),
+                ("env", "queue", "", "", "", "", a.queue, "", "", ""),
+                ("env", "tcp_congestion_control", "", "", "", "", a.tcp, "", "", ""),
                 ("env", "shards_per_server_host", "", "", "", "", a.per_host, "", "", ""),
                 ("env", "machine", "", "", "", "", a.machine, "", "", ""),
                 ("env", "commit", "", "", "", "", a.commit, "", "", "")]
