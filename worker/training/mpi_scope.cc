@@ -39,7 +39,8 @@ int MpiScope::Finish(int exit_code, absl::Duration bound) {
     return exit_code;
   }
   // Open MPI's MPI_Finalize is a fence over every rank of the job; after a
-  // rank was lost it never completes (the survivors spin in it). Under
+  // rank was lost it may never complete (a race with the runtime noticing
+  // the death; the survivors spin in it). Under
   // --enable-recovery a rank that exits without finalising does not take
   // the job down, so the bounded way out is safe there.
   absl::Notification done;

@@ -1,5 +1,5 @@
 // MpiScope: MPI initialised for the lifetime of the object and finalised by
-// its destructor (RAII). gradacc uses MPI to launch workers (rank = worker
+// Finish (bounded under recovery) or else by its destructor (RAII). gradacc uses MPI to launch workers (rank = worker
 // identity) and to agree on start-up; the data plane is gRPC. A process
 // started without mpirun is a world of one rank (MPI's singleton mode), which
 // is how the unit tests use it. At most one per process (MPI cannot be
