@@ -1,6 +1,7 @@
 // MpiScope: MPI initialised for the lifetime of the object and finalised by
-// Finish (bounded under recovery) or else by its destructor (RAII). gradacc uses MPI to launch workers (rank = worker
-// identity) and to agree on start-up; the data plane is gRPC. A process
+// Finish (bounded under recovery) or else by its destructor (RAII). gradacc
+// uses MPI to launch workers (rank = worker identity) and to agree on
+// start-up; the data plane is gRPC. A process
 // started without mpirun is a world of one rank (MPI's singleton mode), which
 // is how the unit tests use it. At most one per process (MPI cannot be
 // initialised twice); thread-compatible.
