@@ -47,8 +47,8 @@ int MpiScope::Finish(int exit_code, absl::Duration bound) {
   std::thread watchdog([&done, exit_code, bound, rank = rank_] {
     if (done.WaitForNotificationWithTimeout(bound)) return;
     absl::FPrintF(stderr,
-                  "gradacc-worker[%d]: MPI_Finalize did not return within %s (a rank was lost); "
-                  "exiting without it\n",
+                  "gradacc-worker[%d]: MPI_Finalize did not return within %s (it waits for every rank, and one "
+                  "may have been lost); exiting without it\n",
                   rank, absl::FormatDuration(bound));
     std::fflush(nullptr);
     ::_exit(exit_code);
