@@ -314,5 +314,34 @@ TEST(RankSurvivalTest, AReplacementStartedAloneRejoins) {
   EXPECT_EQ(k.server->Stop(), std::optional<int>(0));
 }
 
+// The fix for survivors spinning in MPI_Finalize: under --enable-recovery a
+// finalize that waits for a rank that never comes is bounded (here rank 1
+// stops itself before finalising, so the hang is certain, not a race).
+TEST(RankSurvivalTest, FinalizeWaitingForAMissingRankIsBounded) {
+  const std::string dir = testing::MakeTempDir("finish");
+  const std::string log = dir + "/mpirun.log";
+  auto mpirun = Subprocess::Start({GRADACC_MPIEXEC, "-np", "2", "--enable-recovery", "--oversubscribe",
+                                   "--allow-run-as-root", "--bind-to", "none", GRADACC_MPI_FINISH_PROBE_BIN},
+                                  log);
+  ASSERT_TRUE(mpirun.ok()) << mpirun.status();
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  pid_t rank1 = 0;
+  while (absl::Now() < deadline &&
+         testing::ReadFile(log).find("MPI_Finalize did not return within 2s") == std::string::npos) {
+    if (rank1 == 0) rank1 = FindRank((*mpirun)->pid(), 1);
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_NE(testing::ReadFile(log).find("gradacc-worker[0]: MPI_Finalize did not return within 2s"),
+            std::string::npos)
+      << testing::ReadFile(log);
+  // Rank 0 is gone; rank 1 still waits, stopped, and is the test's to end.
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_EQ(FindRank((*mpirun)->pid(), 0), 0) << "rank 0 still runs";
+  if (rank1 == 0) rank1 = FindRank((*mpirun)->pid(), 1);
+  ASSERT_NE(rank1, 0);
+  ::kill(rank1, SIGKILL);
+  EXPECT_TRUE((*mpirun)->Wait(absl::Seconds(30)).has_value()) << testing::ReadFile(log);
+}
+
 }  // namespace
 }  // namespace gradacc
