@@ -45,13 +45,7 @@ absl::Status ComputePlanned(TrainingClient& client, Backend& backend, const Data
   for (uint32_t k = 0; k < k_count; ++k) {
     const WindowGeometry::Range range =
         PlannedSlot(plan.offset(), plan.samples(), plan.members_size(), k_count, static_cast<uint32_t>(r), k);
-    const uint32_t n = static_cast<uint32_t>(range.end - range.begin);
-    double loss = 0;
-    if (n > 0) {
-      train.Gather(absl::MakeConstSpan(perm.data() + range.begin, n), x.data(), y.data());
-      GRADACC_ASSIGN_OR_RETURN(loss, backend.AccumulateGradients(x.data(), y.data(), n, client.grad()));
-    }
-    client.AddMicroBatch(n, loss);
+    GRADACC_RETURN_IF_ERROR(ComputeMicroBatch(client, backend, train, perm, range, x, y));
   }
   return absl::OkStatus();
 }

@@ -51,6 +51,19 @@ absl::StatusOr<WindowGeometry> GeometryFor(const v1::JobSpec& job, const Dataset
   return g;
 }
 
+absl::Status ComputeMicroBatch(TrainingClient& client, Backend& backend, const Dataset& train,
+                               const std::vector<uint32_t>& perm, WindowGeometry::Range range, std::vector<float>& x,
+                               std::vector<uint8_t>& y) {
+  const uint32_t n = static_cast<uint32_t>(range.end - range.begin);
+  double loss = 0;
+  if (n > 0) {
+    train.Gather(absl::MakeConstSpan(perm.data() + range.begin, n), x.data(), y.data());
+    GRADACC_ASSIGN_OR_RETURN(loss, backend.AccumulateGradients(x.data(), y.data(), n, client.grad()));
+  }
+  client.AddMicroBatch(n, loss);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<double> Evaluate(Backend& backend, const Dataset& test) {
   std::vector<uint32_t> all(test.size);
   for (uint32_t i = 0; i < test.size; ++i) all[i] = i;
@@ -128,14 +141,7 @@ absl::Status ComputeWindow(TrainingClient& client, Backend& backend, const Datas
                            const WindowGeometry& geometry, const std::vector<uint32_t>& perm, uint64_t t,
                            std::vector<float>& x, std::vector<uint8_t>& y) {
   for (uint32_t k = 0; k < geometry.micro_batches; ++k) {
-    const WindowGeometry::Range r = geometry.Slot(t, client.worker(), k);
-    const uint32_t n = static_cast<uint32_t>(r.end - r.begin);
-    double loss = 0;
-    if (n > 0) {
-      train.Gather(absl::MakeConstSpan(perm.data() + r.begin, n), x.data(), y.data());
-      GRADACC_ASSIGN_OR_RETURN(loss, backend.AccumulateGradients(x.data(), y.data(), n, client.grad()));
-    }
-    client.AddMicroBatch(n, loss);
+    GRADACC_RETURN_IF_ERROR(ComputeMicroBatch(client, backend, train, perm, geometry.Slot(t, client.worker(), k), x, y));
   }
   return absl::OkStatus();
 }

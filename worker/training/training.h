@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "worker/client/client.h"
@@ -104,6 +105,13 @@ inline absl::StatusOr<TrainingResult> RunTraining(Client& client, Backend& backe
   ClientAdapter adapter(client);
   return RunTraining(adapter, backend, train, test, options);
 }
+
+// One micro-batch: the samples perm[range] forward and backward, added into
+// the client's gradients, then counted (AddMicroBatch; an empty range counts
+// as a micro-batch of 0 samples). x and y are the batch's scratch.
+absl::Status ComputeMicroBatch(TrainingClient& client, Backend& backend, const Dataset& train,
+                               const std::vector<uint32_t>& perm, WindowGeometry::Range range, std::vector<float>& x,
+                               std::vector<uint8_t>& y);
 
 // Test-set accuracy of the backend's current parameters.
 absl::StatusOr<double> Evaluate(Backend& backend, const Dataset& test);
