@@ -36,6 +36,7 @@ ReasonInfo InfoOf(v1::ErrorReason reason) {
     case v1::ERROR_REASON_COVERS:
     case v1::ERROR_REASON_KEY_REUSED:
     case v1::ERROR_REASON_BAD_VALUE:
+    case v1::ERROR_REASON_WRONG_SHARD:
       return {C::kInvalidArgument, kFix};
     case v1::ERROR_REASON_SECOND_CONTRIBUTION:
     case v1::ERROR_REASON_NOTHING_TO_PUSH:

@@ -49,6 +49,13 @@ grpc::ByteBuffer ChunkMessage(uint32_t tensor, uint64_t offset, const char* payl
 // push or pull run several chunks ahead of its reader.
 std::vector<std::pair<std::string, int>> BulkTransferChannelArgs();
 
+// The call metadata that names the shard a call is for (decimal index).
+// Every call to a shard of a sharded job carries it (workers, peer shards),
+// so that one address may serve several shards of a job: a gradacc-server
+// started with --shard=0,4,... serves them all on one port, and a worker's
+// calls to all of them share one connection.
+inline constexpr char kShardMetadataKey[] = "x-gradacc-shard";
+
 // Serialises any message into a ByteBuffer (one copy, for small messages).
 grpc::ByteBuffer SerializeMessage(const google::protobuf::MessageLite& message);
 // Parses a whole ByteBuffer as `message`; false when it is not one.

@@ -2,7 +2,12 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/wire.h"
 
 namespace gradacc {
 
@@ -32,42 +37,57 @@ std::vector<PeerMonitor::Health> PeerMonitor::Get() const {
 }
 
 void PeerMonitor::Run() {
+  // One probe per address: shards that one process serves answer (or not)
+  // together; those this process serves are not asked.
+  std::vector<std::vector<size_t>> groups;
+  for (size_t i = 0; i < peers_.size(); ++i) {
+    if (peers_[i] == peers_[shard_] || stubs_[i] == nullptr) continue;
+    auto same = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return peers_[g[0]] == peers_[i]; });
+    if (same == groups.end()) {
+      groups.push_back({i});
+    } else {
+      same->push_back(i);
+    }
+  }
   while (true) {
     {
       MutexLock lock(&mu_);
       if (mu_.AwaitWithTimeout(Condition(&stop_), period_)) return;
     }
-    for (size_t i = 0; i < peers_.size(); ++i) {
-      if (i != shard_ && stubs_[i] != nullptr) Probe(i);
-    }
+    for (const std::vector<size_t>& group : groups) Probe(group);
   }
 }
 
-void PeerMonitor::Probe(size_t i) {
+void PeerMonitor::Probe(const std::vector<size_t>& group) {
+  const size_t first = group.front();
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
   ctx.AddMetadata("x-gradacc-local", "1");
+  ctx.AddMetadata(kShardMetadataKey, absl::StrCat(first));
   if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
   v1::GetStatusRequest request;
   v1::Status response;
-  const grpc::Status s = stubs_[i]->GetStatus(&ctx, request, &response);
+  const grpc::Status s = stubs_[first]->GetStatus(&ctx, request, &response);
   const absl::Time now = absl::Now();
+  const std::string who = absl::StrFormat("shard%s %s (%s)", group.size() > 1 ? "s" : "", absl::StrJoin(group, ", "),
+                                          peers_[first]);
   MutexLock lock(&mu_);
-  Health& h = health_[i];
+  Health& h = health_[first];
   if (s.ok()) {
     if (!h.reachable) {
-      absl::FPrintF(stderr, "gradacc-server: shard %d (%s) answers again after %s\n", i, peers_[i],
+      absl::FPrintF(stderr, "gradacc-server: %s answer%s again after %s\n", who, group.size() > 1 ? "" : "s",
                     absl::FormatDuration(absl::Trunc(now - h.away_since, absl::Milliseconds(100))));
     }
     h = Health{};
-    return;
+  } else {
+    h.error = s.error_message().empty() ? absl::StrFormat("gRPC code %d", s.error_code()) : s.error_message();
+    if (h.reachable) {
+      h.reachable = false;
+      h.away_since = now;
+      absl::FPrintF(stderr, "gradacc-server: %s do%s not answer: %s\n", who, group.size() > 1 ? "" : "es", h.error);
+    }
   }
-  h.error = s.error_message().empty() ? absl::StrFormat("gRPC code %d", s.error_code()) : s.error_message();
-  if (h.reachable) {
-    h.reachable = false;
-    h.away_since = now;
-    absl::FPrintF(stderr, "gradacc-server: shard %d (%s) does not answer: %s\n", i, peers_[i], h.error);
-  }
+  for (size_t i : group) health_[i] = h;
 }
 
 }  // namespace gradacc

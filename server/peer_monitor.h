@@ -1,7 +1,8 @@
 // PeerMonitor: a sharded server's view of its peer shards. Once a second it
-// asks every peer for its own status (one level deep, 1 s deadline) and
-// keeps, per peer, whether it answered and since when it has not, with the
-// error; it logs each change ("shard 1 (host:port) does not answer: ...",
+// asks every peer address for a shard's own status (one level deep, 1 s
+// deadline; shards served by one process share its answer, and those this
+// process serves are not asked) and keeps, per peer, whether it answered
+// and since when it has not, with the error; it logs each change ("shard 1 (host:port) does not answer: ...",
 // "... answers again after 12.3 s"). Status (ShardSummary.error,
 // away_since_unix_micros) and the CLI name a shard that stays away.
 //
@@ -39,7 +40,9 @@ class PeerMonitor {
 
  private:
   void Run();
-  void Probe(size_t i);
+  // Asks the first shard of `group` (shards at one address) and records
+  // the answer for all of them.
+  void Probe(const std::vector<size_t>& group);
 
   const uint32_t shard_;
   const std::vector<std::string> peers_;

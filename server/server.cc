@@ -5,6 +5,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -18,6 +19,7 @@
 #include "server/metrics.h"
 #include "server/rpc/control_plane_service.h"
 #include "server/rpc/data_plane_service.h"
+#include "server/rpc/shard_router.h"
 #include "server/shard_exchange.h"
 #include "worker/client/channel.h"
 
@@ -123,6 +125,52 @@ absl::StatusOr<std::unique_ptr<HttpServer>> StartMetrics(const ServerOptions& op
 
 }  // namespace
 
+namespace {
+
+// A file of shard `shard`'s own when one process serves several shards.
+std::string PerShardFile(const std::string& path, uint32_t shard) {
+  return path.empty() ? path : absl::StrCat(path, ".shard-", shard);
+}
+
+}  // namespace
+
+absl::Status GradaccServer::AddCore(const v1::JobSpec& spec, const ServerOptions& options, uint32_t shard) {
+  TrainerOptions trainer_options = options.trainer;
+  trainer_options.shard = shard;
+  if (options.shards.size() > 1) {
+    const TrainerOptions& o = options.trainer;
+    if (!o.checkpoint_dir.empty()) {
+      trainer_options.checkpoint_dir = absl::StrCat(o.checkpoint_dir, "/shard-", shard);
+      GRADACC_RETURN_IF_ERROR(MakePrivateDirectory(o.checkpoint_dir));
+    }
+    trainer_options.ledger_path = o.ledger_path == o.checkpoint_dir + "/ledger.jsonl"
+                                      ? trainer_options.checkpoint_dir + "/ledger.jsonl"
+                                      : PerShardFile(o.ledger_path, shard);
+    trainer_options.final_params_path = PerShardFile(o.final_params_path, shard);
+  }
+  Core core;
+  if (trainer_options.num_shards > 1) {
+    if (options.shard_peers.size() != trainer_options.num_shards) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "--shard_peers must list all %d shards' addresses in shard order", trainer_options.num_shards));
+    }
+    GRADACC_ASSIGN_OR_RETURN(ConnectionOptions connection, PeerConnection(options));
+    GRADACC_ASSIGN_OR_RETURN(core.exchange, ShardExchange::Create(shard, options.shard_peers,
+                                                                  spec.job_id().empty() ? "default" : spec.job_id(),
+                                                                  connection, options.shard_timeout));
+    trainer_options.exchange = core.exchange.get();
+  }
+  GRADACC_ASSIGN_OR_RETURN(core.trainer, Trainer::Create(spec, trainer_options));
+  cores_.push_back(std::move(core));
+  return absl::OkStatus();
+}
+
+std::vector<Trainer*> GradaccServer::trainers() {
+  std::vector<Trainer*> all;
+  for (Core& c : cores_) all.push_back(c.trainer.get());
+  return all;
+}
+
 absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::JobSpec& spec,
                                                                     const ServerOptions& options) {
   auto credentials = Credentials(options);
@@ -130,28 +178,26 @@ absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::Jo
   if (!options.metrics_listen.empty()) {
     GRADACC_RETURN_IF_ERROR(CheckPlaintext(options, options.metrics_listen, "metrics on"));
   }
-  std::unique_ptr<GradaccServer> server(new GradaccServer());
-  TrainerOptions trainer_options = options.trainer;
-  if (trainer_options.num_shards > 1) {
-    if (options.shard_peers.size() != trainer_options.num_shards) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "--shard_peers must list all %d shards' addresses in shard order", trainer_options.num_shards));
+  std::vector<uint32_t> shards = options.shards;
+  if (shards.empty()) shards.push_back(options.trainer.shard);
+  for (uint32_t shard : shards) {
+    if (shard >= std::max<uint32_t>(1, options.trainer.num_shards)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("shard %d of a job of %d shards (--shard, --num_shards)", shard, options.trainer.num_shards));
     }
-    auto connection = PeerConnection(options);
-    if (!connection.ok()) return connection.status();
-    auto exchange =
-        ShardExchange::Create(trainer_options.shard, options.shard_peers,
-                              spec.job_id().empty() ? "default" : spec.job_id(), *connection, options.shard_timeout);
-    if (!exchange.ok()) return exchange.status();
-    server->exchange_ = *std::move(exchange);
-    trainer_options.exchange = server->exchange_.get();
+    if (std::count(shards.begin(), shards.end(), shard) > 1) {
+      return absl::InvalidArgumentError(absl::StrFormat("--shard names shard %d twice", shard));
+    }
   }
-  auto trainer = Trainer::Create(spec, trainer_options);
-  if (!trainer.ok()) return trainer.status();
-  server->trainer_ = std::move(*trainer);
-  server->data_plane_ = std::make_unique<DataPlaneServiceImpl>(server->trainer_.get(), options.tokens);
-  server->control_plane_ =
-      std::make_unique<ControlPlaneServiceImpl>(server->trainer_.get(), options.tokens, server->exchange_.get());
+  std::unique_ptr<GradaccServer> server(new GradaccServer());
+  std::vector<ServedShard> served;
+  for (uint32_t shard : shards) {
+    GRADACC_RETURN_IF_ERROR(server->AddCore(spec, options, shard));
+    served.push_back({shard, server->cores_.back().trainer.get(), server->cores_.back().exchange.get()});
+  }
+  server->router_ = std::make_unique<ShardRouter>(std::move(served));
+  server->data_plane_ = std::make_unique<DataPlaneServiceImpl>(server->router_.get(), options.tokens);
+  server->control_plane_ = std::make_unique<ControlPlaneServiceImpl>(server->router_.get(), options.tokens);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -168,7 +214,7 @@ absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::Jo
     return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen, "'"));
   }
   if (!options.metrics_listen.empty()) {
-    auto http = StartMetrics(options, server->trainer_.get());
+    auto http = StartMetrics(options, server->trainer());
     if (!http.ok()) return http.status();
     server->metrics_ = std::move(*http);
   }
@@ -180,22 +226,24 @@ int GradaccServer::metrics_port() const { return metrics_ != nullptr ? metrics_-
 GradaccServer::~GradaccServer() {
   metrics_.reset();
   Shutdown(absl::ZeroDuration());
-  // The Trainer goes last: reactors hold raw pointers to it until the
+  // The Trainers go last: reactors hold raw pointers to them until the
   // server is fully shut down.
   server_.reset();
 }
 
 void GradaccServer::StopPeers() {
-  if (exchange_ != nullptr) exchange_->Stop();
-  // A step waiting for its checkpoint gives up too (it is not published).
-  trainer_->StopRetrying();
+  for (Core& c : cores_) {
+    if (c.exchange != nullptr) c.exchange->Stop();
+    // A step waiting for its checkpoint gives up too (it is not published).
+    c.trainer->StopRetrying();
+  }
 }
 
 void GradaccServer::Shutdown(absl::Duration grace) {
   if (server_ == nullptr) return;
   std::call_once(shutdown_once_, [&] {
     StopPeers();
-    trainer_->Shutdown();
+    for (Core& c : cores_) c.trainer->Shutdown();
     if (auto* health = server_->GetHealthCheckService()) health->Shutdown();
     server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   });

@@ -25,6 +25,12 @@ class Server;
 
 namespace gradacc {
 
+class ShardExchange;
+class ShardRouter;
+class DataPlaneServiceImpl;
+class ControlPlaneServiceImpl;
+class HttpServer;
+
 struct ServerOptions {
   std::string listen = "127.0.0.1:0";  // host:port; port 0 = pick a free one
   TrainerOptions trainer;
@@ -47,6 +53,11 @@ struct ServerOptions {
   // Sharded job: every shard's gRPC address, in shard order (this shard's
   // own entry included); trainer.shard / trainer.num_shards say which.
   std::vector<std::string> shard_peers;
+  // The shards this process serves on its one address (sharded jobs);
+  // empty = trainer.shard alone. With several, each keeps its own files:
+  // checkpoint_dir/shard-<i>, and ".shard-<i>" after the ledger and output
+  // file names.
+  std::vector<uint32_t> shards;
   // With TLS: the CA that signed the peers' certificates (empty: the
   // client CA). Shards present tls_cert_file as client certificate.
   std::string shard_tls_ca_file;
@@ -61,7 +72,10 @@ class GradaccServer {
 
   int port() const { return port_; }
   int metrics_port() const;
-  Trainer* trainer() { return trainer_.get(); }
+  // The first shard served (the only one unless ServerOptions.shards has
+  // several), and all of them.
+  Trainer* trainer() { return cores_.front().trainer.get(); }
+  std::vector<Trainer*> trainers();
 
   // Stops waiting for peer shards (a step in progress then finishes on this
   // shard's own norm), so a final checkpoint is not held up by a peer.
@@ -73,8 +87,15 @@ class GradaccServer {
  private:
   GradaccServer() = default;
 
-  std::unique_ptr<class ShardExchange> exchange_;  // outlives trainer_
-  std::unique_ptr<Trainer> trainer_;
+  // One shard this process serves.
+  struct Core {
+    std::unique_ptr<ShardExchange> exchange;  // outlives the trainer
+    std::unique_ptr<Trainer> trainer;
+  };
+  absl::Status AddCore(const v1::JobSpec& spec, const ServerOptions& options, uint32_t shard);
+
+  std::vector<Core> cores_;
+  std::unique_ptr<ShardRouter> router_;
   std::unique_ptr<class DataPlaneServiceImpl> data_plane_;
   std::unique_ptr<class ControlPlaneServiceImpl> control_plane_;
   std::unique_ptr<grpc::Server> server_;

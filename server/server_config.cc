@@ -52,7 +52,10 @@ ABSL_FLAG(std::string, shard_token_file, "",
 ABSL_FLAG(bool, allow_remote_plaintext, false,
           "without TLS, still serve (gRPC and /metrics) and dial shards on non-loopback addresses (trusted "
           "networks only)");
-ABSL_FLAG(int, shard, 0, "this server's shard (0-based) of a sharded job");
+ABSL_FLAG(std::vector<std::string>, shard, {"0"},
+          "this server's shard (0-based) of a sharded job; a list (0,4,8) serves those shards in this one process "
+          "on one port (each with its own state and files: checkpoint_dir/shard-<i>, ledger and output files with "
+          "a .shard-<i> suffix), so that a worker reaches all of them over one connection");
 ABSL_FLAG(int, num_shards, 1, "shards the parameters are split over (each owns a contiguous flat range)");
 ABSL_FLAG(std::vector<std::string>, shard_peers, {},
           "every shard's HOST:PORT in shard order, this one included (sharded jobs); with --tls_cert the shards "
@@ -141,6 +144,19 @@ absl::Status ApplyOverrides(v1::JobSpec& spec) {
   return NormalizeJobSpec(spec);
 }
 
+absl::StatusOr<std::vector<uint32_t>> ShardsFromFlag() {
+  std::vector<uint32_t> shards;
+  for (const std::string& text : absl::GetFlag(FLAGS_shard)) {
+    uint32_t shard = 0;
+    if (!absl::SimpleAtoi(text, &shard)) {
+      return absl::InvalidArgumentError(absl::StrCat("bad --shard '", text, "': shard numbers (0-based), e.g. 0,4,8"));
+    }
+    shards.push_back(shard);
+  }
+  if (shards.empty()) return absl::InvalidArgumentError("--shard is empty");
+  return shards;
+}
+
 absl::StatusOr<TrainerOptions> TrainerFromFlags() {
   TrainerOptions t;
   t.final_params_path = absl::GetFlag(FLAGS_output);
@@ -153,10 +169,9 @@ absl::StatusOr<TrainerOptions> TrainerFromFlags() {
   if (absl::GetFlag(FLAGS_straggler_windows) < 0) return absl::InvalidArgumentError("--straggler_windows must be >= 0");
   t.straggler_windows = static_cast<uint32_t>(absl::GetFlag(FLAGS_straggler_windows));
   t.kill_at = absl::GetFlag(FLAGS_kill_at);
-  if (absl::GetFlag(FLAGS_num_shards) < 1 || absl::GetFlag(FLAGS_shard) < 0) {
-    return absl::InvalidArgumentError("bad --shard/--num_shards");
-  }
-  t.shard = absl::GetFlag(FLAGS_shard);
+  GRADACC_ASSIGN_OR_RETURN(std::vector<uint32_t> shards, ShardsFromFlag());
+  if (absl::GetFlag(FLAGS_num_shards) < 1) return absl::InvalidArgumentError("bad --num_shards");
+  t.shard = shards.front();
   t.num_shards = absl::GetFlag(FLAGS_num_shards);
   t.ledger_path = absl::GetFlag(FLAGS_ledger_file);
   t.shared_memory_dir = absl::GetFlag(FLAGS_shared_memory_dir);
@@ -173,15 +188,19 @@ void Announce(const ServerConfig& config, GradaccServer& server) {
                     : std::string(options.tls_client_ca_file.empty() ? "TLS" : "mutual TLS"),
                 options.tokens.enabled() ? "bearer tokens required (worker and/or read-only)"
                                          : "no tokens: any client that reaches the port may train");
-  Trainer& t = *server.trainer();
-  for (const std::string& note : t.restore_notes()) absl::FPrintF(stderr, "gradacc-server: %s\n", note);
-  const ModelLayout& layout = t.layout();
-  if (t.num_shards() > 1) {
-    absl::FPrintF(stderr, "gradacc-server: shard %d of %d: flat elements [%d, %d) of %d; peers over %s%s\n",
-                  t.shard(), t.num_shards(), t.begin(), t.end(), layout.num_elements(),
-                  options.tls_cert_file.empty() ? "plaintext" : "TLS (this server's certificate as client certificate)",
-                  options.tokens.shard.empty() ? "" : " with the shard token");
+  for (Trainer* shard : server.trainers()) {
+    for (const std::string& note : shard->restore_notes()) absl::FPrintF(stderr, "gradacc-server: %s\n", note);
+    if (shard->num_shards() > 1) {
+      absl::FPrintF(stderr, "gradacc-server: shard %d of %d: flat elements [%d, %d) of %d; peers over %s%s\n",
+                    shard->shard(), shard->num_shards(), shard->begin(), shard->end(),
+                    shard->layout().num_elements(),
+                    options.tls_cert_file.empty() ? "plaintext"
+                                                  : "TLS (this server's certificate as client certificate)",
+                    options.tokens.shard.empty() ? "" : " with the shard token");
+    }
   }
+  Trainer& t = *server.trainer();
+  const ModelLayout& layout = t.layout();
   absl::FPrintF(stderr,
                 "gradacc-server: serving job '%s' on port %d: %d tensors, %d parameters, %d workers x %d "
                 "micro-batches, %d steps\n",
@@ -224,6 +243,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   GRADACC_ASSIGN_OR_RETURN(o.trainer, TrainerFromFlags());
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.shard_peers = absl::GetFlag(FLAGS_shard_peers);
+  GRADACC_ASSIGN_OR_RETURN(o.shards, ShardsFromFlag());
   o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   o.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
@@ -261,11 +281,12 @@ int RunServer(const ServerConfig& config, const sigset_t& signals) {
   absl::FPrintF(stderr, "gradacc-server: %s received, shutting down (step %d)\n",
                 signal == SIGTERM ? "SIGTERM" : "SIGINT", (*server)->trainer()->version());
   (*server)->StopPeers();
-  if (absl::Status c = (*server)->trainer()->CheckpointNow(); !c.ok()) {
-    absl::FPrintF(stderr, "gradacc-server: final checkpoint failed: %s\n", c.ToString());
-  } else if (!config.options.trainer.checkpoint_dir.empty()) {
-    absl::FPrintF(stderr, "gradacc-server: checkpoint of step %d in %s\n", (*server)->trainer()->version(),
-                  config.options.trainer.checkpoint_dir);
+  for (Trainer* shard : (*server)->trainers()) {
+    if (absl::Status c = shard->CheckpointNow(); !c.ok()) {
+      absl::FPrintF(stderr, "gradacc-server: final checkpoint failed: %s\n", c.ToString());
+    } else if (!shard->checkpoint_dir().empty()) {
+      absl::FPrintF(stderr, "gradacc-server: checkpoint of step %d in %s\n", shard->version(), shard->checkpoint_dir());
+    }
   }
   (*server)->Shutdown(absl::Seconds(5));
   (*server)->Wait();

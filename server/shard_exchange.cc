@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "common/errors.h"
 #include "common/grpc_status.h"
+#include "common/wire.h"
 #include "gradacc/v1/control.grpc.pb.h"
 
 namespace gradacc {
@@ -79,6 +80,7 @@ absl::StatusOr<v1::GetNormPartialResponse> ShardExchange::Fetch(size_t peer, uin
     ctx.set_deadline(absl::ToChronoTime(deadline));
     ctx.set_wait_for_ready(true);
     if (!token_.empty()) ctx.AddMetadata("authorization", "Bearer " + token_);
+    ctx.AddMetadata(kShardMetadataKey, absl::StrCat(peer));
     v1::GetNormPartialRequest req;
     req.set_job_id(job_id_);
     req.set_window(window);

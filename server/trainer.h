@@ -138,6 +138,7 @@ class Trainer {
   uint64_t size() const { return range_.size(); }
   uint32_t shard() const { return options_.shard; }
   uint32_t num_shards() const { return options_.num_shards; }
+  const std::string& checkpoint_dir() const { return options_.checkpoint_dir; }
   bool shared_memory_on() const { return shm_->on(); }
   const RequestValidator& validator() const { return validator_; }
 

@@ -1,6 +1,7 @@
 // Sharded servers that fail: shards SIGKILLed at seeded random moments and
 // restarted with the same flags give the parameters of the undisturbed run,
-// bit for bit; a shard that does not come back stops every worker with an
+// bit for bit (also when one process serves several shards and a kill
+// takes them all); a shard that does not come back stops every worker with an
 // error naming it, and the other shards' status names it. Every wait is
 // bounded.
 #include <netinet/in.h>
@@ -51,49 +52,61 @@ std::string Job(bool clipping = true) {
   )pb");
 }
 
-// The job's shards, each in its own folder with its own checkpoints.
+// The job's shards, served by processes of `per_process` shards each:
+// process p of P serves shards p, p + P, p + 2P, ... (interleaved, as
+// tests/bench/multihost.sh lays shards out over server hosts), each process
+// in its own folder with its checkpoints (one subfolder per shard when it
+// serves several).
 class Shards {
  public:
-  Shards(std::string dir, int n, std::vector<std::string> extra) : dir_(std::move(dir)), extra_(std::move(extra)) {
+  Shards(std::string dir, int n, std::vector<std::string> extra, int per_process = 1)
+      : dir_(std::move(dir)), extra_(std::move(extra)), n_(n), per_process_(per_process) {
+    for (int p = 0; p < servers(); ++p) ports_.push_back(FreePort());
     std::vector<std::string> addresses;
-    for (int i = 0; i < n; ++i) {
-      ports_.push_back(FreePort());
-      addresses.push_back(absl::StrCat("127.0.0.1:", ports_.back()));
-    }
+    for (int i = 0; i < n; ++i) addresses.push_back(address(i));
     peers_ = absl::StrJoin(addresses, ",");
-    processes_.resize(n);
+    processes_.resize(servers());
   }
   const std::string& peers() const { return peers_; }
-  int size() const { return static_cast<int>(ports_.size()); }
-  std::string address(int i) const { return absl::StrCat("127.0.0.1:", ports_[i]); }
-  std::string folder(int i) const { return absl::StrCat(dir_, "/shard", i); }
-  ServerProcess& shard(int i) { return *processes_[i]; }
+  int size() const { return n_; }
+  // Server processes.
+  int servers() const { return n_ / per_process_; }
+  // Shard i's address (that of the process serving it).
+  std::string address(int i) const { return absl::StrCat("127.0.0.1:", ports_[i % servers()]); }
+  std::string folder(int p) const { return absl::StrCat(dir_, "/server", p); }
+  ServerProcess& server(int p) { return *processes_[p]; }
 
-  // Starts (or restarts, same flags and port) shard i.
-  absl::Status Start(int i) {
-    ::mkdir(folder(i).c_str(), 0700);
+  // Starts (or restarts, same flags and port) server process p.
+  absl::Status Start(int p) {
+    ::mkdir(folder(p).c_str(), 0700);
+    std::vector<std::string> served;
+    for (int i = p; i < n_; i += servers()) served.push_back(absl::StrCat(i));
     std::vector<std::string> flags = {"--job=" + dir_ + "/job.textproto",
-                                      absl::StrCat("--shard=", i),
+                                      "--shard=" + absl::StrJoin(served, ","),
                                       absl::StrCat("--num_shards=", size()),
                                       "--shard_peers=" + peers_,
-                                      "--checkpoint_dir=" + folder(i) + "/ckpt",
-                                      "--output=" + folder(i) + "/final.safetensors"};
+                                      "--checkpoint_dir=" + folder(p) + "/ckpt",
+                                      "--output=" + folder(p) + "/final.safetensors"};
     flags.insert(flags.end(), extra_.begin(), extra_.end());
-    auto s = ServerProcess::Start(folder(i), flags, ports_[i]);
+    auto s = ServerProcess::Start(folder(p), flags, ports_[p]);
     if (!s.ok()) return s.status();
-    processes_[i] = std::move(*s);
+    processes_[p] = std::move(*s);
     return absl::OkStatus();
   }
   std::string Logs() {
     std::string out;
-    for (int i = 0; i < size(); ++i) absl::StrAppend(&out, "--- shard ", i, " ---\n", ReadFile(folder(i) + "/server.log"));
+    for (int p = 0; p < servers(); ++p) {
+      absl::StrAppend(&out, "--- server ", p, " ---\n", ReadFile(folder(p) + "/server.log"));
+    }
     return out;
   }
   // Every shard's part of the final parameters, in flat order.
   std::vector<float> Params() {
     std::vector<float> all;
     for (int i = 0; i < size(); ++i) {
-      auto part = ReadSafetensorsFile(folder(i) + "/final.safetensors");
+      const std::string file = folder(i % servers()) + "/final.safetensors" +
+                               (per_process_ > 1 ? absl::StrCat(".shard-", i) : "");
+      auto part = ReadSafetensorsFile(file);
       EXPECT_TRUE(part.ok()) << part.status();
       if (!part.ok()) return {};
       const auto& data = part->tensors.at("shard_params").data;
@@ -105,18 +118,24 @@ class Shards {
  private:
   const std::string dir_;
   const std::vector<std::string> extra_;
-  std::vector<int> ports_;
+  const int n_;
+  const int per_process_;
+  std::vector<int> ports_;  // per process
   std::string peers_;
   std::vector<std::unique_ptr<ServerProcess>> processes_;
 };
 
 struct ShardSetup {
   int shards;
-  std::string wire;  // the workers' wire format
+  std::string wire;     // the workers' wire format
+  int per_process = 1;  // shards each server process serves
 };
-void PrintTo(const ShardSetup& setup, std::ostream* os) { *os << setup.shards << " shards, " << setup.wire; }
+void PrintTo(const ShardSetup& setup, std::ostream* os) {
+  *os << setup.shards << " shards, " << setup.wire << ", " << setup.per_process << " per process";
+}
 std::string SetupName(const ::testing::TestParamInfo<ShardSetup>& info) {
-  return absl::StrCat(info.param.shards, "Shards_", info.param.wire);
+  return absl::StrCat(info.param.shards, "Shards_", info.param.wire,
+                      info.param.per_process > 1 ? absl::StrCat("_", info.param.per_process, "PerProcess") : "");
 }
 
 std::vector<std::unique_ptr<Subprocess>> StartWorkers(const std::string& dir, const std::string& peers,
@@ -136,13 +155,13 @@ std::vector<float> Reference(const ShardSetup& setup, bool clipping = true) {
   const std::string dir = testing::MakeTempDir(absl::StrCat("shard_ref_", setup.shards, setup.wire));
   std::ofstream(dir + "/job.textproto") << Job(clipping);
   Shards shards(dir, setup.shards, {});
-  for (int i = 0; i < setup.shards; ++i) EXPECT_TRUE(shards.Start(i).ok());
+  for (int p = 0; p < shards.servers(); ++p) EXPECT_TRUE(shards.Start(p).ok());
   auto workers = StartWorkers(dir, shards.peers(), setup.wire, 0);
   for (int k = 0; k < kWorkers; ++k) {
     EXPECT_EQ(workers[k]->Wait(absl::Seconds(90)), std::optional<int>(0))
         << ReadFile(absl::StrCat(dir, "/worker", k, ".log")) << shards.Logs();
   }
-  for (int i = 0; i < setup.shards; ++i) EXPECT_EQ(shards.shard(i).Stop(), std::optional<int>(0));
+  for (int p = 0; p < shards.servers(); ++p) EXPECT_EQ(shards.server(p).Stop(), std::optional<int>(0));
   return shards.Params();
 }
 
@@ -155,22 +174,22 @@ TEST_P(ShardKillTest, ThreeRandomKillsGiveBitIdenticalParameters) {
 
   const std::string dir = testing::MakeTempDir(absl::StrCat("shard_kill_", setup.shards, setup.wire));
   std::ofstream(dir + "/job.textproto") << Job();
-  Shards shards(dir, setup.shards, {});
-  for (int i = 0; i < setup.shards; ++i) ASSERT_TRUE(shards.Start(i).ok());
+  Shards shards(dir, setup.shards, {}, setup.per_process);
+  for (int p = 0; p < shards.servers(); ++p) ASSERT_TRUE(shards.Start(p).ok());
   // Workers that take ~60 ms a window, so that kills land inside the job.
   auto workers = StartWorkers(dir, shards.peers(), setup.wire, 60);
 
   std::mt19937 rng(2026 + setup.shards);
-  std::uniform_int_distribution<int> pick(0, setup.shards - 1);
+  std::uniform_int_distribution<int> pick(0, shards.servers() - 1);  // a process (all its shards)
   std::uniform_int_distribution<int> delay_ms(100, 500);
   std::string killed;
   for (int kill = 0; kill < 3; ++kill) {
     const int victim = pick(rng);
     absl::SleepFor(absl::Milliseconds(delay_ms(rng)));
     const uint64_t step = testing::StatusProbe(shards.address(victim)).Get().step();
-    shards.shard(victim).process().Signal(SIGKILL);
-    ASSERT_EQ(shards.shard(victim).process().Wait(absl::Seconds(10)), std::optional<int>(128 + SIGKILL));
-    absl::StrAppend(&killed, " shard ", victim, " at step ", step, ";");
+    shards.server(victim).process().Signal(SIGKILL);
+    ASSERT_EQ(shards.server(victim).process().Wait(absl::Seconds(10)), std::optional<int>(128 + SIGKILL));
+    absl::StrAppend(&killed, " server ", victim, " at step ", step, ";");
     ASSERT_TRUE(shards.Start(victim).ok()) << shards.Logs();
   }
   SCOPED_TRACE("killed:" + killed);
@@ -178,10 +197,10 @@ TEST_P(ShardKillTest, ThreeRandomKillsGiveBitIdenticalParameters) {
     ASSERT_EQ(workers[k]->Wait(absl::Seconds(120)), std::optional<int>(0))
         << ReadFile(absl::StrCat(dir, "/worker", k, ".log")) << shards.Logs();
   }
-  for (int i = 0; i < setup.shards; ++i) {
-    const v1::Status s = testing::StatusProbe(shards.address(i)).Get();
-    EXPECT_EQ(s.step(), static_cast<uint64_t>(kSteps)) << "shard " << i;
-    EXPECT_EQ(shards.shard(i).Stop(), std::optional<int>(0));
+  for (int p = 0; p < shards.servers(); ++p) {
+    const v1::Status s = testing::StatusProbe(shards.address(p)).Get();
+    EXPECT_EQ(s.step(), static_cast<uint64_t>(kSteps)) << "server " << p;
+    EXPECT_EQ(shards.server(p).Stop(), std::optional<int>(0));
   }
   std::printf("killed:%s\n", killed.c_str());
   const std::vector<float> got = shards.Params();
@@ -190,7 +209,8 @@ TEST_P(ShardKillTest, ThreeRandomKillsGiveBitIdenticalParameters) {
       << "parameters after three shard kills differ from the undisturbed run";
 }
 INSTANTIATE_TEST_SUITE_P(Shards, ShardKillTest,
-                         ::testing::Values(ShardSetup{2, "f32"}, ShardSetup{3, "f32"}, ShardSetup{2, "bf16"}, ShardSetup{3, "bf16"}),
+                         ::testing::Values(ShardSetup{2, "f32"}, ShardSetup{3, "f32"}, ShardSetup{2, "bf16"},
+                                           ShardSetup{3, "bf16"}, ShardSetup{4, "f32", 2}),
                          SetupName);
 
 // A worker killed after pushing its part to shard 0 but not to shard 1:
@@ -217,11 +237,11 @@ TEST(ShardWorkerKillTest, WorkerKilledBetweenShardPushesRejoins) {
   uint64_t before = 0;
   bool apart = false;
   for (int attempt = 0; attempt < 5 && !apart; ++attempt) {
-    shards.shard(1).process().Signal(SIGSTOP);
+    shards.server(1).process().Signal(SIGSTOP);
     before = probe0.Get().step();
     apart = probe0.WaitFor([&](const v1::Status& s) { return s.step() > before; }, absl::Seconds(5), &s0);
     if (!apart) {
-      shards.shard(1).process().Signal(SIGCONT);
+      shards.server(1).process().Signal(SIGCONT);
       absl::SleepFor(absl::Milliseconds(300));
     }
   }
@@ -230,7 +250,7 @@ TEST(ShardWorkerKillTest, WorkerKilledBetweenShardPushesRejoins) {
               static_cast<int>(before));
   workers[2]->Signal(SIGKILL);
   ASSERT_EQ(workers[2]->Wait(absl::Seconds(10)), std::optional<int>(128 + SIGKILL));
-  shards.shard(1).process().Signal(SIGCONT);
+  shards.server(1).process().Signal(SIGCONT);
   workers[2] = testing::StartTestClient(dir, shards.peers(), 2,
                                         {"--micro_batches=2", "--chunk_elements=400", "--step_delay_ms=100"});
   for (int k = 0; k < kWorkers; ++k) {
@@ -239,7 +259,7 @@ TEST(ShardWorkerKillTest, WorkerKilledBetweenShardPushesRejoins) {
         << testing::StatusProbe(shards.address(0)).Get().DebugString()
         << testing::StatusProbe(shards.address(1)).Get().DebugString();
   }
-  for (int i = 0; i < 2; ++i) EXPECT_EQ(shards.shard(i).Stop(), std::optional<int>(0));
+  for (int i = 0; i < 2; ++i) EXPECT_EQ(shards.server(i).Stop(), std::optional<int>(0));
   const std::vector<float> got = shards.Params();
   ASSERT_EQ(got.size(), reference.size());
   EXPECT_EQ(std::memcmp(got.data(), reference.data(), got.size() * 4), 0);
@@ -261,8 +281,8 @@ TEST(ShardAwayTest, ShardThatStaysAwayIsNamedEverywhere) {
   }
   testing::StatusProbe probe0(shards.address(0));
   ASSERT_TRUE(probe0.WaitFor([](const v1::Status& s) { return s.step() >= 3; }, absl::Seconds(60)));
-  shards.shard(1).process().Signal(SIGKILL);
-  ASSERT_EQ(shards.shard(1).process().Wait(absl::Seconds(10)), std::optional<int>(128 + SIGKILL));
+  shards.server(1).process().Signal(SIGKILL);
+  ASSERT_EQ(shards.server(1).process().Wait(absl::Seconds(10)), std::optional<int>(128 + SIGKILL));
   const absl::Time killed = absl::Now();
   for (int k = 0; k < kWorkers; ++k) {
     const std::optional<int> code = workers[k]->Wait(absl::Seconds(30));
@@ -286,7 +306,7 @@ TEST(ShardAwayTest, ShardThatStaysAwayIsNamedEverywhere) {
   }
   const std::string logs = shards.Logs();
   EXPECT_NE(logs.find("shard 1 (" + shards.address(1) + ") does not answer"), std::string::npos) << logs;
-  for (int i : {0, 2}) EXPECT_EQ(shards.shard(i).Stop(), std::optional<int>(0)) << shards.Logs();
+  for (int i : {0, 2}) EXPECT_EQ(shards.server(i).Stop(), std::optional<int>(0)) << shards.Logs();
 }
 
 }  // namespace

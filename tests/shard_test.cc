@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/safetensors.h"
+#include "common/wire.h"
 #include "google/protobuf/util/json_util.h"
 #include "gradacc/v1/control.pb.h"
 #include "gradacc/v1/data.grpc.pb.h"
@@ -95,6 +96,19 @@ TEST(ShardTest, TwoShardsGiveTheParametersOfOne) {
   // A chunk of the other shard's part is refused.
   {
     auto stub = v1::DataPlane::NewStub(grpc::CreateChannel(shards[0]->address(), grpc::InsecureChannelCredentials()));
+    // A call that names another shard than the one at this address (a
+    // server list out of shard order) is refused before anything happens.
+    {
+      grpc::ClientContext wrong;
+      wrong.AddMetadata(kShardMetadataKey, "1");
+      v1::JoinRequest join;
+      v1::JoinResponse joined;
+      const grpc::Status s = stub->Join(&wrong, join, &joined);
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_NE(s.error_message().find("'x-gradacc-shard: 1' is not a shard served at this address (shard 0)"),
+                std::string::npos)
+          << s.error_message();
+    }
     grpc::ClientContext jctx;
     v1::JoinRequest join;
     join.set_worker(0);

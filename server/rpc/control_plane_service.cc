@@ -1,6 +1,7 @@
 #include "server/rpc/control_plane_service.h"
 
 #include "common/errors.h"
+#include "common/status_macros.h"
 #include "server/rpc/authorize.h"
 #include "server/rpc/norm_reactor.h"
 #include "server/rpc/status_reactor.h"
@@ -16,7 +17,9 @@ grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetStatus(grpc::CallbackServe
   const absl::Status denied = local ? AuthorizeAny(context, tokens_, {Role::kReader, Role::kWorker, Role::kShard})
                                     : Authorize(context, tokens_, Role::kReader);
   if (!denied.ok()) return Finished(context, denied);
-  return new StatusReactor(trainer_, exchange_, local, response);
+  auto shard = router_->Route(context, /*job_wide=*/true);
+  if (!shard.ok()) return Finished(context, shard.status());
+  return new StatusReactor((*shard)->trainer, (*shard)->exchange, local, response);
 }
 
 grpc::ServerWriteReactor<v1::Status>* ControlPlaneServiceImpl::WatchStatus(grpc::CallbackServerContext* context,
@@ -24,25 +27,33 @@ grpc::ServerWriteReactor<v1::Status>* ControlPlaneServiceImpl::WatchStatus(grpc:
   if (absl::Status denied = Authorize(context, tokens_, Role::kReader); !denied.ok()) {
     return new RefusedWrite<v1::Status>(denied);
   }
-  return new WatchReactor(trainer_);
+  auto shard = router_->Route(context, /*job_wide=*/true);
+  if (!shard.ok()) return new RefusedWrite<v1::Status>(shard.status());
+  return new WatchReactor((*shard)->trainer);
 }
 
 grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetNormPartial(grpc::CallbackServerContext* context,
                                                                   const v1::GetNormPartialRequest* request,
                                                                   v1::GetNormPartialResponse* response) {
   absl::Status denied = Authorize(context, tokens_, Role::kShard);
-  if (denied.ok() && exchange_ == nullptr) {
+  absl::StatusOr<const ServedShard*> shard = nullptr;
+  if (denied.ok()) {
+    shard = router_->Route(context);
+    denied = shard.status();
+  }
+  if (denied.ok() && (*shard)->exchange == nullptr) {
     denied = Refusal(v1::ERROR_REASON_UNSUPPORTED, "this server is not sharded");
   }
   if (!denied.ok()) return Finished(context, denied);
-  return new NormReactor(exchange_, request->window(), response);
+  return new NormReactor((*shard)->exchange, request->window(), response);
 }
 
 grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetSteps(grpc::CallbackServerContext* context,
                                                             const v1::GetStepsRequest* request,
                                                             v1::GetStepsResponse* response) {
-  return Unary(context, tokens_, Role::kReader, [&] {
-    *response = trainer_->GetSteps(request->from_step(), request->to_step());
+  return Unary(context, tokens_, Role::kReader, [&]() -> absl::Status {
+    GRADACC_ASSIGN_OR_RETURN(const ServedShard* shard, router_->Route(context, /*job_wide=*/true));
+    *response = shard->trainer->GetSteps(request->from_step(), request->to_step());
     return absl::OkStatus();
   });
 }
@@ -50,7 +61,10 @@ grpc::ServerUnaryReactor* ControlPlaneServiceImpl::GetSteps(grpc::CallbackServer
 grpc::ServerUnaryReactor* ControlPlaneServiceImpl::ReportMetric(grpc::CallbackServerContext* context,
                                                                 const v1::ReportMetricRequest* request,
                                                                 v1::ReportMetricResponse*) {
-  return Unary(context, tokens_, Role::kWorker, [&] { return trainer_->ReportMetric(*request); });
+  return Unary(context, tokens_, Role::kWorker, [&]() -> absl::Status {
+    GRADACC_ASSIGN_OR_RETURN(const ServedShard* shard, router_->Route(context, /*job_wide=*/true));
+    return shard->trainer->ReportMetric(*request);
+  });
 }
 
 }  // namespace gradacc

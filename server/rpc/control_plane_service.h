@@ -2,23 +2,25 @@
 // thin adapter over Trainer (status, watch, ledger, metric reports) and, for
 // sharded jobs, ShardExchange (GetNormPartial, the job-wide status).
 //
-// Thread-safe; owns neither the Trainer nor the exchange, which must outlive
-// the grpc::Server the service is registered with.
+// Calls go to the shard their metadata names (ShardRouter); job-wide calls
+// without it (status, watch, ledger, metric reports) to the first shard
+// served. Thread-safe; owns neither the router nor the Trainers and
+// exchanges, which must outlive the grpc::Server the service is registered
+// with.
 #ifndef GRADACC_SERVER_RPC_CONTROL_PLANE_SERVICE_H_
 #define GRADACC_SERVER_RPC_CONTROL_PLANE_SERVICE_H_
 
 #include "common/auth.h"
 #include "gradacc/v1/control.grpc.pb.h"
 #include "server/shard_exchange.h"
+#include "server/rpc/shard_router.h"
 #include "server/trainer.h"
 
 namespace gradacc {
 
 class ControlPlaneServiceImpl final : public v1::ControlPlane::CallbackService {
  public:
-  // `exchange` may be null (unsharded).
-  ControlPlaneServiceImpl(Trainer* trainer, TokenSet tokens, ShardExchange* exchange = nullptr)
-      : trainer_(trainer), tokens_(std::move(tokens)), exchange_(exchange) {}
+  ControlPlaneServiceImpl(const ShardRouter* router, TokenSet tokens) : router_(router), tokens_(std::move(tokens)) {}
 
   grpc::ServerUnaryReactor* GetStatus(grpc::CallbackServerContext* context, const v1::GetStatusRequest* request,
                                       v1::Status* response) override;
@@ -34,9 +36,8 @@ class ControlPlaneServiceImpl final : public v1::ControlPlane::CallbackService {
                                            v1::GetNormPartialResponse* response) override;
 
  private:
-  Trainer* const trainer_;
+  const ShardRouter* const router_;
   const TokenSet tokens_;
-  ShardExchange* const exchange_;
 };
 
 }  // namespace gradacc

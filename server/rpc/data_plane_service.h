@@ -3,13 +3,16 @@
 // carry their reasons). Push and Pull are reactors of their own
 // (push_reactor.h, pull_reactor.h).
 //
-// Thread-safe; does not own the Trainer, which must outlive the grpc::Server
-// the service is registered with.
+// Each call goes to the shard its metadata names (ShardRouter: one process
+// may serve several shards of a job). Thread-safe; owns neither the router
+// nor the Trainers, which must outlive the grpc::Server the service is
+// registered with.
 #ifndef GRADACC_SERVER_RPC_DATA_PLANE_SERVICE_H_
 #define GRADACC_SERVER_RPC_DATA_PLANE_SERVICE_H_
 
 #include "common/auth.h"
 #include "gradacc/v1/data.grpc.pb.h"
+#include "server/rpc/shard_router.h"
 #include "server/trainer.h"
 
 namespace gradacc {
@@ -22,7 +25,7 @@ using DataPlaneBase = v1::DataPlane::WithCallbackMethod_Join<v1::DataPlane::With
 
 class DataPlaneServiceImpl final : public DataPlaneBase {
  public:
-  DataPlaneServiceImpl(Trainer* trainer, TokenSet tokens) : trainer_(trainer), tokens_(std::move(tokens)) {}
+  DataPlaneServiceImpl(const ShardRouter* router, TokenSet tokens) : router_(router), tokens_(std::move(tokens)) {}
 
   grpc::ServerUnaryReactor* Join(grpc::CallbackServerContext* context, const v1::JoinRequest* request,
                                  v1::JoinResponse* response) override;
@@ -37,7 +40,7 @@ class DataPlaneServiceImpl final : public DataPlaneBase {
                                                v1::AttachSharedMemoryResponse* response) override;
 
  private:
-  Trainer* const trainer_;
+  const ShardRouter* const router_;
   const TokenSet tokens_;
 };
 

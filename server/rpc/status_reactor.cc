@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/tsan.h"
+#include "common/wire.h"
 #include "gradacc/v1/control.grpc.pb.h"
 
 namespace gradacc {
@@ -34,6 +35,7 @@ StatusReactor::StatusReactor(Trainer* trainer, ShardExchange* exchange, bool loc
     p->context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
     // One level deep: a peer asked this way answers with its own status.
     p->context.AddMetadata("x-gradacc-local", "1");
+    p->context.AddMetadata(kShardMetadataKey, absl::StrCat(i));
     if (!exchange_->token().empty()) p->context.AddMetadata("authorization", "Bearer " + exchange_->token());
     p->stub = v1::ControlPlane::NewStub(exchange_->channel(i));
     p->stub->async()->GetStatus(&p->context, &request_, &p->status, [this, i](grpc::Status s) {

@@ -9,7 +9,10 @@
 #                      (tbf latency; a switch port holds far less)
 #   --sizes=16M,64M    f32 parameters of the job
 #   --reps=3 --warmup=1
-#   --shards-per-host=8  shard processes per server host (sharded configs)
+#   --shards-per-host=8  shards per server host (sharded configs), served by
+#                      one gradacc-server per host on one port
+#   --process-per-shard  one gradacc-server per shard instead (the layout
+#                      before one process could serve several shards)
 #   --configs=LIST     default all: ps1,ps2,ps4,colocated,hier,bf16,mpi,mpi_ring,gloo
 #   --build-dir=build-bench --out=bench-results
 #
@@ -46,7 +49,7 @@ root="$(cd "$here/../.." && pwd)"
 cd "$root"
 usage() { sed -n '2,17p' "$self" | sed 's/^# \{0,1\}//'; }
 
-rate="200mbit" delay="0ms" queue="200ms" sizes="16M,64M" reps=3 warmup=1 per_host=8
+rate="200mbit" delay="0ms" queue="200ms" sizes="16M,64M" reps=3 warmup=1 per_host=8 process_per_shard=0 cc=""
 configs="ps1,ps2,ps4,colocated,hier,bf16,mpi,mpi_ring,gloo"
 build="build-bench" out="bench-results"
 for arg in "$@"; do
@@ -54,10 +57,12 @@ for arg in "$@"; do
     --rate=*) rate="${arg#*=}" ;;
     --delay=*) delay="${arg#*=}" ;;
     --queue=*) queue="${arg#*=}" ;;
+    --cc=*) cc="${arg#*=}" ;;
     --sizes=*) sizes="${arg#*=}" ;;
     --reps=*) reps="${arg#*=}" ;;
     --warmup=*) warmup="${arg#*=}" ;;
     --shards-per-host=*) per_host="${arg#*=}" ;;
+    --process-per-shard) process_per_shard=1 ;;
     --configs=*) configs="${arg#*=}" ;;
     --build-dir=*) build="${arg#*=}" ;;
     --out=*) out="${arg#*=}" ;;
@@ -171,6 +176,10 @@ add_host() {  # NAME ADDRESS SHAPED(0/1)
   ip netns add "$ns" || die "cannot create netns $ns"
   made_ns+=("$ns")
   ip -n "$ns" link set lo up
+  if [[ -n "$cc" ]]; then
+    ip netns exec "$ns" sysctl -qw net.ipv4.tcp_congestion_control="$cc" ||
+      die "cannot use TCP congestion control '$cc' (available: $(cat /proc/sys/net/ipv4/tcp_available_congestion_control))"
+  fi
   ip -n "$ns_br" link add "v-$name" type veth peer name eth0 netns "$ns" || die "veth for $name"
   ip -n "$ns_br" link set "v-$name" master br0
   ip -n "$ns_br" link set "v-$name" up
@@ -294,26 +303,39 @@ stop_servers() {
   done
   server_pids=()
 }
-# start_shards JOB TAG HOST... : one shard per listed host (a host may
-# repeat); sets $servers (every shard's address, in shard order).
+# start_shards JOB TAG HOST... : shard j on the j-th listed host (a host
+# may repeat); sets $servers (every shard's address, in shard order). Each
+# host runs one gradacc-server serving all its shards on one port (so a
+# worker reaches them over one connection), or, with --process-per-shard,
+# one process per shard.
 start_shards() {
   local job="$1" tag="$2"
   shift 2
-  local hosts=("$@") k=${#@} j addrs=() port
+  local hosts=("$@") k=${#@} j addrs=() port h
+  local -A port_of=() shards_of=()
+  local order=()
   for j in $(seq 0 $((k - 1))); do
-    port=$(free_port "${hosts[$j]}") || die "no free port on ${hosts[$j]}"
-    addrs+=("${ip_of[${hosts[$j]}]}:$port")
+    h="${hosts[$j]}"
+    if [[ $process_per_shard == 1 ]]; then h="${hosts[$j]}#$j"; fi
+    if [[ -z "${port_of[$h]:-}" ]]; then
+      port_of[$h]=$(free_port "${hosts[$j]}") || die "no free port on ${hosts[$j]}"
+      order+=("$h")
+    fi
+    shards_of[$h]+="${shards_of[$h]:+,}$j"
+    addrs+=("${ip_of[${hosts[$j]}]}:${port_of[$h]}")
   done
   servers="$(IFS=,; echo "${addrs[*]}")"
-  for j in $(seq 0 $((k - 1))); do
-    on_host_bg "${hosts[$j]}" "$logs/$tag-shard$j.log" "$server_bin" --job="$job" --listen="${addrs[$j]}" \
-      --num_shards="$k" --shard="$j" --shard_peers="$servers" --shared_memory_dir= --allow_remote_plaintext \
-      --port_file="$tmp/$tag-shard$j.port"
+  local n=0
+  for h in "${order[@]}"; do
+    on_host_bg "${h%%#*}" "$logs/$tag-server$n.log" "$server_bin" --job="$job" \
+      --listen="${ip_of[${h%%#*}]}:${port_of[$h]}" --num_shards="$k" --shard="${shards_of[$h]}" \
+      --shard_peers="$servers" --shared_memory_dir= --allow_remote_plaintext --port_file="$tmp/$tag-server$n.port"
     server_pids+=("$last_pid")
+    n=$((n + 1))
   done
-  for j in $(seq 0 $((k - 1))); do
-    for _ in $(seq 300); do [[ -s "$tmp/$tag-shard$j.port" ]] && break; sleep 0.1; done
-    [[ -s "$tmp/$tag-shard$j.port" ]] || { say "shard $j of $tag did not start (see $logs/$tag-shard$j.log)"; return 1; }
+  for j in $(seq 0 $((n - 1))); do
+    for _ in $(seq 300); do [[ -s "$tmp/$tag-server$j.port" ]] && break; sleep 0.1; done
+    [[ -s "$tmp/$tag-server$j.port" ]] || { say "server $j of $tag did not start (see $logs/$tag-server$j.log)"; return 1; }
   done
 }
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_split.h"
 #include "common/data_plan.h"
@@ -65,17 +66,23 @@ absl::Status Client::OpenChannels(absl::Time give_up) {
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   for (const auto& [name, value] : BulkTransferChannelArgs()) args.SetInt(name, value);
-  // A sharded job lists every shard's address, in shard order.
+  // A sharded job lists every shard's address, in shard order. Shards that
+  // one process serves share an address, and then one channel (one
+  // connection; each call names its shard).
   absl::flat_hash_set<std::string> hosts;
+  absl::flat_hash_map<std::string, std::shared_ptr<grpc::Channel>> channels;
   for (absl::string_view address : absl::StrSplit(options_.server, ',', absl::SkipWhitespace())) {
     hosts.insert(std::string(address.substr(0, address.rfind(':'))));
-    ConnectionOptions connection = options_.connection;
-    connection.server = std::string(address);
-    GRADACC_ASSIGN_OR_RETURN(std::shared_ptr<grpc::Channel> channel, MakeChannel(connection, args));
+    std::shared_ptr<grpc::Channel>& channel = channels[address];
+    if (channel == nullptr) {
+      ConnectionOptions connection = options_.connection;
+      connection.server = std::string(address);
+      GRADACC_ASSIGN_OR_RETURN(channel, MakeChannel(connection, args));
+    }
     server_hosts_ = hosts.size();
     Shard shard;
     shard.address = std::string(address);
-    shard.stubs = std::make_unique<GradaccStubs>(std::move(channel));
+    shard.stubs = std::make_unique<GradaccStubs>(channel);
     if (!shard.stubs->channel->WaitForConnected(absl::ToChronoTime(give_up))) {
       return absl::UnavailableError(absl::StrFormat("cannot reach gradacc server at %s within %s", address,
                                                     absl::FormatDuration(options_.connect_timeout)));
@@ -99,7 +106,7 @@ v1::JoinRequest Client::JoinRequestFor(const std::string& job_id) const {
 
 absl::Status Client::JoinShard(size_t i, const std::string& job_id, absl::Time deadline, v1::JoinResponse* response) {
   grpc::ClientContext ctx;
-  PrepareCall(ctx, options_.connection.token, deadline, /*wait_for_ready=*/true);
+  PrepareShardCall(ctx, shards_[i], deadline, /*wait_for_ready=*/true);
   return FromGrpcStatus(shards_[i].stubs->data->Join(&ctx, JoinRequestFor(job_id), response),
                         "join " + NameOf(shards_[i]));
 }
@@ -371,14 +378,14 @@ absl::Status Client::ReportTestAccuracy(double accuracy, uint64_t step) {
   request.set_test_accuracy(accuracy);
   v1::ReportMetricResponse response;
   grpc::ClientContext ctx;
-  PrepareCall(ctx, options_.connection.token, absl::Now() + options_.rpc_timeout, /*wait_for_ready=*/false);
+  PrepareShardCall(ctx, shards_[0], absl::Now() + options_.rpc_timeout, /*wait_for_ready=*/false);
   return FromGrpcStatus(shards_[0].stubs->control->ReportMetric(&ctx, request, &response), "report metric");
 }
 
 absl::StatusOr<v1::Status> Client::GetStatus() {
   v1::Status status;
   grpc::ClientContext ctx;
-  PrepareCall(ctx, options_.connection.token, absl::Now() + options_.rpc_timeout, /*wait_for_ready=*/false);
+  PrepareShardCall(ctx, shards_[0], absl::Now() + options_.rpc_timeout, /*wait_for_ready=*/false);
   GRADACC_RETURN_IF_ERROR(
       FromGrpcStatus(shards_[0].stubs->control->GetStatus(&ctx, v1::GetStatusRequest(), &status), "status"));
   return status;
@@ -394,7 +401,7 @@ absl::Status Client::Leave() {
     absl::Status left = Retry(options_.retry, deadline, [&](int) {
       v1::LeaveResponse response;
       grpc::ClientContext ctx;
-      PrepareCall(ctx, options_.connection.token, deadline, /*wait_for_ready=*/true);
+      PrepareShardCall(ctx, shard, deadline, /*wait_for_ready=*/true);
       return FromGrpcStatus(shard.stubs->data->Leave(&ctx, request, &response), "leave " + NameOf(shard));
     });
     if (result.ok()) result = left;

@@ -239,6 +239,10 @@ class Client {
   // "shard i (host:port)" in a sharded job, else the address: what errors
   // name.
   std::string NameOf(const Shard& shard) const;
+  // A call to `shard`: PrepareCall, and in a sharded job the shard's index
+  // in the x-gradacc-shard metadata (one address may serve several shards).
+  void PrepareShardCall(grpc::ClientContext& ctx, const Shard& shard, absl::Time deadline,
+                        bool wait_for_ready) const;
   // The shards whose channel cannot connect, named, for an error ("" when
   // none).
   std::string UnreachableShards() const;

@@ -25,7 +25,7 @@ void Client::SetUpSharedMemory() {
   v1::AttachSharedMemoryResponse offer;
   auto attach = [&] {
     grpc::ClientContext ctx;
-    PrepareCall(ctx, options_.connection.token, absl::Now() + options_.rpc_timeout, /*wait_for_ready=*/false);
+    PrepareShardCall(ctx, shards_[0], absl::Now() + options_.rpc_timeout, /*wait_for_ready=*/false);
     return shards_[0].stubs->data->AttachSharedMemory(&ctx, request, &offer);
   };
   if (grpc::Status s = attach(); !s.ok()) {

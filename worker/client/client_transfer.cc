@@ -162,6 +162,12 @@ std::string Client::NameOf(const Shard& shard) const {
   return absl::StrFormat("shard %d (%s)", &shard - shards_.data(), shard.address);
 }
 
+void Client::PrepareShardCall(grpc::ClientContext& ctx, const Shard& shard, absl::Time deadline,
+                              bool wait_for_ready) const {
+  PrepareCall(ctx, options_.connection.token, deadline, wait_for_ready);
+  if (shards_.size() > 1) ctx.AddMetadata(kShardMetadataKey, absl::StrCat(&shard - shards_.data()));
+}
+
 std::string Client::UnreachableShards() const {
   std::vector<std::string> away;
   for (const Shard& shard : shards_) {
@@ -222,8 +228,7 @@ absl::StatusOr<v1::PushResponse> Client::PushShard(Shard& shard, v1::PushRequest
 absl::Status Client::PushOnce(Shard& shard, v1::PushRequest& header, v1::PushResponse* response,
                               absl::Time deadline) {
   grpc::ClientContext ctx;
-  PrepareCall(ctx, options_.connection.token, std::min(deadline, absl::Now() + options_.rpc_timeout),
-              /*wait_for_ready=*/true);
+  PrepareShardCall(ctx, shard, std::min(deadline, absl::Now() + options_.rpc_timeout), /*wait_for_ready=*/true);
   grpc::ByteBuffer answer;
   auto writer = shard.stubs->RawPush(&ctx, &answer);
   // Shared memory: the gradients are in the segment already; the header
@@ -365,7 +370,7 @@ absl::Status Client::PullShard(Shard& shard, uint64_t min_version, absl::Time de
   request.set_shared_memory(params_segment_ != nullptr);
   if (pushed_key.has_value()) request.set_contribution_key(*pushed_key);
   grpc::ClientContext ctx;
-  PrepareCall(ctx, options_.connection.token, deadline, /*wait_for_ready=*/true);
+  PrepareShardCall(ctx, shard, deadline, /*wait_for_ready=*/true);
   if (group != nullptr && !group->Add(&ctx)) {
     return absl::CancelledError(absl::StrFormat("pull from %s not started: another shard's failed", NameOf(shard)));
   }
