@@ -123,10 +123,6 @@ absl::StatusOr<std::unique_ptr<HttpServer>> StartMetrics(const ServerOptions& op
   });
 }
 
-}  // namespace
-
-namespace {
-
 // A file of shard `shard`'s own when one process serves several shards.
 std::string PerShardFile(const std::string& path, uint32_t shard) {
   return path.empty() ? path : absl::StrCat(path, ".shard-", shard);

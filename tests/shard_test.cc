@@ -171,5 +171,21 @@ TEST(ShardTest, TwoShardsGiveTheParametersOfOne) {
   EXPECT_EQ(std::memcmp(got.data(), expect.data(), kN * 4), 0);
 }
 
+// --shard lists that cannot be served are refused at start, by name.
+TEST(ShardTest, BadShardListsAreRefused) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--shard=1,1", "--shard names shard 1 twice"},
+      {"--shard=0,2", "shard 2 of a job of 2 shards"},
+      {"--shard=0,x", "bad --shard 'x'"},
+  };
+  for (const auto& [flag, message] : cases) {
+    auto run = RunCommand({GRADACC_SERVER_BIN, "--listen=127.0.0.1:0", "--num_shards=2", flag,
+                           "--shard_peers=127.0.0.1:1,127.0.0.1:1"},
+                          absl::Seconds(20));
+    EXPECT_EQ(run.exit_code, 1) << flag << ": " << run.output;
+    EXPECT_NE(run.output.find(message), std::string::npos) << flag << ": " << run.output;
+  }
+}
+
 }  // namespace
 }  // namespace gradacc

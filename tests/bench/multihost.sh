@@ -7,9 +7,13 @@
 #                      a clear message when the kernel has no sch_netem)
 #   --queue=200ms      the most a link's queue holds, in time at its rate
 #                      (tbf latency; a switch port holds far less)
+#   --cc=NAME          the hosts' TCP congestion control (default: the
+#                      machine's, which the namespaces inherit; a namespace
+#                      may use only those net.ipv4.tcp_allowed_congestion_control
+#                      lists)
 #   --sizes=16M,64M    f32 parameters of the job
 #   --reps=3 --warmup=1
-#   --shards-per-host=8  shards per server host (sharded configs), served by
+#   --shards-per-host=32 shards per server host (sharded configs), served by
 #                      one gradacc-server per host on one port
 #   --process-per-shard  one gradacc-server per shard instead (the layout
 #                      before one process could serve several shards)
@@ -23,10 +27,9 @@
 # addresses (10.233.N.0/24) exist only inside these namespaces: no packet
 # leaves them, and nothing of the root namespace is touched. Then, in one
 # run, for each size: gradacc with its shards on 1, 2 and 4 separate server
-# hosts (--shards-per-host processes on each, shard j on host j mod k, so
-# that a worker's wave of k pushes reaches every server host), shards
-# co-located on the
-# worker hosts, hierarchical (2 ranks per worker host, shards on 4 server
+# hosts (--shards-per-host shards on each, served by one gradacc-server per
+# host; shard j on host j mod k, so that a worker's wave of k pushes reaches
+# every server host), shards co-located on the worker hosts, hierarchical (2 ranks per worker host, shards on 4 server
 # hosts), bf16 on the wire (4 server hosts); Open MPI MPI_Allreduce (its
 # default tuned algorithm, and ring) and gloo all_reduce, each + the same
 # Adam on every rank. A sampler in the bridge namespace reads every link's
@@ -49,7 +52,7 @@ root="$(cd "$here/../.." && pwd)"
 cd "$root"
 usage() { sed -n '2,17p' "$self" | sed 's/^# \{0,1\}//'; }
 
-rate="200mbit" delay="0ms" queue="200ms" sizes="16M,64M" reps=3 warmup=1 per_host=8 process_per_shard=0 cc=""
+rate="200mbit" delay="0ms" queue="200ms" sizes="16M,64M" reps=3 warmup=1 per_host=32 process_per_shard=0 cc=""
 configs="ps1,ps2,ps4,colocated,hier,bf16,mpi,mpi_ring,gloo"
 build="build-bench" out="bench-results"
 for arg in "$@"; do
@@ -468,7 +471,7 @@ commit="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 /usr/bin/python3 "$here/multihost_report.py" --results="$results" --phases="$phases" --samples="$sampler_log" \
   --rate-bits="$rate_bits" --rate="$rate" --delay="$delay" --queue="$queue" \
-  --tcp="$tcp_cc" --per-host="$per_host" --reps="$reps" \
+  --tcp="$tcp_cc" --per-host="$per_host" --process-per-shard="$process_per_shard" --reps="$reps" \
   --warmup="$warmup" --machine="$(nproc) CPUs, $cpu" --commit="$commit" \
   --csv="$base.csv" --md="$base.md" --png="$base.png"
 cp "$sampler_log" "$logs/samples.csv" 2>/dev/null

@@ -11,8 +11,9 @@
 # and b through Open MPI's rsh launcher, whose agent (ns-agent.sh) enters the
 # host's namespaces instead of ssh'ing to it. Every host's link is shaped
 # (tc tbf, 200 Mbit/s each way) when the kernel has sch_tbf. A sharded job
-# runs with its two shards on srv and srv2, and its parts must equal the
-# one-host run's parameters bit for bit. Then the same job runs on one
+# runs with four shards interleaved over srv and srv2 (one server process
+# per host serving two shards), and its parts must equal the one-host run's
+# parameters bit for bit. Then the same job runs on one
 # host (a fifth namespace with only loopback: server on 127.0.0.1, mpirun
 # -np 4) and both final parameter files must be byte-identical: same data
 # order, same reduction order, whatever the network.
@@ -303,8 +304,10 @@ EOF
 say "hierarchical across hosts: done ($((SECONDS - t0)) s)"
 
 # ------------------------------------------- 2c. sharded, shards on two hosts
-# Shard 0 on srv, shard 1 on srv2; every worker pushes each shard its part
-# over its own shaped link (and pulls each as soon as it is pushed).
+# Four shards interleaved over srv (0, 2) and srv2 (1, 3), one gradacc-server
+# per host serving both of its shards on one port; every worker pushes each
+# shard its part over its own shaped link (one connection per server host)
+# and pulls each as soon as it is pushed.
 t0=$SECONDS
 ports=()
 for h in srv srv2; do
@@ -315,26 +318,26 @@ for h in srv srv2; do
     fail "no free port on $h"
   ports+=("$port")
 done
-peers="$srv_ip:${ports[0]},$srv2_ip:${ports[1]}"
+peers="$srv_ip:${ports[0]},$srv2_ip:${ports[1]},$srv_ip:${ports[0]},$srv2_ip:${ports[1]}"
 shard_pids=()
-for i in 0 1; do
+for h in 0 1; do
   on=("${on_srv[@]}") listen="$srv_ip:${ports[0]}"
-  [[ $i == 1 ]] && on=("${on_srv2[@]}") listen="$srv2_ip:${ports[1]}"
-  "${on[@]}" "$server_bin" --job="$tmp/job.textproto" --listen="$listen" --num_shards=2 --shard="$i" \
-      --shard_peers="$peers" --port_file="$tmp/shard$i.port" --allow_remote_plaintext --shared_memory_dir= \
-      --output="$tmp/shard$i.safetensors" >"$tmp/server-shard$i.log" 2>&1 &
+  [[ $h == 1 ]] && on=("${on_srv2[@]}") listen="$srv2_ip:${ports[1]}"
+  "${on[@]}" "$server_bin" --job="$tmp/job.textproto" --listen="$listen" --num_shards=4 --shard="$h,$((h + 2))" \
+      --shard_peers="$peers" --port_file="$tmp/shards$h.port" --allow_remote_plaintext --shared_memory_dir= \
+      --output="$tmp/shards.safetensors" >"$tmp/server-shards$h.log" 2>&1 &
   shard_pids+=($!)
 done
-wait_file "$tmp/shard0.port" 30 "${shard_pids[0]}" || fail "shard 0 on srv did not start"
-wait_file "$tmp/shard1.port" 30 "${shard_pids[1]}" || fail "shard 1 on srv2 did not start"
+wait_file "$tmp/shards0.port" 30 "${shard_pids[0]}" || fail "shards 0 and 2 on srv did not start"
+wait_file "$tmp/shards1.port" 30 "${shard_pids[1]}" || fail "shards 1 and 3 on srv2 did not start"
 run_waiting "$tmp/mpirun-sharded.log" "${on_srv[@]}" timeout -k 10 120 "$mpirun_bin" -np 4 "${mpi_multihost[@]}" \
     "$worker_bin" --server="$peers" --shared_memory=false "${worker_args[@]}"
 rc=$?
 [[ $rc == 0 ]] || fail "mpirun with the shards on two hosts exited $rc"
-for i in 0 1; do
-  wait_file "$tmp/shard$i.safetensors" 30 "${shard_pids[$i]}" || fail "no final parameters from shard $i"
-  stop_server "${shard_pids[$i]}" "shard $i"
+for i in 0 1 2 3; do
+  wait_file "$tmp/shards.safetensors.shard-$i" 30 "${shard_pids[$((i % 2))]}" || fail "no final parameters from shard $i"
 done
+for h in 0 1; do stop_server "${shard_pids[$h]}" "the server of shards $h and $((h + 2))"; done
 say "sharded over srv and srv2: done ($((SECONDS - t0)) s)"
 
 # ------------------------------------------- 3. the same job on one host
@@ -392,7 +395,7 @@ EOF
 cmp "$tmp/multihost.safetensors" "$tmp/one-host.safetensors" || fail "the files differ (outside the tensors)"
 say "final parameters are bit-identical across hosts and on one host"
 # The shards' parts, in shard order, are the one-host run's tensors in order.
-/usr/bin/python3 - "$tmp/one-host.safetensors" "$tmp/shard0.safetensors" "$tmp/shard1.safetensors" <<'EOF' ||
+/usr/bin/python3 - "$tmp/one-host.safetensors" "$tmp"/shards.safetensors.shard-{0,1,2,3} <<'EOF' ||
 import json, struct, sys
 def load(path):
     raw = open(path, "rb").read()
@@ -406,7 +409,7 @@ print(f"  shards' parts: {len(parts) // 4} values; one host: {len(flat) // 4}")
 sys.exit(0 if parts == flat else 1)
 EOF
   fail "the shards' parameters differ from the one-host run's"
-say "the two shards' parts are bit-identical to the one-host parameters"
+say "the four shards' parts are bit-identical to the one-host parameters"
 
 # Hierarchical across hosts adds (g0+g1) + (g2+g3): same job, other rounding.
 /usr/bin/python3 - "$tmp/hier.safetensors" "$tmp/one-host.safetensors" <<'EOF' || fail "hierarchical differs too much"
