@@ -69,8 +69,11 @@ void PeerMonitor::Probe(const std::vector<size_t>& group) {
   v1::Status response;
   const grpc::Status s = stubs_[first]->GetStatus(&ctx, request, &response);
   const absl::Time now = absl::Now();
-  const std::string who = absl::StrFormat("shard%s %s (%s)", group.size() > 1 ? "s" : "", absl::StrJoin(group, ", "),
-                                          peers_[first]);
+  // Shards 1, 5, 9 (host:port); a long list is cut after four.
+  const size_t named = group.size() > 6 ? 4 : group.size();
+  std::string list = absl::StrJoin(group.begin(), group.begin() + named, ", ");
+  if (named < group.size()) absl::StrAppend(&list, ", ... (", group.size(), " shards)");
+  const std::string who = absl::StrFormat("shard%s %s (%s)", group.size() > 1 ? "s" : "", list, peers_[first]);
   MutexLock lock(&mu_);
   Health& h = health_[first];
   if (s.ok()) {

@@ -130,7 +130,8 @@ std::string PerShardFile(const std::string& path, uint32_t shard) {
 
 }  // namespace
 
-absl::Status GradaccServer::AddCore(const v1::JobSpec& spec, const ServerOptions& options, uint32_t shard) {
+absl::Status GradaccServer::AddCore(const v1::JobSpec& spec, const ServerOptions& options, uint32_t shard,
+                                    std::shared_ptr<const FloatBuffer> initial) {
   TrainerOptions trainer_options = options.trainer;
   trainer_options.shard = shard;
   if (options.shards.size() > 1) {
@@ -156,7 +157,7 @@ absl::Status GradaccServer::AddCore(const v1::JobSpec& spec, const ServerOptions
                                                                   connection, options.shard_timeout));
     trainer_options.exchange = core.exchange.get();
   }
-  GRADACC_ASSIGN_OR_RETURN(core.trainer, Trainer::Create(spec, trainer_options));
+  GRADACC_ASSIGN_OR_RETURN(core.trainer, Trainer::Create(spec, trainer_options, std::move(initial)));
   cores_.push_back(std::move(core));
   return absl::OkStatus();
 }
@@ -186,11 +187,19 @@ absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::Jo
     }
   }
   std::unique_ptr<GradaccServer> server(new GradaccServer());
+  // The whole model's initial parameters, computed once for all the shards
+  // served here (each takes its part unless it resumes from a checkpoint).
+  std::shared_ptr<const FloatBuffer> initial;
+  if (shards.size() > 1) {
+    GRADACC_ASSIGN_OR_RETURN(FloatBuffer computed, InitialParameters(spec));
+    initial = std::make_shared<const FloatBuffer>(std::move(computed));
+  }
   std::vector<ServedShard> served;
   for (uint32_t shard : shards) {
-    GRADACC_RETURN_IF_ERROR(server->AddCore(spec, options, shard));
+    GRADACC_RETURN_IF_ERROR(server->AddCore(spec, options, shard, initial));
     served.push_back({shard, server->cores_.back().trainer.get(), server->cores_.back().exchange.get()});
   }
+  initial.reset();
   server->router_ = std::make_unique<ShardRouter>(std::move(served));
   server->data_plane_ = std::make_unique<DataPlaneServiceImpl>(server->router_.get(), options.tokens);
   server->control_plane_ = std::make_unique<ControlPlaneServiceImpl>(server->router_.get(), options.tokens);

@@ -92,7 +92,8 @@ class GradaccServer {
     std::unique_ptr<ShardExchange> exchange;  // outlives the trainer
     std::unique_ptr<Trainer> trainer;
   };
-  absl::Status AddCore(const v1::JobSpec& spec, const ServerOptions& options, uint32_t shard);
+  absl::Status AddCore(const v1::JobSpec& spec, const ServerOptions& options, uint32_t shard,
+                       std::shared_ptr<const FloatBuffer> initial);
 
   std::vector<Core> cores_;
   std::unique_ptr<ShardRouter> router_;

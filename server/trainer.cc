@@ -124,7 +124,7 @@ Trainer::~Trainer() {
 }
 
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, TrainerOptions options,
-                                                         std::optional<FloatBuffer> initial) {
+                                                         std::shared_ptr<const FloatBuffer> initial) {
   std::vector<std::string> notes;
   GRADACC_ASSIGN_OR_RETURN(std::optional<Checkpoint> restored, FindResumePoint(options, &notes));
   if (restored.has_value()) spec = restored->state.job();  // a resumed job keeps its spec
@@ -157,8 +157,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
   if (restored.has_value()) {
     params = std::move(restored->params);
   } else {
-    if (!initial.has_value()) {
-      GRADACC_ASSIGN_OR_RETURN(initial, InitialParameters(spec));
+    if (initial == nullptr) {
+      GRADACC_ASSIGN_OR_RETURN(FloatBuffer computed, InitialParameters(spec));
+      initial = std::make_shared<const FloatBuffer>(std::move(computed));
     } else if (initial->size() != layout.num_elements()) {
       return absl::InvalidArgumentError(absl::StrFormat("initial parameters have %d elements; the model has %d",
                                                         initial->size(), layout.num_elements()));

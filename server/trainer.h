@@ -125,8 +125,11 @@ class Trainer {
 
   // `spec` is normalised here. `initial` overrides the spec's initialisers
   // when non-empty (tests).
+  // `initial`: the whole model's initial parameters (else computed from
+  // the spec) — shared, so that the shards one process serves compute them
+  // once.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(v1::JobSpec spec, TrainerOptions options,
-                                                         std::optional<FloatBuffer> initial = std::nullopt);
+                                                         std::shared_ptr<const FloatBuffer> initial = nullptr);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;

@@ -13,8 +13,10 @@
 #                      lists)
 #   --sizes=16M,64M    f32 parameters of the job
 #   --reps=3 --warmup=1
-#   --shards-per-host=32 shards per server host (sharded configs), served by
-#                      one gradacc-server per host on one port
+#   --shards-per-host=auto  shards per server host (sharded configs), served
+#                      by one gradacc-server per host on one port; auto:
+#                      shards of 128 Ki elements (512 KiB) with 4 server
+#                      hosts, P / 2^19 per host (32 at 16M, 128 at 64M)
 #   --process-per-shard  one gradacc-server per shard instead (the layout
 #                      before one process could serve several shards)
 #   --configs=LIST     default all: ps1,ps2,ps4,colocated,hier,bf16,mpi,mpi_ring,gloo
@@ -52,7 +54,7 @@ root="$(cd "$here/../.." && pwd)"
 cd "$root"
 usage() { sed -n '2,17p' "$self" | sed 's/^# \{0,1\}//'; }
 
-rate="200mbit" delay="0ms" queue="200ms" sizes="16M,64M" reps=3 warmup=1 per_host=32 process_per_shard=0 cc=""
+rate="200mbit" delay="0ms" queue="200ms" sizes="16M,64M" reps=3 warmup=1 per_host=auto process_per_shard=0 cc=""
 configs="ps1,ps2,ps4,colocated,hier,bf16,mpi,mpi_ring,gloo"
 build="build-bench" out="bench-results"
 for arg in "$@"; do
@@ -381,6 +383,8 @@ IFS=, read -r -a size_list <<<"$sizes"
 windows=$((warmup + reps))
 for s in "${size_list[@]}"; do
   p=$(elements "$s")
+  sph=$per_host
+  if [[ $sph == auto ]]; then sph=$((p >> 19)); ((sph < 1)) && sph=1; fi
   write_job "$tmp/job-$p-4" "$p" 4 "$windows"
   write_job "$tmp/job-$p-8" "$p" 8 "$windows"
   say "P=$s: reference runs (one host, loopback)"
@@ -389,7 +393,7 @@ for s in "${size_list[@]}"; do
   for k in 1 2 4; do
     want "ps$k" || continue
     hosts=()
-    for _ in $(seq "$per_host"); do for h in $(seq 0 $((k - 1))); do hosts+=("s$h"); done; done
+    for _ in $(seq "$sph"); do for h in $(seq 0 $((k - 1))); do hosts+=("s$h"); done; done
     say "P=$s: gradacc, ${#hosts[@]} shards on $k server host(s)"
     if start_shards "$tmp/job-$p-4" "ps$k-$p" "${hosts[@]}"; then
       run_gradacc "ps$k-$p" "$p" 1
@@ -399,7 +403,7 @@ for s in "${size_list[@]}"; do
   done
   if want colocated; then
     hosts=()
-    for _ in $(seq "$per_host"); do for h in 0 1 2 3; do hosts+=("w$h"); done; done
+    for _ in $(seq "$sph"); do for h in 0 1 2 3; do hosts+=("w$h"); done; done
     say "P=$s: gradacc, ${#hosts[@]} shards co-located on the worker hosts"
     if start_shards "$tmp/job-$p-4" "colocated-$p" "${hosts[@]}"; then
       run_gradacc "colocated-$p" "$p" 1
@@ -409,7 +413,7 @@ for s in "${size_list[@]}"; do
   fi
   if want bf16; then
     hosts=()
-    for _ in $(seq "$per_host"); do for h in 0 1 2 3; do hosts+=("s$h"); done; done
+    for _ in $(seq "$sph"); do for h in 0 1 2 3; do hosts+=("s$h"); done; done
     say "P=$s: gradacc, bf16 on the wire, shards on 4 server hosts"
     if start_shards "$tmp/job-$p-4" "bf16-$p" "${hosts[@]}"; then
       run_gradacc "bf16-$p" "$p" 1 --wire_format=bf16
@@ -419,7 +423,7 @@ for s in "${size_list[@]}"; do
   fi
   if want hier; then
     hosts=()
-    for _ in $(seq "$per_host"); do for h in 0 1 2 3; do hosts+=("s$h"); done; done
+    for _ in $(seq "$sph"); do for h in 0 1 2 3; do hosts+=("s$h"); done; done
     for run in 1 2; do
       say "P=$s: gradacc hierarchical, 2 ranks per worker host, shards on 4 server hosts (run $run)"
       if start_shards "$tmp/job-$p-8" "hier$run-$p" "${hosts[@]}"; then

@@ -34,7 +34,7 @@ def parse_args():
     for name in ("results", "phases", "samples", "rate", "delay", "queue", "tcp", "machine", "commit", "csv", "md", "png"):
         p.add_argument("--" + name, required=True)
     p.add_argument("--rate-bits", type=float, required=True)
-    p.add_argument("--per-host", type=int, required=True)
+    p.add_argument("--per-host", required=True)  # a number, or auto
     p.add_argument("--process-per-shard", type=int, default=0)
     p.add_argument("--reps", type=int, required=True)
     p.add_argument("--warmup", type=int, required=True)
@@ -134,8 +134,9 @@ def get(rows, config, p):
 def header(a):
     md = [f"gradacc multihost benchmark — commit {a.commit}; {a.machine}", "",
           f"4 worker hosts (w0..w3) and 4 server hosts (s0..s3) as network namespaces on one bridge; every "
-          f"host's link shaped to {a.rate} each way (tc tbf, queue {a.queue}), delay {a.delay}, TCP congestion control {a.tcp}; {a.per_host} shards per "
-          f"server host in the sharded configurations, "
+          f"host's link shaped to {a.rate} each way (tc tbf, queue {a.queue}), delay {a.delay}, TCP congestion control {a.tcp}; "
+          f"{'shards of 128 Ki elements (P / 2^19 per server host: 32 at 16M, 128 at 64M)' if a.per_host == 'auto' else str(a.per_host) + ' shards per server host'} "
+          f"in the sharded configurations, "
           f"{'one gradacc-server process each' if a.process_per_shard else 'served by one gradacc-server process per host'}; medians of {a.reps} windows after {a.warmup} warm-up; "
           f"gRPC only (no shared memory between hosts). Link bytes are per window, during the timed windows; "
           f"'busiest link' is its bytes over the timed windows' wall time against the shaped rate; CPU is the "
