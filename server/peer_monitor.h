@@ -2,9 +2,10 @@
 // asks every peer address for a shard's own status (one level deep, 1 s
 // deadline; shards served by one process share its answer, and those this
 // process serves are not asked) and keeps, per peer, whether it answered
-// and since when it has not, with the error; it logs each change ("shard 1 (host:port) does not answer: ...",
-// "... answers again after 12.3 s"). Status (ShardSummary.error,
-// away_since_unix_micros) and the CLI name a shard that stays away.
+// and since when it has not, with the error; it logs each change ("shard 1
+// (host:port) does not answer: ...", "... answers again after 12.3 s").
+// Status (ShardSummary.error, away_since_unix_micros) and the CLI name a
+// shard that stays away.
 //
 // Thread-safe. The destructor stops the thread (bounded by one call's
 // deadline).

@@ -169,9 +169,7 @@ absl::StatusOr<TrainerOptions> TrainerFromFlags() {
   if (absl::GetFlag(FLAGS_straggler_windows) < 0) return absl::InvalidArgumentError("--straggler_windows must be >= 0");
   t.straggler_windows = static_cast<uint32_t>(absl::GetFlag(FLAGS_straggler_windows));
   t.kill_at = absl::GetFlag(FLAGS_kill_at);
-  GRADACC_ASSIGN_OR_RETURN(std::vector<uint32_t> shards, ShardsFromFlag());
   if (absl::GetFlag(FLAGS_num_shards) < 1) return absl::InvalidArgumentError("bad --num_shards");
-  t.shard = shards.front();
   t.num_shards = absl::GetFlag(FLAGS_num_shards);
   t.ledger_path = absl::GetFlag(FLAGS_ledger_file);
   t.shared_memory_dir = absl::GetFlag(FLAGS_shared_memory_dir);
@@ -244,6 +242,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   o.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   o.shard_peers = absl::GetFlag(FLAGS_shard_peers);
   GRADACC_ASSIGN_OR_RETURN(o.shards, ShardsFromFlag());
+  o.trainer.shard = o.shards.front();
   o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   o.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);

@@ -37,8 +37,6 @@ class ShardRouter {
   // WRONG_SHARD, naming the shards served here.
   absl::StatusOr<const ServedShard*> Route(const grpc::CallbackServerContext* context, bool job_wide = false) const;
 
-  const std::vector<ServedShard>& shards() const { return shards_; }
-
  private:
   const std::vector<ServedShard> shards_;
 };

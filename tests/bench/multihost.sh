@@ -31,8 +31,9 @@
 # run, for each size: gradacc with its shards on 1, 2 and 4 separate server
 # hosts (--shards-per-host shards on each, served by one gradacc-server per
 # host; shard j on host j mod k, so that a worker's wave of k pushes reaches
-# every server host), shards co-located on the worker hosts, hierarchical (2 ranks per worker host, shards on 4 server
-# hosts), bf16 on the wire (4 server hosts); Open MPI MPI_Allreduce (its
+# every server host), shards co-located on the worker hosts, hierarchical
+# (2 ranks per worker host, shards on 4 server hosts), bf16 on the wire (4
+# server hosts); Open MPI MPI_Allreduce (its
 # default tuned algorithm, and ring) and gloo all_reduce, each + the same
 # Adam on every rank. A sampler in the bridge namespace reads every link's
 # byte counters and the CPUs' time every 50 ms; each program marks its timed
@@ -52,7 +53,7 @@ self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]
 here="$(dirname "$self")"
 root="$(cd "$here/../.." && pwd)"
 cd "$root"
-usage() { sed -n '2,17p' "$self" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^# Four worker hosts/p' "$self" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 rate="200mbit" delay="0ms" queue="200ms" sizes="16M,64M" reps=3 warmup=1 per_host=auto process_per_shard=0 cc=""
 configs="ps1,ps2,ps4,colocated,hier,bf16,mpi,mpi_ring,gloo"
@@ -379,6 +380,14 @@ check_same() {  # CONFIG P PARAMS REFERENCE
   [[ $verdict == identical ]] || say "$1 P=$2: final parameters $verdict (vs $(basename "$4"))"
 }
 
+# shard_hosts PREFIX K: sets $hosts to $sph shards on each of the hosts
+# PREFIX0 .. PREFIX(K-1), interleaved (shard j on host j mod K).
+shard_hosts() {
+  local h
+  hosts=()
+  for _ in $(seq "$sph"); do for h in $(seq 0 $(($2 - 1))); do hosts+=("$1$h"); done; done
+}
+
 IFS=, read -r -a size_list <<<"$sizes"
 windows=$((warmup + reps))
 for s in "${size_list[@]}"; do
@@ -392,8 +401,7 @@ for s in "${size_list[@]}"; do
   want bf16 && run_reference "ref-$p-bf16" "$p" 4 bf16
   for k in 1 2 4; do
     want "ps$k" || continue
-    hosts=()
-    for _ in $(seq "$sph"); do for h in $(seq 0 $((k - 1))); do hosts+=("s$h"); done; done
+    shard_hosts s "$k"
     say "P=$s: gradacc, ${#hosts[@]} shards on $k server host(s)"
     if start_shards "$tmp/job-$p-4" "ps$k-$p" "${hosts[@]}"; then
       run_gradacc "ps$k-$p" "$p" 1
@@ -402,8 +410,7 @@ for s in "${size_list[@]}"; do
     stop_servers
   done
   if want colocated; then
-    hosts=()
-    for _ in $(seq "$sph"); do for h in 0 1 2 3; do hosts+=("w$h"); done; done
+    shard_hosts w 4
     say "P=$s: gradacc, ${#hosts[@]} shards co-located on the worker hosts"
     if start_shards "$tmp/job-$p-4" "colocated-$p" "${hosts[@]}"; then
       run_gradacc "colocated-$p" "$p" 1
@@ -412,8 +419,7 @@ for s in "${size_list[@]}"; do
     stop_servers
   fi
   if want bf16; then
-    hosts=()
-    for _ in $(seq "$sph"); do for h in 0 1 2 3; do hosts+=("s$h"); done; done
+    shard_hosts s 4
     say "P=$s: gradacc, bf16 on the wire, shards on 4 server hosts"
     if start_shards "$tmp/job-$p-4" "bf16-$p" "${hosts[@]}"; then
       run_gradacc "bf16-$p" "$p" 1 --wire_format=bf16
@@ -422,8 +428,7 @@ for s in "${size_list[@]}"; do
     stop_servers
   fi
   if want hier; then
-    hosts=()
-    for _ in $(seq "$sph"); do for h in 0 1 2 3; do hosts+=("s$h"); done; done
+    shard_hosts s 4
     for run in 1 2; do
       say "P=$s: gradacc hierarchical, 2 ranks per worker host, shards on 4 server hosts (run $run)"
       if start_shards "$tmp/job-$p-8" "hier$run-$p" "${hosts[@]}"; then
