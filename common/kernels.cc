@@ -7,6 +7,10 @@
 #include <cstring>
 #include <vector>
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 #include "common/parallel.h"
 
 namespace gradacc {
@@ -98,19 +102,72 @@ void DivideInPlace(absl::Span<float> dst, float q) {
 }
 
 double SumOfSquares(absl::Span<const float> x) {
-  // Four independent accumulators let the compiler vectorise without
+  // Four independent accumulators let the FPU overlap additions without
   // -ffast-math; the result is still deterministic for a given length.
-  double acc[4] = {0, 0, 0, 0};
-  const size_t n = x.size();
+  const float* const xs[1] = {x.data()};
+  double out = 0;
+  SumOfSquaresEach(xs, x.size(), &out);
+  return out;
+}
+
+namespace {
+
+// SumOfSquares of G arrays at once: the same four accumulators per array
+// (element i goes to accumulator i % 4, in order), so the same bits.
+template <int G>
+void SumOfSquaresGroup(const float* const* xs, size_t n, double* out) {
   size_t i = 0;
+#ifdef __SSE2__
+  __m128d lo[G], hi[G];  // accumulators 0,1 and 2,3
+  for (int j = 0; j < G; ++j) lo[j] = hi[j] = _mm_setzero_pd();
   for (; i + 4 <= n; i += 4) {
-    for (int k = 0; k < 4; ++k) {
-      const double v = x[i + k];
-      acc[k] += v * v;
+    for (int j = 0; j < G; ++j) {
+      const __m128 v = _mm_loadu_ps(xs[j] + i);
+      const __m128d a = _mm_cvtps_pd(v), b = _mm_cvtps_pd(_mm_movehl_ps(v, v));
+      lo[j] = _mm_add_pd(lo[j], _mm_mul_pd(a, a));
+      hi[j] = _mm_add_pd(hi[j], _mm_mul_pd(b, b));
     }
   }
-  for (; i < n; ++i) acc[0] += double{x[i]} * x[i];
-  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  double acc[G][4];
+  for (int j = 0; j < G; ++j) {
+    _mm_storeu_pd(acc[j], lo[j]);
+    _mm_storeu_pd(acc[j] + 2, hi[j]);
+  }
+#else
+  double acc[G][4] = {};
+  for (; i + 4 <= n; i += 4) {
+    for (int j = 0; j < G; ++j) {
+      for (int k = 0; k < 4; ++k) {
+        const double v = xs[j][i + k];
+        acc[j][k] += v * v;
+      }
+    }
+  }
+#endif
+  for (int j = 0; j < G; ++j) {
+    for (size_t t = i; t < n; ++t) acc[j][0] += double{xs[j][t]} * xs[j][t];
+    out[j] = (acc[j][0] + acc[j][1]) + (acc[j][2] + acc[j][3]);
+  }
+}
+
+}  // namespace
+
+void SumOfSquaresEach(absl::Span<const float* const> xs, size_t n, double* out) {
+  size_t j = 0;
+  for (; j + 4 <= xs.size(); j += 4) SumOfSquaresGroup<4>(xs.data() + j, n, out + j);
+  switch (xs.size() - j) {
+    case 3:
+      SumOfSquaresGroup<3>(xs.data() + j, n, out + j);
+      break;
+    case 2:
+      SumOfSquaresGroup<2>(xs.data() + j, n, out + j);
+      break;
+    case 1:
+      SumOfSquaresGroup<1>(xs.data() + j, n, out + j);
+      break;
+    default:
+      break;
+  }
 }
 
 float SumOfSquaresF32(absl::Span<const float> x) {

@@ -32,6 +32,10 @@ void ScaleInPlace(absl::Span<float> dst, float s);
 void DivideInPlace(absl::Span<float> dst, float d);
 // Sum of squares, accumulated in double.
 double SumOfSquares(absl::Span<const float> x);
+// out[j] = SumOfSquares(xs[j], n elements), bit for bit, in one pass: each
+// sum is a chain of dependent additions, so several arrays' chains side by
+// side keep the FPU busy where one array's wait on their latency.
+void SumOfSquaresEach(absl::Span<const float* const> xs, size_t n, double* out);
 // Sum of squares as global-norm clipping uses it: a sequential f32 sum (as
 // torch.norm computes it for small tensors) up to this many elements, the
 // double sum rounded to f32 above.

@@ -83,14 +83,18 @@ Reducer::FusedSums Reducer::Fused(absl::Span<const float* const> sources, float 
       pieces_.size(),
       [&](size_t first, size_t last) {
         std::vector<float> g(piece);
-        std::vector<const float*> at(m);
+        std::vector<const float*> at(m + 1);  // the sources, then their sum
+        std::vector<double> squares(m + 1);
+        at[m] = g.data();
         for (size_t i = first; i < last; ++i) {
           const Piece& p = pieces_[i];
           const size_t n = p.end - p.begin;
           for (size_t k = 0; k < m; ++k) at[k] = sources[k] + p.begin;
-          SumInOrder(absl::MakeSpan(g.data(), n), at, divisor, /*min_per_thread=*/~size_t{0});
-          for (size_t k = 0; k < m; ++k) source_partial[i * m + k] = SumOfSquares(absl::MakeConstSpan(at[k], n));
-          partial[i] = SumOfSquares(absl::MakeConstSpan(g.data(), n));
+          SumInOrder(absl::MakeSpan(g.data(), n), absl::MakeConstSpan(at.data(), m), divisor,
+                     /*min_per_thread=*/~size_t{0});
+          SumOfSquaresEach(at, n, squares.data());
+          for (size_t k = 0; k < m; ++k) source_partial[i * m + k] = squares[k];
+          partial[i] = squares[m];
           step(p.begin, p.end, g.data());
         }
       },

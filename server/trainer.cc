@@ -80,6 +80,9 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
       pool_(range_.size(),
             options_.max_inflight_pushes > 0 ? options_.max_inflight_pushes : 2 * static_cast<int>(num_workers_) + 2,
             /*keep=*/3 * num_workers_ + 2),
+      snapshot_memory_(std::make_shared<BufferPool>(
+          (SnapshotBytes(layout_, range_, options_.pull_chunk_elements) + sizeof(float) - 1) / sizeof(float),
+          /*max_inflight=*/0, /*keep=*/2)),
       state_(&spec_, num_workers_, started_),
       stragglers_(num_workers_, options_.straggler_windows) {
   shm_ = std::make_unique<ShmTransport>(options_.shared_memory_dir, options_.num_shards > 1, range_.size(),
@@ -110,7 +113,8 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
                         LearningRateAt(spec_.optimizer(), spec_.schedule(), version ? version - 1 : 0),
                         progress_.last_loss(), state_.plan()};
   publisher_ = std::make_unique<VersionPublisher>(
-      MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true),
+      MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true,
+                   snapshot_memory_),
       deadlines_.get(), options_.max_pull_wait, /*keep_previous=*/options_.num_shards > 1,
       options_.num_shards > 1 && restored != nullptr ? PreviousVersion(version) : nullptr);
   ScheduleDeadline(version);
@@ -372,7 +376,8 @@ std::shared_ptr<const ParamSnapshot> Trainer::PreviousVersion(uint64_t version) 
   SnapshotFields fields;  // sharded jobs have no data plan
   fields.version = version - 1;
   fields.lr = LearningRateAt(spec_.optimizer(), spec_.schedule(), version >= 2 ? version - 2 : 0);
-  return MakeSnapshot(layout_, range_, previous->params.span(), fields, options_.pull_chunk_elements, true);
+  return MakeSnapshot(layout_, range_, previous->params.span(), fields, options_.pull_chunk_elements, true,
+                   snapshot_memory_);
 }
 
 uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done, int64_t worker,
@@ -455,7 +460,8 @@ void Trainer::WithChunks(std::function<void(std::shared_ptr<const ParamSnapshot>
     if (!current->has_chunks && applied_version_ == current->version) {
       const v1::ParametersHeader& h = current->header.header();
       const SnapshotFields fields{current->version, h.job_done(), h.lr(), h.loss(), h.plan()};
-      current = MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true);
+      current = MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true,
+                   snapshot_memory_);
       publisher_->Complete(current);
     }
     done(current);

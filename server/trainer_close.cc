@@ -122,7 +122,7 @@ void Trainer::Publish(ClosingWindow& window, v1::StepRecord record, absl::Time s
   // The chunks of a version are built only when a member may pull it
   // through gRPC.
   auto snapshot = MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements,
-                               !AllOnSharedMemory());
+                               !AllOnSharedMemory(), snapshot_memory_);
   shm_->Publish(version);
   for (Slot& slot : window.slots) pool_.Return(std::move(slot.grad));
   if (job_done && !options_.final_params_path.empty()) WriteFinalParameters();

@@ -1,16 +1,78 @@
 #include "server/version_publisher.h"
 
+#include <grpc/slice.h>
+
 #include <algorithm>
 
 #include "common/errors.h"
 #include "common/kernels.h"
+#include "common/parallel.h"
 #include "common/wire.h"
 
 namespace gradacc {
 
+namespace {
+
+// Where each chunk goes: (tensor, offset in the tensor, first flat element,
+// elements).
+struct Piece {
+  uint32_t tensor;
+  uint64_t offset, flat, n;
+};
+
+std::vector<Piece> SnapshotPieces(const ModelLayout& layout, FlatRange range, uint64_t chunk_elements,
+                                  size_t* total) {
+  const uint64_t chunk = std::max<uint64_t>(1, chunk_elements);
+  std::vector<Piece> pieces;
+  *total = 0;
+  for (size_t i = 0; i < layout.tensors().size(); ++i) {
+    const ModelLayout::Tensor& t = layout.tensors()[i];
+    const FlatRange part = PartOf(t, range.begin, range.end);
+    for (uint64_t flat = part.begin; flat < part.end; flat += chunk) {
+      const uint64_t n = std::min(chunk, part.end - flat);
+      pieces.push_back({static_cast<uint32_t>(i), flat - t.offset, flat, n});
+      *total += ChunkPrefixSize(pieces.back().tensor, pieces.back().offset, n * sizeof(float)) + n * sizeof(float);
+    }
+  }
+  return pieces;
+}
+
+// A pooled buffer lent to one slice; back to the pool when the slice goes.
+struct Lent {
+  std::shared_ptr<BufferPool> pool;
+  FloatBuffer buffer;
+};
+
+grpc::Slice SliceOf(const std::shared_ptr<BufferPool>& memory, size_t bytes) {
+  if (memory == nullptr || bytes == 0) return grpc::Slice(bytes);
+  auto* lent = new Lent{memory, memory->Take()};
+  if (lent->buffer.size() * sizeof(float) < bytes) {  // not this snapshot's pool
+    delete lent;
+    return grpc::Slice(bytes);
+  }
+  grpc_slice slice = grpc_slice_new_with_user_data(
+      lent->buffer.data(), bytes,
+      [](void* p) {
+        auto* back = static_cast<Lent*>(p);
+        back->pool->Return(std::move(back->buffer));
+        delete back;
+      },
+      lent);
+  return grpc::Slice(slice, grpc::Slice::STEAL_REF);
+}
+
+}  // namespace
+
+size_t SnapshotBytes(const ModelLayout& layout, FlatRange range, uint64_t chunk_elements) {
+  size_t total = 0;
+  SnapshotPieces(layout, range, chunk_elements, &total);
+  return total;
+}
+
 std::shared_ptr<const ParamSnapshot> MakeSnapshot(const ModelLayout& layout, FlatRange range,
                                                   absl::Span<const float> params, const SnapshotFields& fields,
-                                                  uint64_t chunk_elements, bool with_chunks) {
+                                                  uint64_t chunk_elements, bool with_chunks,
+                                                  const std::shared_ptr<BufferPool>& memory) {
   auto snap = std::make_shared<ParamSnapshot>();
   snap->version = fields.version;
   v1::ParametersHeader* h = snap->header.mutable_header();
@@ -23,36 +85,31 @@ std::shared_ptr<const ParamSnapshot> MakeSnapshot(const ModelLayout& layout, Fla
   if (fields.plan.id() != 0) *h->mutable_plan() = fields.plan;
   snap->has_chunks = with_chunks;
   if (!with_chunks) return snap;
-  const uint64_t chunk = std::max<uint64_t>(1, chunk_elements);
-  // Where each chunk goes: (tensor, offset in the tensor, first flat element, elements).
-  struct Piece {
-    uint32_t tensor;
-    uint64_t offset, flat, n;
-  };
-  std::vector<Piece> pieces;
   size_t total = 0;
-  for (size_t i = 0; i < layout.tensors().size(); ++i) {
-    const ModelLayout::Tensor& t = layout.tensors()[i];
-    const FlatRange part = PartOf(t, range.begin, range.end);
-    for (uint64_t flat = part.begin; flat < part.end; flat += chunk) {
-      const uint64_t n = std::min(chunk, part.end - flat);
-      pieces.push_back({static_cast<uint32_t>(i), flat - t.offset, flat, n});
-      total += ChunkPrefixSize(pieces.back().tensor, pieces.back().offset, n * sizeof(float)) + n * sizeof(float);
-    }
-  }
+  const std::vector<Piece> pieces = SnapshotPieces(layout, range, chunk_elements, &total);
   // One allocation; each chunk's message is a slice of it.
-  grpc::Slice all(total);
+  grpc::Slice all = SliceOf(memory, total);
   char* const base = reinterpret_cast<char*>(const_cast<uint8_t*>(all.begin()));
-  size_t at = 0;
+  std::vector<size_t> at(pieces.size() + 1, 0);
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const Piece& p = pieces[i];
+    at[i + 1] = at[i] + ChunkPrefixSize(p.tensor, p.offset, p.n * sizeof(float)) + p.n * sizeof(float);
+  }
+  ParallelFor(
+      pieces.size(),
+      [&](size_t first, size_t last) {
+        for (size_t i = first; i < last; ++i) {
+          const Piece& p = pieces[i];
+          char* data = WriteChunkPrefix(base + at[i], p.tensor, p.offset, p.n * sizeof(float));
+          CopyToLittleEndian(params.subspan(p.flat - range.begin, p.n), data);
+        }
+      },
+      /*min_per_thread=*/std::max<size_t>(1, kParallelMinElements / std::max<uint64_t>(1, chunk_elements)),
+      /*align=*/1);
   snap->chunks.reserve(pieces.size());
-  for (const Piece& p : pieces) {
-    const size_t payload = p.n * sizeof(float);
-    char* data = WriteChunkPrefix(base + at, p.tensor, p.offset, payload);
-    CopyToLittleEndian(params.subspan(p.flat - range.begin, p.n), data);
-    const size_t end = static_cast<size_t>(data - base) + payload;
-    grpc::Slice message = all.sub(at, end);
-    snap->chunks.push_back({grpc::ByteBuffer(&message, 1), payload});
-    at = end;
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    grpc::Slice message = all.sub(at[i], at[i + 1]);
+    snap->chunks.push_back({grpc::ByteBuffer(&message, 1), pieces[i].n * sizeof(float)});
   }
   return snap;
 }

@@ -3,7 +3,10 @@
 #include <cstdio>
 #include <fstream>
 #include <limits>
+#include <random>
+#include <vector>
 
+#include "absl/base/casts.h"
 #include "common/job_spec.h"
 #include "common/kernels.h"
 #include "common/safetensors.h"
@@ -27,6 +30,40 @@ TEST(KernelsTest, AddScaleDivide) {
   ScaleInPlace(absl::MakeSpan(a), 2);
   EXPECT_EQ(a[4], 22);
   EXPECT_DOUBLE_EQ(SumOfSquares(std::vector<float>{3, 4, 0, 0, 0, 12}), 169.0);
+}
+
+// SumOfSquares's documented order: element i into accumulator i % 4, in
+// double, the four added pairwise at the end.
+double FourAccumulatorSumOfSquares(const float* x, size_t n) {
+  double acc[4] = {0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (int k = 0; k < 4; ++k) acc[k] += double{x[i + k]} * x[i + k];
+  }
+  for (; i < n; ++i) acc[0] += double{x[i]} * x[i];
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+TEST(KernelsTest, SumOfSquaresEachGivesEveryArraysBits) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> value(-3e3f, 3e3f);
+  for (size_t n : {0, 1, 3, 4, 5, 7, 1023, 4099}) {
+    for (size_t count = 1; count <= 9; ++count) {
+      std::vector<std::vector<float>> arrays(count, std::vector<float>(n));
+      std::vector<const float*> xs;
+      for (auto& a : arrays) {
+        for (float& v : a) v = value(rng) * (rng() % 7 == 0 ? 1e-30f : 1.0f);
+        xs.push_back(a.data());
+      }
+      std::vector<double> out(count, -1);
+      SumOfSquaresEach(xs, n, out.data());
+      for (size_t j = 0; j < count; ++j) {
+        const double want = FourAccumulatorSumOfSquares(arrays[j].data(), n);
+        EXPECT_EQ(absl::bit_cast<uint64_t>(out[j]), absl::bit_cast<uint64_t>(want)) << "n=" << n << " array " << j;
+        EXPECT_EQ(absl::bit_cast<uint64_t>(SumOfSquares(arrays[j])), absl::bit_cast<uint64_t>(want));
+      }
+    }
+  }
 }
 
 TEST(KernelsTest, FindsNonFinite) {
