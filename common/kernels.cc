@@ -182,13 +182,26 @@ float SumOfSquaresF32(absl::Span<const float> x) {
 }
 
 int64_t FirstNonFinite(absl::Span<const float> x) {
-  // Branch-free scan first (the largest magnitude's bits: NaN and Inf have
-  // an all-ones exponent, above every finite value); locate only when
-  // something is wrong.
-  uint32_t largest = 0;
+  // Branch-free scan first (NaN and Inf have an all-ones exponent); locate
+  // only when something is wrong.
   const uint32_t* bits = reinterpret_cast<const uint32_t*>(x.data());
-  for (size_t i = 0; i < x.size(); ++i) largest = std::max(largest, bits[i] & 0x7fffffffu);
-  if (largest < 0x7f800000u) return -1;
+  constexpr uint32_t kExponent = 0x7f800000u;
+  bool any = false;
+  size_t i = 0;
+#ifdef __SSE2__
+  // Eight values a step, OR-ed into one mask: no chain through a maximum.
+  const __m128i exponent = _mm_set1_epi32(static_cast<int>(kExponent));
+  __m128i bad = _mm_setzero_si128();
+  for (; i + 8 <= x.size(); i += 8) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bits + i));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bits + i + 4));
+    bad = _mm_or_si128(bad, _mm_or_si128(_mm_cmpeq_epi32(_mm_and_si128(a, exponent), exponent),
+                                         _mm_cmpeq_epi32(_mm_and_si128(b, exponent), exponent)));
+  }
+  any = _mm_movemask_epi8(bad) != 0;
+#endif
+  for (; i < x.size(); ++i) any |= (bits[i] & kExponent) == kExponent;
+  if (!any) return -1;
   for (size_t i = 0; i < x.size(); ++i) {
     if (!std::isfinite(x[i])) return static_cast<int64_t>(i);
   }

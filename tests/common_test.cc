@@ -73,6 +73,22 @@ TEST(KernelsTest, FindsNonFinite) {
   EXPECT_EQ(FirstNonFinite(x), 777);
   x[3] = std::nanf("");
   EXPECT_EQ(FirstNonFinite(x), 3);
+  // Every position of the vector steps and of the tail; the largest finite
+  // values of both signs are not flagged.
+  const float lim = std::numeric_limits<float>::max();
+  for (size_t n = 0; n < 20; ++n) {
+    std::vector<float> y(n, -lim);
+    for (size_t i = 0; i < n; i += 2) y[i] = lim;
+    EXPECT_EQ(FirstNonFinite(y), -1) << n;
+    for (size_t at = 0; at < n; ++at) {
+      for (float bad : {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                        -std::nanf("")}) {
+        std::vector<float> z = y;
+        z[at] = bad;
+        EXPECT_EQ(FirstNonFinite(z), static_cast<int64_t>(at)) << n << " " << at;
+      }
+    }
+  }
 }
 
 TEST(KernelsTest, LittleEndianRoundTrip) {
