@@ -1,7 +1,11 @@
 #include "server/metrics.h"
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 
 namespace gradacc {
@@ -39,11 +43,9 @@ void RenderStragglers(std::string& out, const v1::Status& s, const std::string& 
   }
 }
 
-}  // namespace
-
-std::string RenderPrometheus(const v1::Status& s, const TrainerCounters& c) {
+// One shard's exposition; `job` is the label set every sample starts with.
+std::string RenderShard(const v1::Status& s, const TrainerCounters& c, const std::string& job) {
   std::string out;
-  const std::string job = absl::StrCat("job=\"", s.job_id(), "\"");
   Metric(out, "gradacc_steps_total", "counter", "Optimizer steps applied.");
   absl::StrAppend(&out, "gradacc_steps_total{", job, "} ", s.step(), "\n");
   Metric(out, "gradacc_total_steps", "gauge", "Steps the job runs in all.");
@@ -114,6 +116,57 @@ std::string RenderPrometheus(const v1::Status& s, const TrainerCounters& c) {
   }
   Metric(out, "gradacc_uptime_seconds", "gauge", "Seconds since the server started.");
   absl::StrAppend(&out, "gradacc_uptime_seconds{", job, "} ", Num(s.uptime_seconds()), "\n");
+  return out;
+}
+
+std::string JobLabels(const v1::Status& s) {
+  std::string labels = absl::StrCat("job=\"", s.job_id(), "\"");
+  if (s.num_shards() > 1) absl::StrAppend(&labels, ",shard=\"", s.shard(), "\"");
+  return labels;
+}
+
+// The metric families of one exposition, in order: a family is its HELP and
+// TYPE lines and the samples after them.
+struct Family {
+  std::string name, head, samples;
+};
+
+std::vector<Family> Families(absl::string_view text) {
+  std::vector<Family> families;
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
+    if (absl::ConsumePrefix(&line, "# HELP ")) {
+      families.push_back({std::string(line.substr(0, line.find(' '))), absl::StrCat("# HELP ", line, "\n"), ""});
+    } else if (absl::StartsWith(line, "# ")) {
+      if (!families.empty()) absl::StrAppend(&families.back().head, line, "\n");
+    } else if (!families.empty()) {
+      absl::StrAppend(&families.back().samples, line, "\n");
+    }
+  }
+  return families;
+}
+
+}  // namespace
+
+std::string RenderPrometheus(const v1::Status& s, const TrainerCounters& c) { return RenderShard(s, c, JobLabels(s)); }
+
+std::string RenderPrometheus(const std::vector<ShardMetrics>& shards) {
+  if (shards.size() == 1) return RenderPrometheus(shards[0].status, shards[0].counters);
+  // Families in the order they first appear (a shard may have some the
+  // others lack, e.g. a checkpoint directory's).
+  std::vector<Family> merged;
+  absl::flat_hash_map<std::string, size_t> index;
+  for (const ShardMetrics& shard : shards) {
+    for (Family& f : Families(RenderShard(shard.status, shard.counters, JobLabels(shard.status)))) {
+      auto [it, added] = index.emplace(f.name, merged.size());
+      if (added) {
+        merged.push_back(std::move(f));
+      } else {
+        absl::StrAppend(&merged[it->second].samples, f.samples);
+      }
+    }
+  }
+  std::string out;
+  for (const Family& f : merged) absl::StrAppend(&out, f.head, f.samples);
   return out;
 }
 

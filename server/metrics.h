@@ -5,6 +5,7 @@
 #define GRADACC_SERVER_METRICS_H_
 
 #include <string>
+#include <vector>
 
 #include "gradacc/v1/control.pb.h"
 #include "server/counters.h"
@@ -12,6 +13,17 @@
 namespace gradacc {
 
 std::string RenderPrometheus(const v1::Status& status, const TrainerCounters& counters);
+
+// One shard's state, as RenderPrometheus takes it.
+struct ShardMetrics {
+  v1::Status status;
+  TrainerCounters counters;
+};
+
+// Every shard a process serves: each metric's HELP and TYPE once, then its
+// samples shard by shard. Samples of a sharded job (num_shards > 1) carry a
+// shard="<i>" label after job.
+std::string RenderPrometheus(const std::vector<ShardMetrics>& shards);
 
 }  // namespace gradacc
 

@@ -100,13 +100,14 @@ absl::StatusOr<ConnectionOptions> PeerConnection(const ServerOptions& options) {
 
 // /metrics over HTTPS when the server has a certificate; with tokens on,
 // only for a reader or worker token (401 otherwise).
-absl::StatusOr<std::unique_ptr<HttpServer>> StartMetrics(const ServerOptions& options, Trainer* trainer) {
+absl::StatusOr<std::unique_ptr<HttpServer>> StartMetrics(const ServerOptions& options,
+                                                          std::vector<Trainer*> trainers) {
   HttpServerOptions http;
   http.listen = options.metrics_listen;
   http.tls_cert_file = options.tls_cert_file;
   http.tls_key_file = options.tls_key_file;
   const TokenSet tokens = options.tokens;
-  return HttpServer::Start(http, [trainer, tokens](const HttpRequest& request) {
+  return HttpServer::Start(http, [trainers = std::move(trainers), tokens](const HttpRequest& request) {
     HttpResponse response;
     const Role role = RoleOf(tokens, request.authorization);
     if (tokens.enabled() && role != Role::kReader && role != Role::kWorker) {
@@ -114,7 +115,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> StartMetrics(const ServerOptions& op
       response.body = "gradacc-server: /metrics needs the reader (or worker) token: Authorization: Bearer <token>\n";
     } else if (request.path == "/metrics") {
       response.content_type = "text/plain; version=0.0.4; charset=utf-8";
-      response.body = RenderPrometheus(trainer->GetStatus(), trainer->Counters());
+      std::vector<ShardMetrics> shards;
+      for (Trainer* trainer : trainers) shards.push_back({trainer->GetStatus(), trainer->Counters()});
+      response.body = RenderPrometheus(shards);
     } else {
       response.status = 404;
       response.body = "gradacc-server: metrics are at /metrics\n";
@@ -219,7 +222,7 @@ absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::Jo
     return absl::UnavailableError(absl::StrCat("cannot listen on '", options.listen, "'"));
   }
   if (!options.metrics_listen.empty()) {
-    auto http = StartMetrics(options, server->trainer());
+    auto http = StartMetrics(options, server->trainers());
     if (!http.ok()) return http.status();
     server->metrics_ = std::move(*http);
   }

@@ -14,12 +14,14 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/safetensors.h"
 #include "common/wire.h"
 #include "google/protobuf/util/json_util.h"
 #include "gradacc/v1/control.pb.h"
 #include "gradacc/v1/data.grpc.pb.h"
 #include "gtest/gtest.h"
+#include "tests/http_client.h"
 #include "tests/subprocess.h"
 
 namespace gradacc {
@@ -169,6 +171,52 @@ TEST(ShardTest, TwoShardsGiveTheParametersOfOne) {
   // In fact the same bits: small tensors are never split and the norm parts
   // add up to what one server computes.
   EXPECT_EQ(std::memcmp(got.data(), expect.data(), kN * 4), 0);
+}
+
+// One process serving both shards of the job: the workers reach it over one
+// address (listed once per shard), each shard keeps its own files, and
+// /metrics has both shards, each metric's HELP once, samples labelled.
+TEST(ShardTest, OneProcessServesBothShardsAndTheirMetrics) {
+  const std::string dir = testing::MakeTempDir("both_shards");
+  std::ofstream(dir + "/job.textproto") << kJob;
+  const int port = FreePort();
+  const std::string address = absl::StrCat("127.0.0.1:", port);
+  auto server = ServerProcess::Start(dir,
+                                     {"--job=" + dir + "/job.textproto", "--shard=0,1", "--num_shards=2",
+                                      "--shard_peers=" + address + "," + address,
+                                      "--output=" + dir + "/final.safetensors", "--metrics_listen=127.0.0.1:0",
+                                      "--metrics_port_file=" + dir + "/metrics.port"},
+                                     port);
+  ASSERT_TRUE(server.ok()) << server.status();
+  RunWorkers(dir, address + "," + address);
+  int metrics_port = 0;
+  for (int i = 0; i < 200 && metrics_port == 0; ++i) {
+    const std::string text = ReadFile(dir + "/metrics.port");
+    if (!text.empty() && text.back() == '\n') metrics_port = std::stoi(text);
+    if (metrics_port == 0) absl::SleepFor(absl::Milliseconds(25));
+  }
+  ASSERT_GT(metrics_port, 0);
+  const std::string metrics = testing::HttpGet(metrics_port, "/metrics").body;
+  size_t helps = 0;
+  for (size_t at = metrics.find("# HELP gradacc_steps_total "); at != std::string::npos;
+       at = metrics.find("# HELP gradacc_steps_total ", at + 1)) {
+    ++helps;
+  }
+  EXPECT_EQ(helps, 1u) << metrics;
+  for (int shard = 0; shard < 2; ++shard) {
+    const std::string labels = absl::StrCat("{job=\"sharded\",shard=\"", shard, "\"");
+    EXPECT_NE(metrics.find(absl::StrCat("gradacc_steps_total", labels, "} 12\n")), std::string::npos) << metrics;
+    EXPECT_NE(metrics.find(absl::StrCat("gradacc_workers", labels, ",state=\"alive\"}")), std::string::npos)
+        << metrics;
+    // Each shard received its own part of every push.
+    const size_t at = metrics.find(absl::StrCat("gradacc_received_bytes_total", labels, "} "));
+    ASSERT_NE(at, std::string::npos) << metrics;
+    EXPECT_GT(std::stoull(metrics.substr(metrics.find("} ", at) + 2)), 0u);
+  }
+  ASSERT_EQ((*server)->Stop(), std::optional<int>(0));
+  for (int shard = 0; shard < 2; ++shard) {
+    EXPECT_TRUE(ReadSafetensorsFile(absl::StrCat(dir, "/final.safetensors.shard-", shard)).ok()) << shard;
+  }
 }
 
 // --shard lists that cannot be served are refused at start, by name.
