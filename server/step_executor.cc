@@ -18,8 +18,7 @@ StepExecutor::StepExecutor(const v1::JobSpec* spec, const ModelLayout* layout, F
       num_shards_(num_shards),
       reducer_(layout, range, options),
       params_(std::move(params)),
-      optimizer_(std::move(optimizer)),
-      reduced_(range.size()) {}
+      optimizer_(std::move(optimizer)) {}
 
 float StepExecutor::Divisor(const ClosingWindow& w, uint64_t samples) const {
   switch (spec_->reduction()) {
@@ -86,6 +85,9 @@ absl::StatusOr<StepReport> StepExecutor::Run(ClosingWindow& window, NormExchange
     r.reduce_time = absl::Now() - t0;
     return r;
   }
+  // The reduced gradient in memory: only this path needs it (allocated on
+  // first use; the fused path above never holds it).
+  if (reduced_.size() != range_.size()) reduced_ = FloatBuffer(range_.size());
   const std::vector<double> norms = reducer_.SourceNorms(sources);
   for (size_t k = 0; k < with_gradient.size(); ++k) with_gradient[k]->grad_norm = norms[k];
   if (no_gradient) {

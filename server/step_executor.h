@@ -73,7 +73,7 @@ class StepExecutor {
   mutable Mutex mu_;  // the step lock
   FloatBuffer params_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Optimizer> optimizer_;
-  FloatBuffer reduced_;  // trainer thread only
+  FloatBuffer reduced_;  // trainer thread only; allocated by the first unfused step
 };
 
 }  // namespace gradacc
