@@ -55,7 +55,7 @@ FloatBuffer& FloatBuffer::operator=(FloatBuffer&& other) noexcept {
 }
 
 void KeepFreedMemoryForReuse() {
-  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_MMAP_THRESHOLD, static_cast<int>(kMappedBlockBytes));
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   mallopt(M_ARENA_MAX, 1);
 }

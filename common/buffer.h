@@ -50,6 +50,10 @@ class FloatBuffer {
 // own peak, 8 of them ~420 MiB in a server taking four 64 MiB pushes at once).
 // Call once at the start of main(), before any thread starts.
 void KeepFreedMemoryForReuse();
+// The size from which glibc maps a block of its own (and unmaps it when
+// freed) under KeepFreedMemoryForReuse: such blocks are the ones that pay
+// fresh page faults every time.
+inline constexpr size_t kMappedBlockBytes = size_t{64} << 20;
 
 }  // namespace gradacc
 

@@ -17,6 +17,16 @@
 namespace gradacc {
 namespace {
 
+// Snapshots as large as glibc maps on its own are written into reused
+// buffers (a fresh 64 MiB one faulted 16 Ki pages on every step's path);
+// smaller ones come from the heap, which keeps freed blocks warm already
+// (pooling 512 KiB snapshots of 128 shards per process measured 3% slower
+// at 64M across hosts).
+std::shared_ptr<BufferPool> SnapshotMemory(size_t bytes) {
+  if (bytes < kMappedBlockBytes) return nullptr;
+  return std::make_shared<BufferPool>((bytes + sizeof(float) - 1) / sizeof(float), /*max_inflight=*/0, /*keep=*/2);
+}
+
 uint32_t WorkerIds(const v1::JobSpec& spec) {
   return spec.window().max_workers() > 0 ? spec.window().max_workers() : spec.window().num_workers();
 }
@@ -80,9 +90,7 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
       pool_(range_.size(),
             options_.max_inflight_pushes > 0 ? options_.max_inflight_pushes : 2 * static_cast<int>(num_workers_) + 2,
             /*keep=*/3 * num_workers_ + 2),
-      snapshot_memory_(std::make_shared<BufferPool>(
-          (SnapshotBytes(layout_, range_, options_.pull_chunk_elements) + sizeof(float) - 1) / sizeof(float),
-          /*max_inflight=*/0, /*keep=*/2)),
+      snapshot_memory_(SnapshotMemory(SnapshotBytes(layout_, range_, options_.pull_chunk_elements))),
       state_(&spec_, num_workers_, started_),
       stragglers_(num_workers_, options_.straggler_windows) {
   shm_ = std::make_unique<ShmTransport>(options_.shared_memory_dir, options_.num_shards > 1, range_.size(),

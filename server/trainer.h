@@ -260,7 +260,8 @@ class Trainer {
   std::unique_ptr<StepExecutor> executor_;
   std::unique_ptr<VersionPublisher> publisher_;
   BufferPool pool_;
-  // The published versions' chunk buffers, reused (MakeSnapshot).
+  // The published versions' chunk buffers, reused (MakeSnapshot); null
+  // for snapshots below kMappedBlockBytes.
   const std::shared_ptr<BufferPool> snapshot_memory_;
 
   mutable Mutex mu_;  // the window mutex
