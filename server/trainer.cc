@@ -121,8 +121,7 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
                         LearningRateAt(spec_.optimizer(), spec_.schedule(), version ? version - 1 : 0),
                         progress_.last_loss(), state_.plan()};
   publisher_ = std::make_unique<VersionPublisher>(
-      MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true,
-                   snapshot_memory_),
+      MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true, snapshot_memory_),
       deadlines_.get(), options_.max_pull_wait, /*keep_previous=*/options_.num_shards > 1,
       options_.num_shards > 1 && restored != nullptr ? PreviousVersion(version) : nullptr);
   ScheduleDeadline(version);
@@ -385,7 +384,7 @@ std::shared_ptr<const ParamSnapshot> Trainer::PreviousVersion(uint64_t version) 
   fields.version = version - 1;
   fields.lr = LearningRateAt(spec_.optimizer(), spec_.schedule(), version >= 2 ? version - 2 : 0);
   return MakeSnapshot(layout_, range_, previous->params.span(), fields, options_.pull_chunk_elements, true,
-                   snapshot_memory_);
+                      snapshot_memory_);
 }
 
 uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done, int64_t worker,
@@ -469,7 +468,7 @@ void Trainer::WithChunks(std::function<void(std::shared_ptr<const ParamSnapshot>
       const v1::ParametersHeader& h = current->header.header();
       const SnapshotFields fields{current->version, h.job_done(), h.lr(), h.loss(), h.plan()};
       current = MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true,
-                   snapshot_memory_);
+                             snapshot_memory_);
       publisher_->Complete(current);
     }
     done(current);

@@ -123,11 +123,10 @@ class Trainer {
   using SnapshotCallback = VersionPublisher::Callback;
   using Listener = std::function<void()>;
 
-  // `spec` is normalised here. `initial` overrides the spec's initialisers
-  // when non-empty (tests).
-  // `initial`: the whole model's initial parameters (else computed from
-  // the spec) — shared, so that the shards one process serves compute them
-  // once.
+  // `spec` is normalised here. `initial`: the whole model's initial
+  // parameters (else computed from the spec's initialisers) — shared, so
+  // that the shards one process serves compute them once; tests give their
+  // own.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(v1::JobSpec spec, TrainerOptions options,
                                                          std::shared_ptr<const FloatBuffer> initial = nullptr);
   ~Trainer();

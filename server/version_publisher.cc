@@ -14,14 +14,14 @@ namespace gradacc {
 namespace {
 
 // Where each chunk goes: (tensor, offset in the tensor, first flat element,
-// elements).
+// elements), and where its message starts in the snapshot's buffer.
 struct Piece {
   uint32_t tensor;
   uint64_t offset, flat, n;
+  size_t at;
 };
 
-std::vector<Piece> SnapshotPieces(const ModelLayout& layout, FlatRange range, uint64_t chunk_elements,
-                                  size_t* total) {
+std::vector<Piece> SnapshotPieces(const ModelLayout& layout, FlatRange range, uint64_t chunk_elements, size_t* total) {
   const uint64_t chunk = std::max<uint64_t>(1, chunk_elements);
   std::vector<Piece> pieces;
   *total = 0;
@@ -30,7 +30,7 @@ std::vector<Piece> SnapshotPieces(const ModelLayout& layout, FlatRange range, ui
     const FlatRange part = PartOf(t, range.begin, range.end);
     for (uint64_t flat = part.begin; flat < part.end; flat += chunk) {
       const uint64_t n = std::min(chunk, part.end - flat);
-      pieces.push_back({static_cast<uint32_t>(i), flat - t.offset, flat, n});
+      pieces.push_back({static_cast<uint32_t>(i), flat - t.offset, flat, n, *total});
       *total += ChunkPrefixSize(pieces.back().tensor, pieces.back().offset, n * sizeof(float)) + n * sizeof(float);
     }
   }
@@ -90,17 +90,12 @@ std::shared_ptr<const ParamSnapshot> MakeSnapshot(const ModelLayout& layout, Fla
   // One allocation; each chunk's message is a slice of it.
   grpc::Slice all = SliceOf(memory, total);
   char* const base = reinterpret_cast<char*>(const_cast<uint8_t*>(all.begin()));
-  std::vector<size_t> at(pieces.size() + 1, 0);
-  for (size_t i = 0; i < pieces.size(); ++i) {
-    const Piece& p = pieces[i];
-    at[i + 1] = at[i] + ChunkPrefixSize(p.tensor, p.offset, p.n * sizeof(float)) + p.n * sizeof(float);
-  }
   ParallelFor(
       pieces.size(),
       [&](size_t first, size_t last) {
         for (size_t i = first; i < last; ++i) {
           const Piece& p = pieces[i];
-          char* data = WriteChunkPrefix(base + at[i], p.tensor, p.offset, p.n * sizeof(float));
+          char* data = WriteChunkPrefix(base + p.at, p.tensor, p.offset, p.n * sizeof(float));
           CopyToLittleEndian(params.subspan(p.flat - range.begin, p.n), data);
         }
       },
@@ -108,7 +103,7 @@ std::shared_ptr<const ParamSnapshot> MakeSnapshot(const ModelLayout& layout, Fla
       /*align=*/1);
   snap->chunks.reserve(pieces.size());
   for (size_t i = 0; i < pieces.size(); ++i) {
-    grpc::Slice message = all.sub(at[i], at[i + 1]);
+    grpc::Slice message = all.sub(pieces[i].at, i + 1 < pieces.size() ? pieces[i + 1].at : total);
     snap->chunks.push_back({grpc::ByteBuffer(&message, 1), pieces[i].n * sizeof(float)});
   }
   return snap;
