@@ -245,6 +245,19 @@ using MutexLock = absl::MutexLock;
 using Condition = absl::Condition;
 #endif
 
+// Turns off Abseil's lock-order (deadlock) detection in builds of gradacc
+// with NDEBUG (Release, RelWithDebInfo); debug builds keep it. Debian builds
+// Abseil without NDEBUG, so by default every absl::Mutex acquisition — gRPC's
+// own mutexes too — is recorded in one process-wide graph under one global
+// lock: ~11% of all CPU cycles of the busy servers and workers of the
+// multihost benchmark went to GraphCycles::GetId alone (perf). Call at the
+// start of main(), before any thread starts.
+inline void SkipMutexDeadlockDetectionInOptimizedBuilds() {
+#ifdef NDEBUG
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+#endif
+}
+
 }  // namespace gradacc
 
 #endif  // GRADACC_COMMON_MUTEX_H_

@@ -8,6 +8,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
 #include "common/buffer.h"
+#include "common/mutex.h"
 #include "common/usage.h"
 #include "server/server_config.h"
 
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   gradacc::KeepFreedMemoryForReuse();
+  gradacc::SkipMutexDeadlockDetectionInOptimizedBuilds();
   absl::ParseCommandLine(argc, argv);
   // Signals are taken by one thread with sigwait, so they must be blocked in
   // every thread, which inherit this mask.

@@ -7,6 +7,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "common/mutex.h"
 #include "common/usage.h"
 #include "worker/cli/cli.h"
 
@@ -29,6 +30,7 @@ ABSL_FLAG(bool, allow_remote_plaintext, false,
           "dashboard: serve a non-loopback --listen address without --https_cert (trusted networks only)");
 
 int main(int argc, char** argv) {
+  gradacc::SkipMutexDeadlockDetectionInOptimizedBuilds();
   gradacc::InitUsage(gradacc::CliUsage());
   if (auto help = gradacc::CliHelp(argc, argv); help.has_value()) {
     std::fputs(help->c_str(), stdout);

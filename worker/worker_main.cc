@@ -8,6 +8,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "common/buffer.h"
+#include "common/mutex.h"
 #include "common/usage.h"
 #include "worker/training/mpi_scope.h"
 #include "worker/training/worker_options.h"
@@ -91,6 +92,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   gradacc::KeepFreedMemoryForReuse();
+  gradacc::SkipMutexDeadlockDetectionInOptimizedBuilds();
   gradacc::MpiScope mpi(&argc, &argv);
   absl::ParseCommandLine(argc, argv);
   return mpi.Finish(gradacc::RunWorker(OptionsFromFlags(), mpi));

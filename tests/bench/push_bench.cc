@@ -14,6 +14,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/mutex.h"
 #include "tests/bench/bench_util.h"
 #include "worker/client/client.h"
 
@@ -33,6 +34,7 @@ int Fail(const std::string& what) {
 
 int main(int argc, char** argv) {
   gradacc::KeepFreedMemoryForReuse();  // as gradacc-worker does
+  gradacc::SkipMutexDeadlockDetectionInOptimizedBuilds();
   absl::ParseCommandLine(argc, argv);
   if (absl::GetFlag(FLAGS_shm) != "on" && absl::GetFlag(FLAGS_shm) != "off") return Fail("--shm must be on or off");
   gradacc::ClientOptions options;

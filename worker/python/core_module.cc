@@ -24,6 +24,7 @@
 #include "absl/time/time.h"
 #include "common/errors.h"
 #include "common/job_spec.h"
+#include "common/mutex.h"
 #include "common/safetensors.h"
 #include "google/protobuf/text_format.h"
 #include "google/protobuf/util/json_util.h"
@@ -320,6 +321,8 @@ void BindFiles(py::module_& m) {
 PYBIND11_MODULE(_core, m) {
   namespace gp = gradacc::python;
   m.doc() = "gradacc's C++ client library, MPI and file formats (use the `gradacc` package, not this module)";
+  // gRPC's mutexes in this process are Abseil's (common/mutex.h says why).
+  gradacc::SkipMutexDeadlockDetectionInOptimizedBuilds();
   gp::SessionClass session(m, "Session");
   gp::BindSessionSetup(session);
   gp::BindSessionWindow(session);
