@@ -263,5 +263,42 @@ TYPED_TEST(MutexTest, ConditionForms) {
   EXPECT_TRUE(S::Condition::kTrue.Eval());
 }
 
+
+// Two mutexes taken in both orders, one after the other on one thread: never
+// a deadlock, but a cycle in Abseil's lock-order graph.
+void LockInBothOrders() {
+  absl::Mutex a, b;
+  {
+    absl::MutexLock la(&a);
+    absl::MutexLock lb(&b);
+  }
+  {
+    absl::MutexLock lb(&b);
+    absl::MutexLock la(&a);
+  }
+}
+
+// Each in a child process (death-test style), so neither changes the mode of
+// this binary's other tests.
+#if defined(NDEBUG) && !defined(GRADACC_TSAN)
+TEST(MutexDeadlockDetectionTest, DebiansAbseilChecksLockOrderByDefault) {
+  // What SkipMutexDeadlockDetectionInOptimizedBuilds is for: Debian's
+  // Abseil (built without NDEBUG) records every acquisition and aborts on
+  // this cycle. Should this fail, Abseil no longer checks by default and
+  // the switch costs nothing either way.
+  EXPECT_DEATH(LockInBothOrders(), "[Dd]eadlock");
+}
+
+TEST(MutexDeadlockDetectionTest, OptimizedBuildsDoNotCheckLockOrder) {
+  EXPECT_EXIT(
+      {
+        SkipMutexDeadlockDetectionInOptimizedBuilds();
+        LockInBothOrders();
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+#endif
+
 }  // namespace
 }  // namespace gradacc
