@@ -1,4 +1,5 @@
-// PeerMonitor: a sharded server's view of its peer shards. Once a second it
+// PeerMonitor: a sharded server process's view of its peer shards (one for
+// all the shards the process serves: ShardExchange shares it). Once a second it
 // asks every peer address for a shard's own status (one level deep, 1 s
 // deadline; shards served by one process share its answer, and those this
 // process serves are not asked) and keeps, per peer, whether it answered

@@ -155,9 +155,10 @@ absl::Status GradaccServer::AddCore(const v1::JobSpec& spec, const ServerOptions
           "--shard_peers must list all %d shards' addresses in shard order", trainer_options.num_shards));
     }
     GRADACC_ASSIGN_OR_RETURN(ConnectionOptions connection, PeerConnection(options));
+    const ShardExchange* same_process = cores_.empty() ? nullptr : cores_.front().exchange.get();
     GRADACC_ASSIGN_OR_RETURN(core.exchange, ShardExchange::Create(shard, options.shard_peers,
                                                                   spec.job_id().empty() ? "default" : spec.job_id(),
-                                                                  connection, options.shard_timeout));
+                                                                  connection, options.shard_timeout, same_process));
     trainer_options.exchange = core.exchange.get();
   }
   GRADACC_ASSIGN_OR_RETURN(core.trainer, Trainer::Create(spec, trainer_options, std::move(initial)));

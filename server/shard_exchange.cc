@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/errors.h"
@@ -38,9 +39,22 @@ ShardExchange::ShardExchange(uint32_t shard, std::vector<std::string> peers, std
 absl::StatusOr<std::unique_ptr<ShardExchange>> ShardExchange::Create(uint32_t shard, std::vector<std::string> peers,
                                                                      std::string job_id,
                                                                      const ConnectionOptions& connection,
-                                                                     absl::Duration timeout) {
+                                                                     absl::Duration timeout,
+                                                                     const ShardExchange* same_process) {
   std::unique_ptr<ShardExchange> exchange(
       new ShardExchange(shard, std::move(peers), std::move(job_id), connection.token, timeout));
+  if (same_process != nullptr && same_process->peers_ != exchange->peers_) {
+    return absl::InvalidArgumentError("shards served by one process must list the same peers");
+  }
+  // One channel per peer address: shards one process serves share it (each
+  // call names its shard).
+  absl::flat_hash_map<std::string, std::shared_ptr<grpc::Channel>> by_address;
+  if (same_process != nullptr) {
+    for (size_t i = 0; i < same_process->channels_.size(); ++i) {
+      const std::shared_ptr<grpc::Channel>& channel = same_process->channels_[i];
+      if (channel != nullptr) by_address.emplace(same_process->peers_[i], channel);
+    }
+  }
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
@@ -49,17 +63,23 @@ absl::StatusOr<std::unique_ptr<ShardExchange>> ShardExchange::Create(uint32_t sh
       exchange->channels_.push_back(nullptr);
       continue;
     }
-    ConnectionOptions to_peer = connection;
-    to_peer.server = exchange->peers_[i];
-    auto channel = MakeChannel(to_peer, args);
-    if (!channel.ok()) {
-      return absl::Status(channel.status().code(),
-                          absl::StrCat("channel to shard ", i, ": ", channel.status().message()));
+    std::shared_ptr<grpc::Channel>& channel = by_address[exchange->peers_[i]];
+    if (channel == nullptr) {
+      ConnectionOptions to_peer = connection;
+      to_peer.server = exchange->peers_[i];
+      auto made = MakeChannel(to_peer, args);
+      if (!made.ok()) {
+        return absl::Status(made.status().code(), absl::StrCat("channel to shard ", i, ": ", made.status().message()));
+      }
+      channel = *std::move(made);
     }
-    exchange->channels_.push_back(*std::move(channel));
+    exchange->channels_.push_back(channel);
   }
-  exchange->monitor_ =
-      std::make_unique<PeerMonitor>(shard, exchange->peers_, exchange->channels_, exchange->token_);
+  // Every shard of a process sees the same peers from the same address.
+  exchange->monitor_ = same_process != nullptr
+                           ? same_process->monitor_
+                           : std::make_shared<PeerMonitor>(shard, exchange->peers_, exchange->channels_,
+                                                           exchange->token_);
   return exchange;
 }
 

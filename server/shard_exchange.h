@@ -36,9 +36,14 @@ class ShardExchange final : public NormExchange {
   // `peers[i]` is shard i's address (this shard's own entry is not
   // dialled); `connection` says how to reach them (its server is ignored).
   // INVALID_ARGUMENT when the TLS files or the token cannot be used.
+  // `same_process`: the exchange of another shard this process serves (the
+  // same peers and connection), whose channels (one per address) and peer
+  // monitor this one shares — a process serving 128 shards would otherwise
+  // keep 128 monitors asking every peer address each second.
   static absl::StatusOr<std::unique_ptr<ShardExchange>> Create(uint32_t shard, std::vector<std::string> peers,
                                                                std::string job_id, const ConnectionOptions& connection,
-                                                               absl::Duration timeout);
+                                                               absl::Duration timeout,
+                                                               const ShardExchange* same_process = nullptr);
   ~ShardExchange() override;
 
   absl::StatusOr<TorchNormState> CarryIn(uint64_t window) override;
@@ -81,7 +86,7 @@ class ShardExchange final : public NormExchange {
   std::map<uint64_t, Waiter> waiters_ ABSL_GUARDED_BY(mu_);
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<grpc::ClientContext*> in_flight_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<PeerMonitor> monitor_;  // last: stopped first
+  std::shared_ptr<PeerMonitor> monitor_;  // last: stopped first (by the last exchange sharing it)
 };
 
 }  // namespace gradacc

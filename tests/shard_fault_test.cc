@@ -309,5 +309,42 @@ TEST(ShardAwayTest, ShardThatStaysAwayIsNamedEverywhere) {
   for (int i : {0, 2}) EXPECT_EQ(shards.server(i).Stop(), std::optional<int>(0)) << shards.Logs();
 }
 
+// A process serving several shards watches its peers once for all of them
+// (one monitor, one channel per peer address): when the other process dies,
+// its log says so once, and the status names each of its shards.
+TEST(ShardAwayTest, OneProcessWatchesItsPeersOnceForAllItsShards) {
+  const std::string dir = testing::MakeTempDir("shard_away_shared");
+  std::ofstream(dir + "/job.textproto") << Job();
+  Shards shards(dir, 6, {}, /*per_process=*/3);  // process 0: shards 0, 2, 4; process 1: 1, 3, 5
+  for (int p = 0; p < 2; ++p) ASSERT_TRUE(shards.Start(p).ok());
+  testing::StatusProbe probe0(shards.address(0));
+  ASSERT_TRUE(probe0.WaitFor([](const v1::Status& s) { return s.shards_size() == 6 && s.shards(1).reachable(); },
+                             absl::Seconds(30)))
+      << shards.Logs();
+  shards.server(1).process().Signal(SIGKILL);
+  ASSERT_EQ(shards.server(1).process().Wait(absl::Seconds(10)), std::optional<int>(128 + SIGKILL));
+  ASSERT_TRUE(probe0.WaitFor(
+      [](const v1::Status& s) {
+        if (s.shards_size() != 6) return false;
+        // Unreachable now, and away in the (shared) monitor's view.
+        for (int i : {1, 3, 5}) {
+          if (s.shards(i).reachable() || s.shards(i).away_since_unix_micros() == 0) return false;
+        }
+        return true;
+      },
+      absl::Seconds(30)))
+      << probe0.Get().DebugString() << shards.Logs();
+  const v1::Status s = probe0.Get();
+  for (int i : {0, 2, 4}) EXPECT_TRUE(s.shards(i).reachable()) << s.DebugString();
+  // Another second of monitoring: still one line.
+  absl::SleepFor(absl::Milliseconds(1500));
+  const std::string log = ReadFile(shards.folder(0) + "/server.log");
+  const std::string line = "shards 1, 3, 5 (" + shards.address(1) + ") do not answer";
+  size_t lines = 0;
+  for (size_t at = log.find(line); at != std::string::npos; at = log.find(line, at + 1)) ++lines;
+  EXPECT_EQ(lines, 1u) << log;
+  EXPECT_EQ(shards.server(0).Stop(), std::optional<int>(0)) << shards.Logs();
+}
+
 }  // namespace
 }  // namespace gradacc
