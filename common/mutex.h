@@ -250,8 +250,9 @@ using Condition = absl::Condition;
 // Abseil without NDEBUG, so by default every absl::Mutex acquisition — gRPC's
 // own mutexes too — is recorded in one process-wide graph under one global
 // lock: ~11% of all CPU cycles of the busy servers and workers of the
-// multihost benchmark went to GraphCycles::GetId alone (perf). Call at the
-// start of main(), before any thread starts.
+// multihost benchmark went to GraphCycles::GetId alone (perf). An atomic
+// switch, safe at any time; call it first thing in main() so that no lock
+// pays for the graph.
 inline void SkipMutexDeadlockDetectionInOptimizedBuilds() {
 #ifdef NDEBUG
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
