@@ -8,10 +8,12 @@
 #define GRADACC_SERVER_NORM_EXCHANGE_H_
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/torch_norm.h"
+#include "gradacc/v1/control.pb.h"
 #include "server/reducer.h"
 
 namespace gradacc {
@@ -27,6 +29,12 @@ class NormExchange {
   // shard). CANCELLED when shutting down: the step is then abandoned, not
   // taken on a partial norm.
   virtual absl::StatusOr<std::vector<float>> Exchange(uint64_t window, const NormPart& local) = 0;
+  // This shard's part of `window` as it published it, while it still holds
+  // it (the checkpoint of version window + 1 stores it).
+  virtual std::optional<v1::GetNormPartialResponse> Published(uint64_t window) const { return std::nullopt; }
+  // A resumed shard: its part of `window` from its checkpoint, served to
+  // peers that have not stepped that window yet as if just published.
+  virtual void Restore(uint64_t window, const v1::GetNormPartialResponse& part) {}
 };
 
 }  // namespace gradacc

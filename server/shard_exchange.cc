@@ -137,12 +137,11 @@ absl::StatusOr<TorchNormState> ShardExchange::CarryIn(uint64_t window) {
   return state;
 }
 
-absl::StatusOr<std::vector<float>> ShardExchange::Exchange(uint64_t window, const NormPart& local) {
-  const v1::GetNormPartialResponse mine = ToProto(shard_, local);
+void ShardExchange::Publish(uint64_t window, const v1::GetNormPartialResponse& part) {
   std::vector<std::function<void(const v1::GetNormPartialResponse&)>> ready;
   {
     MutexLock lock(&mu_);
-    published_[window] = mine;
+    published_[window] = part;
     while (published_.size() > 64) published_.erase(published_.begin());
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       if (it->second.window == window) {
@@ -153,7 +152,21 @@ absl::StatusOr<std::vector<float>> ShardExchange::Exchange(uint64_t window, cons
       }
     }
   }
-  for (auto& done : ready) done(mine);
+  for (auto& done : ready) done(part);
+}
+
+std::optional<v1::GetNormPartialResponse> ShardExchange::Published(uint64_t window) const {
+  MutexLock lock(&mu_);
+  auto it = published_.find(window);
+  if (it == published_.end()) return std::nullopt;
+  return it->second;
+}
+
+void ShardExchange::Restore(uint64_t window, const v1::GetNormPartialResponse& part) { Publish(window, part); }
+
+absl::StatusOr<std::vector<float>> ShardExchange::Exchange(uint64_t window, const NormPart& local) {
+  const v1::GetNormPartialResponse mine = ToProto(shard_, local);
+  Publish(window, mine);
   // Each tensor is finished on exactly one shard (0 elsewhere): adding the
   // parts in shard order gives every shard the same bits.
   std::vector<float> total(local.finished.size(), 0.0f);

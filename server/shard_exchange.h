@@ -48,6 +48,8 @@ class ShardExchange final : public NormExchange {
 
   absl::StatusOr<TorchNormState> CarryIn(uint64_t window) override;
   absl::StatusOr<std::vector<float>> Exchange(uint64_t window, const NormPart& local) override;
+  std::optional<v1::GetNormPartialResponse> Published(uint64_t window) const override;
+  void Restore(uint64_t window, const v1::GetNormPartialResponse& part) override;
 
   // Calls `done` with this shard's part of `window` once it is published (at
   // once when it already is). Returns an id for Cancel, 0 if done ran.
@@ -66,6 +68,8 @@ class ShardExchange final : public NormExchange {
  private:
   ShardExchange(uint32_t shard, std::vector<std::string> peers, std::string job_id, std::string token,
                 absl::Duration timeout);
+  // Stores this shard's part of `window` and answers the peers waiting for it.
+  void Publish(uint64_t window, const v1::GetNormPartialResponse& part);
   // Fetches shard `peer`'s part of `window`, waiting for it (bounded).
   absl::StatusOr<v1::GetNormPartialResponse> Fetch(size_t peer, uint64_t window);
 
@@ -76,7 +80,7 @@ class ShardExchange final : public NormExchange {
   const absl::Duration timeout_;
   std::vector<std::shared_ptr<grpc::Channel>> channels_;
 
-  Mutex mu_;
+  mutable Mutex mu_;
   std::map<uint64_t, v1::GetNormPartialResponse> published_ ABSL_GUARDED_BY(mu_);  // the last few windows
   struct Waiter {
     uint64_t window;

@@ -164,6 +164,12 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
         "checkpoint %s belongs to shard %d of %d, not shard %d of %d", restored->name, restored->state.shard(),
         std::max(1u, restored->state.num_shards()), options.shard, options.num_shards));
   }
+  if (restored.has_value() && restored->state.has_norm_part() && restored->state.version() > 0 &&
+      options.exchange != nullptr) {
+    // Peers that have not stepped the window before this version yet ask
+    // for this shard's part of its norm again.
+    options.exchange->Restore(restored->state.version() - 1, restored->state.norm_part());
+  }
   FloatBuffer params;
   if (restored.has_value()) {
     params = std::move(restored->params);

@@ -75,6 +75,9 @@ v1::CheckpointState Trainer::DurableState(uint64_t version, const v1::StepRecord
   s.set_num_shards(options_.num_shards);
   s.set_shard_begin(range_.begin);
   s.set_shard_end(range_.end);
+  if (options_.exchange != nullptr && version > 0) {
+    if (auto part = options_.exchange->Published(version - 1)) *s.mutable_norm_part() = *std::move(part);
+  }
   return s;
 }
 

@@ -169,6 +169,10 @@ class Report:
                   lambda v: v >= 0.8, P16, 1, setting)
             check(f"pull ({setting}) / best raw TCP, 16M floats, 1 worker", ratio(pull, tcp), target,
                   lambda v: v >= 0.8, P16, 1, setting)
+        for conns in ("1conn", "2conn"):
+            floor = res.get("push", "grpc_floor", "gbps_median", setting=conns)
+            check(f"gRPC alone (payload dropped on arrival, {conns[0]} connection{'s' if conns[0] != '1' else ''}) "
+                  f"/ best raw TCP, 64 MiB", ratio(floor, tcp), "info", None, P16, 1, conns)
         for m in (2, 4):
             gloo = res.get("window", "gloo", "window_median", P16, m)
             mpi = [v for v in (res.get("window", "mpi_allreduce", "window_median", P16, m),
@@ -257,6 +261,8 @@ class Report:
         for setting in ("grpc", "shm"):
             transfer(f"gradacc Client::Push, 16M floats ({setting})", "push", "gradacc_push", setting)
             transfer(f"gradacc Client::Pull, 16M floats ({setting})", "push", "gradacc_pull", setting)
+        for conns in ("1conn", "2conn"):
+            transfer(f"gRPC alone, 64 MiB dropped on arrival, {conns[0]} connection(s)", "push", "grpc_floor", conns)
         self.md.append("")
 
     def kernel_table(self):

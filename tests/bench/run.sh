@@ -123,7 +123,7 @@ bin_bench="$build/tests/bench"
 needed=("$bin_server")
 want kernels && needed+=("$bin_bench/gradacc_bench_kernels")
 want tcp && needed+=("$bin_bench/gradacc_bench_tcp")
-want push && needed+=("$bin_bench/gradacc_bench_push")
+want push && needed+=("$bin_bench/gradacc_bench_push" "$bin_bench/gradacc_bench_grpc_floor")
 want window && needed+=("$bin_bench/gradacc_bench_window" "$bin_bench/gradacc_bench_mpi")
 want train && needed+=("$bin_worker")
 for b in "${needed[@]}"; do
@@ -274,6 +274,11 @@ if want push; then
       log "the server did not start for push $setting"
     fi
   done
+  # gRPC's own floor: the same payload and messages, dropped on arrival by a
+  # bare server (none of gradacc's work), over 1 and 2 connections.
+  log "gRPC floor: 64 MiB pushed to a server that drops it, 1 and 2 connections"
+  timeout 600 "$bin_bench/gradacc_bench_grpc_floor" --reps="$tcp_reps" --warmup=2 2>"$logs/grpc-floor.err" |
+    collect || log "gRPC floor failed (see $logs/grpc-floor.err)"
 fi
 
 # ---------------------------------------------------------------- windows
