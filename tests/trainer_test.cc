@@ -7,6 +7,8 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <map>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -14,6 +16,7 @@
 #include "common/shm.h"
 #include "gtest/gtest.h"
 #include "server/checkpoint.h"
+#include "server/norm_exchange.h"
 #include "tests/test_util.h"
 
 namespace gradacc {
@@ -843,5 +846,78 @@ TEST(TrainerCheckpointTest, ResumesExactlyAndSkipsCorruptNewest) {
   std::filesystem::remove_all(dir);
 }
 
+
+// Shard 0 of 2 with clipping: its only peer's part of every norm is taken as
+// zero. Records what the trainer publishes and restores.
+class RecordingExchange : public NormExchange {
+ public:
+  absl::StatusOr<TorchNormState> CarryIn(uint64_t) override { return TorchNormState(); }
+  absl::StatusOr<std::vector<float>> Exchange(uint64_t window, const NormPart& local) override {
+    v1::GetNormPartialResponse part;
+    for (float f : local.finished) part.add_finished(f);
+    published[window] = part;
+    return local.finished;
+  }
+  std::optional<v1::GetNormPartialResponse> Published(uint64_t window) const override {
+    auto it = published.find(window);
+    if (it == published.end()) return std::nullopt;
+    return it->second;
+  }
+  void Restore(uint64_t window, const v1::GetNormPartialResponse& part) override {
+    restored.emplace_back(window, part);
+  }
+  std::map<uint64_t, v1::GetNormPartialResponse> published;
+  std::vector<std::pair<uint64_t, v1::GetNormPartialResponse>> restored;
+};
+
+// A shard's checkpoint keeps its part of the last window's global norm, and
+// a shard resumed from it serves that part again (peers of the same
+// process may resume one version behind and step that window again).
+TEST(TrainerCheckpointTest, ShardCheckpointKeepsItsPartOfTheLastNorm) {
+  const std::string dir = ::testing::TempDir() + "/ckpt_norm_" + std::to_string(getpid());
+  std::filesystem::remove_all(dir);
+  v1::JobSpec spec = SmallJob(2, 6, v1::OptimizerSpec::KIND_ADAM);
+  spec.mutable_clipping()->set_max_norm(0.5);
+  RecordingExchange first;
+  TrainerOptions options;
+  options.num_shards = 2;
+  options.shard = 0;
+  options.checkpoint_dir = dir;
+  options.exchange = &first;
+  uint64_t shard_size = 0;
+  {
+    auto trainer = Trainer::Create(spec, options);
+    ASSERT_TRUE(trainer.ok()) << trainer.status();
+    Trainer& t = **trainer;
+    testing::JoinAll(t);
+    const v1::Status status = t.GetStatus();
+    // Tensor w (37 x 11) is shard 0's whole part: small tensors are not split.
+    ASSERT_EQ(status.shard_begin(), 0u);
+    ASSERT_EQ(status.shard_end(), 407u);
+    shard_size = status.shard_end();
+    for (uint64_t window = 0; window < 2; ++window) {
+      for (const Contribution& c : MakeWindow(window, 2, shard_size, 5)) {
+        auto session = t.BeginPush(testing::HeaderOf(c, shard_size));
+        ASSERT_TRUE(session.ok()) << session.status();
+        ASSERT_TRUE((*session)->AddChunk(0, 0, testing::Bytes(c.grad.data(), shard_size)).ok());
+        ASSERT_TRUE(t.Commit(std::move(*session)).ok());
+      }
+      ASSERT_TRUE(t.AwaitVersion(window + 1, absl::Seconds(60)));
+    }
+    t.Shutdown();
+  }
+  ASSERT_EQ(first.published.count(1), 1u);
+  ASSERT_GT(first.published.at(1).finished(0), 0.0f);
+  RecordingExchange second;
+  options.exchange = &second;
+  auto resumed = Trainer::Create(spec, options);
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ((*resumed)->version(), 2u);
+  ASSERT_EQ(second.restored.size(), 1u);
+  EXPECT_EQ(second.restored[0].first, 1u);  // window 1, which made version 2
+  EXPECT_EQ(second.restored[0].second.SerializeAsString(), first.published.at(1).SerializeAsString());
+  (*resumed)->Shutdown();
+  std::filesystem::remove_all(dir);
+}
 }  // namespace
 }  // namespace gradacc
