@@ -102,6 +102,11 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
   if (restored != nullptr) {
     restarts = Checkpointer::CountResume(options_.checkpoint_dir, restored->state.restarts());
     counters_.Restore(restored->state.counters());
+    if (options_.exchange != nullptr && restored->state.has_norm_part() && restored->state.version() > 0) {
+      // Peers that have not stepped the window before this version yet ask
+      // for this shard's part of its norm again.
+      options_.exchange->Restore(restored->state.version() - 1, restored->state.norm_part());
+    }
     for (uint64_t step : ledger_.Recover(restored->state.unlogged_steps())) {
       restore_notes_.push_back(absl::StrFormat(
           "step %d was durable but missing from the ledger (killed before appending it): appended from checkpoint %s",
@@ -163,12 +168,6 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
     return absl::FailedPreconditionError(absl::StrFormat(
         "checkpoint %s belongs to shard %d of %d, not shard %d of %d", restored->name, restored->state.shard(),
         std::max(1u, restored->state.num_shards()), options.shard, options.num_shards));
-  }
-  if (restored.has_value() && restored->state.has_norm_part() && restored->state.version() > 0 &&
-      options.exchange != nullptr) {
-    // Peers that have not stepped the window before this version yet ask
-    // for this shard's part of its norm again.
-    options.exchange->Restore(restored->state.version() - 1, restored->state.norm_part());
   }
   FloatBuffer params;
   if (restored.has_value()) {

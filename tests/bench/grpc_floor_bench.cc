@@ -15,17 +15,14 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstdio>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "common/buffer.h"
 #include "common/mutex.h"
 #include "common/wire.h"
@@ -99,14 +96,12 @@ class Sender : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer
   }
   void OnReadDone(bool) override {}
   void OnDone(const grpc::Status& status) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    gradacc::MutexLock lock(&mu_);
     status_ = status;
     done_ = true;
-    cv_.notify_all();
   }
   grpc::Status Wait() {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [this] { return done_; });  // bounded by the call's deadline
+    gradacc::MutexLock lock(&mu_, gradacc::Condition(&done_));  // bounded by the call's deadline
     return status_;
   }
 
@@ -129,10 +124,9 @@ class Sender : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer
   size_t sent_ = 0;
   grpc::ClientContext context_;
   grpc::ByteBuffer out_, reply_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  grpc::Status status_;
+  gradacc::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);
 };
 
 int Fail(const std::string& what) {
