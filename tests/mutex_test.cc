@@ -263,7 +263,9 @@ TYPED_TEST(MutexTest, ConditionForms) {
   EXPECT_TRUE(S::Condition::kTrue.Eval());
 }
 
-
+// Each in a child process (death-test style), so neither changes the mode of
+// this binary's other tests.
+#if defined(NDEBUG) && !defined(GRADACC_TSAN)
 // Two mutexes taken in both orders, one after the other on one thread: never
 // a deadlock, but a cycle in Abseil's lock-order graph.
 void LockInBothOrders() {
@@ -278,9 +280,6 @@ void LockInBothOrders() {
   }
 }
 
-// Each in a child process (death-test style), so neither changes the mode of
-// this binary's other tests.
-#if defined(NDEBUG) && !defined(GRADACC_TSAN)
 TEST(MutexDeadlockDetectionTest, DebiansAbseilChecksLockOrderByDefault) {
   // What SkipMutexDeadlockDetectionInOptimizedBuilds is for: Debian's
   // Abseil (built without NDEBUG) records every acquisition and aborts on
