@@ -134,7 +134,7 @@ std::string PerShardFile(const std::string& path, uint32_t shard) {
 }  // namespace
 
 absl::Status GradaccServer::AddCore(const v1::JobSpec& spec, const ServerOptions& options, uint32_t shard,
-                                    std::shared_ptr<const FloatBuffer> initial) {
+                                    const InitialParametersSource& initial) {
   TrainerOptions trainer_options = options.trainer;
   trainer_options.shard = shard;
   if (options.shards.size() > 1) {
@@ -161,7 +161,7 @@ absl::Status GradaccServer::AddCore(const v1::JobSpec& spec, const ServerOptions
                                                                   connection, options.shard_timeout, same_process));
     trainer_options.exchange = core.exchange.get();
   }
-  GRADACC_ASSIGN_OR_RETURN(core.trainer, Trainer::Create(spec, trainer_options, std::move(initial)));
+  GRADACC_ASSIGN_OR_RETURN(core.trainer, Trainer::Create(spec, trainer_options, initial));
   cores_.push_back(std::move(core));
   return absl::OkStatus();
 }
@@ -192,15 +192,22 @@ absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::Jo
   }
   std::unique_ptr<GradaccServer> server(new GradaccServer());
   // The whole model's initial parameters, computed once for all the shards
-  // served here (each takes its part unless it resumes from a checkpoint).
+  // served here, by the first that does not resume from a checkpoint (each
+  // takes its part; when all resume, nobody computes them).
   std::shared_ptr<const FloatBuffer> initial;
+  InitialParametersSource source;
   if (shards.size() > 1) {
-    GRADACC_ASSIGN_OR_RETURN(FloatBuffer computed, InitialParameters(spec));
-    initial = std::make_shared<const FloatBuffer>(std::move(computed));
+    source = [&spec, &initial]() -> absl::StatusOr<std::shared_ptr<const FloatBuffer>> {
+      if (initial == nullptr) {
+        GRADACC_ASSIGN_OR_RETURN(FloatBuffer computed, InitialParameters(spec));
+        initial = std::make_shared<const FloatBuffer>(std::move(computed));
+      }
+      return initial;
+    };
   }
   std::vector<ServedShard> served;
   for (uint32_t shard : shards) {
-    GRADACC_RETURN_IF_ERROR(server->AddCore(spec, options, shard, initial));
+    GRADACC_RETURN_IF_ERROR(server->AddCore(spec, options, shard, source));
     served.push_back({shard, server->cores_.back().trainer.get(), server->cores_.back().exchange.get()});
   }
   initial.reset();

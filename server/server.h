@@ -93,7 +93,7 @@ class GradaccServer {
     std::unique_ptr<Trainer> trainer;
   };
   absl::Status AddCore(const v1::JobSpec& spec, const ServerOptions& options, uint32_t shard,
-                       std::shared_ptr<const FloatBuffer> initial);
+                       const InitialParametersSource& initial);
 
   std::vector<Core> cores_;
   std::unique_ptr<ShardRouter> router_;

@@ -139,8 +139,13 @@ Trainer::~Trainer() {
   deadlines_.reset();  // no timer fires into the parts below from now on
 }
 
+InitialParametersSource GivenInitialParameters(FloatBuffer params) {
+  auto shared = std::make_shared<const FloatBuffer>(std::move(params));
+  return [shared]() -> absl::StatusOr<std::shared_ptr<const FloatBuffer>> { return shared; };
+}
+
 absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, TrainerOptions options,
-                                                         std::shared_ptr<const FloatBuffer> initial) {
+                                                         InitialParametersSource initial) {
   std::vector<std::string> notes;
   GRADACC_ASSIGN_OR_RETURN(std::optional<Checkpoint> restored, FindResumePoint(options, &notes));
   if (restored.has_value()) spec = restored->state.job();  // a resumed job keeps its spec
@@ -173,15 +178,19 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
   if (restored.has_value()) {
     params = std::move(restored->params);
   } else {
+    std::shared_ptr<const FloatBuffer> whole;
     if (initial == nullptr) {
       GRADACC_ASSIGN_OR_RETURN(FloatBuffer computed, InitialParameters(spec));
-      initial = std::make_shared<const FloatBuffer>(std::move(computed));
-    } else if (initial->size() != layout.num_elements()) {
-      return absl::InvalidArgumentError(absl::StrFormat("initial parameters have %d elements; the model has %d",
-                                                        initial->size(), layout.num_elements()));
+      whole = std::make_shared<const FloatBuffer>(std::move(computed));
+    } else {
+      GRADACC_ASSIGN_OR_RETURN(whole, initial());
+      if (whole->size() != layout.num_elements()) {
+        return absl::InvalidArgumentError(absl::StrFormat("initial parameters have %d elements; the model has %d",
+                                                          whole->size(), layout.num_elements()));
+      }
     }
     params = FloatBuffer(range.size());
-    std::copy(initial->data() + begin, initial->data() + end, params.data());
+    std::copy(whole->data() + begin, whole->data() + end, params.data());
   }
   if (params.size() != range.size()) {
     return absl::DataLossError(absl::StrFormat("parameters have %d elements; this shard owns %d", params.size(),

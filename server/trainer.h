@@ -118,17 +118,24 @@ struct PushResult {
   uint32_t expected = 0;
 };
 
+// Where Trainer::Create gets the whole model's initial parameters: asked
+// only when the shard does not resume from a checkpoint, so the shards one
+// process serves can share one computation and skip it when all resume.
+using InitialParametersSource = std::function<absl::StatusOr<std::shared_ptr<const FloatBuffer>>()>;
+
+// A source that hands out `params` (a caller's own initial parameters).
+InitialParametersSource GivenInitialParameters(FloatBuffer params);
+
 class Trainer {
  public:
   using SnapshotCallback = VersionPublisher::Callback;
   using Listener = std::function<void()>;
 
-  // `spec` is normalised here. `initial`: the whole model's initial
-  // parameters (else computed from the spec's initialisers) — shared, so
-  // that the shards one process serves compute them once; tests give their
-  // own.
+  // `spec` is normalised here. `initial`: where the whole model's initial
+  // parameters come from when the shard does not resume (null: computed from
+  // the spec's initialisers); tests give their own.
   static absl::StatusOr<std::unique_ptr<Trainer>> Create(v1::JobSpec spec, TrainerOptions options,
-                                                         std::shared_ptr<const FloatBuffer> initial = nullptr);
+                                                         InitialParametersSource initial = nullptr);
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;

@@ -46,7 +46,7 @@ TEST_P(OptimizerGoldenTest, FollowsPyTorch) {
   ASSERT_GE(c.windows_size(), 20);
   FloatBuffer initial(c.initial_params_size());
   std::copy(c.initial_params().begin(), c.initial_params().end(), initial.data());
-  auto trainer = Trainer::Create(c.job(), TrainerOptions(), std::make_shared<const FloatBuffer>(std::move(initial)));
+  auto trainer = Trainer::Create(c.job(), TrainerOptions(), GivenInitialParameters(std::move(initial)));
   ASSERT_TRUE(trainer.ok()) << trainer.status();
   testing::JoinAll(**trainer);
   double worst = 0;
@@ -133,7 +133,7 @@ TEST(ClipGoldenTest, LargeTensorsClipBitForBitAsTorch) {
     for (uint64_t j = 0; j < n; ++j) initial[j] = static_cast<float>((UniformAt(c.init_seed(), j) - 0.5) * 2);
     TrainerOptions options;
     options.reducer.parallel_min_elements = 4096;  // the multi-threaded paths too
-    auto trainer = Trainer::Create(c.job(), options, std::make_shared<const FloatBuffer>(std::move(initial)));
+    auto trainer = Trainer::Create(c.job(), options, GivenInitialParameters(std::move(initial)));
     ASSERT_TRUE(trainer.ok()) << trainer.status();
     testing::JoinAll(**trainer);
     const uint32_t workers = c.job().window().num_workers();

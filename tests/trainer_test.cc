@@ -847,6 +847,41 @@ TEST(TrainerCheckpointTest, ResumesExactlyAndSkipsCorruptNewest) {
 }
 
 
+TEST(TrainerCheckpointTest, AResumingTrainerDoesNotAskForInitialParameters) {
+  const std::string dir = ::testing::TempDir() + "/ckpt_initial_" + std::to_string(getpid());
+  std::filesystem::remove_all(dir);
+  const v1::JobSpec spec = SmallJob(2, 6, v1::OptimizerSpec::KIND_ADAM);
+  TrainerOptions options;
+  options.checkpoint_dir = dir;
+  int asked = 0;
+  uint64_t n = 0;
+  std::shared_ptr<const FloatBuffer> given;
+  const InitialParametersSource source = [&]() -> absl::StatusOr<std::shared_ptr<const FloatBuffer>> {
+    ++asked;
+    return given;
+  };
+  {
+    auto computed = InitialParameters(spec);
+    ASSERT_TRUE(computed.ok()) << computed.status();
+    n = computed->size();
+    FloatBuffer quarters(n);
+    std::fill(quarters.data(), quarters.data() + n, 0.25f);
+    given = std::make_shared<const FloatBuffer>(std::move(quarters));
+    auto t = Trainer::Create(spec, options, source);
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ(asked, 1);
+    const std::vector<float> start = (*t)->Parameters();
+    EXPECT_TRUE(std::all_of(start.begin(), start.end(), [](float x) { return x == 0.25f; }));  // the source's
+    testing::JoinAll(**t);
+    for (auto& c : MakeWindow(0, 2, n, 10)) ASSERT_TRUE(Push(**t, c).ok());
+  }
+  auto t = Trainer::Create(spec, options, source);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->version(), 1u);
+  EXPECT_EQ(asked, 1);  // resumed from the checkpoint alone
+  std::filesystem::remove_all(dir);
+}
+
 // Shard 0 of 2 with clipping: its only peer's part of every norm is taken as
 // zero. Records what the trainer publishes and restores.
 class RecordingExchange : public NormExchange {
