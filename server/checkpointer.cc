@@ -49,6 +49,9 @@ absl::Status Checkpointer::Write(const v1::CheckpointState& state, absl::Span<co
     } else {
       if (healthy_) failing_since_ = absl::Now();
       healthy_ = false;
+      // In the same change as healthy_: status never shows a failure
+      // without the version it holds back.
+      pending_ = state.version();
       // Status is readable by any reader-token holder: no server paths.
       error_ = absl::StrReplaceAll(s.message(), {{options_.dir, "<checkpoint_dir>"}});
       ++failures_;
@@ -64,11 +67,6 @@ absl::Status Checkpointer::Write(const v1::CheckpointState& state, absl::Span<co
     if (!m.ok()) absl::FPrintF(stderr, "gradacc-server: cannot write %s/%s: %s\n", options_.dir, kMarker, m.message());
   }
   return s;
-}
-
-void Checkpointer::SetPending(uint64_t version) {
-  MutexLock lock(&mu_);
-  pending_ = version;
 }
 
 v1::CheckpointHealth Checkpointer::health() const {

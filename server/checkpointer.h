@@ -48,14 +48,12 @@ class Checkpointer {
   // Whether version `version` must be durable before it is published.
   bool Due(uint64_t version, bool job_done) const;
   // Writes a checkpoint of `state` (its version) with the parameters and
-  // optimizer state; records success or the (sticky) failure.
+  // optimizer state; records success or the (sticky) failure, and with a
+  // failure that `state`'s version waits for its checkpoint.
   // `before_rename`: see WriteCheckpoint (a failpoint).
   absl::Status Write(const v1::CheckpointState& state, absl::Span<const float> params,
                      const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer,
                      const std::function<void()>& before_rename = nullptr);
-  // The step of `version` is applied and waits for its checkpoint (0: none).
-  void SetPending(uint64_t version);
-
   v1::CheckpointHealth health() const;
   bool healthy() const;
   uint64_t last_version() const;

@@ -93,7 +93,6 @@ bool Trainer::MakeDurable(uint64_t version, bool job_done, const v1::StepRecord&
       return true;
     }
     // Sticky: nothing is published until a write succeeds.
-    checkpointer_.SetPending(version);
     NotifyListeners();
     if (thread_->Sleep(backoff)) return false;
     backoff = std::min(backoff * 2, absl::Seconds(10));
