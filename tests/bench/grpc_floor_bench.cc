@@ -31,6 +31,7 @@
 ABSL_FLAG(int64_t, bytes, int64_t{64} << 20, "payload of one push");
 ABSL_FLAG(int64_t, message_bytes, int64_t{256} << 10, "bytes per stream message (gradacc's default chunk: 64 Ki f32)");
 ABSL_FLAG(int, reps, 10, "timed pushes per connection count");
+ABSL_FLAG(int, streams, 1, "concurrent streams per connection, the payload split over all of them");
 ABSL_FLAG(int, warmup, 2, "untimed pushes first");
 ABSL_FLAG(double, timeout_s, 60, "bound on each push");
 
@@ -134,8 +135,8 @@ int Fail(const std::string& what) {
   return 1;
 }
 
-// Median GB/s of pushes of the payload split over `connections` streams,
-// each on a connection of its own.
+// Median GB/s of pushes of the payload split over `connections` x --streams
+// concurrent streams, on `connections` connections of their own.
 int Measure(int port, int connections, const char* data, size_t bytes) {
   std::vector<std::unique_ptr<grpc::GenericStub>> stubs;
   for (int c = 0; c < connections; ++c) {
@@ -152,15 +153,16 @@ int Measure(int port, int connections, const char* data, size_t bytes) {
     stubs.push_back(std::make_unique<grpc::GenericStub>(channel));
   }
   const size_t message_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_message_bytes));
-  const size_t per = (bytes / connections + message_bytes - 1) / message_bytes * message_bytes;
+  const int streams = absl::GetFlag(FLAGS_streams);
+  const size_t per = (bytes / (connections * streams) + message_bytes - 1) / message_bytes * message_bytes;
   std::vector<double> gbps;
   const int warmup = absl::GetFlag(FLAGS_warmup);
   for (int rep = 0; rep < warmup + absl::GetFlag(FLAGS_reps); ++rep) {
     const double t0 = gradacc::bench::NowSeconds();
     std::vector<std::unique_ptr<Sender>> senders;
-    for (int c = 0; c < connections; ++c) {
+    for (int c = 0; c < connections * streams; ++c) {
       const size_t begin = std::min(bytes, per * c), end = std::min(bytes, per * (c + 1));
-      senders.push_back(std::make_unique<Sender>(*stubs[c], data + begin, end - begin, message_bytes,
+      senders.push_back(std::make_unique<Sender>(*stubs[c % connections], data + begin, end - begin, message_bytes,
                                                  absl::GetFlag(FLAGS_timeout_s)));
     }
     for (auto& s : senders) {
@@ -170,7 +172,7 @@ int Measure(int port, int connections, const char* data, size_t bytes) {
     const double t1 = gradacc::bench::NowSeconds();
     if (rep >= warmup) gbps.push_back(static_cast<double>(bytes) / (t1 - t0) / 1e9);
   }
-  const std::string setting = absl::StrCat(connections, "conn");
+  const std::string setting = absl::StrCat(connections, "conn", streams > 1 ? absl::StrCat(streams, "streams") : "");
   const uint64_t floats = bytes / 4;
   using gradacc::bench::PrintResult;
   PrintResult("push", "grpc_floor", floats, 1, setting, "gbps_median", gradacc::bench::Median(gbps), "GB/s");
@@ -184,7 +186,9 @@ int Measure(int port, int connections, const char* data, size_t bytes) {
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   const int64_t bytes = absl::GetFlag(FLAGS_bytes);
-  if (bytes <= 0 || absl::GetFlag(FLAGS_message_bytes) <= 0) return Fail("--bytes and --message_bytes must be > 0");
+  if (bytes <= 0 || absl::GetFlag(FLAGS_message_bytes) <= 0 || absl::GetFlag(FLAGS_streams) <= 0) {
+    return Fail("--bytes, --message_bytes and --streams must be > 0");
+  }
   // The server is forked before gRPC starts any thread in this process.
   int fds[2];
   if (pipe(fds) != 0) return Fail("pipe failed");
