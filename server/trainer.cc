@@ -184,9 +184,9 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
       whole = std::make_shared<const FloatBuffer>(std::move(computed));
     } else {
       GRADACC_ASSIGN_OR_RETURN(whole, initial());
-      if (whole->size() != layout.num_elements()) {
+      if (whole == nullptr || whole->size() != layout.num_elements()) {
         return absl::InvalidArgumentError(absl::StrFormat("initial parameters have %d elements; the model has %d",
-                                                          whole->size(), layout.num_elements()));
+                                                          whole == nullptr ? 0 : whole->size(), layout.num_elements()));
       }
     }
     params = FloatBuffer(range.size());
