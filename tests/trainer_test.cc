@@ -846,7 +846,6 @@ TEST(TrainerCheckpointTest, ResumesExactlyAndSkipsCorruptNewest) {
   std::filesystem::remove_all(dir);
 }
 
-
 TEST(TrainerCheckpointTest, AResumingTrainerDoesNotAskForInitialParameters) {
   const std::string dir = ::testing::TempDir() + "/ckpt_initial_" + std::to_string(getpid());
   std::filesystem::remove_all(dir);
@@ -861,9 +860,9 @@ TEST(TrainerCheckpointTest, AResumingTrainerDoesNotAskForInitialParameters) {
     return given;
   };
   {
-    auto computed = InitialParameters(spec);
-    ASSERT_TRUE(computed.ok()) << computed.status();
-    n = computed->size();
+    auto layout = ModelLayout::FromSpec(spec.model());
+    ASSERT_TRUE(layout.ok()) << layout.status();
+    n = layout->num_elements();
     FloatBuffer quarters(n);
     std::fill(quarters.data(), quarters.data() + n, 0.25f);
     given = std::make_shared<const FloatBuffer>(std::move(quarters));
