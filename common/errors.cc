@@ -41,6 +41,7 @@ ReasonInfo InfoOf(v1::ErrorReason reason) {
     case v1::ERROR_REASON_SECOND_CONTRIBUTION:
     case v1::ERROR_REASON_NOTHING_TO_PUSH:
     case v1::ERROR_REASON_UNSUPPORTED:
+    case v1::ERROR_REASON_MISUSE:
       return {C::kFailedPrecondition, kFix};
     case v1::ERROR_REASON_NOT_JOINED:
     case v1::ERROR_REASON_NOT_ATTACHED:

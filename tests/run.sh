@@ -9,6 +9,10 @@
 #                                and integration tiers, and runs them
 #   tests/run.sh --thread-safety clang build (build-clang) of the libraries
 #                                with locks, -Wthread-safety -Werror
+#   tests/run.sh --torch2        the PyTorch 2 tier: Debian 13 (torch 2.6) in
+#                                a debootstrap root filesystem, the Python
+#                                package's tests there (tests/torch2/run.sh;
+#                                needs root, else it says SKIPPED)
 # The elastic tier's full-size run (the quickstart's job resumed from 4 to 2
 # to 3 ranks, >= 85%, ~2 min): GRADACC_ELASTIC_FULL=1 tests/run.sh -R ElasticFull.
 # The fuzz corpus is replayed in the fault tier; to fuzz for new inputs:
@@ -22,6 +26,7 @@ cd "$root"
 
 mode=default
 case "${1:-}" in
+  --torch2) shift; exec "$root/tests/torch2/run.sh" "$@" ;;
   --tsan) mode=tsan; shift ;;
   --thread-safety) mode=thread-safety; shift ;;
 esac

@@ -29,7 +29,22 @@ class MLP(nn.Module):
         return self.out(torch.tanh(self.fc2(F.relu(self.fc1(x)))))
 
 
-MODELS = {"mlp": (MLP, (20,), 5), "cnn": (FashionCNN, (1, 28, 28), 10)}
+class TinyTransformer(nn.Module):
+    """A transformer encoder layer (2 heads, no dropout) over 6 tokens of 16 features, mean-pooled, 5 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(16, 16)
+        self.encoder = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, dropout=0.0,
+                                                  batch_first=True)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)).mean(dim=1))
+
+
+MODELS = {"mlp": (MLP, (20,), 5), "cnn": (FashionCNN, (1, 28, 28), 10), "transformer": (TinyTransformer, (6, 16), 5)}
+EQUIVALENCE_MODELS = ("mlp", "cnn")  # test_torch_equivalence's matrix
 
 OPTIMIZERS = {
     "sgd_momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=1e-3),

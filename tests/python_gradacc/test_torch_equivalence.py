@@ -55,7 +55,7 @@ class EquivalenceTest(harness.ServerTestCase):
                                                       err_msg=f"rank {rank} holds other {name} than the server")
 
     def test_models_and_optimizers(self):
-        for model in selected("GRADACC_EQUIV_MODELS", models.MODELS):
+        for model in selected("GRADACC_EQUIV_MODELS", models.EQUIVALENCE_MODELS):
             for optimizer in selected("GRADACC_EQUIV_OPTIMIZERS", models.OPTIMIZERS):
                 self.check(model, optimizer)
 

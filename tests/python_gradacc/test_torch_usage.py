@@ -334,5 +334,152 @@ class BadUseTest(harness.ServerTestCase):
         self.assertTrue(same_bits(job.finish(), want))
 
 
+class DiscardTest(harness.ServerTestCase):
+    """worker.discard(): the way out after a refusal, bit-identical to a run that never erred."""
+
+    def reference_run(self, workers=1):
+        job = Job(self, f"discard-reference-{workers}", workers=workers)
+        if workers == 1:
+            worker, model, _ = job.connect()
+            train(worker, model)
+            worker.close()
+        else:
+            self.train_ranks(job, workers)
+        return job.finish()
+
+    def train_ranks(self, job, workers, mistake=None):
+        """Every rank in a thread, K micro-batches of batch(t, rank, k) a window; `mistake(rank, t, worker,
+        model)` runs after the first backward of each window and may make that window go wrong."""
+        errors = []
+
+        def body(rank):
+            try:
+                worker, model, _ = job.connect(rank=rank, world_size=workers)
+                while not worker.done:
+                    t = worker.version
+                    for k in range(K):
+                        x, y = batch(t, rank, k)
+                        F.cross_entropy(model(x), y).backward()
+                        if k == 0 and mistake is not None:
+                            mistake(rank, t, worker, model)
+                    worker.step()
+                worker.close()
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        import threading
+        threads = [threading.Thread(target=body, args=(r,)) for r in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertFalse(any(t.is_alive() for t in threads), "ranks did not finish")
+        if errors:
+            raise errors[0]
+
+    def redo(self, worker, model, t):
+        """Discards the open window and computes it again, correctly."""
+        worker.discard()
+        self.assertEqual((worker.version, worker.micro_batches, worker.samples), (t, 0, 0))
+        for p in model.parameters():
+            self.assertEqual(int(torch.count_nonzero(p.grad)), 0)
+        for k in range(K):
+            x, y = batch(t, 0, k)
+            F.cross_entropy(model(x), y).backward()
+
+    def test_after_a_nan_refusal(self):
+        want = self.reference_run()
+        job = Job(self, "discard-nan")
+        worker, model, _ = job.connect()
+        x, y = batch(0, 0, 0)
+        w = model.fc2.weight
+        (F.cross_entropy(model(x), y) + 0.0 * torch.sqrt((w - w.detach()).pow(2).sum())).backward()
+        with self.assertRaises(gradacc.Error) as e:
+            worker.step()
+        self.assertEqual(e.exception.reason, "ERROR_REASON_NOT_FINITE")
+        with self.assertRaises(gradacc.Error):
+            worker.step()  # the window's gradients are still NaN: refused again until discarded
+        self.redo(worker, model, 0)
+        worker.step()
+        got = train(worker, model)
+        worker.close()
+        self.assertTrue(same_bits(got, want))
+        status = job.server.status()
+        self.assertTrue(same_bits(job.finish(), want), "discard() after a NaN refusal changed the result")
+        self.assertEqual(int(status.get("contributionsAccepted", 0)), WINDOWS)
+        self.assertEqual(int(status.get("contributionsRejected", 0)), 2)
+
+    def test_after_a_caught_grad_change(self):
+        want = self.reference_run()
+        for how in ("zero_", "set_to_none", "clip"):
+            with self.subTest(how=how):
+                job = Job(self, f"discard-{how}")
+                worker, model, _ = job.connect()
+                x, y = batch(0, 0, 0)
+                F.cross_entropy(model(x), y).backward()
+                if how == "zero_":
+                    model.fc1.weight.grad.zero_()
+                elif how == "set_to_none":
+                    model.fc1.weight.grad = None
+                else:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+                with self.assertRaises(gradacc.UsageError) as e:
+                    worker.step()
+                self.assertEqual(e.exception.reason, "ERROR_REASON_MISUSE")
+                self.redo(worker, model, 0)
+                worker.step()
+                got = train(worker, model)
+                worker.close()
+                self.assertTrue(same_bits(got, want))
+                self.assertTrue(same_bits(job.finish(), want), f"discard() after {how} changed the result")
+
+    def test_a_nan_loss_is_named_and_nothing_is_pushed(self):
+        want = self.reference_run()
+        job = Job(self, "discard-nan-loss")
+        worker, model, _ = job.connect()
+        x, y = batch(0, 0, 0)
+        F.cross_entropy(model(x), y).backward()
+        x, y = batch(0, 0, 1)
+        (F.cross_entropy(model(x), y) * float("nan")).backward()
+        before = snapshot(job.server)
+        with self.assertRaises(gradacc.Error) as e:
+            worker.step()
+        self.assertEqual((e.exception.code, e.exception.reason), ("INVALID_ARGUMENT", "ERROR_REASON_NOT_FINITE"))
+        self.assertEqual((e.exception.metadata.get("tensor"), e.exception.metadata.get("micro_batch")), ("loss", "1"))
+        self.assertIn("the loss of micro-batch 1 of window 0 is nan", str(e.exception))
+        self.assertEqual(snapshot(job.server), before)
+        self.redo(worker, model, 0)
+        worker.step()
+        train(worker, model)
+        worker.close()
+        self.assertTrue(same_bits(job.finish(), want))
+
+    def test_exactly_once_while_another_rank_discards(self):
+        want = self.reference_run(workers=2)
+        job = Job(self, "discard-two-ranks", workers=2)
+        discarded = []
+
+        def mistake(rank, t, worker, model):
+            # Rank 1 spoils its first micro-batch of windows 1 and 3, while
+            # rank 0's push of the window is in (or on its way): it discards
+            # and computes the window again.
+            if rank == 1 and t in (1, 3):
+                for p in model.parameters():
+                    p.grad.mul_(3.0)
+                with self.assertRaises(gradacc.UsageError):
+                    worker.step()
+                worker.discard()
+                x, y = batch(t, rank, 0)
+                F.cross_entropy(model(x), y).backward()
+                discarded.append(t)
+
+        self.train_ranks(job, 2, mistake)
+        status = job.server.status()
+        self.assertEqual(discarded, [1, 3])
+        self.assertEqual(int(status.get("contributionsAccepted", 0)), 2 * WINDOWS)
+        self.assertEqual(int(status.get("duplicates", 0) or 0), 0)
+        self.assertTrue(same_bits(job.finish(), want), "a discard on one rank changed the two-rank result")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -196,6 +196,10 @@ void Client::AddCoveredContribution(uint64_t samples, uint32_t micro_batches, do
 
 void Client::ZeroGradients() {
   push_attempts_for_key_ = 0;
+  Discard();
+}
+
+void Client::Discard() {
   std::fill(grad_.data(), grad_.data() + grad_.size(), 0.0f);
   samples_ = 0;
   micro_batches_ = 0;

@@ -174,6 +174,14 @@ class Client {
   // Adds the totals of other workers' micro-batches whose gradients were
   // added into grad() (hierarchical reduction: options.covers).
   void AddCoveredContribution(uint64_t samples, uint32_t micro_batches, double loss_sum);
+  // Drops the open window's gradients and micro-batches: grad() is zeroed,
+  // nothing is pushed, the version and the window's contribution key stay.
+  // The way to compute the window again after a refusal (NOT_FINITE, ...)
+  // or a bad batch. Exactly once still holds: a contribution the server
+  // already accepted for this window (a Step that failed after its push was
+  // acknowledged) stays the one counted, and the window's next push is
+  // acknowledged as its duplicate.
+  void Discard();
   uint64_t pending_samples() const { return samples_; }
   uint32_t pending_micro_batches() const { return micro_batches_; }
 

@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/errors.h"
+#include "common/files.h"
 #include "common/job_spec.h"
 #include "common/mutex.h"
 #include "common/safetensors.h"
@@ -265,6 +266,7 @@ void BindSessionWindow(SessionClass& cls) {
            })
       .def("add_micro_batch", [](Session& s, uint64_t samples,
                                  double loss_sum) { Check(s.AddMicroBatch(samples, loss_sum)); })
+      .def("discard", [](Session& s) { Check(s.Discard()); })
       .def("step", [](Session& s) { return StepDict(Unwrap(WithoutGil([&] { return s.Step(); }))); });
 }
 
@@ -313,6 +315,14 @@ void BindFiles(py::module_& m) {
   m.def("load_safetensors", &LoadSafetensors, py::arg("path"));
   m.def("job_text_from_json", &JobTextFromJson, py::arg("json"));
   m.def("job_json_from_file", &JobJsonFromFile, py::arg("path"));
+  // common/files.h: temporary file, fsync, rename, fsync of the folder; 0600.
+  m.def(
+      "write_file_atomically",
+      [](const std::string& path, const py::bytes& bytes) {
+        std::string data = bytes;
+        Check(WithoutGil([&] { return WriteFileAtomically(path, data); }));
+      },
+      py::arg("path"), py::arg("bytes"));
 }
 
 }  // namespace

@@ -106,6 +106,13 @@ absl::Status Session::AddMicroBatch(uint64_t samples, double loss_sum) {
   return absl::OkStatus();
 }
 
+absl::Status Session::Discard() {
+  GRADACC_RETURN_IF_ERROR(Enter("discard"));
+  training_->Discard();
+  Exit();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<StepResult> Session::Step() {
   GRADACC_RETURN_IF_ERROR(Enter("step"));
   MaybeReleaseRetired();

@@ -83,6 +83,8 @@ class Session {
   void ReleaseLease(uint64_t epoch);
 
   absl::Status AddMicroBatch(uint64_t samples, double loss_sum);
+  // TrainingClient::Discard (the views stay valid: same memory, zeroed).
+  absl::Status Discard();
   // Blocking: the caller releases the GIL.
   absl::StatusOr<StepResult> Step();
   absl::StatusOr<v1::Status> GetStatus();

@@ -118,6 +118,17 @@ void GroupClient::AddMicroBatch(uint64_t samples, double loss_sum) {
   ++micro_batches_;
 }
 
+void GroupClient::Discard() {
+  if (leader()) {
+    client_->Discard();
+    return;
+  }
+  std::fill(grad_.data(), grad_.data() + grad_.size(), 0.0f);
+  samples_ = 0;
+  loss_sum_ = 0;
+  micro_batches_ = 0;
+}
+
 absl::StatusOr<StepResult> GroupClient::Step() {
   const int n = static_cast<int>(leader() ? client_->grad().size() : grad_.size());
   StepResult result;

@@ -43,6 +43,9 @@ class GroupClient final : public TrainingClient {
   absl::Span<const float> params() const override;
   absl::Span<float> grad() override;
   void AddMicroBatch(uint64_t samples, double loss_sum) override;
+  // This rank's gradients of the open window (not the group's: nothing has
+  // been reduced before Step).
+  void Discard() override;
   absl::StatusOr<StepResult> Step() override;
   // Hierarchical reduction has fixed membership: no data plan.
   const v1::WindowPlan& plan() const override { return no_plan_; }

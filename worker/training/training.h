@@ -33,6 +33,8 @@ class TrainingClient {
   virtual absl::Span<const float> params() const = 0;
   virtual absl::Span<float> grad() = 0;
   virtual void AddMicroBatch(uint64_t samples, double loss_sum) = 0;
+  // Client::Discard: this worker's gradients of the open window dropped.
+  virtual void Discard() = 0;
   virtual absl::StatusOr<StepResult> Step() = 0;
   // A job with a data plan (Client::plan, Client::WaitNextWindow).
   virtual const v1::WindowPlan& plan() const = 0;
@@ -53,6 +55,7 @@ class ClientAdapter final : public TrainingClient {
   absl::Span<const float> params() const override { return c_.params(); }
   absl::Span<float> grad() override { return c_.grad(); }
   void AddMicroBatch(uint64_t samples, double loss_sum) override { c_.AddMicroBatch(samples, loss_sum); }
+  void Discard() override { c_.Discard(); }
   absl::StatusOr<StepResult> Step() override { return c_.Step(); }
   const v1::WindowPlan& plan() const override { return c_.plan(); }
   absl::StatusOr<StepResult> WaitNextWindow() override { return c_.WaitNextWindow(); }

@@ -272,6 +272,20 @@ class Client:
             raise UsageError(f"samples must be >= 0, not {samples}", reason="ERROR_REASON_SAMPLES")
         self._session.add_micro_batch(int(samples), float(loss_sum))
 
+    def discard(self):
+        """Drops the open window's gradients and micro-batches; nothing is pushed.
+
+        grad() is zeroed (the views stay valid), the sample and micro-batch
+        counts go back to 0, and the version and the window's contribution
+        key stay: compute the window again and call :meth:`step`. The way
+        out after a refused push (e.g. ``ERROR_REASON_NOT_FINITE``). Exactly
+        once holds: if the server already accepted this worker's
+        contribution to the window (a step() that failed after its push was
+        acknowledged), that one stays counted and the next push of the
+        window is acknowledged as its duplicate.
+        """
+        self._session.discard()
+
     def step(self):
         """Ends the window: push, wait for it to close, pull, zero the gradients.
 

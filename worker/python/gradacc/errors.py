@@ -16,7 +16,9 @@ the message (proto/gradacc/v1/error.proto, common/errors.h):
 
 :class:`UsageError` is a mistake the Python layer catches before anything
 reaches the server (a ``zero_grad()`` inside a window, a model that does not
-match the job, ...).
+match the job, ...): reason ``ERROR_REASON_MISUSE`` unless a more precise
+one applies (``ERROR_REASON_UNSUPPORTED`` for what gradacc cannot compute,
+``ERROR_REASON_MANIFEST`` for a model that is not the job's, ...).
 """
 
 __all__ = ["Error", "UsageError"]
@@ -45,6 +47,6 @@ class Error(RuntimeError):
 class UsageError(Error):
     """Bad use caught locally; nothing was sent to the server."""
 
-    def __init__(self, message, reason="ERROR_REASON_UNSPECIFIED", metadata=None):
+    def __init__(self, message, reason="ERROR_REASON_MISUSE", metadata=None):
         super().__init__(message, code="FAILED_PRECONDITION", grpc_code=9, reason=reason,
                          action="CLIENT_ACTION_FIX_REQUEST", metadata=metadata)

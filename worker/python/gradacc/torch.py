@@ -67,7 +67,7 @@ import torch
 
 from .client import connect as _connect_client
 from .client import env_rank, env_world_size
-from .errors import UsageError
+from .errors import Error, UsageError
 from .torch_job import job_spec, optimizer_spec, schedule_spec, write_job
 from .torch_job import trainable as _trainable
 
@@ -163,7 +163,7 @@ class Worker:
     """
 
     def __init__(self, model, optimizer, client, *, world_size, loss_reduction, samples_of, comm,
-                 broadcast_buffers):
+                 broadcast_buffers, staging=False):
         self.model = model
         self.optimizer = optimizer
         self.client = client
@@ -173,6 +173,14 @@ class Worker:
         self._comm = comm
         self._broadcast_buffers = broadcast_buffers
         self._params = _trainable(model)
+        # Staging: each .grad is a tensor of our own (on the parameters'
+        # device: one flat buffer, each .grad a piece of it with its own
+        # version counter), copied into the window's buffer when the window
+        # ends; always for CUDA parameters, on request on the CPU. Else each
+        # .grad is a view of the window's buffer (no copy).
+        self._staging = bool(staging)
+        self._device = None
+        self._flat_grad = None
         self._hooks = []
         self._patched = []
         self._closed = False
@@ -180,6 +188,7 @@ class Worker:
         self._micro_batches = 0
         self._samples = 0
         self._loss_sum = 0.0
+        self._bad_loss = None
         self._grads = []       # the .grad tensor of each parameter (views of the buffer)
         self._grad_ptr = []
         self._grad_version = []  # ._version when installed
@@ -226,10 +235,21 @@ class Worker:
                                  f"model {b[0] + str(list(b[1])) if b else '-'}")
             raise UsageError("the model's trainable parameters differ from the job's tensors (names, order, "
                              "shapes):\n" + "\n".join(lines[:10]), reason="ERROR_REASON_MANIFEST")
+        devices = sorted({str(p.device) for _, p in self._params})
         for name, p in self._params:
-            if p.dtype != torch.float32 or p.device.type != "cpu":
-                raise UsageError(f"parameter {name} is {p.dtype} on {p.device}; gradacc.torch trains float32 "
-                                 "parameters on the CPU")
+            if p.dtype != torch.float32:
+                raise UsageError(f"parameter {name} is {p.dtype}; gradacc.torch trains float32 parameters (keep "
+                                 "them float32 and compute in lower precision with torch.autocast)")
+            if p.device.type not in ("cpu", "cuda"):
+                raise UsageError(f"parameter {name} is on {p.device}; gradacc.torch trains parameters on the CPU "
+                                 "or on one CUDA device")
+        if len(devices) > 1:
+            where = {d: [n for n, p in self._params if str(p.device) == d][:3] for d in devices}
+            raise UsageError(f"the model's trainable parameters are on {len(devices)} devices ({where}); "
+                             "gradacc.torch serves a model on one device per rank")
+        self._device = self._params[0][1].device
+        if self._device.type == "cuda":
+            self._staging = True
         window = job.get("window", {})
         expected = int(window.get("max_workers") or window.get("num_workers") or 0)
         if not int(window.get("max_workers") or 0) and expected != self.world_size:
@@ -266,6 +286,14 @@ class Worker:
     # -- parameters and gradients ----------------------------------------------
     def _install_parameters(self):
         with torch.no_grad():
+            if self._device.type != "cpu":
+                # One host-to-device copy of the whole vector, then
+                # device-to-device pieces: no synchronisation per parameter.
+                flat = torch.from_numpy(np.array(self.client.param(), copy=True)).to(self._device,
+                                                                                   non_blocking=True)
+                for info, (_, p) in zip(self.client.tensors, self._params):
+                    p.data.copy_(flat[info.offset:info.offset + info.size].view(p.shape))
+                return
             for index, (_, p) in enumerate(self._params):
                 source = self.client.param(index)
                 if p.data.is_contiguous():
@@ -273,10 +301,25 @@ class Worker:
                 else:
                     p.data.copy_(torch.from_numpy(source.copy()))
 
+    def _staged_grad(self, index):
+        """Parameter `index`'s piece of the flat staging buffer: shares its storage, has its own version counter."""
+        if self._flat_grad is None:
+            self._flat_grad = torch.zeros(self.client.num_elements, dtype=torch.float32, device=self._device)
+        info = self.client.tensors[index]
+        g = torch.empty(0, dtype=torch.float32, device=self._device)
+        strides, step = [], 1
+        for d in reversed(info.shape):
+            strides.insert(0, step)
+            step *= int(d)
+        g.set_(self._flat_grad.untyped_storage(), info.offset, tuple(info.shape), tuple(strides))
+        return g
+
     def _install_grads(self):
         self._grads, self._grad_ptr, self._grad_version, self._accumulated = [], [], [], []
+        if self._staging and self._flat_grad is not None:
+            self._flat_grad.zero_()
         for index, (_, p) in enumerate(self._params):
-            g = torch.from_numpy(self.client.grad(index))
+            g = self._staged_grad(index) if self._staging else torch.from_numpy(self.client.grad(index))
             p.grad = g
             self._grads.append(g)
             self._grad_ptr.append(g.data_ptr())
@@ -285,6 +328,7 @@ class Worker:
         self._micro_batches = 0
         self._samples = 0
         self._loss_sum = 0.0
+        self._bad_loss = None  # (micro-batch, value) of the window's first non-finite loss
 
     def _grad_problem(self, index):
         """What happened to parameter `index`'s .grad since the window opened, or None."""
@@ -355,6 +399,8 @@ class Worker:
         if root is not None and root.numel() == 1:
             loss = float(root.detach())
         samples = self._bw_samples
+        if not math.isfinite(loss) and self._bad_loss is None:
+            self._bad_loss = (self._micro_batches, loss)
         self._micro_batches += 1
         self._samples += samples
         self._loss_sum += loss * samples if self._mean else loss
@@ -390,10 +436,10 @@ class Worker:
             self._comm = mpi.World()
         with torch.no_grad():
             for b in buffers:
-                if b.is_contiguous():
+                if b.device.type == "cpu" and b.is_contiguous():
                     self._comm.broadcast(b.numpy(), 0)
                 else:
-                    c = b.contiguous()
+                    c = b.detach().to("cpu", copy=True).contiguous()
                     self._comm.broadcast(c.numpy(), 0)
                     b.copy_(c)
 
@@ -417,6 +463,25 @@ class Worker:
     def samples(self):
         """Samples recorded in the open window."""
         return self._samples
+
+    def discard(self):
+        """Drops this rank's gradients of the open window, so that it can be computed again.
+
+        Every ``.grad`` becomes the window buffer's zeroed view again (also
+        one that was set to None, replaced or modified in place), the
+        window's micro-batches and samples are forgotten, nothing is pushed
+        and the version stays. The documented way out after a refusal: a
+        ``NOT_FINITE`` gradient or loss, a caught ``.grad`` change, a batch
+        you want to skip. Exactly once holds (see
+        :meth:`gradacc.Client.discard`). Raises :class:`gradacc.UsageError`
+        inside a backward pass.
+        """
+        if self._closed:
+            raise UsageError("this gradacc.torch worker is closed")
+        if self._in_backward:
+            raise UsageError("discard() inside a backward pass")
+        self.client.discard()
+        self._install_grads()
 
     def step(self, allow_empty=False):
         """Ends the window: checks the gradients, pushes, waits, installs the new parameters.
@@ -443,8 +508,19 @@ class Worker:
             problem = self._grad_problem(index)
             if problem is not None:
                 raise self._usage(problem)
+        if self._bad_loss is not None:
+            k, value = self._bad_loss
+            raise Error(f"the loss of micro-batch {k} of window {self.version} is {value}, not finite (so are, most "
+                        "likely, the gradients it added): nothing was pushed; worker.discard() drops the window's "
+                        "gradients so that it can be computed again", code="INVALID_ARGUMENT", grpc_code=3,
+                        reason="ERROR_REASON_NOT_FINITE", action="CLIENT_ACTION_FIX_REQUEST",
+                        metadata={"tensor": "loss", "micro_batch": str(k), "window": str(self.version)})
         if self._micro_batches == 0 and allow_empty:
             self.client.add_micro_batch(0, 0.0)
+        if self._staging:
+            # The window's gradients into its buffer (device to host for
+            # CUDA), then the push reads them from there.
+            torch.from_numpy(self.client.grad()).copy_(self._flat_grad)
         result = self.client.step()
         self._install_parameters()
         self._install_grads()
@@ -501,7 +577,7 @@ class Worker:
 
 
 def connect(model, optimizer=None, *, server, rank=None, world_size=None, loss_reduction="mean", samples_of=None,
-            broadcast_buffers=True, comm=None, **client_options):
+            broadcast_buffers=True, comm=None, staging=False, **client_options):
     """Trains `model` through the gradacc server at `server`: returns its :class:`Worker`.
 
     Joins the job, checks that the model's trainable parameters are the
@@ -511,7 +587,8 @@ def connect(model, optimizer=None, *, server, rank=None, world_size=None, loss_r
     buffer as each parameter's ``.grad``.
 
     Args:
-      model: a ``torch.nn.Module`` with float32 parameters on the CPU.
+      model: a ``torch.nn.Module`` with float32 parameters, all on the CPU
+        or all on one CUDA device.
       optimizer: the ``torch.optim`` optimizer the job was made from (its
         ``step`` and ``zero_grad`` are taken over), or None.
       server: ``HOST:PORT`` of the gradacc server.
@@ -526,6 +603,10 @@ def connect(model, optimizer=None, *, server, rank=None, world_size=None, loss_r
         dimension).
       broadcast_buffers, comm: see the module docstring (comm: an object
         with ``broadcast(ndarray, root)``; default MPI_COMM_WORLD).
+      staging: each ``.grad`` a tensor of gradacc.torch's own, copied into
+        the window's buffer when the window ends, instead of a view of that
+        buffer (the same bits; what CUDA parameters always get). Default
+        False on the CPU.
       client_options: passed to :func:`gradacc.connect` (TLS, tokens,
         timeouts, ``shared_memory``, ``hierarchical``, ...).
 
@@ -542,7 +623,7 @@ def connect(model, optimizer=None, *, server, rank=None, world_size=None, loss_r
         raise UsageError(f"rank {rank} outside world_size {world_size}", reason="ERROR_REASON_UNKNOWN_WORKER")
     client = _connect_client(server, rank, **client_options)
     worker = Worker(model, optimizer, client, world_size=world_size, loss_reduction=loss_reduction,
-                    samples_of=samples_of, comm=comm, broadcast_buffers=broadcast_buffers)
+                    samples_of=samples_of, comm=comm, broadcast_buffers=broadcast_buffers, staging=staging)
     try:
         worker._attach()
     except BaseException:

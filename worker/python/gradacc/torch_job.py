@@ -31,59 +31,113 @@ def _refuse(what):
     raise UsageError(f"cannot express this as a gradacc job: {what}", reason="ERROR_REASON_UNSUPPORTED")
 
 
-def _only_group(optimizer):
+def _only_group(optimizer, model=None):
+    """The options of the groups that hold a trainable parameter (they must all be equal).
+
+    A group of frozen parameters only (``requires_grad=False``) never steps
+    in torch, so its options do not matter."""
     groups = optimizer.param_groups
     if not groups:
         _refuse("the optimizer has no parameter group")
-    first = {k: v for k, v in groups[0].items() if k != "params"}
-    for i, g in enumerate(groups[1:], start=1):
+    names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+    stepped = [(i, g) for i, g in enumerate(groups) if any(p.requires_grad for p in g["params"])] or \
+        list(enumerate(groups))
+    first_index, first_group = stepped[0]
+    first = {k: v for k, v in first_group.items() if k != "params"}
+    for i, g in stepped[1:]:
         other = {k: v for k, v in g.items() if k != "params"}
         if other != first:
-            _refuse(f"parameter group {i} has other options than group 0 ({other} vs {first}); the server "
+            differ = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+            tensors = [names.get(id(p), f"<parameter #{j} of group {i}>") for j, p in enumerate(g["params"])]
+            _refuse(f"parameter group {i} ({_some(tensors)}) has other {differ} than group {first_index} "
+                    f"({ {k: other.get(k) for k in differ} } vs { {k: first.get(k) for k in differ} }); the server "
                     "applies one set of options to every tensor")
     return first
 
 
-def _check_flags(name, group, allowed, must_be_false):
-    unknown = sorted(set(group) - set(allowed) - set(must_be_false) - {"initial_lr"})
-    if unknown:
-        _refuse(f"{name} options {unknown} are not known to gradacc")
-    for key in must_be_false:
-        if group.get(key):
-            _refuse(f"{name}({key}=True) is not supported by the server's optimizer")
+def _some(names, limit=6):
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def optimizer_spec(optimizer):
+# Every parameter-group key torch.optim (1.13 to 2.x) puts into SGD's, Adam's
+# and AdamW's groups, and how gradacc treats it:
+#   _CARRIED: the job carries the value (the server computes with it);
+#   _EXACT_VALUES: implementation choices; the values listed compute what
+#     the server computes, bit for bit (None: any value does). Any other
+#     value is refused, naming the key: the server cannot honour it.
+# A key not in these tables (a newer torch's) is refused, naming it.
+_CARRIED = {
+    "SGD": ("lr", "momentum", "dampening", "weight_decay", "nesterov", "initial_lr"),
+    "Adam": ("lr", "betas", "eps", "weight_decay", "amsgrad", "initial_lr"),
+}
+_EXACT_VALUES = {
+    # torch's multi-tensor (foreach) and per-tensor loops apply the same
+    # operations in the same order to every element (the Debian 13 tier
+    # holds torch's own results of both to equal bits).
+    "foreach": (None, "any value: the per-tensor and the multi-tensor loops compute the same bits"),
+    # The fused kernels (CPU since torch 2.4, CUDA) round differently.
+    "fused": ((None, False), "fused=True runs torch's fused kernel, whose rounding the server does not reproduce"),
+    "capturable": ((False,), "capturable=True keeps the step count on the device for CUDA graphs"),
+    "differentiable": ((False,), "differentiable=True makes the step part of an autograd graph"),
+    "maximize": ((False,), "maximize=True (gradient ascent) is not an option of the server's optimizers"),
+    # torch >= 2.7: Adam(decoupled_weight_decay=True) is AdamW (optimizer_spec
+    # maps it); AdamW always has True.
+    "decoupled_weight_decay": (None, "True makes Adam AdamW"),
+}
+
+
+def _check_keys(name, group):
+    carried = _CARRIED["SGD" if name == "SGD" else "Adam"]
+    for key in sorted(group):
+        if key in carried:
+            continue
+        if key not in _EXACT_VALUES:
+            _refuse(f"{name} option {key}={group[key]!r} is not known to gradacc (known: "
+                    f"{sorted(carried + tuple(_EXACT_VALUES))})")
+        exact, why = _EXACT_VALUES[key]
+        if exact is not None and group[key] not in exact:
+            _refuse(f"{name}({key}={group[key]!r}): {why}; gradacc computes what "
+                    f"{' or '.join(f'{key}={v!r}' for v in exact)} computes")
+
+
+def optimizer_spec(optimizer, model=None):
     """The job's ``optimizer`` (``gradacc.v1.OptimizerSpec``, JSON mapping) for a torch.optim optimizer.
 
     ``torch.optim.SGD`` (momentum, dampening, nesterov, weight_decay),
     ``Adam`` and ``AdamW`` (betas, eps, weight_decay, amsgrad), with one set
-    of options for every parameter. ``maximize``, ``capturable``,
-    ``differentiable``, ``fused``, several parameter groups with different
-    options, a beta or eps of 0 (the job reads 0 as "default") and other
-    optimizers raise :class:`gradacc.UsageError` (``ERROR_REASON_UNSUPPORTED``).
+    of options for every group that holds a trainable parameter. The
+    implementation keys torch adds to every group (``foreach``, ``fused``,
+    ``capturable``, ``differentiable``, ``maximize``, torch 2.7's
+    ``decoupled_weight_decay``) are accepted at every value that computes
+    what the server computes (``foreach`` any, ``fused`` None or False, the
+    others False). ``fused=True``, ``capturable=True``,
+    ``differentiable=True``, ``maximize=True``, keys gradacc does not know,
+    several groups with different options, a beta or eps of 0 (the job
+    reads 0 as "default") and other optimizers raise
+    :class:`gradacc.UsageError` (``ERROR_REASON_UNSUPPORTED``) naming the
+    key. `model` (optional) names the tensors in such messages.
     """
-    group = _only_group(optimizer)
+    group = _only_group(optimizer, model)
     lr = float(group.get("initial_lr", group["lr"]))
     if not lr > 0:
         _refuse(f"learning rate {lr} (must be > 0)")
     kind = type(optimizer)
     if kind is torch.optim.SGD:
-        _check_flags("SGD", group, ("lr", "momentum", "dampening", "weight_decay", "nesterov", "foreach"),
-                     ("maximize", "differentiable"))
+        _check_keys("SGD", group)
         return {"kind": "KIND_SGD", "lr": lr,
                 "sgd": {"momentum": float(group["momentum"]), "dampening": float(group["dampening"]),
                         "nesterov": bool(group["nesterov"]), "weight_decay": float(group["weight_decay"])}}
     if kind in (torch.optim.Adam, torch.optim.AdamW):
         name = kind.__name__
-        _check_flags(name, group, ("lr", "betas", "eps", "weight_decay", "amsgrad", "foreach"),
-                     ("maximize", "capturable", "differentiable", "fused"))
+        _check_keys(name, group)
         beta1, beta2 = (float(b) for b in group["betas"])
         eps = float(group["eps"])
         for label, value in (("beta1", beta1), ("beta2", beta2), ("eps", eps)):
             if value == 0:
                 _refuse(f"{name} with {label} = 0 (a job reads 0 as the default)")
-        return {"kind": "KIND_ADAM" if kind is torch.optim.Adam else "KIND_ADAMW", "lr": lr,
+        decoupled = kind is torch.optim.AdamW or bool(group.get("decoupled_weight_decay", False))
+        return {"kind": "KIND_ADAMW" if decoupled else "KIND_ADAM", "lr": lr,
                 "adam": {"beta1": beta1, "beta2": beta2, "eps": eps,
                          "weight_decay": float(group["weight_decay"]), "amsgrad": bool(group["amsgrad"])}}
     _refuse(f"optimizer {kind.__module__}.{kind.__qualname__}: the server runs torch.optim.SGD, Adam and AdamW")
@@ -144,6 +198,30 @@ def schedule_spec(scheduler, optimizer=None):
     return _main_schedule(scheduler)
 
 
+def _check_optimized(model, optimizer):
+    """The optimizer holds every trainable parameter of the model, and nothing from elsewhere.
+
+    Frozen parameters (``requires_grad=False``) may be in it, as torch
+    allows: they get no gradient, so torch.optim skips them, and they are
+    not the job's tensors."""
+    everything = {id(p): (n, p) for n, p in model.named_parameters()}
+    optimized = set()
+    foreign = []
+    for i, g in enumerate(optimizer.param_groups):
+        for j, p in enumerate(g["params"]):
+            optimized.add(id(p))
+            if id(p) not in everything:
+                foreign.append(f"group {i} #{j} {tuple(p.shape)}")
+    if foreign:
+        _refuse(f"the optimizer holds {len(foreign)} tensor(s) that are not parameters of the model "
+                f"({_some(foreign)}); build it from model.parameters()")
+    missing = [n for n, p in trainable(model) if id(p) not in optimized]
+    if missing:
+        _refuse(f"the model's trainable parameters {_some(missing)} (requires_grad=True) are not in the "
+                "optimizer: torch would never step them, so the job cannot describe them — add them to the "
+                "optimizer, or set requires_grad=False")
+
+
 def job_spec(model, optimizer, scheduler=None, *, workers, micro_batches, micro_batch_size, total_steps=None,
              epochs=None, train_samples=None, job_id="torch", clip_grad_norm=0.0, seed=0, hints=None,
              safetensors_path=None):
@@ -153,8 +231,10 @@ def job_spec(model, optimizer, scheduler=None, *, workers, micro_batches, micro_
       model: the ``nn.Module``; its trainable parameters, in
         ``named_parameters()`` order, are the job's tensors (all float32).
       optimizer, scheduler: see :func:`optimizer_spec` and
-        :func:`schedule_spec`; the optimizer must hold exactly the model's
-        trainable parameters.
+        :func:`schedule_spec`; the optimizer must hold every trainable
+        parameter of the model and may hold frozen ones
+        (``requires_grad=False``: torch skips them, and they are not job
+        tensors), nothing else.
       workers, micro_batches, micro_batch_size: the window geometry (ranks,
         micro-batches per rank and window, samples per micro-batch; the last
         two are advisory for workers).
@@ -169,15 +249,11 @@ def job_spec(model, optimizer, scheduler=None, *, workers, micro_batches, micro_
     params = trainable(model)
     if not params:
         _refuse("the model has no trainable parameter")
-    optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    names = {id(p): n for n, p in params}
-    if optimized != set(names):
-        missing = sorted(names[i] for i in set(names) - optimized)
-        _refuse(f"the optimizer must hold exactly the model's trainable parameters (missing: {missing}, "
-                f"{len(optimized - set(names))} foreign)")
+    _check_optimized(model, optimizer)
     for name, p in params:
         if p.dtype != torch.float32:
-            _refuse(f"parameter {name} is {p.dtype}; gradacc trains float32 tensors")
+            _refuse(f"parameter {name} is {p.dtype}; gradacc trains float32 tensors (autocast keeps float32 "
+                    "parameters)")
     window = workers * micro_batches * micro_batch_size
     if total_steps is None:
         if epochs is None or train_samples is None:
@@ -187,7 +263,7 @@ def job_spec(model, optimizer, scheduler=None, *, workers, micro_batches, micro_
     spec = {
         "job_id": job_id,
         "model": {"tensors": tensors},
-        "optimizer": optimizer_spec(optimizer),
+        "optimizer": optimizer_spec(optimizer, model),
         "schedule": schedule_spec(scheduler, optimizer),
         "window": {"num_workers": int(workers), "micro_batches": int(micro_batches),
                    "micro_batch_size": int(micro_batch_size)},
@@ -223,7 +299,7 @@ def write_job(path, model, optimizer, scheduler=None, **geometry):
     text = _core.job_text_from_json(json.dumps(spec))  # raises gradacc.Error when the server would refuse it
     tensors = [(n, p.detach().cpu().contiguous().numpy()) for n, p in trainable(model)]
     _core.save_safetensors(weights, tensors, {"format": "pt", "job_id": spec["job_id"]})
-    with open(path + ".tmp", "w") as f:
-        f.write(json.dumps(spec, indent=2) + "\n" if ext == ".json" else text)
-    os.replace(path + ".tmp", path)
+    # 0600 and atomic, as every file gradacc writes (common/files.h).
+    body = json.dumps(spec, indent=2) + "\n" if ext == ".json" else text
+    _core.write_file_atomically(path, body.encode())
     return path, weights

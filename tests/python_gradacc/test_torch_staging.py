@@ -1,0 +1,116 @@
+"""gradacc.torch's staging mode and CPU bf16 autocast.
+
+* Staging (``connect(..., staging=True)``: each ``.grad`` a tensor of
+  gradacc.torch's own, one flat buffer, copied into the window's buffer at
+  the window's end: what CUDA parameters always get, run here on CPU
+  tensors) gives the bits of the view mode (each ``.grad`` a view of the
+  window's buffer), for the CNN and a transformer, 2 ranks x 4 uneven
+  micro-batches on shared memory and 1 x 8 on gRPC.
+* CPU ``torch.autocast(dtype=torch.bfloat16)`` with float32 parameters
+  equals one PyTorch process running the same micro-batches under the same
+  autocast, each micro-batch's gradient weighted by its samples and summed
+  in gradacc's order (models.same_sums' arithmetic): per tensor relative
+  error <= BF16_TOLERANCE (the server's division and the optimizer are
+  float32 operations in another order than torch's: rounding, not bf16, is
+  the floor).
+"""
+import unittest
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import harness
+import models
+
+import gradacc
+import gradacc.torch
+
+WINDOWS = 6
+BF16_TOLERANCE = 1e-6
+
+
+def same_bits(a, b):
+    return set(a) == set(b) and all(np.array_equal(a[n].view(np.uint32), b[n].view(np.uint32)) for n in a)
+
+
+class StagingTest(harness.ServerTestCase):
+
+    def run_job(self, model, world, k, options):
+        folder = harness.temp_dir(f"staging-{model}-{world}x{k}")
+        job = models.write_job(folder, model, "adamw", world, k, total_steps=WINDOWS)
+        server = self.start_server(folder, [f"--job={job}", f"--output={folder}/final.safetensors"])
+        results = models.train_threads(server.address, model, "adamw", world, k, options=options)
+        self.assertEqual(server.stop(), 0, server.log())
+        final, _ = gradacc.load_safetensors(f"{folder}/final.safetensors")
+        for rank in range(world):
+            self.assertTrue(same_bits(results[rank], final), f"rank {rank} differs from the server")
+        return final
+
+    def test_staging_gives_the_bits_of_views(self):
+        for model in ("cnn", "transformer"):
+            for world, k, shm in ((2, 4, True), (1, 8, False)):
+                with self.subTest(model=model, geometry=f"{world}x{k}", shared_memory=shm):
+                    view = self.run_job(model, world, k, {"shared_memory": shm})
+                    staged = self.run_job(model, world, k, {"shared_memory": shm, "staging": True})
+                    self.assertTrue(same_bits(view, staged), f"{model}: staging and views give other bits")
+
+
+class AutocastTest(harness.ServerTestCase):
+
+    def reference(self):
+        """models.same_sums with each micro-batch's forward under CPU bf16 autocast."""
+        torch.set_num_threads(1)
+        m, opt = models.fresh("mlp", "adamw")
+        x, y = models.dataset("mlp")
+        for t in range(WINDOWS):
+            slots = models.window_slots(t)
+            acc = [torch.zeros_like(p) for p in m.parameters()]
+            for idx in slots:
+                if len(idx) == 0:
+                    continue
+                m.zero_grad(set_to_none=True)
+                i = torch.from_numpy(idx)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = F.cross_entropy(m(x[i]), y[i])
+                loss.backward()
+                for a, p in zip(acc, m.parameters()):
+                    a += p.grad * len(idx)
+            samples = sum(len(idx) for idx in slots)
+            for a, p in zip(acc, m.parameters()):
+                p.grad = a / samples
+            opt.step()
+        return {n: p.detach().numpy().copy() for n, p in m.named_parameters()}
+
+    def test_cpu_bf16_autocast_equals_one_process(self):
+        torch.set_num_threads(1)
+        folder = harness.temp_dir("autocast")
+        job = models.write_job(folder, "mlp", "adamw", 1, 8, total_steps=WINDOWS)
+        server = self.start_server(folder, [f"--job={job}", f"--output={folder}/final.safetensors"])
+        m, opt = models.fresh("mlp", "adamw", seed=77)
+        x, y = models.dataset("mlp")
+        worker = gradacc.torch.connect(m, opt, server=server.address, rank=0, world_size=1, connect_timeout_s=20,
+                                       window_timeout_s=60)
+        while not worker.done:
+            for idx in models.window_slots(worker.version):
+                if len(idx):
+                    i = torch.from_numpy(idx)
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        loss = F.cross_entropy(m(x[i]), y[i])
+                    self.assertEqual(loss.dtype, torch.float32)
+                    loss.backward()
+            worker.step()
+        worker.close()
+        self.assertEqual(server.stop(), 0, server.log())
+        final, _ = gradacc.load_safetensors(f"{folder}/final.safetensors")
+        want = self.reference()
+        errors = harness.relative_errors(final, want)
+        print(f"bf16 autocast: worst per-tensor relative error {max(errors.values()):.2e}", flush=True)
+        self.assertLessEqual(max(errors.values()), BF16_TOLERANCE, errors)
+        # The autocast really computed in bf16: float32 gives other numbers.
+        self.assertGreater(max(harness.relative_errors(final, models.same_sums(
+            "mlp", models.OPTIMIZERS["adamw"], windows=WINDOWS)).values()), 1e-4)
+
+
+if __name__ == "__main__":
+    unittest.main()
