@@ -263,6 +263,19 @@ FlatRange PartOf(const ModelLayout::Tensor& t, uint64_t begin, uint64_t end) {
   return r;
 }
 
+TensorsOfRange TensorsIn(const ModelLayout& layout, FlatRange range) {
+  TensorsOfRange out;
+  out.bounds.push_back(0);
+  const auto& tensors = layout.tensors();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const FlatRange part = PartOf(tensors[i], range.begin, range.end);
+    if (part.empty()) continue;
+    out.ids.push_back(static_cast<uint32_t>(i));
+    out.bounds.push_back(part.end - range.begin);
+  }
+  return out;
+}
+
 uint64_t SplitMix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;

@@ -53,6 +53,15 @@ struct FlatRange {
 // none): a shard's part of a tensor.
 FlatRange PartOf(const ModelLayout::Tensor& t, uint64_t begin, uint64_t end);
 
+// The tensors whose parts lie in `range`, in job order: their indices, and
+// where each part lies within the range (part i is [bounds[i],
+// bounds[i + 1]); bounds[0] = 0, bounds.back() = range.size()).
+struct TensorsOfRange {
+  std::vector<uint32_t> ids;
+  std::vector<uint64_t> bounds;
+};
+TensorsOfRange TensorsIn(const ModelLayout& layout, FlatRange range);
+
 // The flat elements [begin, end) shard `shard` of `num_shards` owns:
 // boundaries start at floor(i * N / num_shards) and move to the end of the
 // tensor they fall in when that tensor is small (at most

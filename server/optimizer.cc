@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "common/parallel.h"
@@ -106,15 +108,15 @@ GRADACC_FMA_CLONES void AdamKernel(
 class Sgd final : public Optimizer {
  public:
   Sgd(const v1::SgdOptions& o, uint64_t n)
-      : momentum_(static_cast<float>(o.momentum())),
+      : Optimizer(n),
+        momentum_(static_cast<float>(o.momentum())),
         one_minus_dampening_(static_cast<float>(1 - o.dampening())),
         weight_decay_(static_cast<float>(o.weight_decay())),
         nesterov_(o.nesterov()),
         momentum_buffer_(o.momentum() != 0 ? n : 0) {}
 
-  Piece Prepare(absl::Span<float> params, double lr) override {
-    const bool first = steps_ == 0;
-    ++steps_;
+  Piece PrepareAt(absl::Span<float> params, double lr, uint64_t step) override {
+    const bool first = step == 1;
     float* const p = params.data();
     float* const buf = momentum_buffer_.data();
     return [=](size_t b, size_t e, const float* g) {
@@ -147,7 +149,8 @@ class Sgd final : public Optimizer {
 class Adam final : public Optimizer {
  public:
   Adam(const v1::AdamOptions& o, bool decoupled, uint64_t n)
-      : beta1_(o.beta1()),
+      : Optimizer(n),
+        beta1_(o.beta1()),
         beta2_(o.beta2()),
         eps_(o.eps()),
         weight_decay_(o.weight_decay()),
@@ -157,9 +160,8 @@ class Adam final : public Optimizer {
         exp_avg_sq_(n),
         max_exp_avg_sq_(o.amsgrad() ? n : 0) {}
 
-  Piece Prepare(absl::Span<float> params, double lr) override {
-    ++steps_;
-    const double t = static_cast<double>(steps_);
+  Piece PrepareAt(absl::Span<float> params, double lr, uint64_t step) override {
+    const double t = static_cast<double>(step);
     const double bias_correction1 = 1 - std::pow(beta1_, t);
     const double bias_correction2 = 1 - std::pow(beta2_, t);
     const float neg_step_size = static_cast<float>(-(lr / bias_correction1));
@@ -194,9 +196,65 @@ class Adam final : public Optimizer {
 
 }  // namespace
 
-void Optimizer::Step(absl::Span<float> params, absl::Span<const float> grad, double lr, size_t min_per_thread) {
-  const Piece piece = Prepare(params, lr);
+void Optimizer::Step(absl::Span<float> params, absl::Span<const float> grad, double lr, size_t min_per_thread,
+                     const std::vector<bool>* stepped) {
+  const Piece piece = Prepare(params, lr, stepped);
   ParallelFor(params.size(), [&](size_t b, size_t e) { piece(b, e, grad.data() + b); }, min_per_thread);
+}
+
+Optimizer::Piece Optimizer::Prepare(absl::Span<float> params, double lr, const std::vector<bool>* stepped) {
+  ++steps_;
+  const size_t n = num_tensors();
+  // Each stepped tensor's piece, shared by the tensors at the same count
+  // (all of them, unless some were left out of earlier windows).
+  std::map<uint64_t, Piece> by_step;
+  auto of_tensor = std::make_shared<std::vector<const Piece*>>(n, nullptr);
+  bool all = true;
+  for (size_t t = 0; t < n; ++t) {
+    if (stepped != nullptr && !(*stepped)[t]) {
+      all = false;
+      continue;
+    }
+    const uint64_t step = ++tensor_steps_[t];
+    auto [it, fresh] = by_step.try_emplace(step);
+    if (fresh) it->second = PrepareAt(params, lr, step);
+    (*of_tensor)[t] = &it->second;
+  }
+  if (all && by_step.size() == 1) return std::move(by_step.begin()->second);
+  auto pieces = std::make_shared<std::map<uint64_t, Piece>>(std::move(by_step));
+  return [pieces, of_tensor, bounds = bounds_](size_t b, size_t e, const float* g) {
+    // The tensors [b, e) overlaps, each through its own piece (or none).
+    size_t t = static_cast<size_t>(std::upper_bound(bounds.begin(), bounds.end(), b) - bounds.begin()) - 1;
+    for (; t + 1 < bounds.size() && bounds[t] < e; ++t) {
+      const size_t lo = std::max<size_t>(b, bounds[t]), hi = std::min<size_t>(e, bounds[t + 1]);
+      if ((*of_tensor)[t] != nullptr && lo < hi) (*(*of_tensor)[t])(lo, hi, g + (lo - b));
+    }
+  };
+}
+
+void Optimizer::SetTensors(std::vector<uint64_t> bounds) {
+  bounds_ = std::move(bounds);
+  tensor_steps_.assign(num_tensors(), steps_);
+}
+
+void Optimizer::set_steps(uint64_t steps) {
+  steps_ = steps;
+  std::fill(tensor_steps_.begin(), tensor_steps_.end(), steps);
+}
+
+absl::Status Optimizer::set_tensor_steps(const std::vector<uint64_t>& steps) {
+  if (steps.size() != tensor_steps_.size()) {
+    return absl::DataLossError(absl::StrCat("checkpoint holds step counts of ", steps.size(), " tensors; this server "
+                                            "steps ", tensor_steps_.size()));
+  }
+  for (uint64_t s : steps) {
+    if (s > steps_) {
+      return absl::DataLossError(absl::StrCat("checkpoint gives a tensor ", s, " steps, more than the ", steps_,
+                                              " windows stepped"));
+    }
+  }
+  tensor_steps_ = steps;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Optimizer>> Optimizer::Create(const v1::OptimizerSpec& spec,

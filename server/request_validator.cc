@@ -104,7 +104,23 @@ absl::Status RequestValidator::CheckPushHeader(const v1::PushHeader& h) const {
   if (h.tensors_size() > 0) {
     if (absl::Status s = CheckManifest(h); !s.ok()) return s;
   }
+  if (absl::Status s = CheckUntouched(h); !s.ok()) return s;
   return CheckCovers(h.worker(), h.covers());
+}
+
+absl::Status RequestValidator::CheckUntouched(const v1::PushHeader& h) const {
+  const auto& untouched = h.untouched_tensors();
+  const size_t tensors = layout_->tensors().size();
+  for (int i = 0; i < untouched.size(); ++i) {
+    if (untouched[i] >= tensors || (i > 0 && untouched[i] <= untouched[i - 1])) {
+      return Refusal(v1::ERROR_REASON_BAD_VALUE,
+                     absl::StrFormat("untouched_tensors must list tensor indices below %d in increasing order; "
+                                     "entry %d is %d%s",
+                                     tensors, i, untouched[i], i > 0 ? absl::StrCat(" after ", untouched[i - 1]) : ""),
+                     {{"field", "untouched_tensors"}});
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace gradacc

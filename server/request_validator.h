@@ -30,8 +30,8 @@ class RequestValidator {
   // UNKNOWN_WORKER.
   absl::Status CheckCaller(absl::string_view job_id, uint32_t worker) const;
   // CheckCaller, then the header's own fields: SIZE, SAMPLES, NOT_FINITE
-  // (loss), WIRE_FORMAT, MANIFEST, COVERS (not other workers in increasing
-  // order).
+  // (loss), WIRE_FORMAT, MANIFEST, BAD_VALUE (untouched_tensors), COVERS
+  // (not other workers in increasing order).
   absl::Status CheckPushHeader(const v1::PushHeader& h) const;
   // CheckCaller and the covers of a join.
   absl::Status CheckJoin(const v1::JoinRequest& request) const;
@@ -41,6 +41,8 @@ class RequestValidator {
  private:
   absl::Status CheckManifest(const v1::PushHeader& h) const;
   absl::Status CheckCovers(uint32_t worker, const google::protobuf::RepeatedField<uint32_t>& covers) const;
+  // BAD_VALUE unless untouched_tensors are job tensor indices in increasing order.
+  absl::Status CheckUntouched(const v1::PushHeader& h) const;
 
   const v1::JobSpec* const spec_;
   const ModelLayout* const layout_;

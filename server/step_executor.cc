@@ -16,6 +16,7 @@ StepExecutor::StepExecutor(const v1::JobSpec* spec, const ModelLayout* layout, F
     : spec_(spec),
       range_(range),
       num_shards_(num_shards),
+      tensor_ids_(TensorsIn(*layout, range).ids),
       reducer_(layout, range, options),
       params_(std::move(params)),
       optimizer_(std::move(optimizer)) {}
@@ -29,6 +30,32 @@ float StepExecutor::Divisor(const ClosingWindow& w, uint64_t samples) const {
     default:
       return 0;
   }
+}
+
+std::vector<bool> StepExecutor::Stepped(const ClosingWindow& w) const {
+  std::vector<bool> stepped(tensor_ids_.size(), false);
+  size_t count = 0;
+  bool any = false;
+  for (const Slot& slot : w.slots) {
+    // A covered worker's slot has no gradient of its own: its pusher's
+    // list speaks for it.
+    if (slot.grad.size() == 0) continue;
+    any = true;
+    if (slot.untouched.empty()) return {};
+    // Both lists are increasing: one merge.
+    auto u = slot.untouched.begin();
+    for (size_t i = 0; i < tensor_ids_.size(); ++i) {
+      while (u != slot.untouched.end() && *u < tensor_ids_[i]) ++u;
+      if (!stepped[i] && (u == slot.untouched.end() || *u != tensor_ids_[i])) {
+        stepped[i] = true;
+        ++count;
+      }
+    }
+    if (count == stepped.size()) return {};
+  }
+  // No contribution at all (a window without sources) steps as before.
+  if (!any) return {};
+  return stepped;
 }
 
 absl::StatusOr<float> StepExecutor::GlobalNorm(uint64_t window, NormExchange* exchange,
@@ -68,6 +95,7 @@ absl::StatusOr<StepReport> StepExecutor::Run(ClosingWindow& window, NormExchange
   const bool no_gradient =
       sources.empty() || (spec_->reduction() == v1::REDUCTION_MEAN_OVER_SAMPLES && r.samples == 0);
   r.lr = LearningRateAt(spec_->optimizer(), spec_->schedule(), window.window);
+  const std::vector<bool> stepped = Stepped(window);
   const float max_norm = static_cast<float>(spec_->clipping().max_norm());
   if (max_norm <= 0 && !no_gradient) {
     // Nothing needs the norm before the step: one pass over memory reduces,
@@ -77,7 +105,7 @@ absl::StatusOr<StepReport> StepExecutor::Run(ClosingWindow& window, NormExchange
     // next shards.
     MutexLock lock(&mu_);
     before_write();
-    const Optimizer::Piece step = optimizer_->Prepare(params_.span(), r.lr);
+    const Optimizer::Piece step = optimizer_->Prepare(params_.span(), r.lr, stepped.empty() ? nullptr : &stepped);
     const Reducer::FusedSums sums = reducer_.Fused(sources, divisor, step);
     for (size_t k = 0; k < with_gradient.size(); ++k) with_gradient[k]->grad_norm = std::sqrt(sums.sources[k]);
     std::vector<float> tensor_sums(sums.tensors.begin(), sums.tensors.end());
@@ -114,7 +142,8 @@ absl::StatusOr<StepReport> StepExecutor::Run(ClosingWindow& window, NormExchange
   }
   MutexLock lock(&mu_);
   before_write();
-  optimizer_->Step(params_.span(), reduced_.span(), r.lr, reducer_.options().parallel_min_elements);
+  optimizer_->Step(params_.span(), reduced_.span(), r.lr, reducer_.options().parallel_min_elements,
+                   stepped.empty() ? nullptr : &stepped);
   r.apply_time = absl::Now() - t1;
   return r;
 }

@@ -61,14 +61,20 @@ class StepExecutor {
   absl::Span<const float> params() const ABSL_NO_THREAD_SAFETY_ANALYSIS { return params_.span(); }
   std::vector<std::pair<std::string, const FloatBuffer*>> OptimizerState() const;
   uint64_t optimizer_steps() const { return optimizer_->steps(); }
+  // Each tensor's own step count (the tensors of this server's range).
+  const std::vector<uint64_t>& tensor_steps() const { return optimizer_->tensor_steps(); }
 
  private:
   float Divisor(const ClosingWindow& w, uint64_t samples) const;
+  // Which of this range's tensors some contribution touched
+  // (PushHeader.untouched_tensors); empty when every one was.
+  std::vector<bool> Stepped(const ClosingWindow& w) const;
   absl::StatusOr<float> GlobalNorm(uint64_t window, NormExchange* exchange, std::vector<float>* tensor_sums);
 
   const v1::JobSpec* const spec_;
   const FlatRange range_;
   const uint32_t num_shards_;
+  const std::vector<uint32_t> tensor_ids_;  // the job indices of the tensors in range_
   const Reducer reducer_;
   mutable Mutex mu_;  // the step lock
   FloatBuffer params_ ABSL_GUARDED_BY(mu_);

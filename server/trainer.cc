@@ -197,8 +197,13 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(v1::JobSpec spec, Train
                                                range.size()));
   }
   GRADACC_ASSIGN_OR_RETURN(std::unique_ptr<Optimizer> optimizer, Optimizer::Create(spec.optimizer(), range.size()));
+  optimizer->SetTensors(TensorsIn(layout, range).bounds);
   if (restored.has_value()) {
     optimizer->set_steps(restored->state.optimizer_steps());
+    if (restored->state.tensor_steps_size() > 0) {
+      GRADACC_RETURN_IF_ERROR(optimizer->set_tensor_steps(
+          {restored->state.tensor_steps().begin(), restored->state.tensor_steps().end()}));
+    }
     for (auto& state : optimizer->StateBuffers()) {
       const std::string& name = state.first;
       auto it = std::find_if(restored->optimizer.begin(), restored->optimizer.end(),
@@ -339,6 +344,7 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
   slot.micro_batches = h.micro_batches();
   slot.loss_sum = h.loss_sum();
   slot.key = h.contribution_key();
+  slot.untouched.assign(h.untouched_tensors().begin(), h.untouched_tensors().end());
   slot.attempt = std::max(1u, h.attempt());
   slot.arrival = now;
   std::optional<LateNote> late;

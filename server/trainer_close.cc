@@ -71,6 +71,7 @@ v1::CheckpointState Trainer::DurableState(uint64_t version, const v1::StepRecord
   if (record != nullptr) *s.add_unlogged_steps() = *record;
   s.set_written_unix_micros(absl::ToUnixMicros(absl::Now()));
   s.set_optimizer_steps(executor_->optimizer_steps());
+  for (uint64_t steps : executor_->tensor_steps()) s.add_tensor_steps(steps);
   s.set_shard(options_.shard);
   s.set_num_shards(options_.num_shards);
   s.set_shard_begin(range_.begin);

@@ -37,6 +37,9 @@ struct Slot {
   uint32_t duplicates = 0;
   double grad_norm = 0;
   absl::Time arrival;
+  // PushHeader.untouched_tensors: the job's tensors this contribution has
+  // no gradient for (increasing; empty: it touched all).
+  std::vector<uint32_t> untouched;
 };
 
 // A window handed over to be reduced and stepped.

@@ -8,6 +8,13 @@
 //   offset(k,v,m,i) = (((i * 7 + k * 5 + v * 3 + m) % 9) - 4) * 0.01
 //   loss_sum        = s * 0.5 (bookkeeping only)
 // client_integration_test.cc recomputes the same trajectory independently.
+//
+// --untouched=T (a job tensor index) exercises the touched-tensor rule
+// (PushHeader.untouched_tensors): this worker adds nothing into tensor T's
+// gradient and tells the server it did not touch it (Client::SetUntouched),
+// as a PyTorch parameter that no backward() reached has .grad None. When no
+// worker of a window touches T, the server does not step it: T keeps its
+// value and optimizer state, and its own step count stays where it was.
 #include <cstdio>
 
 #include "absl/flags/flag.h"
@@ -24,6 +31,9 @@ ABSL_FLAG(int, first_window_micro_batches, 0,
           "micro-batches in the first window this process computes (0: --micro_batches); a restarted worker "
           "given another number pushes a different contribution for a window the server already holds");
 ABSL_FLAG(int, chunk_elements, 100, "elements per pushed chunk");
+ABSL_FLAG(int, untouched, -1,
+          "a job tensor this worker leaves without gradient in every window, and says so in its pushes "
+          "(untouched_tensors); -1: it touches every tensor");
 ABSL_FLAG(int, step_delay_ms, 0, "sleep this long in every window (a slow worker)");
 ABSL_FLAG(int, window_timeout_s, 60, "give up on a window after this long");
 ABSL_FLAG(bool, shared_memory, true, "use shared memory when the server is on this host");
@@ -69,6 +79,12 @@ int main(int argc, char** argv) {
   gradacc::Client& c = **client;
   absl::PrintF("test_client %d: transport %s\n", options.worker, c.transport());
   const int k = options.worker;
+  const int untouched = absl::GetFlag(FLAGS_untouched);
+  if (untouched >= static_cast<int>(c.layout().tensors().size())) {
+    absl::FPrintF(stderr, "test_client: --untouched=%d: the job has %d tensors\n", untouched,
+                  c.layout().tensors().size());
+    return 1;
+  }
   bool first = true;
   while (!c.done()) {
     const uint64_t v = c.version();
@@ -81,11 +97,21 @@ int main(int argc, char** argv) {
       auto p = c.params();
       auto g = c.grad();
       for (size_t i = 0; i < g.size(); ++i) {
+        if (untouched >= 0) {
+          const auto& t = c.layout().tensors()[untouched];
+          if (i >= t.offset && i < t.offset + t.size) continue;
+        }
         const float target = static_cast<float>(static_cast<int>(i % 13) - 6) * 0.1f;
         const float offset = static_cast<float>(static_cast<int>((i * 7 + k * 5 + v * 3 + m) % 9) - 4) * 0.01f;
         g[i] += static_cast<float>(s) * (p[i] - target) + offset;
       }
       c.AddMicroBatch(s, s * 0.5);
+    }
+    if (untouched >= 0) {
+      if (absl::Status s = c.SetUntouched({static_cast<uint32_t>(untouched)}); !s.ok()) {
+        absl::FPrintF(stderr, "test_client: %s\n", s.ToString());
+        return 1;
+      }
     }
     if (absl::GetFlag(FLAGS_step_delay_ms) > 0) {
       absl::SleepFor(absl::Milliseconds(absl::GetFlag(FLAGS_step_delay_ms)));

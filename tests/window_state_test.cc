@@ -63,6 +63,15 @@ TEST(RequestValidatorTest, OneValidatorForEveryCallAndElasticIds) {
   h = Header(1, 0, 0);
   h.add_covers(2);
   EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_UNSUPPORTED) << "covers in an elastic job";
+  // untouched_tensors: job tensor indices, increasing.
+  h = Header(1, 0, 0);
+  h.add_untouched_tensors(0);
+  EXPECT_TRUE(v.CheckPushHeader(h).ok());
+  h.add_untouched_tensors(0);
+  EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_BAD_VALUE) << "not increasing";
+  h = Header(1, 0, 0);
+  h.add_untouched_tensors(static_cast<uint32_t>(layout.tensors().size()));
+  EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_BAD_VALUE) << "no such tensor";
 }
 
 TEST(ContributionLedgerTest, DuplicateReusedAndBounded) {

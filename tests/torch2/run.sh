@@ -64,9 +64,19 @@ for tool in debootstrap unshare chroot; do
 done
 
 # Runs "$@" inside the root filesystem $1 with /proc, /dev, /dev/shm, /sys
-# and the work tree at /src, in a private mount and PID namespace.
+# and the work tree at /src, in a private mount and PID namespace. The
+# namespace's first process ignores SIGTERM (PID 1), so this script kills
+# the namespace (unshare, whose --kill-child takes everything in it) when it
+# ends or is stopped.
+namespace_pid=""
+end_namespace() {
+  if [[ -n "$namespace_pid" ]]; then kill -9 "$namespace_pid" 2>/dev/null || true; fi
+}
+trap end_namespace EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 in_rootfs() {
-  local fs="$1"
+  local fs="$1" rc=0
   shift
   mkdir -p "$fs/src" "$fs/ccache" "$ccache_dir"
   unshare --mount --pid --fork --kill-child --propagation private -- bash -euc '
@@ -78,7 +88,11 @@ in_rootfs() {
     mount --bind "$src" "$fs/src"
     mount --bind "$cc" "$fs/ccache"
     exec chroot "$fs" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 "$@"
-  ' in_rootfs "$fs" "$root" "$ccache_dir" "$@"
+  ' in_rootfs "$fs" "$root" "$ccache_dir" "$@" &
+  namespace_pid=$!
+  wait "$namespace_pid" || rc=$?
+  namespace_pid=""
+  return "$rc"
 }
 
 if [[ ! -f "$rootfs/.gradacc-stamp" || "$(cat "$rootfs/.gradacc-stamp")" != "$stamp" ]]; then

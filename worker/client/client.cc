@@ -204,6 +204,18 @@ void Client::Discard() {
   samples_ = 0;
   micro_batches_ = 0;
   loss_sum_ = 0;
+  untouched_.clear();
+}
+
+absl::Status Client::SetUntouched(std::vector<uint32_t> tensors) {
+  std::sort(tensors.begin(), tensors.end());
+  tensors.erase(std::unique(tensors.begin(), tensors.end()), tensors.end());
+  if (!tensors.empty() && tensors.back() >= layout_.tensors().size()) {
+    return absl::InvalidArgumentError(absl::StrFormat("untouched tensor %d: the job has %d tensors", tensors.back(),
+                                                      layout_.tensors().size()));
+  }
+  untouched_ = std::move(tensors);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::JoinResponse> Client::Rejoin(absl::Time deadline) {

@@ -182,6 +182,15 @@ class Client {
   // acknowledged) stays the one counted, and the window's next push is
   // acknowledged as its duplicate.
   void Discard();
+  // The job's tensors this worker's gradients of the open window do not
+  // touch (PushHeader.untouched_tensors: as torch.optim skips a parameter
+  // whose .grad is None, the server steps a tensor only when some
+  // contribution of the window touched it). Indices into the job's tensors;
+  // sorted and deduplicated here; INVALID_ARGUMENT (nothing changed) for an
+  // index outside the job. Their gradients must be zero. Reset when the
+  // window ends and by Discard; default: every tensor touched.
+  absl::Status SetUntouched(std::vector<uint32_t> tensors);
+  const std::vector<uint32_t>& untouched() const { return untouched_; }
   uint64_t pending_samples() const { return samples_; }
   uint32_t pending_micro_batches() const { return micro_batches_; }
 
@@ -349,6 +358,7 @@ class Client {
   uint64_t samples_ = 0;
   uint32_t micro_batches_ = 0;
   double loss_sum_ = 0;
+  std::vector<uint32_t> untouched_;  // of the open window (SetUntouched)
   uint32_t push_attempts_for_key_ = 0;  // across Step's retries of one window
   v1::WindowPlan plan_;                 // the open window's (data plan)
   uint64_t computed_plan_id_ = 0;       // the plan the gradients in grad() were computed on

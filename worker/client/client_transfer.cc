@@ -49,6 +49,7 @@ v1::PushRequest Client::PushHeaderMessage() const {
   h->set_loss_sum(loss_sum_);
   h->set_plan_id(computed_plan_id_);
   for (uint32_t c : options_.covers) h->add_covers(c);
+  for (uint32_t t : untouched_) h->add_untouched_tensors(t);
   for (const ModelLayout::Tensor& t : layout_.tensors()) {
     v1::TensorShape* shape = h->add_tensors();
     shape->set_name(t.name);

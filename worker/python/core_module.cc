@@ -267,6 +267,8 @@ void BindSessionWindow(SessionClass& cls) {
       .def("add_micro_batch", [](Session& s, uint64_t samples,
                                  double loss_sum) { Check(s.AddMicroBatch(samples, loss_sum)); })
       .def("discard", [](Session& s) { Check(s.Discard()); })
+      .def("set_untouched",
+           [](Session& s, std::vector<uint32_t> tensors) { Check(s.SetUntouched(std::move(tensors))); })
       .def("step", [](Session& s) { return StepDict(Unwrap(WithoutGil([&] { return s.Step(); }))); });
 }
 

@@ -113,6 +113,13 @@ absl::Status Session::Discard() {
   return absl::OkStatus();
 }
 
+absl::Status Session::SetUntouched(std::vector<uint32_t> tensors) {
+  GRADACC_RETURN_IF_ERROR(Enter("set_untouched"));
+  absl::Status s = training_->SetUntouched(std::move(tensors));
+  Exit();
+  return s;
+}
+
 absl::StatusOr<StepResult> Session::Step() {
   GRADACC_RETURN_IF_ERROR(Enter("step"));
   MaybeReleaseRetired();

@@ -30,6 +30,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -85,6 +86,8 @@ class Session {
   absl::Status AddMicroBatch(uint64_t samples, double loss_sum);
   // TrainingClient::Discard (the views stay valid: same memory, zeroed).
   absl::Status Discard();
+  // TrainingClient::SetUntouched.
+  absl::Status SetUntouched(std::vector<uint32_t> tensors);
   // Blocking: the caller releases the GIL.
   absl::StatusOr<StepResult> Step();
   absl::StatusOr<v1::Status> GetStatus();

@@ -14,6 +14,7 @@ namespace {
 
 constexpr int kTagCounts = 701;
 constexpr int kTagGradient = 702;
+constexpr int kTagUntouched = 703;
 
 // Sends a string from the group's leader to every rank of `comm`.
 void ShareString(std::string& text, MPI_Comm comm) {
@@ -118,11 +119,25 @@ void GroupClient::AddMicroBatch(uint64_t samples, double loss_sum) {
   ++micro_batches_;
 }
 
+absl::Status GroupClient::SetUntouched(std::vector<uint32_t> tensors) {
+  if (leader()) return client_->SetUntouched(std::move(tensors));
+  std::vector<uint8_t> mask(static_cast<size_t>(job_.model().tensors_size()), 0);
+  for (uint32_t t : tensors) {
+    if (t >= mask.size()) {
+      return absl::InvalidArgumentError(absl::StrFormat("untouched tensor %d: the job has %d tensors", t, mask.size()));
+    }
+    mask[t] = 1;
+  }
+  untouched_ = std::move(mask);
+  return absl::OkStatus();
+}
+
 void GroupClient::Discard() {
   if (leader()) {
     client_->Discard();
     return;
   }
+  untouched_.clear();
   std::fill(grad_.data(), grad_.data() + grad_.size(), 0.0f);
   samples_ = 0;
   loss_sum_ = 0;
@@ -136,6 +151,10 @@ absl::StatusOr<StepResult> GroupClient::Step() {
     Counts counts{samples_, micro_batches_, loss_sum_};
     MPI_Send(&counts, sizeof(counts), MPI_BYTE, 0, kTagCounts, local_);
     MPI_Send(grad_.data(), n, MPI_FLOAT, 0, kTagGradient, local_);
+    // Every tensor touched unless told otherwise.
+    if (untouched_.empty()) untouched_.assign(static_cast<size_t>(job_.model().tensors_size()), 0);
+    MPI_Send(untouched_.data(), static_cast<int>(untouched_.size()), MPI_BYTE, 0, kTagUntouched, local_);
+    untouched_.clear();
     GRADACC_RETURN_IF_ERROR(ShareStep(absl::InternalError("unused"), &result));
     MPI_Bcast(params_.data(), n, MPI_FLOAT, 0, local_);
     std::fill(grad_.data(), grad_.data() + grad_.size(), 0.0f);
@@ -144,14 +163,25 @@ absl::StatusOr<StepResult> GroupClient::Step() {
     loss_sum_ = 0;
     return result;
   }
-  // In rank order: ((g_leader + g_1) + g_2) + ..., counts likewise.
+  // In rank order: ((g_leader + g_1) + g_2) + ..., counts likewise; a
+  // tensor is untouched by the group when no rank of it touched it.
+  const size_t tensors = client_->layout().tensors().size();
+  std::vector<uint8_t> untouched(tensors, 0), theirs(tensors);
+  for (uint32_t t : client_->untouched()) untouched[t] = 1;
   for (int r = 1; r < local_size_; ++r) {
     Counts counts;
     MPI_Recv(&counts, sizeof(counts), MPI_BYTE, r, kTagCounts, local_, MPI_STATUS_IGNORE);
     MPI_Recv(incoming_.data(), n, MPI_FLOAT, r, kTagGradient, local_, MPI_STATUS_IGNORE);
+    MPI_Recv(theirs.data(), static_cast<int>(tensors), MPI_BYTE, r, kTagUntouched, local_, MPI_STATUS_IGNORE);
+    for (size_t t = 0; t < tensors; ++t) untouched[t] &= theirs[t];
     AddInto(client_->grad(), incoming_.span());
     client_->AddCoveredContribution(counts.samples, static_cast<uint32_t>(counts.micro_batches), counts.loss_sum);
   }
+  std::vector<uint32_t> group_untouched;
+  for (size_t t = 0; t < tensors; ++t) {
+    if (untouched[t]) group_untouched.push_back(static_cast<uint32_t>(t));
+  }
+  GRADACC_RETURN_IF_ERROR(client_->SetUntouched(std::move(group_untouched)));
   GRADACC_RETURN_IF_ERROR(ShareStep(client_->Step(), &result));
   MPI_Bcast(const_cast<float*>(client_->params().data()), n, MPI_FLOAT, 0, local_);
   return result;

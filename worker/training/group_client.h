@@ -46,6 +46,9 @@ class GroupClient final : public TrainingClient {
   // This rank's gradients of the open window (not the group's: nothing has
   // been reduced before Step).
   void Discard() override;
+  // This rank's untouched tensors; the group pushes those no rank of it
+  // touched.
+  absl::Status SetUntouched(std::vector<uint32_t> tensors) override;
   absl::StatusOr<StepResult> Step() override;
   // Hierarchical reduction has fixed membership: no data plan.
   const v1::WindowPlan& plan() const override { return no_plan_; }
@@ -77,6 +80,8 @@ class GroupClient final : public TrainingClient {
   // Non-leaders: their parameters and gradient; the leader: a receive
   // buffer for the others' gradients.
   FloatBuffer params_, grad_, incoming_;
+  // Non-leaders: 1 for each job tensor this rank's window did not touch.
+  std::vector<uint8_t> untouched_;
   uint64_t samples_ = 0;
   uint32_t micro_batches_ = 0;
   double loss_sum_ = 0;

@@ -35,6 +35,8 @@ class TrainingClient {
   virtual void AddMicroBatch(uint64_t samples, double loss_sum) = 0;
   // Client::Discard: this worker's gradients of the open window dropped.
   virtual void Discard() = 0;
+  // Client::SetUntouched: the tensors this worker's window did not touch.
+  virtual absl::Status SetUntouched(std::vector<uint32_t> tensors) = 0;
   virtual absl::StatusOr<StepResult> Step() = 0;
   // A job with a data plan (Client::plan, Client::WaitNextWindow).
   virtual const v1::WindowPlan& plan() const = 0;
@@ -56,6 +58,7 @@ class ClientAdapter final : public TrainingClient {
   absl::Span<float> grad() override { return c_.grad(); }
   void AddMicroBatch(uint64_t samples, double loss_sum) override { c_.AddMicroBatch(samples, loss_sum); }
   void Discard() override { c_.Discard(); }
+  absl::Status SetUntouched(std::vector<uint32_t> tensors) override { return c_.SetUntouched(std::move(tensors)); }
   absl::StatusOr<StepResult> Step() override { return c_.Step(); }
   const v1::WindowPlan& plan() const override { return c_.plan(); }
   absl::StatusOr<StepResult> WaitNextWindow() override { return c_.WaitNextWindow(); }

@@ -272,6 +272,18 @@ class Client:
             raise UsageError(f"samples must be >= 0, not {samples}", reason="ERROR_REASON_SAMPLES")
         self._session.add_micro_batch(int(samples), float(loss_sum))
 
+    def set_untouched(self, tensors):
+        """The tensors (names or indices) this worker's gradients of the open window do not touch.
+
+        As ``torch.optim`` skips a parameter whose ``.grad`` is None, the
+        server steps a tensor only when some contribution of the window
+        touched it: a tensor no worker touched keeps its value and its
+        optimizer state (no weight decay, no momentum, its own step count
+        unchanged). Their gradients must be zero. Reset by :meth:`step`
+        and :meth:`discard`; by default every tensor counts as touched.
+        """
+        self._session.set_untouched(sorted({self._tensor_index(t) for t in tensors}))
+
     def discard(self):
         """Drops the open window's gradients and micro-batches; nothing is pushed.
 

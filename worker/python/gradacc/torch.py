@@ -1,4 +1,4 @@
-"""Train any ``torch.nn.Module`` through gradacc (PyTorch 1.13, CPU).
+"""Train any ``torch.nn.Module`` through gradacc (PyTorch 1.13 and 2.x; CPU, CUDA parameters staged).
 
 Your loop keeps its shape; the server runs your ``torch.optim`` optimizer::
 
@@ -33,6 +33,11 @@ What :class:`Worker` does for you:
   and the model's ``zero_grad`` at once; any other way when the next
   ``backward()`` reaches the parameter or at ``step()``) before anything
   is pushed. ``zero_grad()`` at a window's start is allowed (a no-op).
+* **Parameters without gradients.** As ``torch.optim`` skips a parameter
+  whose ``.grad`` is None, a parameter that no ``backward()`` of this rank
+  reached in the window is reported untouched, and the server steps a
+  tensor only when some rank touched it (no weight decay, momentum or Adam
+  state change, no advance of its own step count otherwise).
 * **Parameters.** :meth:`Worker.step` ends the window (push, wait, pull)
   and copies the new parameters into each ``param.data``; the local
   optimizer's ``step()`` raises (the server steps). ``scheduler.step()`` is
@@ -311,7 +316,10 @@ class Worker:
         for d in reversed(info.shape):
             strides.insert(0, step)
             step *= int(d)
-        g.set_(self._flat_grad.untyped_storage(), info.offset, tuple(info.shape), tuple(strides))
+        # (torch 1.13 has no untyped_storage(); its storage() is the same memory.)
+        storage = (self._flat_grad.untyped_storage() if hasattr(self._flat_grad, "untyped_storage")
+                   else self._flat_grad.storage())
+        g.set_(storage, info.offset, tuple(info.shape), tuple(strides))
         return g
 
     def _install_grads(self):
@@ -521,6 +529,10 @@ class Worker:
             # The window's gradients into its buffer (device to host for
             # CUDA), then the push reads them from there.
             torch.from_numpy(self.client.grad()).copy_(self._flat_grad)
+        # torch.optim skips a parameter whose .grad is None: what no
+        # backward() of this rank reached is untouched (the server steps a
+        # tensor when any rank touched it).
+        self.client.set_untouched([i for i, n in enumerate(self._accumulated) if n == 0])
         result = self.client.step()
         self._install_parameters()
         self._install_grads()
