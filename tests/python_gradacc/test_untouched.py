@@ -21,11 +21,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import os
+
 import harness
 
 import gradacc
 import gradacc.torch
 
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "untouched_worker.py")
 WINDOWS = 10
 TOLERANCE = 1e-6
 OPTIMIZERS = {
@@ -92,11 +95,11 @@ def reference(optimizer, world=2, windows=WINDOWS):
     return params_of(model)
 
 
-def train_rank(address, optimizer, rank, world, results, windows=None):
+def train_rank(address, optimizer, rank, world, results, windows=None, options=None):
     torch.set_num_threads(1)
     model, opt = make(optimizer, seed=60 + rank)  # the job's parameters replace these
     worker = gradacc.torch.connect(model, opt, server=address, rank=rank, world_size=world, connect_timeout_s=60,
-                                   window_timeout_s=180)
+                                   window_timeout_s=180, **(options or {}))
     while not worker.done and (windows is None or worker.version < windows):
         t = worker.version
         for x, y in micro_batches(t, rank):
@@ -108,7 +111,7 @@ def train_rank(address, optimizer, rank, world, results, windows=None):
 
 class UntouchedTest(harness.ServerTestCase):
 
-    def run_job(self, optimizer, world=2, windows=WINDOWS, lives=([],), name="untouched"):
+    def run_job(self, optimizer, world=2, windows=WINDOWS, lives=([],), name="untouched", mpirun=False):
         """Trains the job through the server lives in `lives` (all but the last end by a failpoint's SIGKILL)."""
         folder = harness.temp_dir(f"{name}-{optimizer}")
         model, opt = make(optimizer)
@@ -116,6 +119,12 @@ class UntouchedTest(harness.ServerTestCase):
                                          micro_batch_size=3, total_steps=windows, job_id="untouched")
         base = [f"--job={job}", f"--output={folder}/final.safetensors", f"--checkpoint_dir={folder}/ckpt"]
         server = self.start_server(folder, base + list(lives[0]))
+        if mpirun:
+            code, out = harness.mpirun(world, [harness.PYTHON, WORKER, f"--server={server.address}",
+                                               f"--optimizer={optimizer}", "--hierarchical=1"], 300)
+            self.assertEqual(code, 0, f"{out}\n{server.log()}")
+            self.assertEqual(server.stop(), 0, server.log())
+            return gradacc.load_safetensors(f"{folder}/final.safetensors")[0], server.log()
         results, errors = {}, []
 
         def body(rank):
@@ -165,6 +174,13 @@ class UntouchedTest(harness.ServerTestCase):
         for point in ("push:4:1", "after_publish:7"):
             self.assertIn(f"failpoint {point} reached", logs)
         self.assertTrue(same_bits(got, want), "the killed run differs from the undisturbed one")
+
+    def test_a_hierarchical_group_pushes_what_any_of_its_ranks_touched(self):
+        # Only rank 1 uses `sometimes`; rank 0 pushes for both: the group's
+        # list must leave `sometimes` touched in those windows.
+        flat, _ = self.run_job("adamw", name="untouched-flat")
+        grouped, _ = self.run_job("adamw", name="untouched-hierarchical", mpirun=True)
+        self.assertTrue(same_bits(grouped, flat), "the hierarchical run differs from the flat one")
 
     def test_never_used_layer_does_not_move(self):
         """The issue's repro: AdamW(lr=0.01, weight_decay=0.1), 1 rank, 2 windows, `never` unused."""
