@@ -5,7 +5,8 @@
 # cpack compute the .deb packages' dependencies with dpkg-shlibdeps;
 # pybind11-dev and python3-dev build the Python package gradacc, and
 # python3-torch and python3-numpy run it, its tests, the quickstart's --torch
-# job and the golden-data generators).
+# job and the golden-data generators; ccache lets tests/run.sh reuse what an
+# earlier build compiled; grpc-proto is not needed: proto/grpc/ vendors it).
 # Idempotent: packages already present are skipped, and apt is not touched at
 # all when nothing is missing. Usage: deploy/install-deps.sh
 # (--golden is accepted and changes nothing: torch is always installed now).
@@ -23,6 +24,7 @@ packages=(
   clang libclang-rt-14-dev
   libcivetweb-dev chromium
   dpkg-dev file
+  ccache
 )
 # Node.js and npm run the offline deployment validation; machines that
 # already have them (from elsewhere than Debian) keep theirs.

@@ -36,7 +36,13 @@ if [[ "${GRADACC_SKIP_INSTALL:-0}" != 1 ]]; then
 fi
 
 launcher=()
-if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
+if command -v ccache >/dev/null; then
+  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  # Paths relative to the work tree, and the build folder left out of the
+  # hash (it only names folders in the debug info): a fresh clone elsewhere
+  # (CI) reuses what an earlier build compiled.
+  export CCACHE_BASEDIR="$root" CCACHE_NOHASHDIR=1
+fi
 
 # Two jobs: each TU that includes gRPC headers takes ~1 GB and the machines
 # have 2 cores.

@@ -104,9 +104,11 @@ def reference(model, optimizer, windows=WINDOWS):
     return {n: p.detach().numpy().copy() for n, p in m.named_parameters()}
 
 
-def same_sums(model, optimizer_fn, windows=WINDOWS):
+def same_sums(model, optimizer_fn, windows=WINDOWS, autocast=None):
     """One process, torch.optim, but each window's gradient summed as a 1x8 gradacc worker sums it:
-    n_k times each micro-batch's mean-loss gradient, in slot order, divided by the window's samples."""
+    n_k times each micro-batch's mean-loss gradient, in slot order, divided by the window's samples.
+    `autocast`: a dtype to run each forward under CPU torch.autocast with."""
+    import contextlib
     torch.set_num_threads(1)
     torch.manual_seed(3)
     m = MODELS[model][0]()
@@ -120,7 +122,9 @@ def same_sums(model, optimizer_fn, windows=WINDOWS):
                 continue
             m.zero_grad(set_to_none=True)
             i = torch.from_numpy(idx)
-            F.cross_entropy(m(x[i]), y[i]).backward()
+            with torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext():
+                loss = F.cross_entropy(m(x[i]), y[i])
+            loss.backward()
             for a, p in zip(acc, m.parameters()):
                 a += p.grad * len(idx)
         samples = sum(len(idx) for idx in slots)

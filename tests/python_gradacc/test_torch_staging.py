@@ -58,30 +58,6 @@ class StagingTest(harness.ServerTestCase):
 
 class AutocastTest(harness.ServerTestCase):
 
-    def reference(self):
-        """models.same_sums with each micro-batch's forward under CPU bf16 autocast."""
-        torch.set_num_threads(1)
-        m, opt = models.fresh("mlp", "adamw")
-        x, y = models.dataset("mlp")
-        for t in range(WINDOWS):
-            slots = models.window_slots(t)
-            acc = [torch.zeros_like(p) for p in m.parameters()]
-            for idx in slots:
-                if len(idx) == 0:
-                    continue
-                m.zero_grad(set_to_none=True)
-                i = torch.from_numpy(idx)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    loss = F.cross_entropy(m(x[i]), y[i])
-                loss.backward()
-                for a, p in zip(acc, m.parameters()):
-                    a += p.grad * len(idx)
-            samples = sum(len(idx) for idx in slots)
-            for a, p in zip(acc, m.parameters()):
-                p.grad = a / samples
-            opt.step()
-        return {n: p.detach().numpy().copy() for n, p in m.named_parameters()}
-
     def test_cpu_bf16_autocast_equals_one_process(self):
         torch.set_num_threads(1)
         folder = harness.temp_dir("autocast")
@@ -103,7 +79,7 @@ class AutocastTest(harness.ServerTestCase):
         worker.close()
         self.assertEqual(server.stop(), 0, server.log())
         final, _ = gradacc.load_safetensors(f"{folder}/final.safetensors")
-        want = self.reference()
+        want = models.same_sums("mlp", models.OPTIMIZERS["adamw"], windows=WINDOWS, autocast=torch.bfloat16)
         errors = harness.relative_errors(final, want)
         print(f"bf16 autocast: worst per-tensor relative error {max(errors.values()):.2e}", flush=True)
         self.assertLessEqual(max(errors.values()), BF16_TOLERANCE, errors)

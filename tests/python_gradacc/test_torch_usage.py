@@ -58,6 +58,12 @@ def same_bits(a, b):
     return set(a) == set(b) and all(np.array_equal(a[n].view(np.uint32), b[n].view(np.uint32)) for n in a)
 
 
+def nan_gradient_loss(model, x, y):
+    """A finite loss whose gradient in fc2.weight is NaN: 0 * sqrt(u) at u = 0 (0 * inf)."""
+    w = model.fc2.weight
+    return F.cross_entropy(model(x), y) + 0.0 * torch.sqrt((w - w.detach()).pow(2).sum())
+
+
 def big_batch_reference(leak=False):
     """One process, each window's samples as one batch; with `leak`, the classic bug (no zero_grad at all)."""
     torch.set_num_threads(1)
@@ -292,12 +298,10 @@ class BadUseTest(harness.ServerTestCase):
         job = Job(self, "bad-nan")
         worker, model, _ = job.connect()
         x, y = batch(0, 0, 0)
-        # A finite loss whose gradient is NaN: 0 * sqrt(u) at u = 0 (0 * inf).
-        w = model.fc2.weight
-        unstable = 0.0 * torch.sqrt((w - w.detach()).pow(2).sum())
-        loss = F.cross_entropy(model(x), y) + unstable
+        loss = nan_gradient_loss(model, x, y)
         self.assertTrue(torch.isfinite(loss))
         loss.backward()
+        w = model.fc2.weight
         self.assertTrue(torch.isnan(w.grad).all())
         before = snapshot(job.server)
         with self.assertRaises(gradacc.Error) as e:
@@ -392,8 +396,7 @@ class DiscardTest(harness.ServerTestCase):
         job = Job(self, "discard-nan")
         worker, model, _ = job.connect()
         x, y = batch(0, 0, 0)
-        w = model.fc2.weight
-        (F.cross_entropy(model(x), y) + 0.0 * torch.sqrt((w - w.detach()).pow(2).sum())).backward()
+        nan_gradient_loss(model, x, y).backward()
         with self.assertRaises(gradacc.Error) as e:
             worker.step()
         self.assertEqual(e.exception.reason, "ERROR_REASON_NOT_FINITE")

@@ -49,7 +49,7 @@ packages=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libopenmpi-dev openmpi-bin libgtest-dev libgmock-dev libbenchmark-dev
   zlib1g-dev libopenblas-dev libssl-dev libcivetweb-dev
-  python3 python3-dev pybind11-dev python3-numpy python3-torch procps
+  python3 python3-dev pybind11-dev python3-numpy python3-torch procps dataset-fashion-mnist
 )
 stamp="trixie minbase; ${packages[*]}"
 
