@@ -313,6 +313,18 @@ class BadUseTest(harness.ServerTestCase):
         worker.close()
         self.assert_unchanged_then_trains(job, before, want)
 
+    def test_the_last_close_puts_tensor_backward_back(self):
+        original = torch.Tensor.backward
+        job = Job(self, "probe", workers=2)
+        first, _, _ = job.connect(rank=0, world_size=2)
+        second, _, _ = job.connect(rank=1, world_size=2)
+        self.assertIsNot(torch.Tensor.backward, original, "gradacc.torch notes the loss through Tensor.backward")
+        first.close(leave=False)
+        self.assertIsNot(torch.Tensor.backward, original, "another worker is still attached")
+        second.close(leave=False)
+        self.assertIs(torch.Tensor.backward, original)
+        job.server.stop()
+
     def test_ending_a_window_twice(self):
         want = self.reference_run()
         job = Job(self, "bad-twice")

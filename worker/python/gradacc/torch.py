@@ -80,23 +80,35 @@ __all__ = ["Worker", "connect", "job_spec", "optimizer_spec", "schedule_spec", "
 
 _tls = threading.local()  # .root: the tensor backward() was called on, in this thread
 _original_backward = None
+_probe = None  # our Tensor.backward, while installed
+_probe_users = 0  # Workers attached (the probe goes when the last one closes)
 _workers = weakref.WeakSet()  # live Workers (the backward probe tidies up after a failed pass)
 _workers_lock = threading.Lock()  # a set iterated while another thread adds to it raises
 
 
 def _install_backward_probe():
-    """Makes Tensor.backward note its tensor (the loss) for the workers; idempotent."""
-    global _original_backward
-    if _original_backward is not None:
-        return
-    _original_backward = torch.Tensor.backward
+    """Makes Tensor.backward note its tensor (the loss) for the workers, for as long as one is attached.
 
-    @functools.wraps(_original_backward)
+    Autograd's hooks do not see the tensor backward() was called on, and the
+    server's loss is the workers' sum of it; ``torch.autograd.backward(loss)``
+    does not pass through here (its loss counts as 0). Counted: the original
+    comes back when the last Worker closes (_remove_backward_probe)."""
+    global _original_backward, _probe, _probe_users
+    with _workers_lock:
+        _probe_users += 1
+        if _probe is None:
+            _original_backward = torch.Tensor.backward
+            _probe = _backward_probe(_original_backward)
+            torch.Tensor.backward = _probe
+
+
+def _backward_probe(original):
+    @functools.wraps(original)
     def backward(self, *args, **kwargs):
         previous = getattr(_tls, "root", None)
         _tls.root = self
         try:
-            return _original_backward(self, *args, **kwargs)
+            return original(self, *args, **kwargs)
         finally:
             _tls.root = previous
             # A pass that failed (a hook raised) never ran its end callback.
@@ -106,8 +118,19 @@ def _install_backward_probe():
             for worker in workers:
                 if worker._in_backward and worker._bw_thread == me:
                     worker._in_backward = False
+    return backward
 
-    torch.Tensor.backward = backward
+
+def _remove_backward_probe():
+    """One Worker fewer; the last one puts torch's Tensor.backward back (unless something replaced ours since)."""
+    global _original_backward, _probe, _probe_users
+    with _workers_lock:
+        _probe_users -= 1
+        if _probe_users > 0 or _probe is None:
+            return
+        if torch.Tensor.backward is _probe:
+            torch.Tensor.backward = _original_backward
+        _probe = None
 
 
 def _first_tensor(value):
@@ -188,6 +211,7 @@ class Worker:
         self._flat_grad = None
         self._hooks = []
         self._patched = []
+        self._probe_held = False
         self._closed = False
         # The open window.
         self._micro_batches = 0
@@ -210,6 +234,7 @@ class Worker:
         self._install_parameters()
         self._install_grads()
         _install_backward_probe()
+        self._probe_held = True
         with _workers_lock:
             _workers.add(self)
         self._hooks.append(self.model.register_forward_hook(self._on_forward))
@@ -566,6 +591,9 @@ class Worker:
 
         Without views left, closing the client frees it (its channels) at once."""
         self._closed = True
+        if self._probe_held:
+            self._probe_held = False
+            _remove_backward_probe()
         for h in self._hooks:
             h.remove()
         self._hooks = []
