@@ -68,6 +68,15 @@ done
 # namespace's first process ignores SIGTERM (PID 1), so this script kills
 # the namespace (unshare, whose --kill-child takes everything in it) when it
 # ends or is stopped.
+# The tests' own settings (GRADACC_RESIDUAL_REPEATS, GRADACC_EQUIV_MODELS,
+# ...) go in; the host's paths do not.
+passed_env=()
+while IFS= read -r name; do
+  case "$name" in
+    GRADACC_BUILD_DIR | GRADACC_CACHE_DIR | GRADACC_DEBIAN_MIRROR | GRADACC_*_BIN | GRADACC_PYTHON_DIR) ;;
+    *) passed_env+=("$name=${!name}") ;;
+  esac
+done < <(compgen -e | grep '^GRADACC_' || true)
 namespace_pid=""
 end_namespace() {
   if [[ -n "$namespace_pid" ]]; then kill -9 "$namespace_pid" 2>/dev/null || true; fi
@@ -88,7 +97,7 @@ in_rootfs() {
     mount --bind "$src" "$fs/src"
     mount --bind "$cc" "$fs/ccache"
     exec chroot "$fs" /usr/bin/env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 "$@"
-  ' in_rootfs "$fs" "$root" "$ccache_dir" "$@" &
+  ' in_rootfs "$fs" "$root" "$ccache_dir" "${passed_env[@]}" "$@" &
   namespace_pid=$!
   wait "$namespace_pid" || rc=$?
   namespace_pid=""
