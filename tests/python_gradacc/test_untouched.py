@@ -205,6 +205,49 @@ class UntouchedTest(harness.ServerTestCase):
             self.assertEqual(float(np.abs(after[name] - before[name]).max()), 0.0, name)
         self.assertGreater(float(np.abs(after["trunk.weight"] - before["trunk.weight"]).max()), 0.0)
 
+    def test_cpp_test_clients_that_never_touch_a_tensor(self):
+        """gradacc_test_client --untouched=1 (C++ Client::SetUntouched) on both of its workers: with AdamW's
+        weight decay every stepped tensor moves, the untouched one keeps its initial bits (read by a third,
+        Python worker that contributes nothing and touches nothing)."""
+        folder = harness.temp_dir("untouched-cpp")
+        with open(f"{folder}/job.textproto", "w") as f:
+            f.write("""
+job_id: "untouched-cpp"
+model {
+  tensors { name: "w" shape: [30, 7] init { uniform { low: -0.5 high: 0.5 } } }
+  tensors { name: "b" shape: [7] init { uniform { low: -0.5 high: 0.5 } } }
+}
+optimizer { kind: KIND_ADAMW lr: 0.01 adam { weight_decay: 0.1 } }
+window { num_workers: 3 micro_batches: 2 }
+total_steps: 6
+seed: 9
+""")
+        server = self.start_server(folder, [f"--job={folder}/job.textproto", f"--output={folder}/final.safetensors"])
+        outputs = {}
+
+        def cpp(k):
+            outputs[k] = harness.run([harness.TEST_CLIENT_BIN, f"--server={server.address}", f"--worker={k}",
+                                      "--untouched=1", f"--shared_memory={'true' if k else 'false'}"], 120)
+
+        threads = [threading.Thread(target=cpp, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        observer = gradacc.connect(server.address, 2, connect_timeout_s=20, window_timeout_s=60)
+        initial = {name: np.array(observer.param(name), copy=True) for name in ("w", "b")}
+        while not observer.done:
+            observer.add_micro_batch(0, 0.0)
+            observer.set_untouched(["w", "b"])
+            observer.step()
+        observer.close()
+        for t in threads:
+            t.join(120)
+        for k in range(2):
+            self.assertEqual(outputs.get(k, (None, ""))[0], 0, outputs.get(k))
+        self.assertEqual(server.stop(), 0, server.log())
+        final, _ = gradacc.load_safetensors(f"{folder}/final.safetensors")
+        np.testing.assert_array_equal(final["b"].view(np.uint32), initial["b"].view(np.uint32))
+        self.assertFalse(np.array_equal(final["w"], initial["w"]))
+
     def test_untouched_list_is_validated(self):
         folder = harness.temp_dir("untouched-bad")
         model, opt = make("sgd_momentum")
