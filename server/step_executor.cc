@@ -96,6 +96,9 @@ absl::StatusOr<StepReport> StepExecutor::Run(ClosingWindow& window, NormExchange
       sources.empty() || (spec_->reduction() == v1::REDUCTION_MEAN_OVER_SAMPLES && r.samples == 0);
   r.lr = LearningRateAt(spec_->optimizer(), spec_->schedule(), window.window);
   const std::vector<bool> stepped = Stepped(window);
+  for (size_t i = 0; i < stepped.size(); ++i) {
+    if (!stepped[i]) r.unstepped.push_back(tensor_ids_[i]);
+  }
   const float max_norm = static_cast<float>(spec_->clipping().max_norm());
   if (max_norm <= 0 && !no_gradient) {
     // Nothing needs the norm before the step: one pass over memory reduces,

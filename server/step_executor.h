@@ -38,6 +38,9 @@ struct StepReport {
   float grad_norm = 0;     // of the reduced gradient, before clipping
   float clipped_norm = 0;  // after clipping
   double lr = 0;
+  // The job indices of the tensors in range that no contribution touched
+  // (not stepped).
+  std::vector<uint32_t> unstepped;
   absl::Duration reduce_time;
   absl::Duration apply_time;
 };

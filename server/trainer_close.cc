@@ -168,6 +168,7 @@ v1::StepRecord Trainer::StepRecordOf(const ClosingWindow& window, const StepRepo
   record.set_grad_norm(report.grad_norm);
   record.set_grad_norm_clipped(report.clipped_norm);
   record.set_lr(report.lr);
+  for (uint32_t t : report.unstepped) record.add_unstepped_tensors(layout_.tensors()[t].name);
   *record.mutable_timing() = Timing(window, report);
   for (uint32_t m : window.missing) record.add_missing_workers(m);
   if (window.plan.id() != 0) *record.mutable_plan() = window.plan;

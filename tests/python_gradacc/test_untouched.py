@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import json
 import os
 
 import harness
@@ -114,6 +115,7 @@ class UntouchedTest(harness.ServerTestCase):
     def run_job(self, optimizer, world=2, windows=WINDOWS, lives=([],), name="untouched", mpirun=False):
         """Trains the job through the server lives in `lives` (all but the last end by a failpoint's SIGKILL)."""
         folder = harness.temp_dir(f"{name}-{optimizer}")
+        self.folder = folder
         model, opt = make(optimizer)
         job, _ = gradacc.torch.write_job(f"{folder}/job.textproto", model, opt, workers=world, micro_batches=2,
                                          micro_batch_size=3, total_steps=windows, job_id="untouched")
@@ -166,6 +168,19 @@ class UntouchedTest(harness.ServerTestCase):
                 for name in ("never.weight", "never.bias"):
                     np.testing.assert_array_equal(got[name], initial[name], err_msg=f"{name} moved")
                 self.assertFalse(np.array_equal(got["sometimes.weight"], initial["sometimes.weight"]))
+                # The step ledger names what each step left alone.
+                unstepped = {}
+                with open(f"{self.folder}/ckpt/ledger.jsonl") as f:
+                    for line in f:
+                        record = json.loads(line)
+                        names = record.get("unstepped_tensors", record.get("unsteppedTensors", []))
+                        unstepped[int(record["step"])] = sorted(names)
+                for step in range(1, WINDOWS + 1):
+                    t = step - 1
+                    want_names = ["never.bias", "never.weight"]
+                    if not any(uses_sometimes(t, r) for r in range(2)):
+                        want_names = sorted(want_names + ["sometimes.bias", "sometimes.weight"])
+                    self.assertEqual(unstepped.get(step), want_names, f"step {step}")
 
     def test_bit_identical_across_server_kills(self):
         want, _ = self.run_job("adamw", name="untouched-undisturbed")
