@@ -63,11 +63,6 @@ for tool in debootstrap unshare chroot; do
   fi
 done
 
-# Runs "$@" inside the root filesystem $1 with /proc, /dev, /dev/shm, /sys
-# and the work tree at /src, in a private mount and PID namespace. The
-# namespace's first process ignores SIGTERM (PID 1), so this script kills
-# the namespace (unshare, whose --kill-child takes everything in it) when it
-# ends or is stopped.
 # The tests' own settings (GRADACC_RESIDUAL_REPEATS, GRADACC_EQUIV_MODELS,
 # ...) go in; the host's paths do not.
 passed_env=()
@@ -77,6 +72,12 @@ while IFS= read -r name; do
     *) passed_env+=("$name=${!name}") ;;
   esac
 done < <(compgen -e | grep '^GRADACC_' || true)
+
+# Runs "$@" inside the root filesystem $1 with /proc, /dev, /dev/shm, /sys
+# and the work tree at /src, in a private mount and PID namespace. The
+# namespace's first process ignores SIGTERM (PID 1), so this script kills
+# the namespace (unshare, whose --kill-child takes everything in it) when it
+# ends or is stopped.
 namespace_pid=""
 end_namespace() {
   if [[ -n "$namespace_pid" ]]; then kill -9 "$namespace_pid" 2>/dev/null || true; fi
