@@ -154,13 +154,9 @@ absl::StatusOr<StepResult> GroupClient::Step() {
     // Every tensor touched unless told otherwise.
     if (untouched_.empty()) untouched_.assign(static_cast<size_t>(job_.model().tensors_size()), 0);
     MPI_Send(untouched_.data(), static_cast<int>(untouched_.size()), MPI_BYTE, 0, kTagUntouched, local_);
-    untouched_.clear();
     GRADACC_RETURN_IF_ERROR(ShareStep(absl::InternalError("unused"), &result));
     MPI_Bcast(params_.data(), n, MPI_FLOAT, 0, local_);
-    std::fill(grad_.data(), grad_.data() + grad_.size(), 0.0f);
-    samples_ = 0;
-    micro_batches_ = 0;
-    loss_sum_ = 0;
+    Discard();  // the next window starts from zero
     return result;
   }
   // In rank order: ((g_leader + g_1) + g_2) + ..., counts likewise; a
