@@ -122,6 +122,29 @@ absl::StatusOr<v1::JobSpec> LoadJobSpecFile(const std::string& path) {
   return spec;
 }
 
+namespace {
+
+// GradScaler's defaults for the fields left 0, and its own checks.
+absl::Status NormalizeLossScaling(v1::LossScaling& ls) {
+  if (ls.init_scale() == 0) ls.set_init_scale(65536.0);
+  if (ls.growth_factor() == 0) ls.set_growth_factor(2.0);
+  if (ls.backoff_factor() == 0) ls.set_backoff_factor(0.5);
+  if (ls.growth_interval() == 0) ls.set_growth_interval(2000);
+  const float init = static_cast<float>(ls.init_scale());
+  if (!(ls.init_scale() > 0) || !std::isfinite(init) || init == 0) {
+    return Invalid("loss_scaling.init_scale", "must be > 0 and finite as a float32");
+  }
+  if (!(ls.growth_factor() > 1) || !Finite(ls.growth_factor())) {
+    return Invalid("loss_scaling.growth_factor", "must be > 1 (GradScaler's rule)");
+  }
+  if (!(ls.backoff_factor() > 0 && ls.backoff_factor() < 1)) {
+    return Invalid("loss_scaling.backoff_factor", "must be in (0, 1) (GradScaler's rule)");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status NormalizeJobSpec(v1::JobSpec& spec) {
   if (spec.job_id().empty()) spec.set_job_id("default");
   GRADACC_ASSIGN_OR_RETURN(ModelLayout layout, ModelLayout::FromSpec(spec.model()));
@@ -196,6 +219,7 @@ absl::Status NormalizeJobSpec(v1::JobSpec& spec) {
     return Invalid("clipping.max_norm", "must be >= 0");
   }
   if (!v1::Reduction_IsValid(spec.reduction())) return Invalid("reduction", "unknown reduction");
+  if (spec.has_loss_scaling()) GRADACC_RETURN_IF_ERROR(NormalizeLossScaling(*spec.mutable_loss_scaling()));
   return absl::OkStatus();
 }
 

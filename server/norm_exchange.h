@@ -26,9 +26,10 @@ class NormExchange {
   virtual absl::StatusOr<TorchNormState> CarryIn(uint64_t window) = 0;
   // Publishes this shard's part of `window` and returns, per model tensor,
   // its finished sum of squares over all shards (the same bits on every
-  // shard). CANCELLED when shutting down: the step is then abandoned, not
-  // taken on a partial norm.
-  virtual absl::StatusOr<std::vector<float>> Exchange(uint64_t window, const NormPart& local) = 0;
+  // shard), and whether any shard found a non-finite element. CANCELLED
+  // when shutting down: the step is then abandoned, not taken on a partial
+  // norm.
+  virtual absl::StatusOr<NormTotals> Exchange(uint64_t window, const NormPart& local) = 0;
   // This shard's part of `window` as it published it, while it still holds
   // it (the checkpoint of version window + 1 stores it).
   virtual std::optional<v1::GetNormPartialResponse> Published(uint64_t window) const { return std::nullopt; }

@@ -132,7 +132,7 @@ absl::Status PushSession::AddChunkFrom(uint32_t tensor, uint64_t offset, size_t 
                    absl::StrFormat("chunk of tensor '%s' is shorter than its declared %d bytes", t.name, bytes),
                    {{"tensor", t.name}});
   }
-  if (bad >= 0) {
+  if (bad >= 0 && !accept_non_finite_) {
     return Refusal(v1::ERROR_REASON_NOT_FINITE,
                    absl::StrFormat("gradient of tensor '%s' is not finite at element %d (%f)", t.name, offset + bad,
                                    dst[bad]),
@@ -157,6 +157,7 @@ absl::Status PushSession::AddChunkFrom(uint32_t tensor, uint64_t offset, size_t 
 
 absl::Status PushSession::CheckComplete() const {
   if (segment_ != nullptr) {
+    if (accept_non_finite_) return absl::OkStatus();
     // Chunks are checked as they arrive; a segment is checked here.
     const int64_t bad = FirstNonFiniteParallel(buffer_.span());
     if (bad < 0) return absl::OkStatus();

@@ -58,6 +58,9 @@ class PushSession {
 
   const v1::PushHeader& header() const { return header_; }
   bool shared_memory() const { return segment_ != nullptr; }
+  // A loss-scaling job (JobSpec.loss_scaling): NaN and Inf elements are
+  // accepted (the step skips the window), not refused.
+  void AcceptNonFinite() { accept_non_finite_ = true; }
   absl::Time arrival() const { return arrival_; }
   // The gradient, once complete; the session no longer holds it.
   FloatBuffer TakeGradient() { return std::move(buffer_); }
@@ -79,6 +82,7 @@ class PushSession {
   // Per tensor: begin -> end of the element ranges received (merged).
   std::vector<std::map<uint64_t, uint64_t>> covered_;
   uint64_t covered_elements_ = 0;
+  bool accept_non_finite_ = false;
   std::string scratch_;  // a compressed chunk's payload before widening
   const absl::Time arrival_ = absl::Now();
 };

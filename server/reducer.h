@@ -40,6 +40,15 @@ struct NormPart {
   std::vector<float> finished;
   std::optional<uint32_t> carry_tensor;
   TorchNormState carry;
+  // Loss scaling: this part of the unscaled gradient has a NaN or Inf.
+  bool found_inf = false;
+};
+
+// What the shards agree on: each tensor's finished sum of squares and
+// whether any shard found a non-finite element (loss scaling).
+struct NormTotals {
+  std::vector<float> sums;
+  bool found_inf = false;
 };
 
 class Reducer {

@@ -95,7 +95,9 @@ absl::Status RequestValidator::CheckPushHeader(const v1::PushHeader& h) const {
   if (h.samples() > kMaxSamples) {
     return Refusal(v1::ERROR_REASON_SAMPLES, absl::StrCat("push declares an absurd sample count ", h.samples()));
   }
-  if (!std::isfinite(h.loss_sum())) {
+  // (A loss-scaling job's overflowing window may bring a non-finite loss:
+  // it is skipped, not refused.)
+  if (!std::isfinite(h.loss_sum()) && !spec_->has_loss_scaling()) {
     return Refusal(v1::ERROR_REASON_NOT_FINITE, "push declares a loss sum that is NaN or Inf");
   }
   if (!v1::WireFormat_IsValid(h.wire_format())) {

@@ -30,7 +30,7 @@ class RequestValidator {
   // UNKNOWN_WORKER.
   absl::Status CheckCaller(absl::string_view job_id, uint32_t worker) const;
   // CheckCaller, then the header's own fields: SIZE, SAMPLES, NOT_FINITE
-  // (loss), WIRE_FORMAT, MANIFEST, BAD_VALUE (untouched_tensors), COVERS
+  // (loss; not in a loss-scaling job), WIRE_FORMAT, MANIFEST, BAD_VALUE (untouched_tensors), COVERS
   // (not other workers in increasing order).
   absl::Status CheckPushHeader(const v1::PushHeader& h) const;
   // CheckCaller and the covers of a join.

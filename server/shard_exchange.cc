@@ -19,6 +19,7 @@ v1::GetNormPartialResponse ToProto(uint32_t shard, const NormPart& part) {
   v1::GetNormPartialResponse r;
   r.set_shard(shard);
   for (float f : part.finished) r.add_finished(f);
+  r.set_found_inf(part.found_inf);
   if (part.carry_tensor.has_value()) {
     v1::NormCarry* c = r.mutable_carry();
     c->set_present(true);
@@ -164,12 +165,14 @@ std::optional<v1::GetNormPartialResponse> ShardExchange::Published(uint64_t wind
 
 void ShardExchange::Restore(uint64_t window, const v1::GetNormPartialResponse& part) { Publish(window, part); }
 
-absl::StatusOr<std::vector<float>> ShardExchange::Exchange(uint64_t window, const NormPart& local) {
+absl::StatusOr<NormTotals> ShardExchange::Exchange(uint64_t window, const NormPart& local) {
   const v1::GetNormPartialResponse mine = ToProto(shard_, local);
   Publish(window, mine);
   // Each tensor is finished on exactly one shard (0 elsewhere): adding the
   // parts in shard order gives every shard the same bits.
-  std::vector<float> total(local.finished.size(), 0.0f);
+  NormTotals totals;
+  std::vector<float>& total = totals.sums;
+  total.assign(local.finished.size(), 0.0f);
   for (size_t i = 0; i < peers_.size(); ++i) {
     v1::GetNormPartialResponse part = mine;
     if (i != shard_) {
@@ -182,8 +185,9 @@ absl::StatusOr<std::vector<float>> ShardExchange::Exchange(uint64_t window, cons
           absl::StrFormat("shard %d sent %d tensor sums, not %d", i, part.finished_size(), total.size()));
     }
     for (size_t t = 0; t < total.size(); ++t) total[t] += part.finished(static_cast<int>(t));
+    totals.found_inf |= part.found_inf();
   }
-  return total;
+  return totals;
 }
 
 uint64_t ShardExchange::WhenPublished(uint64_t window, std::function<void(const v1::GetNormPartialResponse&)> done) {

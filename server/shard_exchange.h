@@ -47,7 +47,7 @@ class ShardExchange final : public NormExchange {
   ~ShardExchange() override;
 
   absl::StatusOr<TorchNormState> CarryIn(uint64_t window) override;
-  absl::StatusOr<std::vector<float>> Exchange(uint64_t window, const NormPart& local) override;
+  absl::StatusOr<NormTotals> Exchange(uint64_t window, const NormPart& local) override;
   std::optional<v1::GetNormPartialResponse> Published(uint64_t window) const override;
   void Restore(uint64_t window, const v1::GetNormPartialResponse& part) override;
 

@@ -19,7 +19,8 @@ StepExecutor::StepExecutor(const v1::JobSpec* spec, const ModelLayout* layout, F
       tensor_ids_(TensorsIn(*layout, range).ids),
       reducer_(layout, range, options),
       params_(std::move(params)),
-      optimizer_(std::move(optimizer)) {}
+      optimizer_(std::move(optimizer)),
+      scaler_(*spec) {}
 
 float StepExecutor::Divisor(const ClosingWindow& w, uint64_t samples) const {
   switch (spec_->reduction()) {
@@ -58,8 +59,16 @@ std::vector<bool> StepExecutor::Stepped(const ClosingWindow& w) const {
   return stepped;
 }
 
+bool StepExecutor::Unscale() {
+  const float inverse = scaler_.inverse();
+  const size_t min = reducer_.options().parallel_min_elements;
+  ParallelFor(
+      reduced_.size(), [&](size_t b, size_t e) { ScaleInPlace(reduced_.span().subspan(b, e - b), inverse); }, min);
+  return FirstNonFiniteParallel(reduced_.span(), min) >= 0;
+}
+
 absl::StatusOr<float> StepExecutor::GlobalNorm(uint64_t window, NormExchange* exchange,
-                                               std::vector<float>* tensor_sums) {
+                                               std::vector<float>* tensor_sums, bool* found_inf) {
   const bool sharded = num_shards_ > 1 && exchange != nullptr;
   TorchNormState carry;
   const TorchNormState* carry_in = nullptr;
@@ -68,8 +77,11 @@ absl::StatusOr<float> StepExecutor::GlobalNorm(uint64_t window, NormExchange* ex
     carry_in = &carry;
   }
   NormPart local = reducer_.TensorNorms(reduced_.span(), carry_in);
+  local.found_inf = *found_inf;
   if (sharded) {
-    GRADACC_ASSIGN_OR_RETURN(*tensor_sums, exchange->Exchange(window, local));
+    GRADACC_ASSIGN_OR_RETURN(NormTotals totals, exchange->Exchange(window, local));
+    *tensor_sums = std::move(totals.sums);
+    *found_inf = totals.found_inf;
   } else {
     *tensor_sums = std::move(local.finished);
   }
@@ -100,7 +112,7 @@ absl::StatusOr<StepReport> StepExecutor::Run(ClosingWindow& window, NormExchange
     if (!stepped[i]) r.unstepped.push_back(tensor_ids_[i]);
   }
   const float max_norm = static_cast<float>(spec_->clipping().max_norm());
-  if (max_norm <= 0 && !no_gradient) {
+  if (max_norm <= 0 && !no_gradient && !scaler_.on()) {
     // Nothing needs the norm before the step: one pass over memory reduces,
     // measures and steps each piece. A shard does not wait for the others
     // either (its part's norm is what it reports), so each shard publishes
@@ -120,17 +132,36 @@ absl::StatusOr<StepReport> StepExecutor::Run(ClosingWindow& window, NormExchange
   // first use; the fused path above never holds it).
   if (reduced_.size() != range_.size()) reduced_ = FloatBuffer(range_.size());
   const std::vector<double> norms = reducer_.SourceNorms(sources);
-  for (size_t k = 0; k < with_gradient.size(); ++k) with_gradient[k]->grad_norm = norms[k];
+  // A contribution's norm is reported unscaled (loss scaling).
+  const double unscale = scaler_.on() ? scaler_.inverse() : 1.0;
+  for (size_t k = 0; k < with_gradient.size(); ++k) with_gradient[k]->grad_norm = norms[k] * unscale;
+  bool found_inf = false;
   if (no_gradient) {
     std::fill(reduced_.data(), reduced_.data() + reduced_.size(), 0.0f);
   } else {
     reducer_.Sum(reduced_.span(), sources, divisor);
+    // GradScaler.unscale_ before clipping and the step.
+    if (scaler_.on()) found_inf = Unscale();
   }
   const absl::Time t1 = absl::Now();
   r.reduce_time = t1 - t0;
   std::vector<float> tensor_sums;
-  GRADACC_ASSIGN_OR_RETURN(r.grad_norm, GlobalNorm(window.window, exchange, &tensor_sums));
+  GRADACC_ASSIGN_OR_RETURN(r.grad_norm, GlobalNorm(window.window, exchange, &tensor_sums, &found_inf));
   r.clipped_norm = r.grad_norm;
+  if (scaler_.on()) {
+    r.loss_scale = scaler_.scale();
+    r.skipped = found_inf;
+    scaler_.Update(found_inf);
+    r.next_loss_scale = scaler_.scale();
+    if (found_inf) {
+      // GradScaler.step skips optimizer.step(): nothing changes (the
+      // parameter segment's seqlock still turns, as for any version).
+      MutexLock lock(&mu_);
+      before_write();
+      r.apply_time = absl::Now() - t1;
+      return r;
+    }
+  }
   if (max_norm > 0) {
     // torch.nn.utils.clip_grad_norm_ in f32: coef = max_norm / (norm +
     // 1e-6), computed as torch does (reciprocal, then times max_norm),

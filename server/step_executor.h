@@ -1,7 +1,9 @@
 // StepExecutor: the step of one closed window on the parameters this server
 // owns — reduce the contributions, agree on the global norm with the other
 // shards, clip as torch.nn.utils.clip_grad_norm_ does, and apply the
-// optimizer (fused into the reduction when nothing needs the norm first).
+// optimizer (fused into the reduction when nothing needs the norm first);
+// with loss scaling, unscale first and skip a window whose gradient is not
+// finite (server/loss_scaler.h).
 //
 // Owns the parameters (possibly a view of the shared-memory parameter
 // segment, whose owner must outlive it), the optimizer and its scratch.
@@ -25,6 +27,7 @@
 #include "common/job_spec.h"
 #include "common/mutex.h"
 #include "gradacc/v1/job.pb.h"
+#include "server/loss_scaler.h"
 #include "server/norm_exchange.h"
 #include "server/optimizer.h"
 #include "server/reducer.h"
@@ -41,6 +44,12 @@ struct StepReport {
   // The job indices of the tensors in range that no contribution touched
   // (not stepped).
   std::vector<uint32_t> unstepped;
+  // Loss scaling (JobSpec.loss_scaling): the window's scale, whether its
+  // unscaled gradient was not finite (then nothing was stepped), and the
+  // next window's scale.
+  float loss_scale = 0;
+  bool skipped = false;
+  float next_loss_scale = 0;
   absl::Duration reduce_time;
   absl::Duration apply_time;
 };
@@ -66,13 +75,23 @@ class StepExecutor {
   uint64_t optimizer_steps() const { return optimizer_->steps(); }
   // Each tensor's own step count (the tensors of this server's range).
   const std::vector<uint64_t>& tensor_steps() const { return optimizer_->tensor_steps(); }
+  // Loss scaling: the open window's scale (0 when off) and its durable
+  // state.
+  const LossScaler& loss_scaler() const { return scaler_; }
+  void RestoreLossScale(const v1::CheckpointState& state) { scaler_.Restore(state); }
 
  private:
   float Divisor(const ClosingWindow& w, uint64_t samples) const;
   // Which of this range's tensors some contribution touched
   // (PushHeader.untouched_tensors); empty when every one was.
   std::vector<bool> Stepped(const ClosingWindow& w) const;
-  absl::StatusOr<float> GlobalNorm(uint64_t window, NormExchange* exchange, std::vector<float>* tensor_sums);
+  // The global norm of reduced_ (agreed with the other shards), and
+  // whether any shard's part is not finite (`found_inf` in: this one's).
+  absl::StatusOr<float> GlobalNorm(uint64_t window, NormExchange* exchange, std::vector<float>* tensor_sums,
+                                   bool* found_inf);
+  // Loss scaling: reduced_ *= the window's inverse scale; whether it has a
+  // NaN or Inf then.
+  bool Unscale();
 
   const v1::JobSpec* const spec_;
   const FlatRange range_;
@@ -82,6 +101,7 @@ class StepExecutor {
   mutable Mutex mu_;  // the step lock
   FloatBuffer params_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Optimizer> optimizer_;
+  LossScaler scaler_;  // trainer thread only
   FloatBuffer reduced_;  // trainer thread only; allocated by the first unfused step
 };
 

@@ -113,7 +113,9 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
           step, restored->name));
     }
   }
+  if (restored != nullptr) executor_->RestoreLossScale(restored->state);
   MutexLock lock(&mu_);
+  state_.set_loss_scale(executor_->loss_scaler().scale());
   if (restored != nullptr) {
     state_.Restore(restored->state, started_);
     progress_.Restore(restored->state, restored->name, restarts);
@@ -124,7 +126,7 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
   shm_->Publish(version);
   SnapshotFields fields{version, state_.done(),
                         LearningRateAt(spec_.optimizer(), spec_.schedule(), version ? version - 1 : 0),
-                        progress_.last_loss(), state_.plan()};
+                        progress_.last_loss(), state_.plan(), executor_->loss_scaler().scale()};
   publisher_ = std::make_unique<VersionPublisher>(
       MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true, snapshot_memory_),
       deadlines_.get(), options_.max_pull_wait, /*keep_previous=*/options_.num_shards > 1,
@@ -326,11 +328,16 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
       return Refused(h.worker(), segment.status());
     }
     FloatBuffer view = FloatBuffer::View((*segment)->data(), range_.size());
-    return std::make_unique<PushSession>(&layout_, range_, options_.shard, h, std::move(view), nullptr,
-                                         std::move(*admission), *std::move(segment));
+    auto session = std::make_unique<PushSession>(&layout_, range_, options_.shard, h, std::move(view), nullptr,
+                                                 std::move(*admission), *std::move(segment));
+    if (spec_.has_loss_scaling()) session->AcceptNonFinite();
+    return session;
   }
-  return std::make_unique<PushSession>(&layout_, range_, options_.shard, h, pool_.Take(), &pool_,
-                                       std::move(*admission));
+  auto session = std::make_unique<PushSession>(&layout_, range_, options_.shard, h, pool_.Take(), &pool_,
+                                               std::move(*admission));
+  // An overflow is what loss scaling looks for: the step decides.
+  if (spec_.has_loss_scaling()) session->AcceptNonFinite();
+  return session;
 }
 
 absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session) {
@@ -486,7 +493,8 @@ void Trainer::WithChunks(std::function<void(std::shared_ptr<const ParamSnapshot>
     std::shared_ptr<const ParamSnapshot> current = publisher_->Current();
     if (!current->has_chunks && applied_version_ == current->version) {
       const v1::ParametersHeader& h = current->header.header();
-      const SnapshotFields fields{current->version, h.job_done(), h.lr(), h.loss(), h.plan()};
+      const SnapshotFields fields{current->version, h.job_done(), h.lr(), h.loss(), h.plan(), h.loss_scale(),
+                                  h.skipped()};
       current = MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true,
                              snapshot_memory_);
       publisher_->Complete(current);

@@ -72,6 +72,7 @@ v1::CheckpointState Trainer::DurableState(uint64_t version, const v1::StepRecord
   s.set_written_unix_micros(absl::ToUnixMicros(absl::Now()));
   s.set_optimizer_steps(executor_->optimizer_steps());
   for (uint64_t steps : executor_->tensor_steps()) s.add_tensor_steps(steps);
+  if (executor_->loss_scaler().on()) *s.mutable_loss_scale() = executor_->loss_scaler().Export();
   s.set_shard(options_.shard);
   s.set_num_shards(options_.num_shards);
   s.set_shard_begin(range_.begin);
@@ -111,12 +112,14 @@ bool Trainer::AllOnSharedMemory() const {
 
 void Trainer::Publish(ClosingWindow& window, v1::StepRecord record, absl::Time stepped) {
   const uint64_t version = window.window + 1;
-  SnapshotFields fields{version, false, record.lr(), record.loss(), {}};
+  SnapshotFields fields{version, false, record.lr(), record.loss(), {}, executor_->loss_scaler().scale(),
+                        record.skipped()};
   {
     // The new window opens (pushes for it wait for its version anyway);
     // its plan goes out with the version.
     MutexLock lock(&mu_);
     fields.job_done = state_.DoneAfterClose();
+    state_.set_loss_scale(fields.loss_scale);
     state_.Advance(version, absl::Now());
     ScheduleDeadline(version);
     fields.plan = state_.plan();
@@ -168,7 +171,15 @@ v1::StepRecord Trainer::StepRecordOf(const ClosingWindow& window, const StepRepo
   record.set_grad_norm(report.grad_norm);
   record.set_grad_norm_clipped(report.clipped_norm);
   record.set_lr(report.lr);
-  for (uint32_t t : report.unstepped) record.add_unstepped_tensors(layout_.tensors()[t].name);
+  if (report.skipped) {
+    // Nothing was stepped; the record says so once rather than listing
+    // every tensor.
+    record.set_skipped(true);
+  } else {
+    for (uint32_t t : report.unstepped) record.add_unstepped_tensors(layout_.tensors()[t].name);
+  }
+  record.set_loss_scale(report.loss_scale);
+  record.set_next_loss_scale(report.next_loss_scale);
   *record.mutable_timing() = Timing(window, report);
   for (uint32_t m : window.missing) record.add_missing_workers(m);
   if (window.plan.id() != 0) *record.mutable_plan() = window.plan;

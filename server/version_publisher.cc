@@ -83,6 +83,8 @@ std::shared_ptr<const ParamSnapshot> MakeSnapshot(const ModelLayout& layout, Fla
   h->set_loss(fields.loss);
   h->set_num_elements(range.size());
   if (fields.plan.id() != 0) *h->mutable_plan() = fields.plan;
+  h->set_loss_scale(fields.loss_scale);
+  h->set_skipped(fields.skipped);
   snap->has_chunks = with_chunks;
   if (!with_chunks) return snap;
   size_t total = 0;

@@ -54,6 +54,8 @@ struct SnapshotFields {
   double lr = 0;
   double loss = 0;
   v1::WindowPlan plan;  // a job with a data plan: version's window's (id 0: none)
+  float loss_scale = 0;  // a loss-scaling job: version's window's scale
+  bool skipped = false;  // loss scaling: window version - 1 was skipped
 };
 
 // Bytes of a snapshot's chunks (messages and payloads) for these arguments.

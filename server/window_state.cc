@@ -226,6 +226,18 @@ absl::Status WindowState::CheckOpenWindow(const v1::PushHeader& h, std::optional
                                    version_, id),
                    {{"window", Str(version_)}, {"plan_id", Str(plan_.id())}});
   }
+  // Bit for bit: the scale is the server's, the worker only repeats it.
+  if (!(h.loss_scale() == loss_scale_)) {
+    return Refusal(v1::ERROR_REASON_BAD_VALUE,
+                   loss_scale_ == 0
+                       ? absl::StrFormat("push declares loss_scale %g but job '%s' has no loss scaling: send 0",
+                                         h.loss_scale(), spec_->job_id())
+                       : absl::StrFormat("push declares loss_scale %.9g; window %d of job '%s' is computed with loss "
+                                         "scale %.9g (ParametersHeader.loss_scale): multiply the loss by it and push "
+                                         "it (a client that predates loss scaling cannot train this job)",
+                                         h.loss_scale(), version_, spec_->job_id(), loss_scale_),
+                   {{"field", "loss_scale"}, {"loss_scale", absl::StrFormat("%.9g", loss_scale_)}});
+  }
   if (window_.has(id)) {
     return Refusal(v1::ERROR_REASON_SECOND_CONTRIBUTION,
                    absl::StrFormat("worker %d already contributed to window %d under another key", id, version_));

@@ -79,6 +79,10 @@ class WindowState {
   bool planned() const { return HasDataPlan(*spec_); }
   const v1::WindowPlan& plan() const { return plan_; }
   void Stop() { stopping_ = true; }
+  // A loss-scaling job: the open window's scale, which every push must
+  // carry (PushHeader.loss_scale; 0 in other jobs).
+  void set_loss_scale(float scale) { loss_scale_ = scale; }
+  float loss_scale() const { return loss_scale_; }
 
   // Request must have passed RequestValidator::CheckJoin.
   absl::StatusOr<JoinOutcome> Join(const v1::JoinRequest& request, absl::Time now);
@@ -87,7 +91,8 @@ class WindowState {
 
   // Stateful checks of a push header (after RequestValidator): NOT_JOINED,
   // DUPLICATE, KEY_REUSED, JOB_DONE, STALE_WINDOW, WINDOW_NOT_OPEN,
-  // SECOND_CONTRIBUTION, NOT_A_MEMBER_YET, covers. `late` is set for
+  // PLAN_CHANGED, BAD_VALUE (loss_scale), SECOND_CONTRIBUTION,
+  // NOT_A_MEMBER_YET, covers. `late` is set for
   // duplicates and stale pushes.
   absl::Status Admit(const v1::PushHeader& h, absl::Time now, std::optional<LateNote>* late);
   // Adds a complete push to the open window (the checks of Admit again: the
@@ -138,6 +143,7 @@ class WindowState {
   uint64_t version_ = 0;
   bool closing_ = false;
   bool stopping_ = false;
+  float loss_scale_ = 0;
   uint64_t accepted_ = 0;
   uint64_t duplicates_ = 0;
   uint64_t stale_ = 0;

@@ -70,6 +70,12 @@ TEST_F(PushSessionTest, EveryMalformedChunkHasItsReason) {
   EXPECT_EQ(ReasonOf(overlap), v1::ERROR_REASON_OVERLAP);
   EXPECT_NE(overlap.message().find("tensor 'a'"), std::string::npos) << overlap;
   EXPECT_EQ(ErrorMetadataOf(overlap, "tensor"), "a");
+  {
+    // A loss-scaling job: an overflow is accepted (the step skips the window).
+    PushSession scaled = Make();
+    scaled.AcceptNonFinite();
+    EXPECT_TRUE(scaled.AddChunk(0, 0, F32({1, std::numeric_limits<float>::infinity()})).ok());
+  }
   const absl::Status missing = s.CheckComplete();
   EXPECT_EQ(ReasonOf(missing), v1::ERROR_REASON_MISSING_CHUNKS);
   EXPECT_NE(missing.message().find("tensor 'a' from element 0"), std::string::npos) << missing;

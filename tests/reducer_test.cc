@@ -104,17 +104,20 @@ class FakeExchange : public NormExchange {
     mu_->Await(gradacc::Condition(+[](decltype(ready)* a) { return a->first->count(a->second) > 0; }, &ready));
     return board_->at(ready.second).carry;
   }
-  absl::StatusOr<std::vector<float>> Exchange(uint64_t window, const NormPart& local) override {
+  absl::StatusOr<NormTotals> Exchange(uint64_t window, const NormPart& local) override {
     gradacc::MutexLock lock(mu_);
     (*board_)[{shard_, window}] = local;
-    std::vector<float> total(local.finished.size(), 0.0f);
+    NormTotals totals;
+    std::vector<float>& total = totals.sums;
+    total.assign(local.finished.size(), 0.0f);
     for (uint32_t s = 0; s < shards_; ++s) {
       const auto key = std::make_pair(s, window);
       auto ready = std::make_pair(board_, key);
       mu_->Await(gradacc::Condition(+[](decltype(ready)* a) { return a->first->count(a->second) > 0; }, &ready));
       for (size_t t = 0; t < total.size(); ++t) total[t] += board_->at(key).finished[t];
+      totals.found_inf |= board_->at(key).found_inf;
     }
-    return total;
+    return totals;
   }
 
  private:
@@ -164,6 +167,114 @@ TEST(StepExecutorTest, ShardedClippedStepEqualsOneServer) {
   const std::vector<float> one = run(1);
   EXPECT_TRUE(testing::BitIdentical(run(2), one));
   EXPECT_TRUE(testing::BitIdentical(run(3), one));
+}
+
+// Loss scaling: pushes of S * g (S a power of two, as GradScaler's scales
+// are) unscale to exactly g, so a loss-scaled run equals the plain run that
+// leaves out the windows with an overflow — on 1, 2 and 3 shards, where the
+// overflow lies in one shard's part only and every shard skips. The scale
+// follows GradScaler's rules: backoff on an overflow, growth after
+// growth_interval clean windows.
+TEST(StepExecutorTest, LossScalingUnscalesAndSkipsOverflowsOnEveryShard) {
+  v1::JobSpec plain = Job(/*max_norm=*/0);
+  v1::JobSpec scaled = plain;
+  scaled.mutable_loss_scaling()->set_init_scale(1024);
+  scaled.mutable_loss_scaling()->set_growth_interval(2);
+  ASSERT_TRUE(NormalizeJobSpec(scaled).ok());
+  const ModelLayout layout = *ModelLayout::FromSpec(plain.model());
+  const uint64_t n = layout.num_elements();
+  const uint64_t overflow_at = n - 5;  // in tensor c: the last shard's part
+  constexpr uint64_t kWindows = 6;
+  const std::vector<bool> overflows = {false, true, false, false, true, false};
+  // GradScaler's rules by hand: 1024 -> (clean) 1024, t1 -> (inf) 512 ->
+  // 512, t1 -> 1024, t0 (growth) -> (inf) 512 -> 512, t1.
+  const std::vector<float> want_scales = {1024, 1024, 512, 512, 1024, 512, 512};
+  auto run = [&](const v1::JobSpec& spec, uint32_t shards, std::vector<std::vector<float>>* scales,
+                 std::vector<std::vector<bool>>* skipped) {
+    std::vector<float> params(n);
+    std::map<std::pair<uint32_t, uint64_t>, NormPart> board;
+    gradacc::Mutex mu;
+    std::vector<std::thread> threads;
+    scales->assign(shards, {});
+    skipped->assign(shards, {});
+    for (uint32_t s = 0; s < shards; ++s) {
+      threads.emplace_back([&, s] {
+        const auto [begin, end] = ShardRange(layout, s, shards);
+        StepExecutor executor(&spec, &layout, {begin, end}, shards, FloatBuffer(end - begin),
+                              *Optimizer::Create(spec.optimizer(), end - begin), ReducerOptions{});
+        FakeExchange exchange(&board, &mu, s, shards);
+        (*scales)[s].push_back(executor.loss_scaler().scale());
+        uint64_t exchanged = 0;
+        for (uint64_t w = 0; w < kWindows; ++w) {
+          const bool plain_run = !spec.has_loss_scaling();
+          if (plain_run && overflows[w]) continue;  // the plain run leaves the window out
+          const float scale = executor.loss_scaler().scale();
+          const auto src = Sources(n, 2, 40 + static_cast<uint32_t>(w));
+          ClosingWindow window;
+          window.window = plain_run ? exchanged : w;
+          for (size_t k = 0; k < src.size(); ++k) {
+            Slot slot;
+            slot.grad = FloatBuffer(end - begin);
+            for (uint64_t i = begin; i < end; ++i) slot.grad[i - begin] = plain_run ? src[k][i] : src[k][i] * scale;
+            if (!plain_run && overflows[w] && k == 1 && overflow_at >= begin && overflow_at < end) {
+              slot.grad[overflow_at - begin] = std::numeric_limits<float>::infinity();
+            }
+            slot.samples = 5;
+            window.slots.push_back(std::move(slot));
+          }
+          ++exchanged;
+          auto report = executor.Run(window, shards > 1 ? &exchange : nullptr, [] {});
+          ASSERT_TRUE(report.ok()) << report.status();
+          if (!plain_run) {
+            EXPECT_EQ(report->loss_scale, scale);
+            EXPECT_EQ(report->next_loss_scale, executor.loss_scaler().scale());
+          }
+          (*skipped)[s].push_back(report->skipped);
+          (*scales)[s].push_back(executor.loss_scaler().scale());
+        }
+        const std::vector<float> p = executor.Parameters();
+        std::copy(p.begin(), p.end(), params.begin() + begin);
+      });
+    }
+    for (auto& t : threads) t.join();
+    return params;
+  };
+  std::vector<std::vector<float>> scales;
+  std::vector<std::vector<bool>> skipped;
+  const std::vector<float> want = run(plain, 1, &scales, &skipped);
+  for (uint32_t shards : {1u, 2u, 3u}) {
+    SCOPED_TRACE(shards);
+    const std::vector<float> got = run(scaled, shards, &scales, &skipped);
+    EXPECT_TRUE(testing::BitIdentical(got, want));
+    for (uint32_t s = 0; s < shards; ++s) {
+      EXPECT_EQ(scales[s], want_scales) << "shard " << s;
+      EXPECT_EQ(skipped[s], overflows) << "shard " << s;
+    }
+  }
+}
+
+TEST(LossScalerTest, GrowthThatOverflowsIsNotTaken) {
+  v1::JobSpec spec;
+  spec.mutable_loss_scaling()->set_init_scale(3e38);
+  spec.mutable_loss_scaling()->set_growth_factor(2);
+  spec.mutable_loss_scaling()->set_backoff_factor(0.3);
+  spec.mutable_loss_scaling()->set_growth_interval(1);
+  LossScaler scaler(spec);
+  scaler.Update(false);
+  EXPECT_EQ(scaler.scale(), 3e38f) << "f32(6e38) is Inf: torch keeps the old scale";
+  EXPECT_EQ(scaler.growth_tracker(), 0u);
+  scaler.Update(true);
+  EXPECT_EQ(scaler.scale(), static_cast<float>(static_cast<double>(3e38f) * 0.3)) << "f32(f64(S) * backoff)";
+  EXPECT_EQ(scaler.inverse(), static_cast<float>(1.0 / static_cast<double>(scaler.scale())));
+  v1::CheckpointState state;
+  *state.mutable_loss_scale() = scaler.Export();
+  LossScaler resumed(spec);
+  resumed.Restore(state);
+  EXPECT_EQ(resumed.scale(), scaler.scale());
+  v1::CheckpointState old_release;  // no loss_scale: the initial scale stands
+  LossScaler fresh(spec);
+  fresh.Restore(old_release);
+  EXPECT_EQ(fresh.scale(), 3e38f);
 }
 
 // Tensors left out of a step (no contribution touched them) keep their

@@ -886,11 +886,11 @@ TEST(TrainerCheckpointTest, AResumingTrainerDoesNotAskForInitialParameters) {
 class RecordingExchange : public NormExchange {
  public:
   absl::StatusOr<TorchNormState> CarryIn(uint64_t) override { return TorchNormState(); }
-  absl::StatusOr<std::vector<float>> Exchange(uint64_t window, const NormPart& local) override {
+  absl::StatusOr<NormTotals> Exchange(uint64_t window, const NormPart& local) override {
     v1::GetNormPartialResponse part;
     for (float f : local.finished) part.add_finished(f);
     published[window] = part;
-    return local.finished;
+    return NormTotals{local.finished, local.found_inf};
   }
   std::optional<v1::GetNormPartialResponse> Published(uint64_t window) const override {
     auto it = published.find(window);

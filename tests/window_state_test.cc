@@ -2,6 +2,10 @@
 // ContributionLedger, Membership, Window and WindowState.
 #include "server/window_state.h"
 
+#include <cmath>
+#include <limits>
+#include <string>
+
 #include "common/errors.h"
 #include "gtest/gtest.h"
 #include "server/request_validator.h"
@@ -149,6 +153,54 @@ TEST(WindowStateTest, PushOutcomes) {
   EXPECT_EQ(state.stale(), 2u);
   EXPECT_EQ(ReasonOf(state.CheckHeld(0, 1)), v1::ERROR_REASON_CONTRIBUTION_LOST);
   EXPECT_TRUE(state.CheckHeld(0, 0).ok());
+}
+
+// Loss scaling: every push carries the window's scale, bit for bit; a job
+// without it takes 0 only (an old client of a loss-scaling job is refused,
+// naming the scale); such a job accepts a non-finite loss sum.
+TEST(WindowStateTest, LossScaleMustBeTheWindows) {
+  v1::JobSpec spec = Job(2);
+  spec.mutable_optimizer()->set_lr(0.1);
+  spec.mutable_loss_scaling()->set_init_scale(1024);
+  ASSERT_TRUE(NormalizeJobSpec(spec).ok());
+  EXPECT_EQ(spec.loss_scaling().growth_interval(), 2000u) << "GradScaler's defaults fill the zeros";
+  WindowState state(&spec, 2, absl::Now());
+  state.set_loss_scale(1024);
+  ASSERT_TRUE(state.Join(JoinOf(0), absl::Now()).ok());
+  ASSERT_TRUE(state.Join(JoinOf(1), absl::Now()).ok());
+  std::optional<LateNote> late;
+  v1::PushHeader h = Header(0, 0, 0);
+  const absl::Status old_client = state.Admit(h, absl::Now(), &late);
+  EXPECT_EQ(ReasonOf(old_client), v1::ERROR_REASON_BAD_VALUE);
+  EXPECT_EQ(ErrorMetadataOf(old_client, "loss_scale"), "1024");
+  EXPECT_NE(old_client.message().find("predates loss scaling"), std::string::npos) << old_client;
+  h.set_loss_scale(std::nextafter(1024.0f, 2048.0f));
+  EXPECT_EQ(ReasonOf(state.Admit(h, absl::Now(), &late)), v1::ERROR_REASON_BAD_VALUE);
+  h.set_loss_scale(1024);
+  EXPECT_TRUE(state.Admit(h, absl::Now(), &late).ok());
+
+  const ModelLayout layout = *ModelLayout::FromSpec(spec.model());
+  const RequestValidator v(&spec, &layout, 2, {0, 10}, 0, 1);
+  h.set_loss_sum(std::numeric_limits<double>::infinity());
+  EXPECT_TRUE(v.CheckPushHeader(h).ok()) << "an overflowing window's loss is the step's to judge";
+
+  const v1::JobSpec plain = Job(2);
+  WindowState no_scaling(&plain, 2, absl::Now());
+  ASSERT_TRUE(no_scaling.Join(JoinOf(0), absl::Now()).ok());
+  h = Header(0, 0, 0);
+  h.set_loss_scale(2);
+  EXPECT_EQ(ReasonOf(no_scaling.Admit(h, absl::Now(), &late)), v1::ERROR_REASON_BAD_VALUE);
+
+  for (auto [field, value] : {std::pair{"growth_factor", 1.0}, {"backoff_factor", 1.0}, {"init_scale", 1e39}}) {
+    v1::JobSpec bad = Job(2);
+    bad.mutable_optimizer()->set_lr(0.1);
+    v1::LossScaling* ls = bad.mutable_loss_scaling();
+    if (std::string(field) == "growth_factor") ls->set_growth_factor(value);
+    if (std::string(field) == "backoff_factor") ls->set_backoff_factor(value);
+    if (std::string(field) == "init_scale") ls->set_init_scale(value);
+    const absl::Status s = NormalizeJobSpec(bad);
+    EXPECT_NE(s.message().find(field), std::string::npos) << field << ": " << s;
+  }
 }
 
 TEST(WindowStateTest, ElasticNewcomersAndLeavers) {

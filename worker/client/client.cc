@@ -331,6 +331,8 @@ absl::StatusOr<Client::StepPhase> Client::StepPull(StepResult& result, absl::Tim
     result.loss = header.loss();
     result.lr = header.lr();
     result.job_done = header.job_done();
+    result.skipped = header.skipped();
+    result.loss_scale = header.loss_scale();
     return StepPhase::kDone;
   }
   if (pulled.ok()) {

@@ -141,6 +141,11 @@ struct StepResult {
   // discarded and the version is unchanged: compute the window again under
   // plan() when a member of it, else WaitNextWindow().
   bool replanned = false;
+  // A job with loss scaling (JobSpec.loss_scaling): the closed window was
+  // skipped (its unscaled gradient was not finite: no optimizer step), and
+  // the scale of the window now open (multiply the loss by it).
+  bool skipped = false;
+  float loss_scale = 0;
 };
 
 // "f32", "bf16" or "f16" (flags of gradacc-worker and the tests).
@@ -198,6 +203,11 @@ class Client {
   // plan of window version(): its epoch cursor, samples and members. Empty
   // (id 0) without a plan.
   const v1::WindowPlan& plan() const { return plan_; }
+  // A job with loss scaling (JobSpec.loss_scaling): the scale of window
+  // version() (ParametersHeader.loss_scale): the gradients added into
+  // grad() must be those of the loss times this scale; pushes carry it.
+  // 0 in other jobs.
+  float loss_scale() const { return loss_scale_; }
   // Whether this worker computes the open window: always without a plan;
   // with one, when it is among the plan's members.
   bool member() const;
@@ -361,6 +371,7 @@ class Client {
   std::vector<uint32_t> untouched_;  // of the open window (SetUntouched)
   uint32_t push_attempts_for_key_ = 0;  // across Step's retries of one window
   v1::WindowPlan plan_;                 // the open window's (data plan)
+  float loss_scale_ = 0;                // of window version_ (ParametersHeader.loss_scale)
   uint64_t computed_plan_id_ = 0;       // the plan the gradients in grad() were computed on
   Mutex wire_mu_;
   std::vector<char> wire_scratch_ ABSL_GUARDED_BY(wire_mu_);  // the gradients in a compressed wire format

@@ -48,6 +48,7 @@ v1::PushRequest Client::PushHeaderMessage() const {
   h->set_samples(samples_);
   h->set_loss_sum(loss_sum_);
   h->set_plan_id(computed_plan_id_);
+  h->set_loss_scale(loss_scale_);
   for (uint32_t c : options_.covers) h->add_covers(c);
   for (uint32_t t : untouched_) h->add_untouched_tensors(t);
   for (const ModelLayout::Tensor& t : layout_.tensors()) {
@@ -357,6 +358,7 @@ void Client::InstallPulled(const v1::ParametersHeader& header) {
   // A join's plan of the same window is at least as new as this header's
   // (a joiner may have been added to a window that had no members).
   if (header.has_plan() && (header.plan().window() > plan_.window() || plan_.id() == 0)) plan_ = header.plan();
+  loss_scale_ = header.loss_scale();
   version_ = header.version();
 }
 

@@ -136,6 +136,8 @@ py::dict StepDict(const StepResult& r) {
   d["loss"] = r.loss;
   d["lr"] = r.lr;
   d["job_done"] = r.job_done;
+  d["skipped"] = r.skipped;
+  d["loss_scale"] = r.loss_scale;
   return d;
 }
 
@@ -229,6 +231,7 @@ py::dict StateDict(Session& s) {
   py::dict d;
   d["version"] = st.version;
   d["done"] = st.done;
+  d["loss_scale"] = st.loss_scale;
   d["epoch"] = st.epoch;
   d["pending_samples"] = st.pending_samples;
   d["pending_micro_batches"] = st.pending_micro_batches;

@@ -50,6 +50,7 @@ absl::StatusOr<Session::State> Session::state() {
   State st;
   st.version = training_->version();
   st.done = training_->done();
+  st.loss_scale = training_->loss_scale();
   st.epoch = epoch_;
   if (client_ != nullptr) {
     st.pending_samples = client_->pending_samples();

@@ -63,6 +63,7 @@ class Session {
   struct State {
     uint64_t version = 0;
     bool done = false;
+    float loss_scale = 0;  // the open window's (a loss-scaling job; else 0)
     uint64_t epoch = 0;  // windows ended through this session
     uint64_t pending_samples = 0;
     uint32_t pending_micro_batches = 0;

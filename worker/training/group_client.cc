@@ -51,7 +51,8 @@ struct Counts {
 struct Outcome {
   uint64_t window, version;
   double loss, lr;
-  uint8_t duplicate, stale, job_done, done;
+  float loss_scale;
+  uint8_t duplicate, stale, job_done, done, skipped;
 };
 
 }  // namespace
@@ -83,11 +84,16 @@ absl::StatusOr<std::unique_ptr<GroupClient>> GroupClient::Connect(ClientOptions 
   if (g->leader()) job = g->client_->job().SerializeAsString();
   ShareString(job, g->local_);
   if (!g->job_.ParseFromString(job)) return absl::InternalError("the group leader sent an unreadable job");
-  uint64_t state[2] = {0, 0};
-  if (g->leader()) state[0] = g->client_->version(), state[1] = g->client_->done();
-  MPI_Bcast(state, 2, MPI_UINT64_T, 0, g->local_);
+  uint64_t state[3] = {0, 0, 0};
+  if (g->leader()) {
+    const float scale = g->client_->loss_scale();
+    state[0] = g->client_->version(), state[1] = g->client_->done();
+    std::memcpy(&state[2], &scale, sizeof(scale));
+  }
+  MPI_Bcast(state, 3, MPI_UINT64_T, 0, g->local_);
   g->version_ = state[0];
   g->done_ = state[1] != 0;
+  std::memcpy(&g->loss_scale_, &state[2], sizeof(float));
   GRADACC_ASSIGN_OR_RETURN(ModelLayout layout, ModelLayout::FromSpec(g->job_.model()));
   const uint64_t n = layout.num_elements();
   if (g->leader()) {
@@ -187,8 +193,8 @@ absl::Status GroupClient::ShareStep(const absl::StatusOr<StepResult>& step, Step
   GRADACC_RETURN_IF_ERROR(ShareStatus(leader() ? step.status() : absl::OkStatus(), local_));
   Outcome o{};
   if (leader()) {
-    o = Outcome{step->window,    step->version, step->loss,     step->lr,
-                step->duplicate, step->stale,   step->job_done, client_->done()};
+    o = Outcome{step->window,    step->version,  step->loss,           step->lr,     step->loss_scale,
+                step->duplicate, step->stale,    step->job_done,       client_->done(), step->skipped};
   }
   MPI_Bcast(&o, sizeof(o), MPI_BYTE, 0, local_);
   out->window = o.window;
@@ -198,8 +204,11 @@ absl::Status GroupClient::ShareStep(const absl::StatusOr<StepResult>& step, Step
   out->duplicate = o.duplicate;
   out->stale = o.stale;
   out->job_done = o.job_done;
+  out->skipped = o.skipped != 0;
+  out->loss_scale = o.loss_scale;
   if (leader()) *out = *step;
   version_ = o.version;
+  loss_scale_ = o.loss_scale;
   done_ = o.done != 0;
   return absl::OkStatus();
 }

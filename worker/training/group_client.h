@@ -39,6 +39,7 @@ class GroupClient final : public TrainingClient {
   const v1::JobSpec& job() const override { return job_; }
   uint32_t worker() const override { return static_cast<uint32_t>(world_rank_); }
   uint64_t version() const override { return version_; }
+  float loss_scale() const override { return loss_scale_; }
   bool done() const override { return done_; }
   absl::Span<const float> params() const override;
   absl::Span<float> grad() override;
@@ -76,6 +77,7 @@ class GroupClient final : public TrainingClient {
   std::unique_ptr<Client> client_;  // the leader's
   v1::JobSpec job_;
   uint64_t version_ = 0;
+  float loss_scale_ = 0;
   bool done_ = false;
   // Non-leaders: their parameters and gradient; the leader: a receive
   // buffer for the others' gradients.

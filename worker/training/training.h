@@ -29,6 +29,8 @@ class TrainingClient {
   virtual const v1::JobSpec& job() const = 0;
   virtual uint32_t worker() const = 0;
   virtual uint64_t version() const = 0;
+  // Client::loss_scale: the open window's loss scale (0: no loss scaling).
+  virtual float loss_scale() const = 0;
   virtual bool done() const = 0;
   virtual absl::Span<const float> params() const = 0;
   virtual absl::Span<float> grad() = 0;
@@ -53,6 +55,7 @@ class ClientAdapter final : public TrainingClient {
   const v1::JobSpec& job() const override { return c_.job(); }
   uint32_t worker() const override { return c_.worker(); }
   uint64_t version() const override { return c_.version(); }
+  float loss_scale() const override { return c_.loss_scale(); }
   bool done() const override { return c_.done(); }
   absl::Span<const float> params() const override { return c_.params(); }
   absl::Span<float> grad() override { return c_.grad(); }

@@ -47,11 +47,14 @@ TensorInfo = collections.namedtuple("TensorInfo", "name shape offset size")
 TensorInfo.__doc__ = "A tensor of the job: its name, shape, offset in the flat vector and element count."
 
 StepResult = collections.namedtuple(
-    "StepResult", "window version duplicate stale reconnects push_attempts loss lr job_done")
+    "StepResult", "window version duplicate stale reconnects push_attempts loss lr job_done skipped loss_scale")
 StepResult.__doc__ = """What ``step()`` did: the window closed, the version now held, whether the
 server already had this contribution (duplicate) or closed the window
 without it (stale), reconnections and push attempts, the server's mean
-loss of the window, its learning rate, and whether the job is done."""
+loss of the window, its learning rate, and whether the job is done. A job
+with loss scaling (``loss_scaling`` in the job): whether the window was
+skipped (its unscaled gradient was not finite: no optimizer step) and the
+scale of the window now open (0 in other jobs)."""
 
 _RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
 _SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
@@ -176,6 +179,11 @@ class Client:
     def done(self):
         """True once the job has run its total_steps."""
         return self._session.state()["done"]
+
+    @property
+    def loss_scale(self):
+        """A job with loss scaling: the scale of the open window (push the gradients of the loss times it); else 0."""
+        return self._session.state()["loss_scale"]
 
     @property
     def transport(self):

@@ -48,6 +48,18 @@ What :class:`Worker` does for you:
   forward), over MPI (``comm``); so evaluation on any rank sees rank 0's
   statistics. Needs ``mpirun`` when the model has buffers and more than one
   rank (``broadcast_buffers=False`` keeps each rank's own).
+* **Mixed precision.** ``torch.autocast`` computes in bf16/fp16 while the
+  parameters (and so the gradients gradacc sums) stay float32. fp16 with a
+  ``GradScaler``: the job carries ``loss_scaling`` (``write_job(...,
+  scaler=scaler)``) and the **server** applies GradScaler's rules to the
+  window: it unscales the reduced gradient, skips the window everywhere
+  when that is not finite (no step, no optimizer state change; the result
+  says ``skipped``) and evolves the scale (backoff, growth interval) — the
+  same scale on every rank. The loop keeps ``scaler.scale(loss).backward()``
+  and ends the window with ``worker.step()`` instead of
+  ``scaler.step(optimizer); scaler.update()``; ``connect(..., scaler=scaler)``
+  keeps the scaler's scale equal to the server's after every window (or
+  use ``worker.scale(loss)``, no GradScaler needed).
 * **The loss** the server shows is the sum over micro-batches of
   ``loss.item()`` times the sample count (``"mean"``), read from the tensor
   ``loss.backward()`` was called on (calls through
@@ -73,10 +85,10 @@ import torch
 from .client import connect as _connect_client
 from .client import env_rank, env_world_size
 from .errors import Error, UsageError
-from .torch_job import job_spec, optimizer_spec, schedule_spec, write_job
+from .torch_job import job_spec, loss_scaling_spec, optimizer_spec, schedule_spec, write_job
 from .torch_job import trainable as _trainable
 
-__all__ = ["Worker", "connect", "job_spec", "optimizer_spec", "schedule_spec", "write_job"]
+__all__ = ["Worker", "connect", "job_spec", "loss_scaling_spec", "optimizer_spec", "schedule_spec", "write_job"]
 
 _tls = threading.local()  # .root: the tensor backward() was called on, in this thread
 _original_backward = None
@@ -191,7 +203,7 @@ class Worker:
     """
 
     def __init__(self, model, optimizer, client, *, world_size, loss_reduction, samples_of, comm,
-                 broadcast_buffers, staging=False):
+                 broadcast_buffers, staging=False, scaler=None):
         self.model = model
         self.optimizer = optimizer
         self.client = client
@@ -200,6 +212,8 @@ class Worker:
         self._samples_of = samples_of or _default_samples_of
         self._comm = comm
         self._broadcast_buffers = broadcast_buffers
+        self._scaler = scaler
+        self._loss_scale = 0.0
         self._params = _trainable(model)
         # Staging: each .grad is a tensor of our own (on the parameters'
         # device: one flat buffer, each .grad a piece of it with its own
@@ -245,6 +259,7 @@ class Worker:
             self._patch(self.optimizer, "zero_grad", self._guarded_zero_grad("the optimizer"))
             self._patch(self.optimizer, "step", self._refused_optimizer_step)
         self._sync_buffers()
+        self._sync_scaler()
 
     def _patch(self, obj, name, replacement):
         had = name in vars(obj)
@@ -291,6 +306,36 @@ class Worker:
                              "mean over its samples, which needs REDUCTION_MEAN_OVER_SAMPLES")
         if self.optimizer is not None:
             self._check_optimizer(job.get("optimizer", {}))
+        self._check_scaler(job.get("loss_scaling"))
+
+    def _check_scaler(self, served):
+        """A GradScaler given to connect() must describe the job's loss scaling (the server applies it)."""
+        if self._scaler is None:
+            return
+        if served is None:
+            raise UsageError("a GradScaler was given but the job has no loss_scaling: the server would not unscale "
+                             "the gradients (write the job with write_job(..., scaler=scaler))",
+                             reason="ERROR_REASON_UNSUPPORTED")
+        if not self._scaler.is_enabled():
+            raise UsageError("this GradScaler is disabled (torch.cuda.amp.GradScaler without CUDA disables itself): "
+                             "use torch.amp.GradScaler('cpu') (PyTorch >= 2.3), or no scaler and "
+                             "worker.scale(loss)")
+        mine = loss_scaling_spec(self._scaler)
+        different = [k for k in ("growth_factor", "backoff_factor", "growth_interval")
+                     if not math.isclose(float(served.get(k, 0)), float(mine[k]), rel_tol=1e-12)]
+        if different:
+            raise UsageError(f"the job's loss_scaling is {served} but this GradScaler has {mine} (differs in "
+                             f"{different}): the server applies the job's rules", reason="ERROR_REASON_UNSUPPORTED")
+
+    def _sync_scaler(self):
+        """The GradScaler's scale becomes the open window's (the server's)."""
+        if self._scaler is None:
+            return
+        scale = float(self.client.loss_scale)
+        if getattr(self._scaler, "_scale", None) is None:
+            self._scaler._init_scale = scale  # its lazy initialisation (first scale()) takes it
+        else:
+            self._scaler.update(scale)
 
     def _check_optimizer(self, served):
         mine = optimizer_spec(self.optimizer)
@@ -362,6 +407,7 @@ class Worker:
         self._samples = 0
         self._loss_sum = 0.0
         self._bad_loss = None  # (micro-batch, value) of the window's first non-finite loss
+        self._loss_scale = float(self.client.loss_scale)  # the open window's (0: no loss scaling)
 
     def _grad_problem(self, index):
         """What happened to parameter `index`'s .grad since the window opened, or None."""
@@ -431,8 +477,12 @@ class Worker:
         loss = 0.0
         if root is not None and root.numel() == 1:
             loss = float(root.detach())
+            if self._loss_scale:
+                loss /= self._loss_scale  # backward() ran on the scaled loss
         samples = self._bw_samples
-        if not math.isfinite(loss) and self._bad_loss is None:
+        # With loss scaling an overflow is the server's to judge (it skips
+        # the window); elsewhere a non-finite loss is refused here.
+        if not math.isfinite(loss) and self._bad_loss is None and not self._loss_scale:
             self._bad_loss = (self._micro_batches, loss)
         self._micro_batches += 1
         self._samples += samples
@@ -450,7 +500,8 @@ class Worker:
 
     def _refused_optimizer_step(self, *args, **kwargs):
         raise UsageError("the gradacc server applies the optimizer step: end the window with worker.step() "
-                         "instead of optimizer.step()")
+                         "instead of optimizer.step() (with a GradScaler: instead of scaler.step(optimizer); "
+                         "scaler.update() — the server unscales, skips and updates the scale)")
 
     # -- buffers -----------------------------------------------------------------------
     def _sync_buffers(self):
@@ -486,6 +537,18 @@ class Worker:
     def version(self):
         """Parameter version = the open window."""
         return self.client.version
+
+    @property
+    def loss_scale(self):
+        """A job with loss scaling: the open window's scale (the server's; 0 without loss scaling)."""
+        return self._loss_scale
+
+    def scale(self, loss):
+        """``loss`` times the open window's loss scale (``GradScaler.scale`` without a GradScaler).
+
+        ``worker.scale(loss).backward()``; in a job without loss scaling
+        ``loss`` itself."""
+        return loss * self._loss_scale if self._loss_scale else loss
 
     @property
     def micro_batches(self):
@@ -562,6 +625,7 @@ class Worker:
         self._install_parameters()
         self._install_grads()
         self._sync_buffers()
+        self._sync_scaler()
         return result
 
     # -- the rest -------------------------------------------------------------------------
@@ -617,7 +681,7 @@ class Worker:
 
 
 def connect(model, optimizer=None, *, server, rank=None, world_size=None, loss_reduction="mean", samples_of=None,
-            broadcast_buffers=True, comm=None, staging=False, **client_options):
+            broadcast_buffers=True, comm=None, staging=False, scaler=None, **client_options):
     """Trains `model` through the gradacc server at `server`: returns its :class:`Worker`.
 
     Joins the job, checks that the model's trainable parameters are the
@@ -647,6 +711,10 @@ def connect(model, optimizer=None, *, server, rank=None, world_size=None, loss_r
         the window's buffer when the window ends, instead of a view of that
         buffer (the same bits; what CUDA parameters always get). Default
         False on the CPU.
+      scaler: the ``GradScaler`` of an fp16 loop in a job with
+        ``loss_scaling`` (its rules must be the job's): after every window
+        its scale is set to the server's, so ``scaler.scale(loss)`` scales
+        by what the server unscales by. Without one, ``worker.scale(loss)``.
       client_options: passed to :func:`gradacc.connect` (TLS, tokens,
         timeouts, ``shared_memory``, ``hierarchical``, ...).
 
@@ -663,7 +731,8 @@ def connect(model, optimizer=None, *, server, rank=None, world_size=None, loss_r
         raise UsageError(f"rank {rank} outside world_size {world_size}", reason="ERROR_REASON_UNKNOWN_WORKER")
     client = _connect_client(server, rank, **client_options)
     worker = Worker(model, optimizer, client, world_size=world_size, loss_reduction=loss_reduction,
-                    samples_of=samples_of, comm=comm, broadcast_buffers=broadcast_buffers, staging=staging)
+                    samples_of=samples_of, comm=comm, broadcast_buffers=broadcast_buffers, staging=staging,
+                    scaler=scaler)
     try:
         worker._attach()
     except BaseException:

@@ -222,9 +222,37 @@ def _check_optimized(model, optimizer):
                 "optimizer, or set requires_grad=False")
 
 
+_SCALER_DEFAULTS = {"init_scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000}
+
+
+def loss_scaling_spec(scaler):
+    """The job's ``loss_scaling`` (``gradacc.v1.LossScaling``) for a GradScaler, a dict or True.
+
+    A ``torch.amp.GradScaler`` (or ``torch.cuda.amp.GradScaler``; one that
+    disabled itself for want of CUDA still describes its rules) gives its
+    ``init_scale``, ``growth_factor``, ``backoff_factor`` and
+    ``growth_interval``; a dict gives any of those (the rest: GradScaler's
+    defaults 65536, 2.0, 0.5, 2000); True: the defaults."""
+    if scaler is True:
+        values = dict(_SCALER_DEFAULTS)
+    elif isinstance(scaler, dict):
+        unknown = sorted(set(scaler) - set(_SCALER_DEFAULTS))
+        if unknown:
+            _refuse(f"loss scaling keys {unknown} are not known (known: {sorted(_SCALER_DEFAULTS)})")
+        values = {**_SCALER_DEFAULTS, **scaler}
+    elif hasattr(scaler, "get_growth_factor"):
+        values = {"init_scale": float(getattr(scaler, "_init_scale", _SCALER_DEFAULTS["init_scale"])),
+                  "growth_factor": scaler.get_growth_factor(), "backoff_factor": scaler.get_backoff_factor(),
+                  "growth_interval": scaler.get_growth_interval()}
+    else:
+        _refuse(f"scaler must be a GradScaler, a dict or True, not {type(scaler).__name__}")
+    return {"init_scale": float(values["init_scale"]), "growth_factor": float(values["growth_factor"]),
+            "backoff_factor": float(values["backoff_factor"]), "growth_interval": int(values["growth_interval"])}
+
+
 def job_spec(model, optimizer, scheduler=None, *, workers, micro_batches, micro_batch_size, total_steps=None,
              epochs=None, train_samples=None, job_id="torch", clip_grad_norm=0.0, seed=0, hints=None,
-             safetensors_path=None):
+             safetensors_path=None, scaler=None):
     """A gradacc job (``gradacc.v1.JobSpec`` as a dict, protobuf's JSON mapping) for a PyTorch model.
 
     Args:
@@ -245,6 +273,11 @@ def job_spec(model, optimizer, scheduler=None, *, workers, micro_batches, micro_
         the server to the window's gradient (0: none).
       hints: extra ``worker_hints`` (strings).
       safetensors_path: where the initial parameters are (see :func:`write_job`).
+      scaler: fp16 dynamic loss scaling, applied by the server with
+        ``GradScaler``'s rules (see :func:`loss_scaling_spec`): a
+        ``torch.amp.GradScaler`` / ``torch.cuda.amp.GradScaler`` (its
+        init_scale, growth and backoff factors and growth interval), a dict
+        of those four, or True for GradScaler's defaults.
     """
     params = trainable(model)
     if not params:
@@ -276,6 +309,8 @@ def job_spec(model, optimizer, scheduler=None, *, workers, micro_batches, micro_
         spec["model"]["safetensors_path"] = safetensors_path
     if clip_grad_norm:
         spec["clipping"] = {"max_norm": float(clip_grad_norm)}
+    if scaler is not None and scaler is not False:
+        spec["loss_scaling"] = loss_scaling_spec(scaler)
     if train_samples is not None:
         spec["worker_hints"]["train_samples"] = str(int(train_samples))
     spec["worker_hints"].update({str(k): str(v) for k, v in (hints or {}).items()})
