@@ -18,6 +18,7 @@ float LossScaler::inverse() const { return static_cast<float>(1.0 / static_cast<
 void LossScaler::Update(bool found_inf) {
   // torch/aten's _amp_update_scale_cpu_kernel (the CUDA kernel is the same):
   // the f32 scale times a double factor, rounded back to f32.
+  skipped_ = found_inf;
   if (found_inf) {
     scale_ = static_cast<float>(static_cast<double>(scale_) * backoff_factor_);
     growth_tracker_ = 0;
@@ -37,6 +38,7 @@ v1::LossScaleState LossScaler::Export() const {
   v1::LossScaleState s;
   s.set_scale(scale_);
   s.set_growth_tracker(growth_tracker_);
+  s.set_skipped(skipped_);
   return s;
 }
 
@@ -44,6 +46,7 @@ void LossScaler::Restore(const v1::CheckpointState& state) {
   if (!on_ || !state.has_loss_scale()) return;
   scale_ = state.loss_scale().scale();
   growth_tracker_ = state.loss_scale().growth_tracker();
+  skipped_ = state.loss_scale().skipped();
 }
 
 }  // namespace gradacc

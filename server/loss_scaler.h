@@ -24,6 +24,8 @@ class LossScaler {
   // The scale of the open window (0 when off).
   float scale() const { return scale_; }
   uint32_t growth_tracker() const { return growth_tracker_; }
+  // The last window Update saw overflowed (it was skipped).
+  bool skipped() const { return skipped_; }
   // f32(1 / f64(scale)): torch's unscale factor.
   float inverse() const;
   // After a window: found_inf backs off, else the tracker counts towards
@@ -42,6 +44,7 @@ class LossScaler {
   uint32_t growth_interval_ = 2000;
   float scale_ = 0;
   uint32_t growth_tracker_ = 0;
+  bool skipped_ = false;
 };
 
 }  // namespace gradacc

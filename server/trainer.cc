@@ -126,7 +126,8 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
   shm_->Publish(version);
   SnapshotFields fields{version, state_.done(),
                         LearningRateAt(spec_.optimizer(), spec_.schedule(), version ? version - 1 : 0),
-                        progress_.last_loss(), state_.plan(), executor_->loss_scaler().scale()};
+                        progress_.last_loss(), state_.plan(), executor_->loss_scaler().scale(),
+                        executor_->loss_scaler().skipped()};
   publisher_ = std::make_unique<VersionPublisher>(
       MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true, snapshot_memory_),
       deadlines_.get(), options_.max_pull_wait, /*keep_previous=*/options_.num_shards > 1,
