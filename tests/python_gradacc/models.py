@@ -144,18 +144,28 @@ def write_job(folder, model, optimizer, workers, micro_batches, total_steps=WIND
 
 def train_rank(address, model, optimizer, rank, world, micro_batches, results, options=None, windows=None):
     """One worker's training loop: its slots of every window; the final parameters into results[rank]."""
+    options = dict(options or {})
+    mark_last = options.pop("mark_last", False)  # worker.last_micro_batch() before each window's last backward
     m, opt = fresh(model, optimizer, seed=100 + rank)  # the job's parameters replace these
     x, y = dataset(model)
     worker = gradacc.torch.connect(m, opt, server=address, rank=rank, world_size=world, connect_timeout_s=30,
-                                   window_timeout_s=120, **(options or {}))
+                                   window_timeout_s=120, **options)
+    early = overlapped = 0
     try:
         while not worker.done and (windows is None or worker.version < windows):
             t = worker.version
-            for idx in window_slots(t)[rank * micro_batches:(rank + 1) * micro_batches]:
-                if len(idx):
-                    F.cross_entropy(m(x[torch.from_numpy(idx)]), y[torch.from_numpy(idx)]).backward()
+            slots = [idx for idx in window_slots(t)[rank * micro_batches:(rank + 1) * micro_batches] if len(idx)]
+            for j, idx in enumerate(slots):
+                if mark_last and j == len(slots) - 1:
+                    worker.last_micro_batch()
+                F.cross_entropy(m(x[torch.from_numpy(idx)]), y[torch.from_numpy(idx)]).backward()
+            if worker._stage is not None:
+                early += worker._stage.early_copies if worker._stage.marks is not None else 0
             worker.step(allow_empty=worker.micro_batches == 0)
+            overlapped += int(worker.copy_overlapped)
         results[rank] = {n: p.detach().numpy().copy() for n, p in m.named_parameters()}
+        results[f"overlap{rank}"] = {"early_copies": early, "overlapped_windows": overlapped,
+                                     "buckets": len(worker._stage.buckets) if worker._stage else 0}
         results[f"transport{rank}"] = worker.client.transport
     finally:
         worker.close()

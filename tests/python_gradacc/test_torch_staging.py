@@ -45,6 +45,7 @@ class StagingTest(harness.ServerTestCase):
         final, _ = gradacc.load_safetensors(f"{folder}/final.safetensors")
         for rank in range(world):
             self.assertTrue(same_bits(results[rank], final), f"rank {rank} differs from the server")
+        self.results = results
         return final
 
     def test_staging_gives_the_bits_of_views(self):
@@ -54,6 +55,30 @@ class StagingTest(harness.ServerTestCase):
                     view = self.run_job(model, world, k, {"shared_memory": shm})
                     staged = self.run_job(model, world, k, {"shared_memory": shm, "staging": True})
                     self.assertTrue(same_bits(view, staged), f"{model}: staging and views give other bits")
+
+
+    def test_copies_overlapped_with_the_last_backward_give_the_same_bits(self):
+        """worker.last_micro_batch(): buckets copied by post-accumulate-grad hooks during the last pass."""
+        from gradacc.torch_staging import _OVERLAP
+        for model in ("cnn", "transformer"):
+            with self.subTest(model=model):
+                view = self.run_job(model, 2, 4, {"shared_memory": True})
+                staged = self.run_job(model, 2, 4, {"shared_memory": True, "staging": True, "mark_last": True,
+                                                    "bucket_mb": 0.004})
+                self.assertTrue(same_bits(view, staged), f"{model}: overlapped copies give other bits")
+                for rank in range(2):
+                    o = self.results[f"overlap{rank}"]
+                    self.assertGreater(o["buckets"], 2, "the test must cut the model into several buckets")
+                    if _OVERLAP:
+                        # Every window's copy ran during its last backward
+                        # pass, most buckets before that pass ended.
+                        self.assertEqual(o["overlapped_windows"], WINDOWS, o)
+                        self.assertGreater(o["early_copies"], WINDOWS, o)
+                    else:
+                        self.assertEqual(o["overlapped_windows"], 0, o)
+                if not _OVERLAP:
+                    print(f"PyTorch {torch.__version__} has no post-accumulate-grad hooks: the copy runs at the "
+                          "window's end (the same bits); the Debian 13 tier runs the overlapped copies", flush=True)
 
 
 class AutocastTest(harness.ServerTestCase):

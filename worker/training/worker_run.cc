@@ -61,6 +61,13 @@ absl::Status Connect(const WorkerOptions& options, int rank, int size, Setup& s)
     s.session = std::make_unique<ClientAdapter>(*s.client);
   }
   const v1::JobSpec& job = s.session->job();
+  if (job.has_loss_scaling()) {
+    // Its gradients would be taken for scaled ones and divided by the scale.
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "the server's job '%s' uses fp16 loss scaling (loss_scaling); gradacc-worker's built-in MLP computes in "
+        "float32 without scaling its loss: serve it a job without loss_scaling",
+        job.job_id()));
+  }
   if (HasDataPlan(job)) {
     // Elastic: any number of ranks up to max_workers, worker ids below it.
     if (static_cast<uint32_t>(std::max(size, rank + 1)) > job.window().max_workers()) {

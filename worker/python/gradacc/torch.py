@@ -77,7 +77,6 @@ import functools
 import math
 import os
 import threading
-import weakref
 
 import numpy as np
 import torch
@@ -87,109 +86,11 @@ from .client import env_rank, env_world_size
 from .errors import Error, UsageError
 from .torch_job import job_spec, loss_scaling_spec, optimizer_spec, schedule_spec, write_job
 from .torch_job import trainable as _trainable
+from .torch_probe import (_Forward, _default_samples_of, _install_backward_probe, _output_tensors,
+                          _remove_backward_probe, _tls, _workers, _workers_lock)
+from .torch_staging import Staging
 
 __all__ = ["Worker", "connect", "job_spec", "loss_scaling_spec", "optimizer_spec", "schedule_spec", "write_job"]
-
-_tls = threading.local()  # .root: the tensor backward() was called on, in this thread
-_original_backward = None
-_probe = None  # our Tensor.backward, while installed
-_probe_users = 0  # Workers attached (the probe goes when the last one closes)
-_workers = weakref.WeakSet()  # live Workers (the backward probe tidies up after a failed pass)
-_workers_lock = threading.Lock()  # a set iterated while another thread adds to it raises
-
-
-def _install_backward_probe():
-    """Makes Tensor.backward note its tensor (the loss) for the workers, for as long as one is attached.
-
-    Autograd's hooks do not see the tensor backward() was called on, and the
-    server's loss is the workers' sum of it; ``torch.autograd.backward(loss)``
-    does not pass through here (its loss counts as 0). Counted: the original
-    comes back when the last Worker closes (_remove_backward_probe)."""
-    global _original_backward, _probe, _probe_users
-    with _workers_lock:
-        _probe_users += 1
-        if _probe is None:
-            _original_backward = torch.Tensor.backward
-            _probe = _backward_probe(_original_backward)
-            torch.Tensor.backward = _probe
-
-
-def _backward_probe(original):
-    @functools.wraps(original)
-    def backward(self, *args, **kwargs):
-        previous = getattr(_tls, "root", None)
-        _tls.root = self
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            _tls.root = previous
-            # A pass that failed (a hook raised) never ran its end callback.
-            me = threading.get_ident()
-            with _workers_lock:
-                workers = list(_workers)
-            for worker in workers:
-                if worker._in_backward and worker._bw_thread == me:
-                    worker._in_backward = False
-    return backward
-
-
-def _remove_backward_probe():
-    """One Worker fewer; the last one puts torch's Tensor.backward back (unless something replaced ours since)."""
-    global _original_backward, _probe, _probe_users
-    with _workers_lock:
-        _probe_users -= 1
-        if _probe_users > 0 or _probe is None:
-            return
-        if torch.Tensor.backward is _probe:
-            torch.Tensor.backward = _original_backward
-        _probe = None
-
-
-def _first_tensor(value):
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    if isinstance(value, dict):
-        for v in value.values():
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    return None
-
-
-def _output_tensors(value, out):
-    if isinstance(value, torch.Tensor):
-        if value.requires_grad:
-            out.append(value)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            _output_tensors(v, out)
-    elif isinstance(value, dict):
-        for v in value.values():
-            _output_tensors(v, out)
-    return out
-
-
-def _default_samples_of(inputs):
-    t = _first_tensor(inputs)
-    if t is None or t.dim() == 0:
-        raise UsageError("cannot tell the micro-batch's sample count: the model's forward got no tensor with a "
-                         "leading (batch) dimension as a positional argument; pass samples_of=callable(inputs) "
-                         "to gradacc.torch.connect")
-    return int(t.shape[0])
-
-
-class _Forward:
-    """One forward of the model: its sample count, and the last backward that counted it."""
-    __slots__ = ("samples", "counted_in")
-
-    def __init__(self, samples):
-        self.samples = samples
-        self.counted_in = -1
 
 
 class Worker:
@@ -203,7 +104,7 @@ class Worker:
     """
 
     def __init__(self, model, optimizer, client, *, world_size, loss_reduction, samples_of, comm,
-                 broadcast_buffers, staging=False, scaler=None):
+                 broadcast_buffers, staging=False, scaler=None, bucket_mb=25.0):
         self.model = model
         self.optimizer = optimizer
         self.client = client
@@ -215,14 +116,16 @@ class Worker:
         self._scaler = scaler
         self._loss_scale = 0.0
         self._params = _trainable(model)
-        # Staging: each .grad is a tensor of our own (on the parameters'
-        # device: one flat buffer, each .grad a piece of it with its own
-        # version counter), copied into the window's buffer when the window
-        # ends; always for CUDA parameters, on request on the CPU. Else each
-        # .grad is a view of the window's buffer (no copy).
+        # Staging (gradacc/torch_staging.py): each .grad is a piece of a flat
+        # buffer of our own on the parameters' device, copied into the
+        # window's buffer by buckets (overlapped with the last backward
+        # pass after last_micro_batch()) or at the window's end; always for
+        # CUDA parameters, on request on the CPU. Else each .grad is a view
+        # of the window's buffer (no copy).
         self._staging = bool(staging)
+        self._bucket_mb = float(bucket_mb)
+        self._stage = None  # the Staging, once the device is known
         self._device = None
-        self._flat_grad = None
         self._hooks = []
         self._patched = []
         self._probe_held = False
@@ -254,6 +157,9 @@ class Worker:
         self._hooks.append(self.model.register_forward_hook(self._on_forward))
         for index, (_, p) in enumerate(self._params):
             self._hooks.append(p.register_hook(functools.partial(self._on_param_grad, index)))
+            if self._stage is not None and self._stage.overlap:
+                self._hooks.append(p.register_post_accumulate_grad_hook(
+                    functools.partial(self._on_param_accumulated, index)))
         self._patch(self.model, "zero_grad", self._guarded_zero_grad("the model"))
         if self.optimizer is not None:
             self._patch(self.optimizer, "zero_grad", self._guarded_zero_grad("the optimizer"))
@@ -376,28 +282,14 @@ class Worker:
                 else:
                     p.data.copy_(torch.from_numpy(source.copy()))
 
-    def _staged_grad(self, index):
-        """Parameter `index`'s piece of the flat staging buffer: shares its storage, has its own version counter."""
-        if self._flat_grad is None:
-            self._flat_grad = torch.zeros(self.client.num_elements, dtype=torch.float32, device=self._device)
-        info = self.client.tensors[index]
-        g = torch.empty(0, dtype=torch.float32, device=self._device)
-        strides, step = [], 1
-        for d in reversed(info.shape):
-            strides.insert(0, step)
-            step *= int(d)
-        # (torch 1.13 has no untyped_storage(); its storage() is the same memory.)
-        storage = (self._flat_grad.untyped_storage() if hasattr(self._flat_grad, "untyped_storage")
-                   else self._flat_grad.storage())
-        g.set_(storage, info.offset, tuple(info.shape), tuple(strides))
-        return g
-
     def _install_grads(self):
         self._grads, self._grad_ptr, self._grad_version, self._accumulated = [], [], [], []
-        if self._staging and self._flat_grad is not None:
-            self._flat_grad.zero_()
+        if self._staging:
+            if self._stage is None:
+                self._stage = Staging(self.client.tensors, self._device, self._bucket_mb)
+            self._stage.reset()
         for index, (_, p) in enumerate(self._params):
-            g = self._staged_grad(index) if self._staging else torch.from_numpy(self.client.grad(index))
+            g = self._stage.grad_view(index) if self._staging else torch.from_numpy(self.client.grad(index))
             p.grad = g
             self._grads.append(g)
             self._grad_ptr.append(g.data_ptr())
@@ -443,6 +335,8 @@ class Worker:
         self._in_backward = True
         self._bw_thread = threading.get_ident()
         self._bw_samples = 0
+        if self._stage is not None:
+            self._stage.begin_backward(self.client.grad)
         torch.autograd.Variable._execution_engine.queue_callback(self._on_backward_end)
 
     def _on_output_grad(self, record, grad):
@@ -471,8 +365,13 @@ class Worker:
         # mean loss counts its sample count times.
         return grad * self._bw_samples if self._mean else None
 
+    def _on_param_accumulated(self, index, param):
+        self._stage.param_ready(index)
+
     def _on_backward_end(self):
         self._in_backward = False
+        if self._stage is not None:
+            self._stage.end_backward(self._accumulated)
         root = getattr(_tls, "root", None)
         loss = 0.0
         if root is not None and root.numel() == 1:
@@ -560,6 +459,31 @@ class Worker:
         """Samples recorded in the open window."""
         return self._samples
 
+    def last_micro_batch(self):
+        """Says that the next ``backward()`` is the window's last (staged gradients: CUDA parameters).
+
+        During that pass each bucket of gradients is copied to the host as
+        soon as it is final, overlapped with the rest of backward (as DDP
+        overlaps its all-reduce), so ``step()`` waits only for the copies
+        still in flight (``copy_wait_ms``). Needs PyTorch >= 2.1
+        (post-accumulate-grad hooks); otherwise, or without this call, or
+        when anything touches the gradients after that pass, ``step()``
+        copies the whole buffer — the same bytes either way. A no-op for
+        ``.grad`` views of the window's buffer (the CPU default).
+        """
+        if self._stage is not None:
+            self._stage.arm()
+
+    @property
+    def copy_wait_ms(self):
+        """Staged gradients: how long the last ``step()`` waited for the device-to-host copy (ms; 0 for views)."""
+        return self._stage.last_wait_ms if self._stage is not None else 0.0
+
+    @property
+    def copy_overlapped(self):
+        """Staged gradients: whether the last window's copy ran during its last backward pass."""
+        return self._stage is not None and self._stage.last_overlapped
+
     def discard(self):
         """Drops this rank's gradients of the open window, so that it can be computed again.
 
@@ -615,8 +539,9 @@ class Worker:
             self.client.add_micro_batch(0, 0.0)
         if self._staging:
             # The window's gradients into its buffer (device to host for
-            # CUDA), then the push reads them from there.
-            torch.from_numpy(self.client.grad()).copy_(self._flat_grad)
+            # CUDA; what the last pass copied already is only waited for),
+            # then the push reads them from there.
+            self._stage.finish(self.client.grad(), self._accumulated)
         # torch.optim skips a parameter whose .grad is None: what no
         # backward() of this rank reached is untouched (the server steps a
         # tensor when any rank touched it).
@@ -655,6 +580,8 @@ class Worker:
 
         Without views left, closing the client frees it (its channels) at once."""
         self._closed = True
+        if self._stage is not None:
+            self._stage.close()  # unregisters the client's buffer before the client goes
         if self._probe_held:
             self._probe_held = False
             _remove_backward_probe()
@@ -681,7 +608,7 @@ class Worker:
 
 
 def connect(model, optimizer=None, *, server, rank=None, world_size=None, loss_reduction="mean", samples_of=None,
-            broadcast_buffers=True, comm=None, staging=False, scaler=None, **client_options):
+            broadcast_buffers=True, comm=None, staging=False, scaler=None, bucket_mb=25.0, **client_options):
     """Trains `model` through the gradacc server at `server`: returns its :class:`Worker`.
 
     Joins the job, checks that the model's trainable parameters are the
@@ -711,6 +638,9 @@ def connect(model, optimizer=None, *, server, rank=None, world_size=None, loss_r
         the window's buffer when the window ends, instead of a view of that
         buffer (the same bits; what CUDA parameters always get). Default
         False on the CPU.
+      bucket_mb: staged gradients (CUDA): the size of the buckets copied to
+        the host during the last backward pass (see
+        :meth:`Worker.last_micro_batch`).
       scaler: the ``GradScaler`` of an fp16 loop in a job with
         ``loss_scaling`` (its rules must be the job's): after every window
         its scale is set to the server's, so ``scaler.scale(loss)`` scales
@@ -732,7 +662,7 @@ def connect(model, optimizer=None, *, server, rank=None, world_size=None, loss_r
     client = _connect_client(server, rank, **client_options)
     worker = Worker(model, optimizer, client, world_size=world_size, loss_reduction=loss_reduction,
                     samples_of=samples_of, comm=comm, broadcast_buffers=broadcast_buffers, staging=staging,
-                    scaler=scaler)
+                    scaler=scaler, bucket_mb=bucket_mb)
     try:
         worker._attach()
     except BaseException:
