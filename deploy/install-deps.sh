@@ -6,7 +6,8 @@
 # pybind11-dev and python3-dev build the Python package gradacc, and
 # python3-torch and python3-numpy run it, its tests, the quickstart's --torch
 # job and the golden-data generators; ccache lets tests/run.sh reuse what an
-# earlier build compiled; grpc-proto is not needed: proto/grpc/ vendors it).
+# earlier build compiled; python3-matplotlib draws the benchmarks' charts;
+# grpc-proto is not needed: proto/grpc/ vendors it).
 # Idempotent: packages already present are skipped, and apt is not touched at
 # all when nothing is missing. Usage: deploy/install-deps.sh
 # (--golden is accepted and changes nothing: torch is always installed now).
@@ -25,6 +26,7 @@ packages=(
   libcivetweb-dev chromium
   dpkg-dev file
   ccache
+  python3-matplotlib
 )
 # Node.js and npm run the offline deployment validation; machines that
 # already have them (from elsewhere than Debian) keep theirs.

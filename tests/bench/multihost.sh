@@ -484,4 +484,7 @@ cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
   --warmup="$warmup" --machine="$(nproc) CPUs, $cpu" --commit="$commit" \
   --csv="$base.csv" --md="$base.md" --png="$base.png"
 cp "$sampler_log" "$logs/samples.csv" 2>/dev/null
-say "wrote $base.csv, $base.md and $base.png (logs: $logs)"
+wrote=()
+for f in "$base.csv" "$base.md" "$base.png"; do [[ -s "$f" ]] && wrote+=("$f"); done
+say "wrote ${wrote[*]} (logs: $logs)"
+[[ -s "$base.png" ]] || say "no chart: python3-matplotlib is not importable (deploy/install-deps.sh installs it)"

@@ -229,7 +229,8 @@ def chart(a, sizes, rows, rate_bytes):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("multihost_report: python3-matplotlib is not installed; no chart", file=sys.stderr)
+        print("multihost_report: python3-matplotlib is not installed (deploy/install-deps.sh installs it): no chart "
+              f"written, {a.png} does not exist", file=sys.stderr)
         return
     fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 5), squeeze=False)
     for ax, p in zip(axes[0], sizes):

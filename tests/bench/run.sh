@@ -18,6 +18,9 @@
 #   --quick: P 1M,16M, M 2, 3 windows after 1 warm-up, 100 training steps
 #   once, 50 CNN windows once, short kernel runs (about two minutes after
 #   the build).
+#   tests/bench/run.sh --scale [--no-build] [scale options]: server memory and
+#   window time against the number of workers, small windows against MPI,
+#   the largest job this machine holds (tests/bench/scale.sh --help).
 #   tests/bench/run.sh --multihost [--no-build] [multihost options]: gradacc
 #   against Open MPI and gloo across simulated hosts with shaped links
 #   (root; tests/bench/multihost.sh --help lists its options).
@@ -26,7 +29,16 @@ self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]
 root="$(cd "$(dirname "$self")/../.." && pwd)"
 cd "$root"
 
-usage() { sed -n '2,23p' "$self" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$self" | sed 's/^# \{0,1\}//'; }
+
+# What the benchmark needs (Open MPI, PyTorch, matplotlib for the charts):
+# installed when missing (apt is not touched when nothing is).
+if [[ " $* " != *" --help "* ]]; then "$root/deploy/install-deps.sh"; fi
+
+if [[ "${1:-}" == "--scale" ]]; then
+  shift
+  exec "$(dirname "$self")/scale.sh" "$@"
+fi
 
 if [[ "${1:-}" == "--multihost" ]]; then
   shift

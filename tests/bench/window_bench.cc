@@ -15,6 +15,7 @@
 #include <mpi.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -138,6 +139,15 @@ int main(int argc, char** argv) {
     gradacc::bench::PrintTimes("window", "gradacc", p, size, setting, "window", windows);
     gradacc::bench::PrintResult("window", "gradacc", p, size, setting, "windows", static_cast<double>(windows.size()),
                                 "n");
+    // This worker's peak resident memory (tests/bench/scale.sh: bytes per
+    // parameter on a worker).
+    std::ifstream status("/proc/self/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind("VmHWM:", 0) == 0) {
+        gradacc::bench::PrintResult("window", "gradacc_worker", p, size, setting, "peak_rss",
+                                    std::strtod(line.c_str() + 6, nullptr) / 1024, "MB");
+      }
+    }
     gradacc::bench::PrintResult("window", "gradacc", p, size, setting, "ranks_on_shared_memory", ranks_on_shm, "n");
     absl::FPrintF(stderr, "gradacc_bench_window: rank 0 moved data through %s\n", transport);
   }
