@@ -1,22 +1,11 @@
 #include "common/files.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 
 namespace gradacc {
 namespace {
-
-absl::Status Errno(absl::string_view what, const std::string& path) {
-  return absl::InternalError(absl::StrCat(what, " '", path, "': ", std::strerror(errno)));
-}
 
 std::string Parent(const std::string& path) {
   const size_t slash = path.rfind('/');
@@ -24,66 +13,33 @@ std::string Parent(const std::string& path) {
   return slash == 0 ? "/" : path.substr(0, slash);
 }
 
+Env* Or(Env* env) { return env != nullptr ? env : Env::Default(); }
+
 }  // namespace
 
-absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+absl::StatusOr<std::string> ReadFileToString(const std::string& path, Env* env) { return Or(env)->ReadFile(path); }
+
+absl::Status WriteFileSynced(const std::string& path, absl::string_view bytes, Env* env) {
+  return Or(env)->WriteFileSynced(path, bytes);
 }
 
-absl::Status WriteFileSynced(const std::string& path, absl::string_view bytes) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, kPrivateFileMode);
-  if (fd < 0) return Errno("create", path);
-  // A file left over from an older run keeps its mode through O_TRUNC.
-  (void)::fchmod(fd, kPrivateFileMode);
-  const char* p = bytes.data();
-  size_t left = bytes.size();
-  while (left > 0) {
-    const ssize_t w = ::write(fd, p, left);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      const absl::Status s = Errno("write", path);
-      ::close(fd);
-      return s;
-    }
-    p += w;
-    left -= static_cast<size_t>(w);
-  }
-  if (::fsync(fd) != 0) {
-    const absl::Status s = Errno("fsync", path);
-    ::close(fd);
-    return s;
-  }
-  if (::close(fd) != 0) return Errno("close", path);
-  return absl::OkStatus();
+absl::Status SyncDirectory(const std::string& path, Env* env) { return Or(env)->SyncDirectory(path); }
+
+absl::Status MakePrivateDirectory(const std::string& path, Env* env) {
+  absl::Status s = Or(env)->CreateDirectory(path);
+  return absl::IsAlreadyExists(s) ? absl::OkStatus() : s;
 }
 
-absl::Status SyncDirectory(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return Errno("open", path);
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) return Errno("fsync", path);
-  return absl::OkStatus();
-}
-
-absl::Status MakePrivateDirectory(const std::string& path) {
-  if (::mkdir(path.c_str(), kPrivateDirectoryMode) != 0 && errno != EEXIST) return Errno("mkdir", path);
-  return absl::OkStatus();
-}
-
-absl::Status WriteFileAtomically(const std::string& path, absl::string_view bytes) {
+absl::Status WriteFileAtomically(const std::string& path, absl::string_view bytes, Env* env) {
+  env = Or(env);
   const std::string tmp = absl::StrCat(path, ".tmp-", ::getpid());
-  absl::Status s = WriteFileSynced(tmp, bytes);
-  if (s.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) s = Errno("rename to", path);
+  absl::Status s = env->WriteFileSynced(tmp, bytes);
+  if (s.ok()) s = env->Rename(tmp, path);
   if (!s.ok()) {
-    ::unlink(tmp.c_str());
+    (void)env->RemoveFile(tmp);
     return s;
   }
-  return SyncDirectory(Parent(path));
+  return env->SyncDirectory(Parent(path));
 }
 
 }  // namespace gradacc

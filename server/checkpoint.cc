@@ -42,14 +42,13 @@ uint32_t Crc(absl::string_view bytes) {
   return static_cast<uint32_t>(crc);
 }
 
-absl::Status Errno(absl::string_view what, const std::string& path) {
-  return absl::InternalError(absl::StrCat(what, " '", path, "': ", std::strerror(errno)));
-}
+Env* Or(Env* env) { return env != nullptr ? env : Env::Default(); }
 
 // Only the files a checkpoint holds: a folder with anything else stays.
-bool RemoveCheckpointDir(const std::string& path) {
-  for (const char* f : {kParams, kState, kManifest}) ::unlink(absl::StrCat(path, "/", f).c_str());
-  return ::rmdir(path.c_str()) == 0 || errno == ENOENT;
+bool RemoveCheckpointDir(const std::string& path, Env* env = nullptr) {
+  for (const char* f : {kParams, kState, kManifest}) (void)Or(env)->RemoveFile(absl::StrCat(path, "/", f));
+  const absl::Status s = Or(env)->RemoveDirectory(path);
+  return s.ok() || absl::IsNotFound(s);
 }
 
 std::string ManifestLine(absl::string_view file, absl::string_view bytes) {
@@ -75,11 +74,11 @@ absl::Status Verify(const std::string& path, const std::string& manifest, const 
   return absl::OkStatus();
 }
 
-absl::StatusOr<Checkpoint> LoadOne(const std::string& dir, const std::string& name) {
+absl::StatusOr<Checkpoint> LoadOne(const std::string& dir, const std::string& name, Env* env) {
   const std::string path = absl::StrCat(dir, "/", name);
-  GRADACC_ASSIGN_OR_RETURN(std::string manifest, ReadFileToString(path + "/" + kManifest));
-  GRADACC_ASSIGN_OR_RETURN(std::string params, ReadFileToString(path + "/" + kParams));
-  GRADACC_ASSIGN_OR_RETURN(std::string state_bytes, ReadFileToString(path + "/" + kState));
+  GRADACC_ASSIGN_OR_RETURN(std::string manifest, ReadFileToString(path + "/" + kManifest, env));
+  GRADACC_ASSIGN_OR_RETURN(std::string params, ReadFileToString(path + "/" + kParams, env));
+  GRADACC_ASSIGN_OR_RETURN(std::string state_bytes, ReadFileToString(path + "/" + kState, env));
   GRADACC_RETURN_IF_ERROR(Verify(path, manifest, params, state_bytes));
   Checkpoint c;
   c.name = name;
@@ -164,16 +163,12 @@ std::vector<std::string> RemoveTemporaryCheckpoints(const std::string& dir) {
   return notes;
 }
 
-std::vector<std::string> ListCheckpoints(const std::string& dir) {
+std::vector<std::string> ListCheckpoints(const std::string& dir, Env* env) {
   std::vector<std::string> names;
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return names;
-  while (dirent* e = ::readdir(d)) {
-    const std::string n = e->d_name;
+  for (const std::string& n : Or(env)->ListDirectory(dir)) {
     uint64_t v;
     if (n.size() == 5 + 20 && n.rfind(kPrefix, 0) == 0 && absl::SimpleAtoi(n.substr(5), &v)) names.push_back(n);
   }
-  ::closedir(d);
   std::sort(names.rbegin(), names.rend());
   return names;
 }
@@ -181,8 +176,9 @@ std::vector<std::string> ListCheckpoints(const std::string& dir) {
 absl::Status WriteCheckpoint(const std::string& dir, const ModelLayout& layout, const v1::CheckpointState& state,
                              absl::Span<const float> params,
                              const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer, int keep,
-                             const std::function<void()>& before_rename) {
-  GRADACC_RETURN_IF_ERROR(MakePrivateDirectory(dir));
+                             const std::function<void()>& before_rename, Env* env) {
+  env = Or(env);
+  GRADACC_RETURN_IF_ERROR(MakePrivateDirectory(dir, env));
   std::vector<NamedTensor> tensors;
   if (state.num_shards() > 1) {
     tensors.push_back({"shard_params", {params.size()}, params});
@@ -208,41 +204,42 @@ absl::Status WriteCheckpoint(const std::string& dir, const ModelLayout& layout, 
   const std::string name = absl::StrFormat("%s%020d", kPrefix, state.version());
   const std::string final_path = absl::StrCat(dir, "/", name);
   const std::string tmp = absl::StrCat(dir, "/.tmp-", name, "-", ::getpid());
-  RemoveCheckpointDir(tmp);
-  if (::mkdir(tmp.c_str(), kPrivateDirectoryMode) != 0) return Errno("mkdir", tmp);
-  absl::Status st = WriteFileSynced(tmp + "/" + kParams, params_bytes);
-  if (st.ok()) st = WriteFileSynced(tmp + "/" + kState, state_bytes);
-  if (st.ok()) st = WriteFileSynced(tmp + "/" + kManifest, manifest);
-  if (st.ok()) st = SyncDirectory(tmp);
+  RemoveCheckpointDir(tmp, env);
+  GRADACC_RETURN_IF_ERROR(env->CreateDirectory(tmp));
+  absl::Status st = env->WriteFileSynced(tmp + "/" + kParams, params_bytes);
+  if (st.ok()) st = env->WriteFileSynced(tmp + "/" + kState, state_bytes);
+  if (st.ok()) st = env->WriteFileSynced(tmp + "/" + kManifest, manifest);
+  if (st.ok()) st = env->SyncDirectory(tmp);
   if (st.ok() && before_rename) before_rename();
   if (st.ok()) {
-    RemoveCheckpointDir(final_path);  // a same-step checkpoint is replaced
-    if (::rename(tmp.c_str(), final_path.c_str()) != 0) st = Errno("rename", final_path);
+    RemoveCheckpointDir(final_path, env);  // a same-step checkpoint is replaced
+    st = env->Rename(tmp, final_path);
   }
-  if (st.ok()) st = SyncDirectory(dir);
+  if (st.ok()) st = env->SyncDirectory(dir);
   if (!st.ok()) {
-    RemoveCheckpointDir(tmp);
+    RemoveCheckpointDir(tmp, env);
     return st;
   }
-  const std::vector<std::string> all = ListCheckpoints(dir);
-  for (size_t i = std::max(keep, 1); i < all.size(); ++i) RemoveCheckpointDir(absl::StrCat(dir, "/", all[i]));
+  const std::vector<std::string> all = ListCheckpoints(dir, env);
+  for (size_t i = std::max(keep, 1); i < all.size(); ++i) RemoveCheckpointDir(absl::StrCat(dir, "/", all[i]), env);
   return absl::OkStatus();
 }
 
-absl::StatusOr<Checkpoint> LoadCheckpointOfVersion(const std::string& dir, uint64_t version) {
+absl::StatusOr<Checkpoint> LoadCheckpointOfVersion(const std::string& dir, uint64_t version, Env* env) {
   const std::string name = absl::StrFormat("%s%020d", kPrefix, version);
-  const std::vector<std::string> names = ListCheckpoints(dir);
+  const std::vector<std::string> names = ListCheckpoints(dir, env);
   if (std::find(names.begin(), names.end(), name) == names.end()) {
     return absl::NotFoundError(absl::StrCat("no checkpoint of version ", version, " in '", dir, "'"));
   }
-  return LoadOne(dir, name);
+  return LoadOne(dir, name, env);
 }
 
-absl::StatusOr<Checkpoint> LoadNewestCheckpoint(const std::string& dir, std::vector<std::string>* notes) {
-  const std::vector<std::string> names = ListCheckpoints(dir);
+absl::StatusOr<Checkpoint> LoadNewestCheckpoint(const std::string& dir, std::vector<std::string>* notes,
+                                                Env* env) {
+  const std::vector<std::string> names = ListCheckpoints(dir, env);
   if (names.empty()) return absl::NotFoundError(absl::StrCat("no checkpoint in '", dir, "'"));
   for (const std::string& name : names) {
-    auto c = LoadOne(dir, name);
+    auto c = LoadOne(dir, name, env);
     if (c.ok()) return c;
     if (notes != nullptr) {
       notes->push_back(absl::StrCat("checkpoint ", dir, "/", name, " is corrupt (", c.status().message(),

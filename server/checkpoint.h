@@ -22,6 +22,7 @@
 #include "absl/types/span.h"
 #include "common/buffer.h"
 #include "common/job_spec.h"
+#include "common/env.h"
 #include "gradacc/v1/checkpoint.pb.h"
 
 namespace gradacc {
@@ -34,11 +35,12 @@ struct Checkpoint {
 };
 
 // Files are created 0600 and folders 0700 (common/files.h). `before_rename`
-// runs once the temporary folder is complete (a failpoint for tests).
+// runs once the temporary folder is complete (a failpoint for tests). Every
+// file operation goes through `env` (null: the real file system).
 absl::Status WriteCheckpoint(const std::string& dir, const ModelLayout& layout, const v1::CheckpointState& state,
                              absl::Span<const float> params,
                              const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer, int keep,
-                             const std::function<void()>& before_rename = nullptr);
+                             const std::function<void()>& before_rename = nullptr, Env* env = nullptr);
 
 // Removes the temporary folders (".tmp-ckpt-<step>-<pid>", nothing else)
 // that a server killed while writing a checkpoint left in `dir`, unless
@@ -49,14 +51,15 @@ std::vector<std::string> RemoveTemporaryCheckpoints(const std::string& dir);
 // The newest checkpoint that verifies. Every newer one that does not is
 // skipped with a line in `notes` saying why. NOT_FOUND when the folder holds
 // no checkpoint at all; DATA_LOSS when it holds only corrupt ones.
-absl::StatusOr<Checkpoint> LoadNewestCheckpoint(const std::string& dir, std::vector<std::string>* notes);
+absl::StatusOr<Checkpoint> LoadNewestCheckpoint(const std::string& dir, std::vector<std::string>* notes,
+                                                Env* env = nullptr);
 
 // The checkpoint of exactly `version`, verified; NOT_FOUND when there is
 // none (not kept), DATA_LOSS when it is corrupt.
-absl::StatusOr<Checkpoint> LoadCheckpointOfVersion(const std::string& dir, uint64_t version);
+absl::StatusOr<Checkpoint> LoadCheckpointOfVersion(const std::string& dir, uint64_t version, Env* env = nullptr);
 
 // Folder names of the checkpoints in `dir`, newest first.
-std::vector<std::string> ListCheckpoints(const std::string& dir);
+std::vector<std::string> ListCheckpoints(const std::string& dir, Env* env = nullptr);
 
 }  // namespace gradacc
 

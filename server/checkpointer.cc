@@ -29,7 +29,8 @@ bool Checkpointer::Due(uint64_t version, bool job_done) const {
 absl::Status Checkpointer::Write(const v1::CheckpointState& state, absl::Span<const float> params,
                                  const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer,
                                  const std::function<void()>& before_rename) {
-  absl::Status s = WriteCheckpoint(options_.dir, *layout_, state, params, optimizer, options_.keep, before_rename);
+  absl::Status s =
+      WriteCheckpoint(options_.dir, *layout_, state, params, optimizer, options_.keep, before_rename, options_.env);
   bool mark = false;
   {
     MutexLock lock(&mu_);
@@ -63,7 +64,8 @@ absl::Status Checkpointer::Write(const v1::CheckpointState& state, absl::Span<co
   }
   if (mark) {
     // The folder has held a checkpoint of this job from now on.
-    absl::Status m = WriteFileAtomically(absl::StrCat(options_.dir, "/", kMarker), state.job().job_id() + "\n");
+    absl::Status m =
+        WriteFileAtomically(absl::StrCat(options_.dir, "/", kMarker), state.job().job_id() + "\n", options_.env);
     if (!m.ok()) absl::FPrintF(stderr, "gradacc-server: cannot write %s/%s: %s\n", options_.dir, kMarker, m.message());
   }
   return s;

@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "common/buffer.h"
+#include "common/env.h"
 #include "common/job_spec.h"
 #include "common/mutex.h"
 #include "gradacc/v1/checkpoint.pb.h"
@@ -38,6 +39,7 @@ struct CheckpointOptions {
   std::string dir;  // empty = no checkpoints
   uint64_t every = 1;
   int keep = 3;
+  Env* env = nullptr;  // every file operation (null: the real file system)
 };
 
 class Checkpointer {

@@ -1,11 +1,7 @@
 #include "server/step_ledger.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <set>
 #include <vector>
 
@@ -54,7 +50,8 @@ std::set<uint64_t> StepsIn(const std::string& text) {
 
 }  // namespace
 
-StepLedger::StepLedger(std::string path) : path_(std::move(path)) {
+StepLedger::StepLedger(std::string path, Env* env)
+    : path_(std::move(path)), env_(env != nullptr ? env : Env::Default()) {
   if (!path_.empty()) writer_ = std::thread([this] { WriterLoop(); });
 }
 
@@ -81,7 +78,7 @@ void StepLedger::Append(v1::StepRecord record) {
 std::vector<uint64_t> StepLedger::Recover(const google::protobuf::RepeatedPtrField<v1::StepRecord>& records) {
   std::vector<uint64_t> recovered;
   if (path_.empty() || records.empty()) return recovered;
-  const std::string file = ReadFileToString(path_).value_or("");
+  const std::string file = ReadFileToString(path_, env_).value_or("");
   const std::set<uint64_t> present = StepsIn(file);
   {
     MutexLock lock(&mu_);
@@ -157,27 +154,21 @@ void StepLedger::Flush() {
 
 namespace {
 
-// Appends `text` to `fd`; false (and `error`, and `partial` when some bytes
-// went out) on failure.
-bool WriteAll(int fd, const std::string& text, bool* partial, std::string* error) {
+// Appends `text`; false (and `error`, and `partial` when some bytes went
+// out) on failure.
+bool WriteAll(AppendableFile& file, const std::string& text, bool* partial, std::string* error) {
   size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      *partial = *partial || done > 0;
-      *error = n < 0 ? std::strerror(errno) : "nothing written";
-      return false;
-    }
-    done += static_cast<size_t>(n);
-  }
-  return true;
+  const absl::Status s = file.Append(text, &done);
+  if (s.ok()) return true;
+  *partial = *partial || done > 0;
+  *error = std::string(s.message());
+  return false;
 }
 
 }  // namespace
 
 void StepLedger::WriterLoop() {
-  int fd = -1;
+  std::unique_ptr<AppendableFile> file;
   bool partial = false;  // the file may end in a line cut short by a failed write
   bool failing = false;
   absl::Duration backoff = absl::ZeroDuration();
@@ -195,13 +186,18 @@ void StepLedger::WriterLoop() {
     mu_.Unlock();
     size_t done = 0;
     std::string error;
-    if (fd < 0) fd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, kPrivateFileMode);
-    if (fd < 0) {
-      error = std::strerror(errno);
-    } else {
+    if (file == nullptr) {
+      auto opened = env_->OpenAppendable(path_);
+      if (opened.ok()) {
+        file = *std::move(opened);
+      } else {
+        error = std::string(opened.status().message());
+      }
+    }
+    if (file != nullptr) {
       // A line cut short by an earlier failure stays a line of its own.
-      if (partial && WriteAll(fd, "\n", &partial, &error)) partial = false;
-      while (!partial && done < lines.size() && WriteAll(fd, lines[done].text, &partial, &error)) ++done;
+      if (partial && WriteAll(*file, "\n", &partial, &error)) partial = false;
+      while (!partial && done < lines.size() && WriteAll(*file, lines[done].text, &partial, &error)) ++done;
     }
     mu_.Lock();
     for (size_t k = 0; k < done; ++k) {
@@ -229,7 +225,6 @@ void StepLedger::WriterLoop() {
     if (stop_) break;  // the final checkpoint carries what is left
   }
   written_ = queued_;  // Flush waits no more
-  if (fd >= 0) ::close(fd);
 }
 
 }  // namespace gradacc

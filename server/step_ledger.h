@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "common/env.h"
 #include "common/mutex.h"
 #include "gradacc/v1/control.pb.h"
 #include "server/window_state.h"
@@ -29,8 +30,9 @@ namespace gradacc {
 
 class StepLedger {
  public:
-  // `path` empty: in memory only.
-  explicit StepLedger(std::string path);
+  // `path` empty: in memory only. The file is appended through `env` (null:
+  // the real file system).
+  explicit StepLedger(std::string path, Env* env = nullptr);
   ~StepLedger();
   StepLedger(const StepLedger&) = delete;
   StepLedger& operator=(const StepLedger&) = delete;
@@ -57,6 +59,7 @@ class StepLedger {
   void WriterLoop();
 
   const std::string path_;
+  Env* const env_;
   mutable Mutex mu_;
   std::deque<v1::StepRecord> records_ ABSL_GUARDED_BY(mu_);
   struct Line {

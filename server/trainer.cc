@@ -56,7 +56,7 @@ absl::StatusOr<std::optional<Checkpoint>> FindResumePoint(const TrainerOptions& 
   // Now, not at the first checkpoint: the ledger's default file is in it.
   GRADACC_RETURN_IF_ERROR(MakePrivateDirectory(options.checkpoint_dir));
   *notes = RemoveTemporaryCheckpoints(options.checkpoint_dir);
-  auto loaded = LoadNewestCheckpoint(options.checkpoint_dir, notes);
+  auto loaded = LoadNewestCheckpoint(options.checkpoint_dir, notes, options.env);
   if (loaded.ok()) {
     notes->push_back(absl::StrFormat("resuming job '%s' from checkpoint %s/%s at step %d",
                                      loaded->state.job().job_id(), options.checkpoint_dir, loaded->name,
@@ -84,8 +84,9 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
       range_(range),
       failpoints_(std::move(failpoints)),
       validator_(&spec_, &layout_, num_workers_, range_, options_.shard, options_.num_shards),
-      ledger_(options_.ledger_path),
-      checkpointer_({options_.checkpoint_dir, options_.checkpoint_every, options_.keep_checkpoints}, &layout_),
+      ledger_(options_.ledger_path, options_.env),
+      checkpointer_({options_.checkpoint_dir, options_.checkpoint_every, options_.keep_checkpoints, options_.env},
+                    &layout_),
       deadlines_(std::make_unique<DeadlineQueue>()),
       pool_(range_.size(),
             options_.max_inflight_pushes > 0 ? options_.max_inflight_pushes : 2 * static_cast<int>(num_workers_) + 2,
@@ -402,7 +403,7 @@ void Trainer::OnDeadline(uint64_t window) {
 
 std::shared_ptr<const ParamSnapshot> Trainer::PreviousVersion(uint64_t version) {
   if (version == 0) return nullptr;
-  absl::StatusOr<Checkpoint> previous = LoadCheckpointOfVersion(options_.checkpoint_dir, version - 1);
+  absl::StatusOr<Checkpoint> previous = LoadCheckpointOfVersion(options_.checkpoint_dir, version - 1, options_.env);
   if (!previous.ok()) {
     restore_notes_.push_back(absl::StrCat("version ", version - 1, " is not available to workers that need it (",
                                           previous.status().message(), ")"));

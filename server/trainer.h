@@ -37,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/buffer.h"
+#include "common/env.h"
 #include "common/job_spec.h"
 #include "common/mutex.h"
 #include "gradacc/v1/control.pb.h"
@@ -100,6 +101,9 @@ struct TrainerOptions {
   std::vector<std::string> kill_at;
   // The step ledger is appended here (one JSON object a line) when set.
   std::string ledger_path;
+  // Every file operation of checkpoints and the ledger (null: the real
+  // file system; tests inject faults through it: tests/fault_env.h).
+  Env* env = nullptr;
   // Shared memory for workers on this host: segments are made in this tmpfs
   // folder; empty = off (every worker uses gRPC).
   std::string shared_memory_dir;
