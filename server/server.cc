@@ -21,7 +21,7 @@
 #include "server/rpc/data_plane_service.h"
 #include "server/rpc/shard_router.h"
 #include "server/shard_exchange.h"
-#include "worker/client/channel.h"
+#include "common/channel.h"
 
 namespace gradacc {
 

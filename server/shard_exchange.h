@@ -22,7 +22,7 @@
 #include "gradacc/v1/control.pb.h"
 #include "server/norm_exchange.h"
 #include "server/peer_monitor.h"
-#include "worker/client/channel.h"
+#include "common/channel.h"
 
 namespace grpc {
 class Channel;

@@ -7,7 +7,7 @@
 #include "common/errors.h"
 #include "gtest/gtest.h"
 #include "tests/fake_data_plane.h"
-#include "worker/client/channel.h"
+#include "common/channel.h"
 #include "worker/client/client.h"
 
 namespace gradacc {

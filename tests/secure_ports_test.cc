@@ -23,7 +23,7 @@
 #include "tests/http_client.h"
 #include "tests/subprocess.h"
 #include "tests/test_pki.h"
-#include "worker/client/channel.h"
+#include "common/channel.h"
 
 namespace gradacc {
 namespace {

@@ -15,7 +15,7 @@
 #include "gtest/gtest.h"
 #include "tests/subprocess.h"
 #include "tests/test_pki.h"
-#include "worker/client/channel.h"
+#include "common/channel.h"
 
 namespace gradacc {
 namespace {

@@ -35,7 +35,7 @@ install(TARGETS gradacc_tls_ssl gradacc_tls_crypto LIBRARY DESTINATION ${CMAKE_I
     COMPONENT runtime)
 
 # The client library and the static libraries it links, as one export set.
-set(gradacc_exported gradacc_client gradacc_common gradacc_proto gradacc_grpc_status gradacc_auth)
+set(gradacc_exported gradacc_client gradacc_common gradacc_net gradacc_proto gradacc_grpc_status gradacc_auth)
 foreach(target IN LISTS gradacc_exported)
   string(REGEX REPLACE "^gradacc_" "" export_name ${target})
   set_target_properties(${target} PROPERTIES EXPORT_NAME ${export_name})

@@ -18,7 +18,7 @@
 #include "gradacc/v1/control.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "worker/cli/status_format.h"
-#include "worker/client/channel.h"
+#include "common/channel.h"
 #include "worker/dashboard/dashboard.h"
 
 namespace gradacc {

@@ -61,7 +61,7 @@
 #include "common/shm.h"
 #include "gradacc/v1/control.pb.h"
 #include "gradacc/v1/data.pb.h"
-#include "worker/client/channel.h"
+#include "common/channel.h"
 
 namespace grpc {
 class ByteBuffer;

@@ -12,7 +12,7 @@
 #include "absl/time/time.h"
 #include "gradacc/v1/control.grpc.pb.h"
 #include "gradacc/v1/data.grpc.pb.h"
-#include "worker/client/channel.h"
+#include "common/channel.h"
 
 namespace gradacc {
 

@@ -26,7 +26,7 @@
 #include "absl/time/time.h"
 #include "common/mutex.h"
 #include "gradacc/v1/control.pb.h"
-#include "worker/client/channel.h"
+#include "common/channel.h"
 
 namespace grpc {
 class ClientContext;

@@ -31,7 +31,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "google/rpc/error_details.pb.h"
 #include "worker/cli/status_format.h"
-#include "worker/client/channel.h"
+#include "common/channel.h"
 #include "worker/python/mpi_env.h"
 #include "worker/python/session.h"
 

@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "worker/client/client.h"
-#include "worker/training/training.h"
+#include "worker/client/training_client.h"
 
 namespace gradacc {
 

@@ -3,8 +3,8 @@
 // and gRPC's own retry of idempotent unary calls on UNAVAILABLE (the service
 // config below). Shared by the client library, the CLI and the dashboard.
 // Free functions; thread-safe.
-#ifndef GRADACC_WORKER_CLIENT_CHANNEL_H_
-#define GRADACC_WORKER_CLIENT_CHANNEL_H_
+#ifndef GRADACC_COMMON_CHANNEL_H_
+#define GRADACC_COMMON_CHANNEL_H_
 
 #include <memory>
 #include <string>
@@ -48,4 +48,4 @@ void Authenticate(grpc::ClientContext& context, const std::string& token);
 
 }  // namespace gradacc
 
-#endif  // GRADACC_WORKER_CLIENT_CHANNEL_H_
+#endif  // GRADACC_COMMON_CHANNEL_H_

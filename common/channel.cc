@@ -1,4 +1,4 @@
-#include "worker/client/channel.h"
+#include "common/channel.h"
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/credentials.h>
