@@ -5,8 +5,8 @@
 #   tests/run.sh -L soak         the soak test (10 minutes of faults; not in
 #                                the default run; tests/soak/soak.py --help)
 #   tests/run.sh -R Golden       any other ctest arguments
-#   tests/run.sh --tsan          ThreadSanitizer build (build-tsan) of the unit
-#                                and integration tiers, and runs them
+#   tests/run.sh --tsan          ThreadSanitizer build (build-tsan) of the unit,
+#                                integration and shard tiers, and runs them
 #   tests/run.sh --thread-safety clang build (build-clang) of the libraries
 #                                with locks, -Wthread-safety -Werror
 #   tests/run.sh --torch2        the PyTorch 2 tier: Debian 13 (torch 2.6) in
@@ -60,7 +60,7 @@ case "$mode" in
     build="${GRADACC_BUILD_DIR:-build-tsan}"
     cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGRADACC_SANITIZE=thread \
       -DGRADACC_CUDA=OFF "${launcher[@]}" >/dev/null
-    cmake --build "$build" --target gradacc_tier_unit gradacc_tier_integration -j 2
+    cmake --build "$build" --target gradacc_tier_unit gradacc_tier_integration gradacc_tier_shard -j 2
     ;;
   default)
     build="${GRADACC_BUILD_DIR:-build}"
@@ -87,7 +87,8 @@ if [[ "$mode" == tsan ]]; then
   export TSAN_OPTIONS="suppressions=$root/tests/tsan.supp log_path=$reports/tsan second_deadlock_stack=1 \
 history_size=4 halt_on_error=0"
   status=0
-  ctest --output-on-failure --timeout 900 -j 2 -L 'unit|integration' "${args[@]}" || status=$?
+  # The shard tier too: its workers' clients run a thread per shard.
+  ctest --output-on-failure --timeout 900 -j 2 -L 'unit|integration|shard' "${args[@]}" || status=$?
   if compgen -G "$reports/tsan.*" >/dev/null; then
     # The first report of each process in full, then a count of them all.
     for f in "$reports"/tsan.*; do
@@ -101,7 +102,7 @@ history_size=4 halt_on_error=0"
     exit 1
   fi
   if ((status != 0)); then exit "$status"; fi
-  echo "tsan: unit and integration tiers passed without a ThreadSanitizer report"
+  echo "tsan: unit, integration and shard tiers passed without a ThreadSanitizer report"
   exit 0
 fi
 

@@ -136,6 +136,7 @@ py::dict StepDict(const StepResult& r) {
   d["loss"] = r.loss;
   d["lr"] = r.lr;
   d["job_done"] = r.job_done;
+  d["replanned"] = r.replanned;
   d["skipped"] = r.skipped;
   d["loss_scale"] = r.loss_scale;
   return d;

@@ -47,11 +47,15 @@ TensorInfo = collections.namedtuple("TensorInfo", "name shape offset size")
 TensorInfo.__doc__ = "A tensor of the job: its name, shape, offset in the flat vector and element count."
 
 StepResult = collections.namedtuple(
-    "StepResult", "window version duplicate stale reconnects push_attempts loss lr job_done skipped loss_scale")
+    "StepResult",
+    "window version duplicate stale reconnects push_attempts loss lr job_done replanned skipped loss_scale")
 StepResult.__doc__ = """What ``step()`` did: the window closed, the version now held, whether the
 server already had this contribution (duplicate) or closed the window
 without it (stale), reconnections and push attempts, the server's mean
-loss of the window, its learning rate, and whether the job is done. A job
+loss of the window, its learning rate, and whether the job is done;
+``replanned``: a job with a data plan changed the window's plan under this
+worker (a server restart): its gradients were dropped, the version stays,
+compute the window again. A job
 with loss scaling (``loss_scaling`` in the job): whether the window was
 skipped (its unscaled gradient was not finite: no optimizer step) and the
 scale of the window now open (0 in other jobs)."""
