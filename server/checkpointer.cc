@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 #include "common/files.h"
+#include "common/log.h"
 #include "server/checkpoint.h"
 
 namespace gradacc {
@@ -36,8 +37,7 @@ absl::Status Checkpointer::Write(const v1::CheckpointState& state, absl::Span<co
     MutexLock lock(&mu_);
     if (s.ok()) {
       if (!healthy_) {
-        absl::FPrintF(stderr, "gradacc-server: checkpoints work again (version %d is durable); publishing resumes\n",
-                      state.version());
+        GRADACC_LOG(INFO, "checkpoints work again (version %d is durable); publishing resumes", state.version());
       }
       healthy_ = true;
       error_.clear();
@@ -56,17 +56,17 @@ absl::Status Checkpointer::Write(const v1::CheckpointState& state, absl::Span<co
       // Status is readable by any reader-token holder: no server paths.
       error_ = absl::StrReplaceAll(s.message(), {{options_.dir, "<checkpoint_dir>"}});
       ++failures_;
-      absl::FPrintF(stderr,
-                    "gradacc-server: CHECKPOINT FAILED for version %d: %s; version %d is not published until a "
-                    "checkpoint succeeds (retrying)\n",
-                    state.version(), s.message(), state.version());
+      GRADACC_LOG(WARNING,
+                  "CHECKPOINT FAILED for version %d: %s; version %d is not published until a "
+                  "checkpoint succeeds (retrying)",
+                  state.version(), s.message(), state.version());
     }
   }
   if (mark) {
     // The folder has held a checkpoint of this job from now on.
     absl::Status m =
         WriteFileAtomically(absl::StrCat(options_.dir, "/", kMarker), state.job().job_id() + "\n", options_.env);
-    if (!m.ok()) absl::FPrintF(stderr, "gradacc-server: cannot write %s/%s: %s\n", options_.dir, kMarker, m.message());
+    if (!m.ok()) GRADACC_LOG(WARNING, "cannot write %s/%s: %s", options_.dir, kMarker, m.message());
   }
   return s;
 }
@@ -135,7 +135,7 @@ uint32_t Checkpointer::CountResume(const std::string& dir, uint32_t in_checkpoin
   }
   const uint32_t restarts = std::max(counted, in_checkpoint) + 1;
   if (absl::Status s = WriteFileAtomically(path, absl::StrCat(restarts, "\n")); !s.ok()) {
-    absl::FPrintF(stderr, "gradacc-server: cannot count this restart in %s: %s\n", path, s.message());
+    GRADACC_LOG(WARNING, "cannot count this restart in %s: %s", path, s.message());
   }
   return restarts;
 }

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "common/log.h"
 
 namespace gradacc {
 
@@ -46,7 +47,7 @@ absl::StatusOr<Failpoints> Failpoints::Parse(const std::vector<std::string>& spe
 void Failpoints::MaybeKill(Event event, uint64_t window, uint64_t count) const {
   for (const Point& p : points_) {
     if (p.event != event || p.window != window || (event == Event::kPush && p.count != count)) continue;
-    absl::FPrintF(stderr, "gradacc-server: failpoint %s reached: SIGKILL\n", p.text);
+    GRADACC_LOG(INFO, "failpoint %s reached: SIGKILL", p.text);
     std::fflush(stderr);
     ::raise(SIGKILL);
   }

@@ -8,6 +8,7 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_format.h"
 #include "common/buffer.h"
+#include "common/log.h"
 #include "common/mutex.h"
 #include "common/usage.h"
 #include "server/server_config.h"
@@ -15,6 +16,7 @@
 int main(int argc, char** argv) {
   constexpr char kUsage[] = "gradacc-server [--job=FILE] [--listen=HOST:PORT] ...: serves one gradacc job";
   gradacc::InitUsage(kUsage);
+  gradacc::SetLogProgram("gradacc-server");  // every log line: "gradacc-server: ..."
   if (gradacc::HelpRequested(argc, argv)) {
     std::fputs(gradacc::FlagsHelp(kUsage).c_str(), stdout);
     return 0;
@@ -31,7 +33,7 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   auto config = gradacc::ConfigFromFlags();
   if (!config.ok()) {
-    absl::FPrintF(stderr, "gradacc-server: %s\n", config.status().ToString());
+    GRADACC_LOG(ERROR, "%s", config.status().ToString());
     return 1;
   }
   return gradacc::RunServer(*config, signals);

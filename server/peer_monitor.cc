@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/log.h"
 #include "common/wire.h"
 
 namespace gradacc {
@@ -78,8 +79,8 @@ void PeerMonitor::Probe(const std::vector<size_t>& group) {
   Health& h = health_[first];
   if (s.ok()) {
     if (!h.reachable) {
-      absl::FPrintF(stderr, "gradacc-server: %s answer%s again after %s\n", who, group.size() > 1 ? "" : "s",
-                    absl::FormatDuration(absl::Trunc(now - h.away_since, absl::Milliseconds(100))));
+      GRADACC_LOG(INFO, "%s answer%s again after %s", who, group.size() > 1 ? "" : "s",
+                  absl::FormatDuration(absl::Trunc(now - h.away_since, absl::Milliseconds(100))));
     }
     h = Health{};
   } else {
@@ -87,7 +88,7 @@ void PeerMonitor::Probe(const std::vector<size_t>& group) {
     if (h.reachable) {
       h.reachable = false;
       h.away_since = now;
-      absl::FPrintF(stderr, "gradacc-server: %s do%s not answer: %s\n", who, group.size() > 1 ? "" : "es", h.error);
+      GRADACC_LOG(WARNING, "%s do%s not answer: %s", who, group.size() > 1 ? "" : "es", h.error);
     }
   }
   for (size_t i : group) health_[i] = h;

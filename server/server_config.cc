@@ -14,6 +14,7 @@
 #include "common/data_plan.h"
 #include "common/files.h"
 #include "common/job_spec.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 #include "google/protobuf/text_format.h"
 
@@ -179,35 +180,33 @@ absl::StatusOr<TrainerOptions> TrainerFromFlags() {
 
 void Announce(const ServerConfig& config, GradaccServer& server) {
   const ServerOptions& options = config.options;
-  absl::FPrintF(stderr, "gradacc-server: %s; %s\n",
-                options.tls_cert_file.empty()
-                    ? "plaintext (no TLS)" + std::string(options.allow_remote_plaintext ? ", remote clients allowed"
-                                                                                       : ", loopback only")
-                    : std::string(options.tls_client_ca_file.empty() ? "TLS" : "mutual TLS"),
-                options.tokens.enabled() ? "bearer tokens required (worker and/or read-only)"
-                                         : "no tokens: any client that reaches the port may train");
+  GRADACC_LOG(INFO, "%s; %s",
+              options.tls_cert_file.empty()
+                  ? "plaintext (no TLS)" +
+                        std::string(options.allow_remote_plaintext ? ", remote clients allowed" : ", loopback only")
+                  : std::string(options.tls_client_ca_file.empty() ? "TLS" : "mutual TLS"),
+              options.tokens.enabled() ? "bearer tokens required (worker and/or read-only)"
+                                       : "no tokens: any client that reaches the port may train");
   for (Trainer* shard : server.trainers()) {
-    for (const std::string& note : shard->restore_notes()) absl::FPrintF(stderr, "gradacc-server: %s\n", note);
+    for (const std::string& note : shard->restore_notes()) GRADACC_LOG(INFO, "%s", note);
     if (shard->num_shards() > 1) {
-      absl::FPrintF(stderr, "gradacc-server: shard %d of %d: flat elements [%d, %d) of %d; peers over %s%s\n",
-                    shard->shard(), shard->num_shards(), shard->begin(), shard->end(),
-                    shard->layout().num_elements(),
-                    options.tls_cert_file.empty() ? "plaintext"
-                                                  : "TLS (this server's certificate as client certificate)",
-                    options.tokens.shard.empty() ? "" : " with the shard token");
+      GRADACC_LOG(INFO, "shard %d of %d: flat elements [%d, %d) of %d; peers over %s%s", shard->shard(),
+                  shard->num_shards(), shard->begin(), shard->end(), shard->layout().num_elements(),
+                  options.tls_cert_file.empty() ? "plaintext" : "TLS (this server's certificate as client certificate)",
+                  options.tokens.shard.empty() ? "" : " with the shard token");
     }
   }
   Trainer& t = *server.trainer();
   const ModelLayout& layout = t.layout();
-  absl::FPrintF(stderr,
-                "gradacc-server: serving job '%s' on port %d: %d tensors, %d parameters, %d workers x %d "
-                "micro-batches, %d steps\n",
-                t.spec().job_id(), server.port(), layout.tensors().size(), layout.num_elements(),
-                t.spec().window().num_workers(), t.spec().window().micro_batches(), t.spec().total_steps());
+  GRADACC_LOG(INFO,
+              "serving job '%s' on port %d: %d tensors, %d parameters, %d workers x %d "
+              "micro-batches, %d steps",
+              t.spec().job_id(), server.port(), layout.tensors().size(), layout.num_elements(),
+              t.spec().window().num_workers(), t.spec().window().micro_batches(), t.spec().total_steps());
   if (server.metrics_port() != 0) {
-    absl::FPrintF(stderr, "gradacc-server: Prometheus metrics on port %d at /metrics (%s%s)\n", server.metrics_port(),
-                  options.tls_cert_file.empty() ? "HTTP" : "HTTPS",
-                  options.tokens.enabled() ? ", reader or worker token required" : "");
+    GRADACC_LOG(INFO, "Prometheus metrics on port %d at /metrics (%s%s)", server.metrics_port(),
+                options.tls_cert_file.empty() ? "HTTP" : "HTTPS",
+                options.tokens.enabled() ? ", reader or worker token required" : "");
     if (!config.metrics_port_file.empty()) {
       (void)WriteFileAtomically(config.metrics_port_file, absl::StrCat(server.metrics_port(), "\n"));
     }
@@ -271,25 +270,25 @@ int RunServer(const ServerConfig& config, const sigset_t& signals) {
   }
   auto server = GradaccServer::Start(config.spec, config.options);
   if (!server.ok()) {
-    absl::FPrintF(stderr, "gradacc-server: %s\n", server.status().ToString());
+    GRADACC_LOG(ERROR, "%s", server.status().ToString());
     return 1;
   }
   Announce(config, **server);
   int signal = 0;
   sigwait(&signals, &signal);
-  absl::FPrintF(stderr, "gradacc-server: %s received, shutting down (step %d)\n",
-                signal == SIGTERM ? "SIGTERM" : "SIGINT", (*server)->trainer()->version());
+  GRADACC_LOG(INFO, "%s received, shutting down (step %d)", signal == SIGTERM ? "SIGTERM" : "SIGINT",
+              (*server)->trainer()->version());
   (*server)->StopPeers();
   for (Trainer* shard : (*server)->trainers()) {
     if (absl::Status c = shard->CheckpointNow(); !c.ok()) {
-      absl::FPrintF(stderr, "gradacc-server: final checkpoint failed: %s\n", c.ToString());
+      GRADACC_LOG(WARNING, "final checkpoint failed: %s", c.ToString());
     } else if (!shard->checkpoint_dir().empty()) {
-      absl::FPrintF(stderr, "gradacc-server: checkpoint of step %d in %s\n", shard->version(), shard->checkpoint_dir());
+      GRADACC_LOG(INFO, "checkpoint of step %d in %s", shard->version(), shard->checkpoint_dir());
     }
   }
   (*server)->Shutdown(absl::Seconds(5));
   (*server)->Wait();
-  absl::FPrintF(stderr, "gradacc-server: stopped\n");
+  GRADACC_LOG(INFO, "stopped");
   return 0;
 }
 

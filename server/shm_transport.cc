@@ -9,6 +9,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
 #include "common/errors.h"
+#include "common/log.h"
 
 namespace gradacc {
 
@@ -33,7 +34,7 @@ ShmTransport::ShmTransport(const std::string& dir, bool sharded, uint64_t elemen
   if (!segment.ok()) {
     // Shown to clients in status: no server paths.
     off_reason_ = absl::StrReplaceAll(segment.status().message(), {{dir, "<shared_memory_dir>"}});
-    absl::FPrintF(stderr, "gradacc-server: shared memory off: %s\n", off_reason_);
+    GRADACC_LOG(INFO, "shared memory off: %s", off_reason_);
     return;
   }
   std::copy(params.begin(), params.end(), (*segment)->data());

@@ -1,16 +1,16 @@
 #include "server/step_ledger.h"
 
-
 #include <algorithm>
 #include <set>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
-#include "absl/time/time.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "common/files.h"
+#include "common/log.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace gradacc {
@@ -206,7 +206,7 @@ void StepLedger::WriterLoop() {
     }
     written_ += done;
     if (done == lines.size()) {
-      if (failing) absl::FPrintF(stderr, "gradacc-server: the ledger '%s' is written again\n", path_);
+      if (failing) GRADACC_LOG(INFO, "the ledger '%s' is written again", path_);
       failing = false;
       backoff = absl::ZeroDuration();
       continue;
@@ -215,10 +215,10 @@ void StepLedger::WriterLoop() {
     // the records not yet in the file (Unlogged), so a resumed server
     // appends them even if this one dies first.
     if (!failing) {
-      absl::FPrintF(stderr,
-                    "gradacc-server: LEDGER WRITE FAILED for '%s': %s; retrying (the records are kept, and carried "
-                    "by the checkpoints)\n",
-                    path_, error);
+      GRADACC_LOG(WARNING,
+                  "LEDGER WRITE FAILED for '%s': %s; retrying (the records are kept, and carried "
+                  "by the checkpoints)",
+                  path_, error);
     }
     failing = true;
     backoff = std::min(absl::Seconds(10), std::max(absl::Milliseconds(500), backoff * 2));

@@ -9,6 +9,7 @@
 #include "common/data_plan.h"
 #include "common/errors.h"
 #include "common/files.h"
+#include "common/log.h"
 #include "common/safetensors.h"
 #include "common/status_macros.h"
 #include "server/checkpoint.h"
@@ -64,7 +65,7 @@ absl::StatusOr<std::optional<Checkpoint>> FindResumePoint(const TrainerOptions& 
     return std::optional<Checkpoint>(*std::move(loaded));
   }
   if (loaded.status().code() != absl::StatusCode::kNotFound) {
-    for (const std::string& n : *notes) absl::FPrintF(stderr, "gradacc-server: %s\n", n);
+    for (const std::string& n : *notes) GRADACC_LOG(INFO, "%s", n);
     return loaded.status();
   }
   GRADACC_RETURN_IF_ERROR(Checkpointer::CheckFreshStart(options.checkpoint_dir, options.ledger_path));
@@ -249,10 +250,10 @@ absl::StatusOr<v1::JoinResponse> Trainer::Join(const v1::JoinRequest& request) {
     if (state_.planned()) *response.mutable_plan() = state_.plan();
     if (request.held_version() > outcome.version) {
       progress_.NoteWorkersAhead(request.held_version());
-      absl::FPrintF(stderr,
-                    "gradacc-server: WORKER %d HOLDS VERSION %d BUT THIS SERVER IS AT VERSION %d: published state "
-                    "was lost (a restart without the newest checkpoint?); the worker will stop\n",
-                    request.worker(), request.held_version(), outcome.version);
+      GRADACC_LOG(ERROR,
+                  "WORKER %d HOLDS VERSION %d BUT THIS SERVER IS AT VERSION %d: published state "
+                  "was lost (a restart without the newest checkpoint?); the worker will stop",
+                  request.worker(), request.held_version(), outcome.version);
     }
   }
   *response.mutable_job() = spec_;

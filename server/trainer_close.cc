@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/log.h"
 #include "common/safetensors.h"
 #include "server/trainer.h"
 
@@ -15,7 +16,7 @@ void Trainer::CloseWindow(ClosingWindow& window) {
   if (!report.ok()) {
     // Only a shutdown abandons a step (nothing changed); its contributions
     // are in no checkpoint and get pushed again after the restart.
-    absl::FPrintF(stderr, "gradacc-server: window %d abandoned: %s\n", window.window, report.status().message());
+    GRADACC_LOG(WARNING, "window %d abandoned: %s", window.window, report.status().message());
     MutexLock lock(&mu_);
     state_.Abandon();
     return;
@@ -34,15 +35,15 @@ void Trainer::CloseWindow(ClosingWindow& window) {
     *record.mutable_arrivals() = stragglers_.Observe(window, &new_stragglers);
   }
   for (uint32_t w : new_stragglers) {
-    absl::FPrintF(stderr, "gradacc-server: worker %d is a STRAGGLER: missing from %d windows in a row (window %d)\n",
-                  w, options_.straggler_windows, window.window);
+    GRADACC_LOG(WARNING, "worker %d is a STRAGGLER: missing from %d windows in a row (window %d)", w,
+                options_.straggler_windows, window.window);
   }
   failpoints_.MaybeKill(Failpoints::Event::kBeforeCheckpoint, window.window);
   if (!MakeDurable(version, job_done, record)) {
-    absl::FPrintF(stderr,
-                  "gradacc-server: version %d is not published: shutting down before its checkpoint succeeded; its "
-                  "window is pushed again after the restart\n",
-                  version);
+    GRADACC_LOG(WARNING,
+                "version %d is not published: shutting down before its checkpoint succeeded; its "
+                "window is pushed again after the restart",
+                version);
     return;
   }
   failpoints_.MaybeKill(Failpoints::Event::kAfterCheckpoint, window.window);
@@ -215,10 +216,10 @@ void Trainer::WriteFinalParameters() {
   }
   absl::Status s = WriteSafetensorsFile(options_.final_params_path, tensors, meta);
   if (!s.ok()) {
-    absl::FPrintF(stderr, "gradacc-server: cannot write final parameters: %s\n", s.ToString());
+    GRADACC_LOG(WARNING, "cannot write final parameters: %s", s.ToString());
     return;
   }
-  absl::FPrintF(stderr, "gradacc-server: final parameters written to %s\n", options_.final_params_path);
+  GRADACC_LOG(INFO, "final parameters written to %s", options_.final_params_path);
   MutexLock lock(&mu_);
   progress_.SetFinalWritten();
 }

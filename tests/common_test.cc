@@ -10,6 +10,7 @@
 #include "common/job_spec.h"
 #include "common/kernels.h"
 #include "common/safetensors.h"
+#include "common/log.h"
 #include "gtest/gtest.h"
 
 namespace gradacc {
@@ -255,6 +256,32 @@ TEST(SafetensorsTest, InitialParametersFromFile) {
   EXPECT_EQ((*p)[1], -0.5f);
   t->set_shape(0, 3);
   EXPECT_EQ(InitialParameters(spec).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace gradacc
+
+namespace gradacc {
+namespace {
+
+TEST(LogTest, LevelsFilterAndChecksAbortWithWhereAndWhy) {
+  LogLevel level = LogLevel::kInfo;
+  EXPECT_TRUE(ParseLogLevel("WARNING", &level));
+  EXPECT_EQ(level, LogLevel::kWarning);
+  EXPECT_FALSE(ParseLogLevel("loud", &level));
+  EXPECT_EQ(level, LogLevel::kWarning) << "an unknown name changes nothing";
+  SetLogLevel(LogLevel::kWarning);
+  EXPECT_FALSE(LogEnabled(LogLevel::kInfo));
+  EXPECT_TRUE(LogEnabled(LogLevel::kError));
+  ::testing::internal::CaptureStderr();
+  SetLogProgram("gradacc-test");
+  GRADACC_LOG(INFO, "not shown %d", 1);
+  GRADACC_LOG(WARNING, "shown %d", 2);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "gradacc-test: shown 2\n");
+  SetLogLevel(LogLevel::kInfo);
+  GRADACC_CHECK(1 + 1 == 2);
+  EXPECT_DEATH(GRADACC_CHECK_MSG(1 + 1 == 3, "arithmetic is %s", "off"),
+               "gradacc-test: CHECK failed at .*common_test.cc:[0-9]+: 1 \\+ 1 == 3 — arithmetic is off");
 }
 
 }  // namespace
