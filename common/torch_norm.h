@@ -11,7 +11,7 @@
 // of 1 to 4M elements: equal in every trial; tests/common_test.cc holds the
 // kernel to values produced by torch.) On CPUs where torch dispatches to
 // AVX-512 (16 lanes) or has no FMA, torch's own results differ from these
-// by rounding; README states the bound.
+// by rounding; README.md ("What it guarantees") states the bound.
 //
 // A tensor split over several servers (shards) is reduced part by part in
 // index order through TorchNormState, with the same bits as one pass.

@@ -71,7 +71,7 @@ if [[ "$mode" == torch ]]; then
     "$python" "$example" --server="$addr" --status=0 2>&1 | tee "$run/worker.log"
 else
   # --enable-recovery: a rank that dies does not take the others down; its
-  # replacement, started alone, rejoins (README, "A lost gradacc-worker rank"):
+  # replacement, started alone, rejoins (docs/operations.md, "A lost gradacc-worker rank"):
   #   $build/worker/gradacc-worker --rank=R --world_size=$workers --server=$addr --epochs=$epochs
   mpirun -np "$workers" --enable-recovery --bind-to none -x OPENBLAS_NUM_THREADS=1 \
     "$build/worker/gradacc-worker" --server="$addr" --epochs="$epochs" 2>&1 | tee "$run/worker.log"

@@ -4,7 +4,7 @@
 // report the run (`gradacc status --json`, `gradacc health`). The same job
 // through every transport (shared memory, gRPC alone, a mix, and the
 // automatic fallback) gives the same bits and shows each worker's transport
-// in status. Also the Python example of the README against the same server.
+// in status. Also the Python example of docs/protocol.md against the same server.
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -300,14 +300,14 @@ TEST(ClientIntegrationTest, PythonGrpcioReadsStatus) {
   EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
 }
 
-// README's Python example (tests/python/push_pull_example.py, quoted there
-// verbatim) is a complete worker: two of them train a job to the end, and
+// The protocol document's Python example (tests/python/push_pull_example.py,
+// quoted in docs/protocol.md verbatim) is a complete worker: two of them train a job to the end, and
 // the result is what SGD on 0.5 * ||p||^2 gives (p <- 0.9 p each step).
-TEST(ClientIntegrationTest, ReadmePythonPushPullExampleTrains) {
+TEST(ClientIntegrationTest, ProtocolDocPythonPushPullExampleTrains) {
   const std::string example = ReadFile(GRADACC_SOURCE_DIR "/tests/python/push_pull_example.py");
   ASSERT_FALSE(example.empty());
-  EXPECT_NE(ReadFile(GRADACC_SOURCE_DIR "/README.md").find(example), std::string::npos)
-      << "README.md must quote tests/python/push_pull_example.py verbatim";
+  EXPECT_NE(ReadFile(GRADACC_SOURCE_DIR "/docs/protocol.md").find(example), std::string::npos)
+      << "docs/protocol.md must quote tests/python/push_pull_example.py verbatim";
   const std::string dir = testing::MakeTempDir("python_push");
   std::ofstream(dir + "/job.textproto") << R"pb(
     job_id: "py"

@@ -1,6 +1,6 @@
 """Which samples go where: gradacc-worker's data order, for Python workers.
 
-The same rule as ``worker/training/data_order.h`` (README, "Which sample
+The same rule as ``worker/training/data_order.h`` (docs/operations.md, "Which sample
 goes where"): with N samples, seed S, M workers and K micro-batches of b
 samples, a window holds B = M*K*b samples and an epoch ceil(N/B) windows
 (the last one short); epoch e shuffles 0..N-1 with a seeded Fisher-Yates
