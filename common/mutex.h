@@ -9,7 +9,7 @@
 // std::condition_variable, which TSan sees. It carries Abseil's thread-safety
 // annotations, so clang's -Wthread-safety checks code against either.
 //
-// std_sync is compiled in every build (tests/mutex_test.cc holds both
+// std_sync is compiled in every build (tests/common/mutex_test.cc holds both
 // implementations to the same tests); only the aliases at the bottom change.
 //
 // Differences from absl::Mutex, none of which a correct caller can observe:

@@ -8,7 +8,7 @@
 // (((l0 + l1) + l2) + ...); the last n%8 elements follow, groups of four as
 // rounded products added one by one, the rest as fused multiply-adds; the
 // norm is the f32 square root. (Found by matching torch on random tensors
-// of 1 to 4M elements: equal in every trial; tests/common_test.cc holds the
+// of 1 to 4M elements: equal in every trial; tests/common/common_test.cc holds the
 // kernel to values produced by torch.) On CPUs where torch dispatches to
 // AVX-512 (16 lanes) or has no FMA, torch's own results differ from these
 // by rounding; README.md ("What it guarantees") states the bound.

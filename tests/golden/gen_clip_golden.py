@@ -12,7 +12,7 @@ do, in float32 with torch:
   optimizer.step()                                      torch.optim, foreach=False
 
 and records the total norm's bits and whether it clipped; at the end the
-SHA-256 of the final flat parameters.  tests/optimizer_golden_test.cc
+SHA-256 of the final flat parameters.  tests/server/optimizer_golden_test.cc
 replays the cases through the Trainer and must match bit for bit.
 
     /usr/bin/python3 tests/golden/gen_clip_golden.py           # writes the file

@@ -4,7 +4,7 @@
 What it produces
 ----------------
 A JSON document in protobuf's JSON mapping of ``gradacc.test.MlpGolden``
-(tests/golden/golden.proto), replayed by tests/training_test.cc
+(tests/golden/golden.proto), replayed by tests/worker/training_test.cc
 (TrainingTest.MatchesPyTorch).  PyTorch trains an MLP 784 -> 32 -> 10 (ReLU)
 on the first TRAIN_LIMIT = 2000 Fashion-MNIST training samples for 20 windows,
 following gradacc's documented contract to the letter:

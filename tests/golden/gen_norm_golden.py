@@ -9,7 +9,7 @@ in f32 for a power-of-two scale), and ``norm_bits`` is the hex bit pattern of
 clip_grad_norm_'s total norm over several such tensors: ``total norm_bits
 seed:size:scale ...``.
 
-tests/common_test.cc recomputes every vector and holds common/torch_norm.h
+tests/common/common_test.cc recomputes every vector and holds common/torch_norm.h
 to these bits.  Run with Debian's torch (``/usr/bin/python3``)::
 
     /usr/bin/python3 tests/golden/gen_norm_golden.py           # writes the file

@@ -1,7 +1,7 @@
 // Words for gradacc.v1.Status and the step ledger: the `gradacc status` and
 // `gradacc steps` tables and the labels the dashboard shows. The server sends
 // data (enums, the transport, checkpoint health); this is the one place that
-// turns it into text, and tests/status_format_test.cc holds every label to
+// turns it into text, and tests/worker/status_format_test.cc holds every label to
 // every value of its enum's descriptor. Pure functions; thread-safe.
 #ifndef GRADACC_WORKER_CLI_STATUS_FORMAT_H_
 #define GRADACC_WORKER_CLI_STATUS_FORMAT_H_

@@ -1,6 +1,6 @@
 // The options of gradacc-worker, as its flags give them, and the checks made
 // before anything is loaded or connected. Kept out of worker_main.cc so that
-// tests check the rules in-process (tests/worker_options_test.cc).
+// tests check the rules in-process (tests/worker/worker_options_test.cc).
 // Plain values and free functions; thread-safe.
 #ifndef GRADACC_WORKER_TRAINING_WORKER_OPTIONS_H_
 #define GRADACC_WORKER_TRAINING_WORKER_OPTIONS_H_
