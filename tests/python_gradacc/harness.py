@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -128,6 +129,38 @@ class ServerTestCase(unittest.TestCase):
         server = Server(folder, flags, port=port, name=name)
         self._servers.append(server)
         return server
+
+    def run_ranks_through_lives(self, folder, base, lives, world, rank_body):
+        """Runs rank_body(address, rank) for `world` ranks (threads) against servers started with base + lives[i].
+
+        Every life but the last must end by a failpoint's SIGKILL; the next
+        server starts on the same port from the same folder. Returns the last
+        server (stopped) and every life's log."""
+        server = self.start_server(folder, base + list(lives[0]))
+        address, errors = server.address, []
+
+        def body(rank):
+            try:
+                rank_body(address, rank)
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=body, args=(r,)) for r in range(world)]
+        for t in threads:
+            t.start()
+        port, logs = server.port, ""
+        for i, flags in enumerate(lives[1:]):
+            code = server.wait(120)
+            logs += server.log()
+            self.assertEqual(code, -9, f"expected the failpoint's SIGKILL:\n{server.log()}")
+            server = self.start_server(folder, base + list(flags), port=port, name=f"server{i + 1}")
+        for t in threads:
+            t.join(300)
+        self.assertFalse(any(t.is_alive() for t in threads), "ranks did not finish")
+        if errors:
+            raise errors[0]
+        self.assertEqual(server.stop(), 0, server.log())
+        return server, logs + server.log()
 
 
 def run(argv, timeout, env=None, cwd=None):

@@ -22,7 +22,6 @@ windows: on one rank only, on both, in consecutive windows. Checked:
 """
 import json
 import os
-import threading
 import unittest
 
 import numpy as np
@@ -182,8 +181,8 @@ class LossScalingTest(harness.ServerTestCase):
             total_steps=WINDOWS, job_id="loss-scaling",
             scaler={"init_scale": INIT_SCALE, "growth_interval": GROWTH_INTERVAL})
         base = [f"--job={job}", f"--output={folder}/final.safetensors", f"--checkpoint_dir={folder}/ckpt"]
-        server = self.start_server(folder, base + list(lives[0]))
         if mpirun:
+            server = self.start_server(folder, base + list(lives[0]))
             code, out = harness.mpirun(world, [harness.PYTHON, WORKER, f"--server={server.address}",
                                                f"--out={folder}"], 300)
             self.assertEqual(code, 0, f"{out}\n{server.log()}")
@@ -194,33 +193,14 @@ class LossScalingTest(harness.ServerTestCase):
                     r = json.load(f)
                 results[rank] = (None, [tuple(s) for s in r["seen"]], r["final_scale"])
             return gradacc.load_safetensors(f"{folder}/final.safetensors")[0], results, server.log()
-        results, errors = {}, []
-
-        def body(rank):
-            try:
-                train_rank(server.address, rank, world, results, use_scaler=use_scaler)
-            except BaseException as e:  # reported below
-                errors.append(e)
-
-        threads = [threading.Thread(target=body, args=(r,)) for r in range(world)]
-        for t in threads:
-            t.start()
-        port, logs = server.port, ""
-        for i, flags in enumerate(lives[1:]):
-            code = server.wait(120)
-            logs += server.log()
-            self.assertEqual(code, -9, f"expected the failpoint's SIGKILL:\n{server.log()}")
-            server = self.start_server(folder, base + list(flags), port=port, name=f"server{i + 1}")
-        for t in threads:
-            t.join(300)
-        self.assertFalse(any(t.is_alive() for t in threads), "ranks did not finish")
-        if errors:
-            raise errors[0]
-        self.assertEqual(server.stop(), 0, server.log())
+        results = {}
+        _, logs = self.run_ranks_through_lives(
+            folder, base, lives, world,
+            lambda address, rank: train_rank(address, rank, world, results, use_scaler=use_scaler))
         final, _ = gradacc.load_safetensors(f"{folder}/final.safetensors")
         for rank in range(world):
             self.assertTrue(same_bits(results[rank][0], final), f"rank {rank} differs from the server")
-        return final, results, logs + server.log()
+        return final, results, logs
 
     def check_sequence(self, results, world=2):
         want, last = reference_sequence()

@@ -120,40 +120,20 @@ class UntouchedTest(harness.ServerTestCase):
         job, _ = gradacc.torch.write_job(f"{folder}/job.textproto", model, opt, workers=world, micro_batches=2,
                                          micro_batch_size=3, total_steps=windows, job_id="untouched")
         base = [f"--job={job}", f"--output={folder}/final.safetensors", f"--checkpoint_dir={folder}/ckpt"]
-        server = self.start_server(folder, base + list(lives[0]))
         if mpirun:
+            server = self.start_server(folder, base + list(lives[0]))
             code, out = harness.mpirun(world, [harness.PYTHON, WORKER, f"--server={server.address}",
                                                f"--optimizer={optimizer}", "--hierarchical=1"], 300)
             self.assertEqual(code, 0, f"{out}\n{server.log()}")
             self.assertEqual(server.stop(), 0, server.log())
             return gradacc.load_safetensors(f"{folder}/final.safetensors")[0], server.log()
-        results, errors = {}, []
-
-        def body(rank):
-            try:
-                train_rank(server.address, optimizer, rank, world, results)
-            except BaseException as e:  # reported below
-                errors.append(e)
-
-        threads = [threading.Thread(target=body, args=(r,)) for r in range(world)]
-        for t in threads:
-            t.start()
-        port, logs = server.port, ""
-        for i, flags in enumerate(lives[1:]):
-            code = server.wait(120)
-            logs += server.log()
-            self.assertEqual(code, -9, f"expected the failpoint's SIGKILL:\n{server.log()}")
-            server = self.start_server(folder, base + list(flags), port=port, name=f"server{i + 1}")
-        for t in threads:
-            t.join(300)
-        self.assertFalse(any(t.is_alive() for t in threads), "ranks did not finish")
-        if errors:
-            raise errors[0]
-        self.assertEqual(server.stop(), 0, server.log())
+        results = {}
+        _, logs = self.run_ranks_through_lives(
+            folder, base, lives, world, lambda address, rank: train_rank(address, optimizer, rank, world, results))
         final, _ = gradacc.load_safetensors(f"{folder}/final.safetensors")
         for rank in range(world):
             self.assertTrue(same_bits(results[rank], final), f"rank {rank} differs from the server")
-        return final, logs + server.log()
+        return final, logs
 
     def test_untouched_tensors_follow_torch_optim(self):
         for optimizer in OPTIMIZERS:
