@@ -93,15 +93,16 @@ server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
 for _ in $(seq 200); do [[ -s "$run/server.port" ]] && break; sleep 0.05; done
 addr="127.0.0.1:$(cat "$run/server.port")"
-start=$(date +%s.%N)
+start=$SECONDS
 # Ranks started with the worker's own --rank/--world_size (no mpirun needed).
+pids=()
 for r in 0 1 2 3; do
-  "$build/worker/gradacc-worker" --server="$addr" --rank=$r --world_size=4 --device=cuda \
+  timeout 300 "$build/worker/gradacc-worker" --server="$addr" --rank=$r --world_size=4 --device=cuda \
     --epochs="${GRADACC_GPU_EPOCHS:-3}" >"$run/worker$r.log" 2>&1 &
+  pids+=($!)
 done
-wait -n 2>/dev/null || true
-for job in $(jobs -p); do [[ "$job" == "$server" ]] || wait "$job" || status=1; done
-seconds=$(echo "$(date +%s.%N) - $start" | bc)
+for p in "${pids[@]}"; do wait "$p" || status=1; done
+seconds=$((SECONDS - start))
 accuracy=$(sed -n 's/^final test accuracy: \([0-9.]*\)%.*/\1/p' "$run"/worker*.log | tail -1)
 echo "gpu: main job on cuda: test accuracy ${accuracy:-unknown}% in ${seconds} s (target >= 85%)"
 if [[ -z "$accuracy" ]] || ! awk -v a="$accuracy" 'BEGIN { exit !(a >= 85) }'; then
@@ -109,6 +110,6 @@ if [[ -z "$accuracy" ]] || ! awk -v a="$accuracy" 'BEGIN { exit !(a >= 85) }'; t
 fi
 kill "$server" 2>/dev/null || true
 echo "=== gradacc.torch on the GPU"
-(cd tests/python_gradacc && "$python" -m unittest -v test_gpu) || status=1
+(cd tests/python_gradacc && timeout 300 "$python" -m unittest -v test_gpu) || status=1
 echo "gpu: $([[ $status == 0 ]] && echo passed || echo FAILED)"
 exit "$status"
