@@ -84,6 +84,7 @@ cmake --build "$build" --target gradacc-server gradacc-worker gradacc gradacc_py
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export GRADACC_SERVER_BIN="$root/$build/server/gradacc-server" GRADACC_CLI_BIN="$root/$build/worker/gradacc"
 export PYTHONPATH="$root/$build/python${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=1
+export GRADACC_BUILD_DIR="$root/$build" GRADACC_PYTHON_DIR="$root/$build/python"
 status=0
 echo "=== gradacc-worker --device=cuda: the main job"
 run="$root/$build/run-main" && rm -rf "$run" && mkdir -p "$run"
