@@ -14,6 +14,12 @@ extern "C" void __tsan_release(void* addr);
 
 namespace gradacc {
 
+// The end of a server's RPCs: every reactor releases it in OnDone, and the
+// server acquires it once gRPC has shut down (no reactor is left), before it
+// destroys what reactors read (trainers, shard exchanges) — gRPC's own
+// ordering of the two is invisible to TSan.
+inline const char kTsanServerRpcsDone = 0;
+
 inline void TsanAcquire(const void* addr) {
 #ifdef GRADACC_TSAN
   __tsan_acquire(const_cast<void*>(addr));

@@ -20,6 +20,7 @@
 #include "server/rpc/control_plane_service.h"
 #include "server/rpc/data_plane_service.h"
 #include "server/rpc/shard_router.h"
+#include "common/tsan.h"
 #include "server/shard_exchange.h"
 #include "common/channel.h"
 
@@ -245,6 +246,7 @@ GradaccServer::~GradaccServer() {
   // The Trainers go last: reactors hold raw pointers to them until the
   // server is fully shut down.
   server_.reset();
+  TsanAcquire(&kTsanServerRpcsDone);  // every reactor is done (common/tsan.h)
 }
 
 void GradaccServer::StopPeers() {

@@ -9,6 +9,7 @@
 
 #include <memory>
 
+#include "common/tsan.h"
 #include "common/mutex.h"
 #include "gradacc/v1/control.pb.h"
 #include "server/shard_exchange.h"
@@ -19,7 +20,11 @@ class NormReactor final : public grpc::ServerUnaryReactor {
  public:
   NormReactor(ShardExchange* exchange, uint64_t window, v1::GetNormPartialResponse* response);
   void OnCancel() override;
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    TsanAcquire(this);
+    TsanRelease(&kTsanServerRpcsDone);
+    delete this;
+  }
 
  private:
   struct State {

@@ -16,6 +16,7 @@
 
 #include <memory>
 
+#include "common/tsan.h"
 #include "common/mutex.h"
 #include "gradacc/v1/data.pb.h"
 #include "server/trainer.h"
@@ -28,7 +29,11 @@ class PullReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 
   void OnWriteDone(bool ok) override;
   void OnCancel() override;
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    TsanAcquire(this);
+    TsanRelease(&kTsanServerRpcsDone);
+    delete this;
+  }
 
  private:
   void OnSnapshot(absl::StatusOr<std::shared_ptr<const ParamSnapshot>> snapshot);

@@ -111,6 +111,7 @@ void PushReactor::OnDone() {
     MutexLock lock(&cancel_->mu);
     cancel_->context = nullptr;
   }
+  TsanRelease(&kTsanServerRpcsDone);
   delete this;
 }
 

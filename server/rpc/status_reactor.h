@@ -14,6 +14,7 @@
 #include <memory>
 #include <vector>
 
+#include "common/tsan.h"
 #include "common/mutex.h"
 #include "gradacc/v1/control.grpc.pb.h"
 #include "server/shard_exchange.h"
@@ -26,7 +27,11 @@ class StatusReactor final : public grpc::ServerUnaryReactor {
   // `exchange` may be null (unsharded), and is ignored when `local_only`
   // (a peer asking for this shard's own status).
   StatusReactor(Trainer* trainer, ShardExchange* exchange, bool local_only, v1::Status* response);
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    TsanAcquire(this);
+    TsanRelease(&kTsanServerRpcsDone);
+    delete this;
+  }
 
  private:
   struct Peer {

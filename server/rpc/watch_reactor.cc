@@ -81,6 +81,7 @@ void WatchReactor::OnDone() {
   TsanAcquire(this);
   trainer_->RemoveListener(listener_id_);
   state_->Detach();
+  TsanRelease(&kTsanServerRpcsDone);
   delete this;
 }
 
