@@ -29,7 +29,8 @@ Mutex& ProgramMu() {
   return *mu;
 }
 
-std::string& Program() ABSL_EXCLUSIVE_LOCKS_REQUIRED(ProgramMu()) {
+// Read and written under ProgramMu().
+std::string& Program() {
   static std::string* const program = new std::string("gradacc");
   return *program;
 }
