@@ -319,8 +319,8 @@ std::optional<ClosingWindow> WindowState::TakeIfComplete(bool deadline_passed) {
 
 void WindowState::Advance(uint64_t new_version, absl::Time now) {
   // Only the window that was closing advances, by one.
-  GRADACC_CHECK_MSG(closing_ && new_version == version_ + 1, "advance to %d from %d (closing: %v)", new_version,
-                    version_, closing_);
+  GRADACC_CHECK_MSG(closing_ && new_version == version_ + 1, "advance to %d from %d (closing: %s)", new_version,
+                    version_, closing_ ? "yes" : "no");
   if (planned()) cursor_ = CursorAfter(*spec_, plan_);
   version_ = new_version;
   closing_ = false;
