@@ -59,6 +59,25 @@ std::vector<bool> StepExecutor::Stepped(const ClosingWindow& w) const {
   return stepped;
 }
 
+void StepExecutor::Gather(ClosingWindow& window, std::vector<const float*>* sources, std::vector<Slot*>* with_gradient,
+                          StepReport* r) const {
+  for (Slot& slot : window.slots) {
+    if (slot.grad.size() == 0) continue;  // covered by another worker's push
+    sources->push_back(slot.grad.data());
+    with_gradient->push_back(&slot);
+    r->samples += slot.samples;
+    r->loss_sum += slot.loss_sum;
+  }
+}
+
+bool StepExecutor::UpdateLossScale(bool found_inf, StepReport* r) {
+  r->loss_scale = scaler_.scale();
+  r->skipped = found_inf;
+  scaler_.Update(found_inf);
+  r->next_loss_scale = scaler_.scale();
+  return found_inf;
+}
+
 bool StepExecutor::Unscale() {
   const float inverse = scaler_.inverse();
   const size_t min = reducer_.options().parallel_min_elements;
@@ -94,13 +113,7 @@ absl::StatusOr<StepReport> StepExecutor::Run(ClosingWindow& window, NormExchange
   const absl::Time t0 = absl::Now();
   std::vector<const float*> sources;
   std::vector<Slot*> with_gradient;
-  for (Slot& slot : window.slots) {
-    if (slot.grad.size() == 0) continue;  // covered by another worker's push
-    sources.push_back(slot.grad.data());
-    with_gradient.push_back(&slot);
-    r.samples += slot.samples;
-    r.loss_sum += slot.loss_sum;
-  }
+  Gather(window, &sources, &with_gradient, &r);
   const float divisor = Divisor(window, r.samples);
   // A window without samples (possible only when every contribution was
   // empty) has no gradient.
@@ -148,19 +161,13 @@ absl::StatusOr<StepReport> StepExecutor::Run(ClosingWindow& window, NormExchange
   std::vector<float> tensor_sums;
   GRADACC_ASSIGN_OR_RETURN(r.grad_norm, GlobalNorm(window.window, exchange, &tensor_sums, &found_inf));
   r.clipped_norm = r.grad_norm;
-  if (scaler_.on()) {
-    r.loss_scale = scaler_.scale();
-    r.skipped = found_inf;
-    scaler_.Update(found_inf);
-    r.next_loss_scale = scaler_.scale();
-    if (found_inf) {
-      // GradScaler.step skips optimizer.step(): nothing changes (the
-      // parameter segment's seqlock still turns, as for any version).
-      MutexLock lock(&mu_);
-      before_write();
-      r.apply_time = absl::Now() - t1;
-      return r;
-    }
+  if (scaler_.on() && UpdateLossScale(found_inf, &r)) {
+    // GradScaler.step skips optimizer.step(): nothing changes (the
+    // parameter segment's seqlock still turns, as for any version).
+    MutexLock lock(&mu_);
+    before_write();
+    r.apply_time = absl::Now() - t1;
+    return r;
   }
   if (max_norm > 0) {
     // torch.nn.utils.clip_grad_norm_ in f32: coef = max_norm / (norm +

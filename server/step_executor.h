@@ -92,6 +92,13 @@ class StepExecutor {
   // Loss scaling: reduced_ *= the window's inverse scale; whether it has a
   // NaN or Inf then.
   bool Unscale();
+  // Loss scaling: records the window's scale and skip in `r` and moves the
+  // scale on (GradScaler.update); true: the window is skipped.
+  bool UpdateLossScale(bool found_inf, StepReport* r);
+  // The slots with a gradient of their own (a covered worker's has none),
+  // and the window's samples and loss into `r`.
+  void Gather(ClosingWindow& window, std::vector<const float*>* sources, std::vector<Slot*>* with_gradient,
+              StepReport* r) const;
 
   const v1::JobSpec* const spec_;
   const FlatRange range_;
