@@ -148,7 +148,8 @@ class Staging:
             # bytes). The buffer moves only when the client attaches shared
             # memory again (a server restart): one registration at a time.
             self.close()
-            if torch.cuda.cudart().cudaHostRegister(host.data_ptr(), host.numel() * 4, 0) == 0:
+            # (An enum of cudaError: int() as torch/cuda/_pin_memory_utils.py does.)
+            if int(torch.cuda.cudart().cudaHostRegister(host.data_ptr(), host.numel() * 4, 0)) == 0:
                 self._pinned = host.data_ptr()
         return host
 
