@@ -91,13 +91,8 @@ done
 server_bin="$(realpath "$server_bin")" bench_bin="$(realpath "$bench_bin")"
 agent="$root/tests/multihost/ns-agent.sh"
 
-elements() {
-  case "$1" in
-    *[Mm]) echo $(( ${1%?} << 20 )) ;;
-    *[Kk]) echo $(( ${1%?} << 10 )) ;;
-    *) echo $(( $1 )) ;;
-  esac
-}
+# elements, label, write_job, mem_available_mb, fits
+source "$root/tests/bench/bench_lib.sh"
 want() { [[ ",$configs," == *",$1,"* ]]; }
 
 # ---------------------------------------------------------------- cleanup
@@ -267,17 +262,6 @@ mpi_hosts() {  # RANKS_PER_HOST
 mpi_common=(--oversubscribe --bind-to none --mca plm_rsh_agent "$agent" --mca oob_tcp_if_include "$subnet"
             --mca btl "self,tcp" --mca btl_tcp_if_include "$subnet" -x GRADACC_MH_HOSTS)
 
-write_job() {  # FILE P M WINDOWS
-  cat >"$1" <<EOF
-job_id: "multihost-bench"
-model { tensors { name: "w" shape: [$2] } }
-optimizer { kind: KIND_ADAM lr: 0.002 adam { beta1: 0.9 beta2: 0.999 eps: 1e-8 } }
-schedule { kind: KIND_COSINE }
-window { num_workers: $3 micro_batches: 1 micro_batch_size: 1 }
-total_steps: $4
-seed: 42
-EOF
-}
 
 results="$tmp/results.csv"   # config,P,metric,value
 phases="$tmp/phases.csv"     # config,P,start,end
@@ -394,8 +378,8 @@ for s in "${size_list[@]}"; do
   p=$(elements "$s")
   sph=$per_host
   if [[ $sph == auto ]]; then sph=$((p >> 19)); ((sph < 1)) && sph=1; fi
-  write_job "$tmp/job-$p-4" "$p" 4 "$windows"
-  write_job "$tmp/job-$p-8" "$p" 8 "$windows"
+  write_job "$tmp/job-$p-4" "$p" 4 "$windows" multihost-bench
+  write_job "$tmp/job-$p-8" "$p" 8 "$windows" multihost-bench
   say "P=$s: reference runs (one host, loopback)"
   run_reference "ref-$p-f32" "$p" 4 f32
   want bf16 && run_reference "ref-$p-bf16" "$p" 4 bf16

@@ -106,19 +106,8 @@ fi
 want() { [[ ",$only," == *",$1,"* ]]; }
 log() { echo "bench: $*" >&2; }
 
-# "16M" -> 16777216, "512K" -> 524288, "1000" -> 1000.
-elements() {
-  local s="$1"
-  case "$s" in
-    *[Mm]) echo $(( ${s%?} << 20 )) ;;
-    *[Kk]) echo $(( ${s%?} << 10 )) ;;
-    *) echo $(( s )) ;;
-  esac
-}
-label() {  # 16777216 -> 16M
-  local n="$1"
-  if (( n % (1 << 20) == 0 )); then echo "$((n >> 20))M"; elif (( n % 1024 == 0 )); then echo "$((n >> 10))K"; else echo "$n"; fi
-}
+# elements, label, write_job, mem_available_mb, fits
+source "$(dirname "$self")/bench_lib.sh"
 
 # ---------------------------------------------------------------- build
 if ((do_build)); then
@@ -234,23 +223,6 @@ start_server() {
   server_addr="127.0.0.1:$(cat "$port_file")"
 }
 
-# Writes a job file: one tensor of $2 f32 parameters, $3 workers, $4 steps,
-# Adam and the cosine schedule like the main job.
-write_job() {
-  cat >"$1" <<EOF
-job_id: "bench"
-model { tensors { name: "w" shape: [$2] } }
-optimizer { kind: KIND_ADAM lr: 0.002 adam { beta1: 0.9 beta2: 0.999 eps: 1e-8 } }
-schedule { kind: KIND_COSINE }
-window { num_workers: $3 micro_batches: 1 micro_batch_size: 1 }
-total_steps: $4
-seed: 42
-EOF
-}
-
-mem_available_mb() { awk '$1 == "MemAvailable:" { print int($2 / 1024) }' /proc/meminfo; }
-# fits NEEDED_MB: the estimate stays under 80% of what is available now.
-fits() { (( $1 < $(mem_available_mb) * 8 / 10 )); }
 
 # ---------------------------------------------------------------- kernels
 if want kernels; then

@@ -35,8 +35,8 @@ for arg in "$@"; do
   esac
 done
 log() { echo "scale: $*" >&2; }
-elements() { case "$1" in *[Mm]) echo $(( ${1%?} << 20 )) ;; *[Kk]) echo $(( ${1%?} << 10 )) ;; *) echo $(( $1 )) ;; esac; }
-label() { local n="$1"; if (( n % (1 << 20) == 0 )); then echo "$((n >> 20))M"; else echo "$((n >> 10))K"; fi; }
+# elements, label, write_job, mem_available_mb, fits
+source "$(dirname "$self")/bench_lib.sh"
 
 if ((do_build)); then
   log "building $build (Release, benchmarks only)"
@@ -63,19 +63,6 @@ export OMPI_MCA_rmaps_base_oversubscribe=1
 windows=$((warmup + reps))
 
 collect() { grep '^RESULT ' | sed 's/^RESULT //' >>"$raw" || true; }
-mem_available_mb() { awk '$1 == "MemAvailable:" { print int($2 / 1024) }' /proc/meminfo; }
-fits() { (( $1 < $(mem_available_mb) * 8 / 10 )); }
-write_job() {  # FILE P M: one tensor, Adam, as run.sh's window jobs
-  cat >"$1" <<JOB
-job_id: "bench"
-model { tensors { name: "w" shape: [$2] } }
-optimizer { kind: KIND_ADAM lr: 0.002 adam { beta1: 0.9 beta2: 0.999 eps: 1e-8 } }
-schedule { kind: KIND_COSINE }
-window { num_workers: $3 micro_batches: 1 micro_batch_size: 1 }
-total_steps: $windows
-seed: 42
-JOB
-}
 start_server() {  # NAME FLAGS...: sets server_pid, server_addr
   local name="$1"; shift
   rm -f "$work/$name.port"
@@ -99,7 +86,7 @@ gradacc_window() {  # SECTION P M SHM(on|off) [server flags...]
   setting=$([[ $shm == on ]] && echo shm || echo grpc)
   tag="$section-$(label "$p")-M$m-$setting"
   limit=$(( 120 + windows * ((p >> 20) + 1) * m / 5 ))
-  write_job "$work/$tag.job" "$p" "$m"
+  write_job "$work/$tag.job" "$p" "$m" "$windows"
   log "$section: gradacc P=$(label "$p") M=$m $setting"
   start_server "$tag" --listen=127.0.0.1:0 --job="$work/$tag.job" "$@" || { log "the server did not start ($tag)"; return 0; }
   local addr="$server_addr"
@@ -111,7 +98,7 @@ gradacc_window() {  # SECTION P M SHM(on|off) [server flags...]
 }
 mpi_window() {  # SECTION P M
   local section="$1" p="$2" m="$3"
-  write_job "$work/mpi.job" "$p" "$m"
+  write_job "$work/mpi.job" "$p" "$m" "$windows"
   log "$section: MPI_Allreduce + Adam P=$(label "$p") M=$m"
   timeout $(( 120 + windows * ((p >> 20) + 1) * m / 5 )) mpirun -np "$m" --bind-to none \
     -x GLIBC_TUNABLES=glibc.malloc.hugetlb=1 "$bin_bench/gradacc_bench_mpi" --job="$work/mpi.job" --op=allreduce \
