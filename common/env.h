@@ -36,6 +36,9 @@ class Env {
   virtual ~Env() = default;
   // The real file system (POSIX); lives for the whole process.
   static Env* Default();
+  // `env`, or Default() when it is null (what every "Env* env = nullptr"
+  // parameter means).
+  static Env* OrDefault(Env* env) { return env != nullptr ? env : Default(); }
 
   // NOT_FOUND naming the file when it cannot be opened.
   virtual absl::StatusOr<std::string> ReadFile(const std::string& path) = 0;

@@ -13,25 +13,23 @@ std::string Parent(const std::string& path) {
   return slash == 0 ? "/" : path.substr(0, slash);
 }
 
-Env* Or(Env* env) { return env != nullptr ? env : Env::Default(); }
-
 }  // namespace
 
-absl::StatusOr<std::string> ReadFileToString(const std::string& path, Env* env) { return Or(env)->ReadFile(path); }
+absl::StatusOr<std::string> ReadFileToString(const std::string& path, Env* env) { return Env::OrDefault(env)->ReadFile(path); }
 
 absl::Status WriteFileSynced(const std::string& path, absl::string_view bytes, Env* env) {
-  return Or(env)->WriteFileSynced(path, bytes);
+  return Env::OrDefault(env)->WriteFileSynced(path, bytes);
 }
 
-absl::Status SyncDirectory(const std::string& path, Env* env) { return Or(env)->SyncDirectory(path); }
+absl::Status SyncDirectory(const std::string& path, Env* env) { return Env::OrDefault(env)->SyncDirectory(path); }
 
 absl::Status MakePrivateDirectory(const std::string& path, Env* env) {
-  absl::Status s = Or(env)->CreateDirectory(path);
+  absl::Status s = Env::OrDefault(env)->CreateDirectory(path);
   return absl::IsAlreadyExists(s) ? absl::OkStatus() : s;
 }
 
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view bytes, Env* env) {
-  env = Or(env);
+  env = Env::OrDefault(env);
   const std::string tmp = absl::StrCat(path, ".tmp-", ::getpid());
   absl::Status s = env->WriteFileSynced(tmp, bytes);
   if (s.ok()) s = env->Rename(tmp, path);

@@ -42,12 +42,10 @@ uint32_t Crc(absl::string_view bytes) {
   return static_cast<uint32_t>(crc);
 }
 
-Env* Or(Env* env) { return env != nullptr ? env : Env::Default(); }
-
 // Only the files a checkpoint holds: a folder with anything else stays.
 bool RemoveCheckpointDir(const std::string& path, Env* env = nullptr) {
-  for (const char* f : {kParams, kState, kManifest}) (void)Or(env)->RemoveFile(absl::StrCat(path, "/", f));
-  const absl::Status s = Or(env)->RemoveDirectory(path);
+  for (const char* f : {kParams, kState, kManifest}) (void)Env::OrDefault(env)->RemoveFile(absl::StrCat(path, "/", f));
+  const absl::Status s = Env::OrDefault(env)->RemoveDirectory(path);
   return s.ok() || absl::IsNotFound(s);
 }
 
@@ -165,7 +163,7 @@ std::vector<std::string> RemoveTemporaryCheckpoints(const std::string& dir) {
 
 std::vector<std::string> ListCheckpoints(const std::string& dir, Env* env) {
   std::vector<std::string> names;
-  for (const std::string& n : Or(env)->ListDirectory(dir)) {
+  for (const std::string& n : Env::OrDefault(env)->ListDirectory(dir)) {
     uint64_t v;
     if (n.size() == 5 + 20 && n.rfind(kPrefix, 0) == 0 && absl::SimpleAtoi(n.substr(5), &v)) names.push_back(n);
   }
@@ -177,7 +175,7 @@ absl::Status WriteCheckpoint(const std::string& dir, const ModelLayout& layout, 
                              absl::Span<const float> params,
                              const std::vector<std::pair<std::string, const FloatBuffer*>>& optimizer, int keep,
                              const std::function<void()>& before_rename, Env* env) {
-  env = Or(env);
+  env = Env::OrDefault(env);
   GRADACC_RETURN_IF_ERROR(MakePrivateDirectory(dir, env));
   std::vector<NamedTensor> tensors;
   if (state.num_shards() > 1) {

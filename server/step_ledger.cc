@@ -51,7 +51,7 @@ std::set<uint64_t> StepsIn(const std::string& text) {
 }  // namespace
 
 StepLedger::StepLedger(std::string path, Env* env)
-    : path_(std::move(path)), env_(env != nullptr ? env : Env::Default()) {
+    : path_(std::move(path)), env_(Env::OrDefault(env)) {
   if (!path_.empty()) writer_ = std::thread([this] { WriterLoop(); });
 }
 

@@ -322,6 +322,7 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
   if (!admitted.ok()) return Refused(h.worker(), admitted);
   auto admission = pool_.Admit();
   if (!admission.ok()) return Refused(h.worker(), admission.status());
+  std::unique_ptr<PushSession> session;
   if (h.shared_memory()) {
     auto segment = shm_->SegmentFor(h.worker(), h.shared_memory_generation());
     if (!segment.ok()) {
@@ -331,13 +332,12 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
       return Refused(h.worker(), segment.status());
     }
     FloatBuffer view = FloatBuffer::View((*segment)->data(), range_.size());
-    auto session = std::make_unique<PushSession>(&layout_, range_, options_.shard, h, std::move(view), nullptr,
-                                                 std::move(*admission), *std::move(segment));
-    if (spec_.has_loss_scaling()) session->AcceptNonFinite();
-    return session;
+    session = std::make_unique<PushSession>(&layout_, range_, options_.shard, h, std::move(view), nullptr,
+                                            std::move(*admission), *std::move(segment));
+  } else {
+    session = std::make_unique<PushSession>(&layout_, range_, options_.shard, h, pool_.Take(), &pool_,
+                                            std::move(*admission));
   }
-  auto session = std::make_unique<PushSession>(&layout_, range_, options_.shard, h, pool_.Take(), &pool_,
-                                               std::move(*admission));
   // An overflow is what loss scaling looks for: the step decides.
   if (spec_.has_loss_scaling()) session->AcceptNonFinite();
   return session;
