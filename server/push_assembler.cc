@@ -16,6 +16,7 @@ absl::Status PushAssembler::Add(const v1::PushRequest& request) {
       auto session = trainer_->BeginPush(request.header());
       if (!session.ok()) return session.status();  // BeginPush counted it
       session_ = std::move(*session);
+      if (wake_ != nullptr) session_->set_wake(wake_);
       return absl::OkStatus();
     }
   } else if (!request.has_chunk()) {
@@ -24,18 +25,19 @@ absl::Status PushAssembler::Add(const v1::PushRequest& request) {
     status = Refusal(v1::ERROR_REASON_PROTOCOL, "a push stream must start with its header");
   } else {
     const v1::GradientChunk& c = request.chunk();
-    trainer_->CountBytes(c.data().size(), 0);
     status = session_->AddChunk(c.tensor(), c.offset(), c.data(), c.name());
+    if (!IsParked(status)) trainer_->CountBytes(c.data().size(), 0);
   }
-  return status.ok() ? status : Refuse(std::move(status));
+  return status.ok() || IsParked(status) ? status : Refuse(std::move(status));
 }
 
 absl::Status PushAssembler::Add(grpc::ByteBuffer& message) {
   ChunkRef chunk;
   if (session_ != nullptr && ScanMessage(message, &chunk) == MessageKind::kChunk) {
-    trainer_->CountBytes(chunk.data_size, 0);
     absl::Status status = session_->AddChunkFrom(chunk.tensor, chunk.offset, chunk.data_size, chunk.name,
                                                  [&](char* dst) { return ReadChunkPayload(message, chunk, dst); });
+    if (IsParked(status)) return status;
+    trainer_->CountBytes(chunk.data_size, 0);
     return status.ok() ? status : Refuse(std::move(status));
   }
   v1::PushRequest request;

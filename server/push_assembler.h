@@ -7,7 +7,9 @@
 
 #include <grpcpp/support/byte_buffer.h>
 
+#include <functional>
 #include <memory>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -18,10 +20,15 @@ namespace gradacc {
 
 class PushAssembler {
  public:
-  explicit PushAssembler(Trainer* trainer) : trainer_(trainer) {}
+  // `wake` (optional) runs, on another thread, when a parked message may be
+  // offered again; without it nothing parks.
+  explicit PushAssembler(Trainer* trainer, std::function<void()> wake = nullptr)
+      : trainer_(trainer), wake_(std::move(wake)) {}
 
   // One message of the stream. After an error the stream is over: the
-  // caller finishes it with that status and nothing was counted.
+  // caller finishes it with that status and nothing was counted — except
+  // Parked() (server/push_session.h): nothing was read; offer the same
+  // message again after the wake.
   absl::Status Add(const v1::PushRequest& request);
   // The same for a message as it came off the wire: a chunk's payload is
   // copied once, from gRPC's slices to its place (common/wire.h); anything
@@ -38,6 +45,7 @@ class PushAssembler {
   absl::Status Refuse(absl::Status status);
 
   Trainer* const trainer_;
+  const std::function<void()> wake_;
   std::unique_ptr<PushSession> session_;
 };
 

@@ -15,7 +15,35 @@ namespace {
 
 std::string Str(uint64_t v) { return absl::StrCat(v); }
 
+constexpr char kParkedPayload[] = "type.gradacc/parked";
+
 }  // namespace
+
+absl::Status Parked() {
+  absl::Status s(absl::StatusCode::kResourceExhausted, "push parked: the staging pool is full");
+  s.SetPayload(kParkedPayload, absl::Cord("1"));
+  return s;
+}
+
+bool IsParked(const absl::Status& status) { return status.GetPayload(kParkedPayload).has_value(); }
+
+PushSession::PushSession(const ModelLayout* layout, FlatRange range, uint32_t shard, v1::PushHeader header,
+                         std::unique_ptr<Accumulator::Push> push, BufferPool::Admission admission)
+    : layout_(layout),
+      range_(range),
+      shard_(shard),
+      header_(std::move(header)),
+      pool_(nullptr),
+      admission_(std::move(admission)),
+      push_(std::move(push)) {
+  covered_.resize(layout_->tensors().size());
+}
+
+double PushSession::sum_of_squares() const {
+  double total = 0;
+  for (const auto& [offset, squares] : squares_) total += squares;
+  return total;
+}
 
 PushSession::PushSession(const ModelLayout* layout, FlatRange range, uint32_t shard, v1::PushHeader header,
                          FloatBuffer buffer, BufferPool* pool, BufferPool::Admission admission,
@@ -105,9 +133,22 @@ absl::Status PushSession::AddChunkFrom(uint32_t tensor, uint64_t offset, size_t 
   }
   const uint64_t n = bytes / width;
   if (absl::Status s = CheckRange(t, tensor, offset, n); !s.ok()) return s;
-  // Validated: the payload may now be written into this push's private
-  // buffer (a refusal below discards the whole push, buffer and all).
-  const absl::Span<float> dst = absl::MakeSpan(buffer_.data() + (t.offset + offset - range_.begin), n);
+  // Validated: the payload may now be written where it goes (a refusal
+  // below discards the whole push, and takes it back out of the sum).
+  const uint64_t local = t.offset + offset - range_.begin;
+  absl::Span<float> dst;
+  if (push_ != nullptr) {
+    switch (push_->Reserve(local, n, wake_, &dst)) {
+      case Accumulator::Push::Outcome::kParked:
+        return Parked();
+      case Accumulator::Push::Outcome::kClosed:
+        return Closed();
+      case Accumulator::Push::Outcome::kReady:
+        break;
+    }
+  } else {
+    dst = absl::MakeSpan(buffer_.data() + local, n);
+  }
   int64_t bad = -1;
   bool complete;
 #ifdef ABSL_IS_LITTLE_ENDIAN
@@ -138,6 +179,8 @@ absl::Status PushSession::AddChunkFrom(uint32_t tensor, uint64_t offset, size_t 
                                    dst[bad]),
                    {{"tensor", t.name}});
   }
+  squares_[local] = SumOfSquares(dst);
+  if (push_ != nullptr && !push_->Place()) return Closed();
   // Merge with the neighbours so in-order chunking keeps one range per tensor.
   std::map<uint64_t, uint64_t>& ranges = covered_[tensor];
   uint64_t begin = offset, end = offset + n;
@@ -153,6 +196,14 @@ absl::Status PushSession::AddChunkFrom(uint32_t tensor, uint64_t offset, size_t 
   ranges[begin] = end;
   covered_elements_ += n;
   return absl::OkStatus();
+}
+
+absl::Status PushSession::Closed() const {
+  return Refusal(v1::ERROR_REASON_STALE_WINDOW,
+                 absl::StrFormat("stale: window %d closed without this contribution while it arrived; nothing was "
+                                 "counted",
+                                 header_.window()),
+                 {{"window", Str(header_.window())}, {"open_window", Str(header_.window() + 1)}});
 }
 
 absl::Status PushSession::CheckComplete() const {

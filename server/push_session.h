@@ -1,16 +1,20 @@
 // PushSession: one push in flight, from its accepted header to its commit.
-// It validates and decodes each chunk into the push's private buffer (or,
-// for a shared-memory push, checks the worker's segment once), and knows
-// what is still missing. Nothing is visible to any window until the Trainer
-// commits it; destroying the session discards it and frees its place.
+// It validates and decodes each chunk where the window's Accumulator places
+// it (the running sum, the staging pool, or a buffer of the push's own),
+// measures it (the ledger's per-contribution norm), and knows what is still
+// missing; a shared-memory push's segment is checked once. Nothing counts
+// for any window until the Trainer commits it; destroying the session takes
+// it back out of the running sum and frees its place.
 //
 // Knows nothing of the Trainer: it is given the model layout, the flat range
-// this server owns, the buffer and the push's admission. Not thread-safe
-// (one gRPC stream feeds it); the layout must outlive it.
+// this server owns, where chunks go and the push's admission. Not
+// thread-safe (one gRPC stream feeds it, one thread at a time); the layout
+// must outlive it.
 #ifndef GRADACC_SERVER_PUSH_SESSION_H_
 #define GRADACC_SERVER_PUSH_SESSION_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -24,12 +28,22 @@
 #include "common/job_spec.h"
 #include "common/shm.h"
 #include "gradacc/v1/data.pb.h"
+#include "server/accumulator.h"
 #include "server/buffer_pool.h"
 
 namespace gradacc {
 
+// AddChunk's answer when the chunk must wait for its turn (the staging pool
+// is full): nothing was read or counted; offer the same chunk again once the
+// session's wake function runs.
+absl::Status Parked();
+bool IsParked(const absl::Status& status);
+
 class PushSession {
  public:
+  // A gRPC push whose chunks go where `push` places them.
+  PushSession(const ModelLayout* layout, FlatRange range, uint32_t shard, v1::PushHeader header,
+              std::unique_ptr<Accumulator::Push> push, BufferPool::Admission admission);
   // `buffer` holds the elements [range.begin, range.end) of the model;
   // `segment`, when set, is the worker's shared-memory gradient segment that
   // `buffer` views (a header-only push).
@@ -43,7 +57,9 @@ class PushSession {
 
   // Validates and copies one chunk: tensor index and name, range, overlap
   // with earlier chunks, byte length, NaN/Inf. Every refusal carries its
-  // reason (common/errors.h) and names the tensor and the range.
+  // reason (common/errors.h) and names the tensor and the range; Parked()
+  // when it must wait (only with a wake function); STALE_WINDOW when the
+  // window closed without this push.
   absl::Status AddChunk(uint32_t tensor, uint64_t offset, absl::string_view bytes, absl::string_view name = "");
   // The same for a payload of `bytes` bytes that lies elsewhere (gRPC's
   // receive slices): once the chunk is validated, `read(dst)` must copy
@@ -62,13 +78,22 @@ class PushSession {
   // accepted (the step skips the window), not refused.
   void AcceptNonFinite() { accept_non_finite_ = true; }
   absl::Time arrival() const { return arrival_; }
-  // The gradient, once complete; the session no longer holds it.
+  // Called (on another thread) when a parked chunk may be offered again.
+  void set_wake(std::function<void()> wake) { wake_ = std::move(wake); }
+  // The gradient, once complete (a session given a buffer); the session no
+  // longer holds it.
   FloatBuffer TakeGradient() { return std::move(buffer_); }
+  // A gRPC push's place in the window's accumulator (null otherwise).
+  Accumulator::Push* accumulated() const { return push_.get(); }
+  // The sum of squares of the chunks received, added in flat order (the
+  // same bits whichever order they came in).
+  double sum_of_squares() const;
   // The segment a shared-memory push's gradient lives in (kept alive by the
   // window's slot until the window closes).
   std::shared_ptr<ShmSegment> segment() const { return segment_; }
 
  private:
+  absl::Status Closed() const;
   absl::Status CheckRange(const ModelLayout::Tensor& t, uint32_t tensor, uint64_t offset, uint64_t n) const;
 
   const ModelLayout* const layout_;
@@ -79,6 +104,9 @@ class PushSession {
   BufferPool* const pool_;
   BufferPool::Admission admission_;
   std::shared_ptr<ShmSegment> segment_;
+  std::unique_ptr<Accumulator::Push> push_;
+  std::function<void()> wake_;
+  std::map<uint64_t, double> squares_;  // flat offset -> the chunk's sum of squares
   // Per tensor: begin -> end of the element ranges received (merged).
   std::vector<std::map<uint64_t, uint64_t>> covered_;
   uint64_t covered_elements_ = 0;

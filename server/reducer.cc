@@ -65,12 +65,8 @@ NormPart Reducer::TensorNorms(absl::Span<const float> acc, const TorchNormState*
   return out;
 }
 
-std::vector<double> Reducer::SourceNorms(absl::Span<const float* const> sources) const {
-  std::vector<double> norms;
-  for (const float* s : sources) {
-    norms.push_back(std::sqrt(SumOfSquaresParallel(absl::MakeConstSpan(s, range_.size()))));
-  }
-  return norms;
+double Reducer::SourceSquares(const float* source) const {
+  return SumOfSquaresParallel(absl::MakeConstSpan(source, range_.size()));
 }
 
 Reducer::FusedSums Reducer::Fused(absl::Span<const float* const> sources, float divisor,

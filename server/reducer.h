@@ -62,8 +62,8 @@ class Reducer {
   NormPart TensorNorms(absl::Span<const float> acc, const TorchNormState* carry_in) const;
   // Whether this range begins inside a tensor that began before it.
   bool StartsMidTensor() const;
-  // Each source's L2 norm (the ledger's), accumulated in double.
-  std::vector<double> SourceNorms(absl::Span<const float* const> sources) const;
+  // A source's sum of squares (the ledger's norm), accumulated in double.
+  double SourceSquares(const float* source) const;
 
   struct FusedSums {
     std::vector<double> tensors;  // per model tensor: sum of squares of the reduced gradient

@@ -78,6 +78,12 @@ ABSL_FLAG(int64_t, checkpoint_every, 1,
           "checkpoint every N steps (1 = every broadcast version is durable before workers see it)");
 ABSL_FLAG(int, keep_checkpoints, 3, "checkpoints to keep");
 ABSL_FLAG(double, push_timeout_s, 120, "cancel a push stream not complete after this long");
+ABSL_FLAG(double, staging_mb, 32,
+          "gradient chunks (MiB, per shard) that may wait for their turn in the running sum while earlier workers' "
+          "pushes arrive; when full, streams further down the worker order are paused (gRPC flow control)");
+ABSL_FLAG(double, stall_ms, 1000,
+          "a paused push whose turn made no progress this long (an earlier worker does not push) stops waiting "
+          "and takes a model-sized buffer of its own");
 ABSL_FLAG(double, worker_timeout_s, 60, "a worker silent this long (no call, no parked pull) is shown as lost");
 ABSL_FLAG(int, straggler_windows, 2,
           "report a worker as a straggler (status, /metrics, ledger) once it is missing from this many closed "
@@ -167,6 +173,11 @@ absl::StatusOr<TrainerOptions> TrainerFromFlags() {
   t.keep_checkpoints = std::max(1, absl::GetFlag(FLAGS_keep_checkpoints));
   t.push_timeout = absl::Seconds(absl::GetFlag(FLAGS_push_timeout_s));
   t.worker_timeout = absl::Seconds(absl::GetFlag(FLAGS_worker_timeout_s));
+  if (!(absl::GetFlag(FLAGS_staging_mb) >= 0) || !(absl::GetFlag(FLAGS_stall_ms) >= 0)) {
+    return absl::InvalidArgumentError("--staging_mb and --stall_ms must be >= 0");
+  }
+  t.accumulator.staging_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_staging_mb) * (1 << 20));
+  t.accumulator.stall_limit = absl::Milliseconds(absl::GetFlag(FLAGS_stall_ms));
   if (absl::GetFlag(FLAGS_straggler_windows) < 0) return absl::InvalidArgumentError("--straggler_windows must be >= 0");
   t.straggler_windows = static_cast<uint32_t>(absl::GetFlag(FLAGS_straggler_windows));
   t.kill_at = absl::GetFlag(FLAGS_kill_at);

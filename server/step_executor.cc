@@ -40,7 +40,7 @@ std::vector<bool> StepExecutor::Stepped(const ClosingWindow& w) const {
   for (const Slot& slot : w.slots) {
     // A covered worker's slot has no gradient of its own: its pusher's
     // list speaks for it.
-    if (slot.grad.size() == 0) continue;
+    if (!Contributes(slot)) continue;
     any = true;
     if (slot.untouched.empty()) return {};
     // Both lists are increasing: one merge.
@@ -62,11 +62,41 @@ std::vector<bool> StepExecutor::Stepped(const ClosingWindow& w) const {
 void StepExecutor::Gather(ClosingWindow& window, std::vector<const float*>* sources, std::vector<Slot*>* with_gradient,
                           StepReport* r) const {
   for (Slot& slot : window.slots) {
-    if (slot.grad.size() == 0) continue;  // covered by another worker's push
-    sources->push_back(slot.grad.data());
-    with_gradient->push_back(&slot);
+    if (!Contributes(slot)) continue;  // covered by another worker's push
     r->samples += slot.samples;
     r->loss_sum += slot.loss_sum;
+  }
+  if (window.sources.has_value()) {
+    // The Accumulator's: the running sum (no slot of its own), then whole
+    // buffers of the workers after it.
+    const WindowSources& from = *window.sources;
+    for (size_t k = 0; k < from.data.size(); ++k) {
+      Slot* slot = nullptr;
+      for (size_t i = 0; i < window.workers.size() && from.worker[k] >= 0; ++i) {
+        if (window.workers[i] == static_cast<uint32_t>(from.worker[k])) slot = &window.slots[i];
+      }
+      sources->push_back(from.data[k]);
+      with_gradient->push_back(slot);
+    }
+    return;
+  }
+  for (Slot& slot : window.slots) {
+    if (slot.grad.size() == 0) continue;
+    sources->push_back(slot.grad.data());
+    with_gradient->push_back(&slot);
+  }
+}
+
+void StepExecutor::SetNorms(ClosingWindow& window, const std::vector<Slot*>& with_gradient,
+                            const std::vector<double>& squares) const {
+  // A contribution's norm is reported unscaled (loss scaling).
+  const double unscale = scaler_.on() ? scaler_.inverse() : 1.0;
+  for (size_t k = 0; k < with_gradient.size(); ++k) {
+    if (with_gradient[k] != nullptr) with_gradient[k]->grad_norm = std::sqrt(squares[k]) * unscale;
+  }
+  // Measured as their chunks arrived (gRPC pushes).
+  for (Slot& slot : window.slots) {
+    if (slot.sum_of_squares.has_value()) slot.grad_norm = std::sqrt(*slot.sum_of_squares) * unscale;
   }
 }
 
@@ -78,15 +108,15 @@ bool StepExecutor::UpdateLossScale(bool found_inf, StepReport* r) {
   return found_inf;
 }
 
-bool StepExecutor::Unscale() {
+bool StepExecutor::Unscale(absl::Span<float> grad) {
   const float inverse = scaler_.inverse();
   const size_t min = reducer_.options().parallel_min_elements;
   ParallelFor(
-      reduced_.size(), [&](size_t b, size_t e) { ScaleInPlace(reduced_.span().subspan(b, e - b), inverse); }, min);
-  return FirstNonFiniteParallel(reduced_.span(), min) >= 0;
+      grad.size(), [&](size_t b, size_t e) { ScaleInPlace(grad.subspan(b, e - b), inverse); }, min);
+  return FirstNonFiniteParallel(grad, min) >= 0;
 }
 
-absl::StatusOr<float> StepExecutor::GlobalNorm(uint64_t window, NormExchange* exchange,
+absl::StatusOr<float> StepExecutor::GlobalNorm(uint64_t window, absl::Span<const float> grad, NormExchange* exchange,
                                                std::vector<float>* tensor_sums, bool* found_inf) {
   const bool sharded = num_shards_ > 1 && exchange != nullptr;
   TorchNormState carry;
@@ -95,7 +125,7 @@ absl::StatusOr<float> StepExecutor::GlobalNorm(uint64_t window, NormExchange* ex
     GRADACC_ASSIGN_OR_RETURN(carry, exchange->CarryIn(window));
     carry_in = &carry;
   }
-  NormPart local = reducer_.TensorNorms(reduced_.span(), carry_in);
+  NormPart local = reducer_.TensorNorms(grad, carry_in);
   local.found_inf = *found_inf;
   if (sharded) {
     GRADACC_ASSIGN_OR_RETURN(NormTotals totals, exchange->Exchange(window, local));
@@ -135,31 +165,46 @@ absl::StatusOr<StepReport> StepExecutor::Run(ClosingWindow& window, NormExchange
     before_write();
     const Optimizer::Piece step = optimizer_->Prepare(params_.span(), r.lr, stepped.empty() ? nullptr : &stepped);
     const Reducer::FusedSums sums = reducer_.Fused(sources, divisor, step);
-    for (size_t k = 0; k < with_gradient.size(); ++k) with_gradient[k]->grad_norm = std::sqrt(sums.sources[k]);
+    SetNorms(window, with_gradient, sums.sources);
     std::vector<float> tensor_sums(sums.tensors.begin(), sums.tensors.end());
     r.grad_norm = r.clipped_norm = TorchTotalNorm(tensor_sums);
     r.reduce_time = absl::Now() - t0;
     return r;
   }
-  // The reduced gradient in memory: only this path needs it (allocated on
-  // first use; the fused path above never holds it).
-  if (reduced_.size() != range_.size()) reduced_ = FloatBuffer(range_.size());
-  const std::vector<double> norms = reducer_.SourceNorms(sources);
-  // A contribution's norm is reported unscaled (loss scaling).
-  const double unscale = scaler_.on() ? scaler_.inverse() : 1.0;
-  for (size_t k = 0; k < with_gradient.size(); ++k) with_gradient[k]->grad_norm = norms[k] * unscale;
+  // The reduced gradient in memory: only this path needs it. A window whose
+  // only source is the Accumulator's running sum is reduced in place (the
+  // same division, element by element); else into reduced_ (allocated on
+  // first use: the fused path above never holds it).
+  float* const in_place = window.sources.has_value() ? window.sources->only_running_sum : nullptr;
+  if (in_place == nullptr && reduced_.size() != range_.size()) reduced_ = FloatBuffer(range_.size());
+  const absl::Span<float> grad = in_place != nullptr ? absl::MakeSpan(in_place, range_.size()) : reduced_.span();
+  // Measured before a reduction in place overwrites the running sum (which
+  // has no slot: its contributions measured their chunks).
+  std::vector<double> squares(sources.size(), 0.0);
+  for (size_t k = 0; k < sources.size(); ++k) {
+    if (with_gradient[k] != nullptr) squares[k] = reducer_.SourceSquares(sources[k]);
+  }
   bool found_inf = false;
   if (no_gradient) {
-    std::fill(reduced_.data(), reduced_.data() + reduced_.size(), 0.0f);
+    std::fill(grad.begin(), grad.end(), 0.0f);
   } else {
-    reducer_.Sum(reduced_.span(), sources, divisor);
+    if (in_place != nullptr) {
+      if (divisor != 0) {
+        ParallelFor(
+            grad.size(), [&](size_t b, size_t e) { DivideInPlace(grad.subspan(b, e - b), divisor); },
+            reducer_.options().parallel_min_elements);
+      }
+    } else {
+      reducer_.Sum(grad, sources, divisor);
+    }
     // GradScaler.unscale_ before clipping and the step.
-    if (scaler_.on()) found_inf = Unscale();
+    if (scaler_.on()) found_inf = Unscale(grad);
   }
+  SetNorms(window, with_gradient, squares);
   const absl::Time t1 = absl::Now();
   r.reduce_time = t1 - t0;
   std::vector<float> tensor_sums;
-  GRADACC_ASSIGN_OR_RETURN(r.grad_norm, GlobalNorm(window.window, exchange, &tensor_sums, &found_inf));
+  GRADACC_ASSIGN_OR_RETURN(r.grad_norm, GlobalNorm(window.window, grad, exchange, &tensor_sums, &found_inf));
   r.clipped_norm = r.grad_norm;
   if (scaler_.on() && UpdateLossScale(found_inf, &r)) {
     // GradScaler.step skips optimizer.step(): nothing changes (the
@@ -176,14 +221,14 @@ absl::StatusOr<StepReport> StepExecutor::Run(ClosingWindow& window, NormExchange
     const float coef = (1.0f / (r.grad_norm + 1e-6f)) * max_norm;
     if (coef < 1.0f) {
       ParallelFor(
-          reduced_.size(), [&](size_t b, size_t e) { ScaleInPlace(reduced_.span().subspan(b, e - b), coef); },
+          grad.size(), [&](size_t b, size_t e) { ScaleInPlace(grad.subspan(b, e - b), coef); },
           reducer_.options().parallel_min_elements);
       r.clipped_norm = r.grad_norm * coef;
     }
   }
   MutexLock lock(&mu_);
   before_write();
-  optimizer_->Step(params_.span(), reduced_.span(), r.lr, reducer_.options().parallel_min_elements,
+  optimizer_->Step(params_.span(), grad, r.lr, reducer_.options().parallel_min_elements,
                    stepped.empty() ? nullptr : &stepped);
   r.apply_time = absl::Now() - t1;
   return r;

@@ -87,18 +87,24 @@ class StepExecutor {
   std::vector<bool> Stepped(const ClosingWindow& w) const;
   // The global norm of reduced_ (agreed with the other shards), and
   // whether any shard's part is not finite (`found_inf` in: this one's).
-  absl::StatusOr<float> GlobalNorm(uint64_t window, NormExchange* exchange, std::vector<float>* tensor_sums,
-                                   bool* found_inf);
-  // Loss scaling: reduced_ *= the window's inverse scale; whether it has a
-  // NaN or Inf then.
-  bool Unscale();
+  absl::StatusOr<float> GlobalNorm(uint64_t window, absl::Span<const float> grad, NormExchange* exchange,
+                                   std::vector<float>* tensor_sums, bool* found_inf);
+  // Loss scaling: grad *= the window's inverse scale; whether it has a NaN
+  // or Inf then.
+  bool Unscale(absl::Span<float> grad);
   // Loss scaling: records the window's scale and skip in `r` and moves the
   // scale on (GradScaler.update); true: the window is skipped.
   bool UpdateLossScale(bool found_inf, StepReport* r);
-  // The slots with a gradient of their own (a covered worker's has none),
-  // and the window's samples and loss into `r`.
+  // What to reduce, in worker order (the Accumulator's sources, or the
+  // slots with a gradient of their own: a covered worker's has none), each
+  // with its slot (null for the running sum), and the window's samples and
+  // loss into `r`.
   void Gather(ClosingWindow& window, std::vector<const float*>* sources, std::vector<Slot*>* with_gradient,
               StepReport* r) const;
+  // Each contribution's norm for the ledger: from `squares` (per source),
+  // or from what its chunks measured.
+  void SetNorms(ClosingWindow& window, const std::vector<Slot*>& with_gradient,
+                const std::vector<double>& squares) const;
 
   const v1::JobSpec* const spec_;
   const FlatRange range_;
@@ -109,7 +115,7 @@ class StepExecutor {
   FloatBuffer params_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Optimizer> optimizer_;
   LossScaler scaler_;  // trainer thread only
-  FloatBuffer reduced_;  // trainer thread only; allocated by the first unfused step
+  FloatBuffer reduced_;  // trainer thread only; allocated by the first unfused step not done in place
 };
 
 }  // namespace gradacc

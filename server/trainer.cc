@@ -95,6 +95,14 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
       snapshot_memory_(SnapshotMemory(SnapshotBytes(layout_, range_, options_.pull_chunk_elements))),
       state_(&spec_, num_workers_, started_),
       stragglers_(num_workers_, options_.straggler_windows) {
+  AccumulatorOptions accumulate = options_.accumulator;
+  // Members that may change mid-window (elastic jobs, data plans) leave no
+  // fixed order to stream in.
+  accumulate.streaming = spec_.window().max_workers() == 0 && !HasDataPlan(spec_);
+  accumulate.parallel_min_elements = options_.reducer.parallel_min_elements;
+  accumulator_ = std::make_unique<Accumulator>(
+      range_.size(), num_workers_, accumulate, &pool_,
+      [this](absl::Time when, std::function<void()> fn) { deadlines_->Schedule(when, std::move(fn)); });
   shm_ = std::make_unique<ShmTransport>(options_.shared_memory_dir, options_.num_shards > 1, range_.size(),
                                         num_workers_, params.span());
   if (shm_->on()) params = FloatBuffer::View(shm_->params_data(), range_.size());
@@ -124,6 +132,7 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
     checkpointer_.Restored(restored->state.version(), absl::FromUnixMicros(restored->state.written_unix_micros()));
   }
   const uint64_t version = state_.version();
+  accumulator_->Open(version);
   applied_version_ = version;
   shm_->Publish(version);
   SnapshotFields fields{version, state_.done(),
@@ -335,8 +344,8 @@ absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHe
     session = std::make_unique<PushSession>(&layout_, range_, options_.shard, h, std::move(view), nullptr,
                                             std::move(*admission), *std::move(segment));
   } else {
-    session = std::make_unique<PushSession>(&layout_, range_, options_.shard, h, pool_.Take(), &pool_,
-                                            std::move(*admission));
+    session = std::make_unique<PushSession>(&layout_, range_, options_.shard, h,
+                                            accumulator_->Begin(h.worker(), h.window()), std::move(*admission));
   }
   // An overflow is what loss scaling looks for: the step decides.
   if (spec_.has_loss_scaling()) session->AcceptNonFinite();
@@ -348,8 +357,15 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
   if (absl::Status s = session->CheckComplete(); !s.ok()) return Refused(h.worker(), s);
   const absl::Time now = absl::Now();
   Slot slot;
-  slot.grad = session->TakeGradient();
-  slot.segment = session->segment();
+  if (session->accumulated() != nullptr) {
+    slot.streamed = true;
+    slot.sum_of_squares = session->sum_of_squares();
+  } else {
+    slot.grad = session->TakeGradient();  // a view of the worker's segment
+    slot.segment = session->segment();
+  }
+  const float* view = slot.grad.data();
+  const std::shared_ptr<ShmSegment> segment = slot.segment;
   slot.samples = h.samples();
   slot.micro_batches = h.micro_batches();
   slot.loss_sum = h.loss_sum();
@@ -362,12 +378,20 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
   {
     MutexLock lock(&mu_);
     accepted = state_.Accept(h, &slot, session->shared_memory(), now, &late);
+    if (accepted.ok()) {
+      // The window's decision and the running sum's agree on who is in.
+      const absl::Span<const uint32_t> covers(h.covers().data(), h.covers().size());
+      if (session->accumulated() != nullptr) {
+        accumulator_->Accepted(session->accumulated(), covers);
+      } else {
+        accumulator_->AcceptedView(h.worker(), view, segment, covers);
+      }
+    }
   }
   if (late.has_value()) ledger_.NoteLate(*late);
-  if (!accepted.ok()) {
-    pool_.Return(std::move(slot.grad));
-    return Refused(h.worker(), accepted.status());
-  }
+  if (!accepted.ok()) return Refused(h.worker(), accepted.status());
+  // Folds what this acceptance made ready (outside the window mutex).
+  accumulator_->Advance();
   if (session->shared_memory()) counters_.AddBytes(range_.size() * sizeof(float), 0);
   session.reset();
   failpoints_.MaybeKill(Failpoints::Event::kPush, accepted->window, accepted->received);

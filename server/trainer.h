@@ -4,7 +4,9 @@
 //   WindowState       the window state machine (membership, exactly-once
 //                     ledger, slots, completeness), under the window mutex
 //   PushSession       one push's chunks, validated and decoded
-//   BufferPool        gradient buffers and the bound on pushes in flight
+//   Accumulator       the window's running sum in worker order, as chunks
+//                     arrive; staging for those ahead of their turn
+//   BufferPool        whole gradient buffers and the bound on pushes in flight
 //   StepExecutor      reduce, agree on the norm, clip, step (Reducer)
 //   Checkpointer      durable state, sticky on failure
 //   VersionPublisher  the published version and the parked pulls
@@ -42,6 +44,7 @@
 #include "common/mutex.h"
 #include "gradacc/v1/control.pb.h"
 #include "gradacc/v1/data.pb.h"
+#include "server/accumulator.h"
 #include "server/buffer_pool.h"
 #include "server/checkpointer.h"
 #include "server/counters.h"
@@ -110,6 +113,9 @@ struct TrainerOptions {
   // Piece size and parallel threshold of the reduction (tests make them
   // small to reach every path).
   ReducerOptions reducer;
+  // The running sum's staging bound and stall limit (server/accumulator.h);
+  // `streaming` and `parallel_min_elements` are the Trainer's to set.
+  AccumulatorOptions accumulator;
 };
 
 struct PushResult {
@@ -223,6 +229,8 @@ class Trainer {
   std::vector<float> Parameters() const { return executor_->Parameters(); }
   // Blocks until the step ledger's file holds every record so far.
   void FlushLedger() { ledger_.Flush(); }
+  // The running sum's staging and spills (tests, the scale benchmark).
+  AccumulatorStats accumulator_stats() const { return accumulator_->stats(); }
 
  private:
   // The snapshot of `version` - 1 from its checkpoint (a resumed shard keeps
@@ -270,6 +278,7 @@ class Trainer {
   std::unique_ptr<StepExecutor> executor_;
   std::unique_ptr<VersionPublisher> publisher_;
   BufferPool pool_;
+  std::unique_ptr<Accumulator> accumulator_;
   // The published versions' chunk buffers, reused (MakeSnapshot); null
   // for snapshots below kMappedBlockBytes.
   const std::shared_ptr<BufferPool> snapshot_memory_;

@@ -12,6 +12,7 @@
 namespace gradacc {
 
 void Trainer::CloseWindow(ClosingWindow& window) {
+  window.sources = accumulator_->Finish(window.window);
   auto report = executor_->Run(window, options_.exchange, [&] { shm_->BeginParamsWrite(window.window); });
   if (!report.ok()) {
     // Only a shutdown abandons a step (nothing changed); its contributions
@@ -122,6 +123,7 @@ void Trainer::Publish(ClosingWindow& window, v1::StepRecord record, absl::Time s
     fields.job_done = state_.DoneAfterClose();
     state_.set_loss_scale(fields.loss_scale);
     state_.Advance(version, absl::Now());
+    accumulator_->Open(version);
     ScheduleDeadline(version);
     fields.plan = state_.plan();
   }
@@ -131,7 +133,6 @@ void Trainer::Publish(ClosingWindow& window, v1::StepRecord record, absl::Time s
   auto snapshot = MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements,
                                !AllOnSharedMemory(), snapshot_memory_);
   shm_->Publish(version);
-  for (Slot& slot : window.slots) pool_.Return(std::move(slot.grad));
   if (job_done && !options_.final_params_path.empty()) WriteFinalParameters();
   // The ledger has the step before anyone can see its version.
   LogStep(std::move(record), window.opened, stepped, absl::Now());

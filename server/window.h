@@ -23,11 +23,16 @@
 #include "common/shm.h"
 #include "gradacc/v1/data.pb.h"
 #include "gradacc/v1/job.pb.h"
+#include "server/accumulator.h"
 
 namespace gradacc {
 
 struct Slot {
-  FloatBuffer grad;                     // empty for a worker covered by another's push
+  // The gradient, when the slot holds it: a shared-memory push's view of
+  // its segment (empty for a worker covered by another's push, and for a
+  // gRPC push, whose data the window's Accumulator holds: `streamed`).
+  FloatBuffer grad;
+  bool streamed = false;
   std::shared_ptr<ShmSegment> segment;  // a shared-memory push: what `grad` views
   uint64_t samples = 0;
   uint32_t micro_batches = 0;
@@ -36,11 +41,16 @@ struct Slot {
   uint32_t attempt = 0;
   uint32_t duplicates = 0;
   double grad_norm = 0;
+  // A gRPC push's sum of squares, measured as its chunks arrived.
+  std::optional<double> sum_of_squares;
   absl::Time arrival;
   // PushHeader.untouched_tensors: the job's tensors this contribution has
   // no gradient for (increasing; empty: it touched all).
   std::vector<uint32_t> untouched;
 };
+
+// Whether the slot carries a gradient of its own (not a covered worker's).
+inline bool Contributes(const Slot& slot) { return slot.streamed || slot.grad.size() != 0; }
 
 // A window handed over to be reduced and stepped.
 struct ClosingWindow {
@@ -51,6 +61,9 @@ struct ClosingWindow {
   absl::Time opened;
   absl::Time last_arrival;
   v1::WindowPlan plan;  // a job with a data plan: what the window was planned to train on
+  // What to reduce, from the Accumulator (absent: the slots' own buffers,
+  // in order).
+  std::optional<WindowSources> sources;
 };
 
 class Window {

@@ -13,11 +13,27 @@ PushReactor::PushReactor(Trainer* trainer, grpc::CallbackServerContext* context,
     : trainer_(trainer),
       context_(context),
       response_(response),
-      assembler_(trainer),
+      resume_(std::make_shared<ResumeState>()),
+      assembler_(trainer,
+                 [state = resume_] {
+                   PushReactor* reactor;
+                   {
+                     MutexLock lock(&state->mu);
+                     reactor = state->reactor;
+                     if (reactor != nullptr) reactor->refs_.fetch_add(1);
+                   }
+                   if (reactor == nullptr) return;
+                   reactor->Resume();
+                   reactor->Unref();
+                 }),
       cancel_(std::make_shared<CancelState>()) {
   {
     MutexLock lock(&cancel_->mu);
     cancel_->context = context;
+  }
+  {
+    MutexLock lock(&resume_->mu);
+    resume_->reactor = this;
   }
   std::shared_ptr<CancelState> state = cancel_;
   handle_ = trainer_->RegisterPushStream([state] {
@@ -53,13 +69,47 @@ void PushReactor::OnReadDone(bool ok) {
     Complete();
     return;
   }
-  absl::Status status = assembler_.Add(request_);
+  Offer();
+}
+
+void PushReactor::Offer() {
+  absl::Status status;
+  while (true) {
+    status = assembler_.Add(request_);
+    if (!IsParked(status)) break;
+    // No read until the wake: the client's writes wait in flow control.
+    TsanRelease(this);
+    MutexLock lock(&mu_);
+    if (!woken_) {
+      parked_ = true;
+      return;
+    }
+    woken_ = false;  // the wake came first: offer again
+  }
   if (!status.ok()) {
     Reply(status);
     return;
   }
   TsanRelease(this);
   StartRead(&request_);
+}
+
+void PushReactor::Resume() {
+  {
+    MutexLock lock(&mu_);
+    if (finished_) return;
+    if (!parked_) {
+      woken_ = true;
+      return;
+    }
+    parked_ = false;
+  }
+  TsanAcquire(this);
+  Offer();
+}
+
+void PushReactor::Unref() {
+  if (refs_.fetch_sub(1) == 1) delete this;
 }
 
 void PushReactor::Complete() {
@@ -95,10 +145,22 @@ void PushReactor::Complete() {
 void PushReactor::OnCancel() {
   TsanAcquire(this);
   uint64_t id;
+  bool was_parked;
   {
     MutexLock lock(&mu_);
     id = wait_id_;
     wait_id_ = 0;
+    was_parked = parked_;
+    parked_ = false;
+  }
+  if (was_parked) {
+    // No read is pending to see the cancellation: finish here.
+    const absl::Status why = Refusal(v1::ERROR_REASON_PUSH_TIMEOUT,
+                                     "push cancelled while it waited for its turn (by the client, or past the "
+                                     "server's push timeout); nothing was counted");
+    assembler_.Abandon(why);
+    Reply(why);
+    return;
   }
   // Still waiting for the version: nobody else will finish the call.
   if (id != 0 && trainer_->CancelWait(id)) Reply(absl::CancelledError("push cancelled while its step was applied"));
@@ -111,8 +173,12 @@ void PushReactor::OnDone() {
     MutexLock lock(&cancel_->mu);
     cancel_->context = nullptr;
   }
+  {
+    MutexLock lock(&resume_->mu);
+    resume_->reactor = nullptr;
+  }
   TsanRelease(&kTsanServerRpcsDone);
-  delete this;
+  Unref();
 }
 
 }  // namespace gradacc

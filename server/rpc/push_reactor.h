@@ -5,15 +5,20 @@
 // half-closes a complete stream. On an unsharded server a push that
 // completes its window is answered once the new version is published
 // (PushResponse.version_published); a shard answers it once counted.
-// A stream that outlives the server's push timeout is cancelled.
+// A stream that outlives the server's push timeout is cancelled. A chunk
+// that must wait for its turn (the window's staging pool is full) parks the
+// stream: no read is started, so gRPC's flow control holds the client, until
+// the Accumulator's wake resumes it on another thread.
 //
-// Owns itself (deleted in OnDone); the Trainer must outlive it.
+// Owns itself (deleted once OnDone ran and no wake is running it); the
+// Trainer must outlive it.
 #ifndef GRADACC_SERVER_RPC_PUSH_REACTOR_H_
 #define GRADACC_SERVER_RPC_PUSH_REACTOR_H_
 
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/server_callback.h>
 
+#include <atomic>
 #include <memory>
 
 #include "common/mutex.h"
@@ -32,6 +37,17 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   void OnDone() override;
 
  private:
+  // Lets the Accumulator's wake find the reactor while it exists.
+  struct ResumeState {
+    Mutex mu;
+    PushReactor* reactor ABSL_GUARDED_BY(mu) = nullptr;
+  };
+  // Offers the read (or parked) message; reads the next one, parks, or
+  // finishes the call.
+  void Offer();
+  // A parked stream's wake (any thread).
+  void Resume();
+  void Unref();
   // Lets the push-timeout callback cancel the call while it exists.
   struct CancelState {
     Mutex mu;
@@ -45,12 +61,16 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   grpc::ByteBuffer* const response_;  // serialised from reply_ when OK
   v1::PushResponse reply_;
   grpc::ByteBuffer request_;
+  std::shared_ptr<ResumeState> resume_;  // before assembler_, whose wake holds it
   PushAssembler assembler_;
   std::shared_ptr<CancelState> cancel_;
   uint64_t handle_ = 0;
+  std::atomic<int> refs_{1};  // OnDone's, and one per wake running
   Mutex mu_;
   uint64_t wait_id_ ABSL_GUARDED_BY(mu_) = 0;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool parked_ ABSL_GUARDED_BY(mu_) = false;
+  bool woken_ ABSL_GUARDED_BY(mu_) = false;  // a wake came before the stream parked
 };
 
 }  // namespace gradacc
