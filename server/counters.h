@@ -27,6 +27,11 @@ struct TrainerCounters {
   std::vector<uint64_t> step_seconds_counts;  // cumulative, one per bound
   uint64_t step_seconds_count = 0;
   double step_seconds_sum = 0;
+  // The running sum (server/accumulator.h; filled by the Trainer).
+  uint64_t staging_bytes = 0;
+  uint64_t staging_peak_bytes = 0;
+  uint64_t pushes_parked = 0;
+  uint64_t pushes_spilled = 0;
 };
 
 class Counters {

@@ -75,6 +75,16 @@ std::string RenderShard(const v1::Status& s, const TrainerCounters& c, const std
   absl::StrAppend(&out, "gradacc_received_bytes_total{", job, "} ", c.bytes_received, "\n");
   Metric(out, "gradacc_sent_bytes_total", "counter", "Parameter bytes sent in pulls.");
   absl::StrAppend(&out, "gradacc_sent_bytes_total{", job, "} ", c.bytes_sent, "\n");
+  Metric(out, "gradacc_staging_bytes", "gauge",
+         "Gradient bytes waiting for their turn in the running sum (kind=now) and the most at once (kind=peak); "
+         "bounded by --staging_mb.");
+  absl::StrAppend(&out, "gradacc_staging_bytes{", job, ",kind=\"now\"} ", c.staging_bytes, "\n");
+  absl::StrAppend(&out, "gradacc_staging_bytes{", job, ",kind=\"peak\"} ", c.staging_peak_bytes, "\n");
+  Metric(out, "gradacc_pushes_paused_total", "counter",
+         "Times a push stream was paused because the staging pool was full (outcome=paused), and pushes that "
+         "stopped waiting after --stall_ms and took a model-sized buffer (outcome=spilled).");
+  absl::StrAppend(&out, "gradacc_pushes_paused_total{", job, ",outcome=\"paused\"} ", c.pushes_parked, "\n");
+  absl::StrAppend(&out, "gradacc_pushes_paused_total{", job, ",outcome=\"spilled\"} ", c.pushes_spilled, "\n");
   Metric(out, "gradacc_step_duration_seconds", "histogram", "From a window's opening to its new version's broadcast.");
   for (size_t i = 0; i < c.step_seconds_bounds.size(); ++i) {
     absl::StrAppend(&out, "gradacc_step_duration_seconds_bucket{", job, ",le=\"", Num(c.step_seconds_bounds[i]),

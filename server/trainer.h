@@ -202,7 +202,7 @@ class Trainer {
   v1::Status GetStatus() const;
   v1::GetStepsResponse GetSteps(uint64_t from, uint64_t to) const { return ledger_.Get(from, to); }
   absl::Status ReportMetric(const v1::ReportMetricRequest& request);
-  TrainerCounters Counters() const { return counters_.Snapshot(); }
+  TrainerCounters Counters() const;
   void CountBytes(uint64_t received, uint64_t sent) { counters_.AddBytes(received, sent); }
   uint64_t AddListener(Listener listener);
   void RemoveListener(uint64_t id);

@@ -103,4 +103,14 @@ v1::Status Trainer::GetStatus() const {
   return s;
 }
 
+TrainerCounters Trainer::Counters() const {
+  TrainerCounters c = counters_.Snapshot();
+  const AccumulatorStats a = accumulator_->stats();
+  c.staging_bytes = a.staged_bytes;
+  c.staging_peak_bytes = a.staged_peak_bytes;
+  c.pushes_parked = a.parked;
+  c.pushes_spilled = a.spilled;
+  return c;
+}
+
 }  // namespace gradacc

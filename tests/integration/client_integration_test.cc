@@ -11,12 +11,15 @@
 #include <functional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "common/errors.h"
 #include "common/safetensors.h"
 #include "google/protobuf/util/json_util.h"
 #include "gradacc/v1/control.pb.h"
 #include "gtest/gtest.h"
+#include "tests/http_client.h"
 #include "tests/subprocess.h"
 #include "worker/client/client.h"
 #include "worker/cli/status_format.h"
@@ -164,6 +167,7 @@ TEST(ClientIntegrationTest, WorkersTrainAgainstTheRealServer) {
 struct TransportRun {
   std::string params;  // the final safetensors file, bytes
   v1::Status status;
+  std::string metrics;  // /metrics at the end, when the server serves it
 };
 TransportRun RunWithTransports(const std::string& tag, std::vector<std::string> server_flags,
                                const std::function<std::vector<std::string>(int)>& worker_flags,
@@ -192,6 +196,10 @@ TransportRun RunWithTransports(const std::string& tag, std::vector<std::string> 
         << testing::ReadFile(absl::StrCat(dir, "/worker", k, ".log")) << (*server)->log();
   }
   run.status = testing::CliStatus((*server)->address());
+  if (std::filesystem::exists(dir + "/metrics.port")) {
+    const int port = std::stoi(testing::ReadFile(dir + "/metrics.port"));
+    run.metrics = testing::HttpGet(port, "/metrics").body;
+  }
   EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
   run.params = testing::ReadFile(dir + "/final.safetensors");
   return run;
@@ -235,6 +243,28 @@ TEST(ClientIntegrationTest, EveryTransportGivesTheSameBitsAndShowsInStatus) {
               "gRPC (no shared memory: off on this server (--shared_memory_dir is empty))");
   }
   EXPECT_EQ(off.params, grpc.params);
+
+  // A staging pool of two chunks (the running sum's, server/accumulator.h):
+  // four workers push at once, those behind the head of the worker order
+  // are paused by flow control instead of buffered — the same bits, never
+  // more than the bound staged, nobody spilled.
+  const TransportRun tiny = RunWithTransports(
+      "t_tiny_staging",
+      {"--staging_mb=0.00077", "--stall_ms=600000", "--metrics_listen=127.0.0.1:0",
+       "--metrics_port_file=$DIR/metrics.port"},
+      all("--shared_memory=false"));
+  EXPECT_EQ(tiny.params, grpc.params) << "a tiny staging pool changed the bits";
+  auto metric = [&](const std::string& name) -> int64_t {
+    for (absl::string_view line : absl::StrSplit(tiny.metrics, '\n')) {
+      if (absl::StartsWith(line, name)) return std::stoll(std::string(line.substr(line.rfind(' ') + 1)));
+    }
+    ADD_FAILURE() << name << " not in /metrics:\n" << tiny.metrics;
+    return -1;
+  };
+  EXPECT_LE(metric("gradacc_staging_bytes{job=\"multi\",kind=\"peak\"}"), 807) << "2 chunks of 100 floats";
+  EXPECT_GT(metric("gradacc_pushes_paused_total{job=\"multi\",outcome=\"paused\"}"), 0)
+      << "the pool never filled: the test would not show flow control";
+  EXPECT_EQ(metric("gradacc_pushes_paused_total{job=\"multi\",outcome=\"spilled\"}"), 0);
 
   // Compressed on the wire: half the bytes, close to (not equal to) f32.
   const TransportRun bf16 =
