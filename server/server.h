@@ -35,6 +35,9 @@ struct ServerOptions {
   std::string listen = "127.0.0.1:0";  // host:port; port 0 = pick a free one
   TrainerOptions trainer;
   int max_message_bytes = 64 << 20;
+  // gRPC's bandwidth-delay-product probing on the server's receive side
+  // (off: push windows stay one chunk ahead, so paused streams hold little).
+  bool grpc_bdp_probe = false;
   // HOST:PORT for Prometheus /metrics; empty = none. Over HTTPS with the
   // server's certificate when it has one; with tokens, only for the reader
   // or worker token (401 otherwise).

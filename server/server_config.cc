@@ -81,6 +81,12 @@ ABSL_FLAG(double, push_timeout_s, 120, "cancel a push stream not complete after 
 ABSL_FLAG(double, staging_mb, 32,
           "gradient chunks (MiB, per shard) that may wait for their turn in the running sum while earlier workers' "
           "pushes arrive; when full, streams further down the worker order are paused (gRPC flow control)");
+ABSL_FLAG(bool, running_sum, true,
+          "add gRPC pushes into the window's sum as their chunks arrive, in worker order (false: each push into a "
+          "model-sized buffer of its own, summed when the window closes; the same bits either way)");
+ABSL_FLAG(bool, grpc_bdp_probe, false,
+          "let gRPC grow the server's receive windows by bandwidth-delay-product probing (more buffering per "
+          "push stream; paused streams then hold their window in server memory)");
 ABSL_FLAG(double, stall_ms, 1000,
           "a paused push whose turn made no progress this long (an earlier worker does not push) stops waiting "
           "and takes a model-sized buffer of its own");
@@ -178,6 +184,7 @@ absl::StatusOr<TrainerOptions> TrainerFromFlags() {
   }
   t.accumulator.staging_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_staging_mb) * (1 << 20));
   t.accumulator.stall_limit = absl::Milliseconds(absl::GetFlag(FLAGS_stall_ms));
+  t.accumulator.streaming = absl::GetFlag(FLAGS_running_sum);
   if (absl::GetFlag(FLAGS_straggler_windows) < 0) return absl::InvalidArgumentError("--straggler_windows must be >= 0");
   t.straggler_windows = static_cast<uint32_t>(absl::GetFlag(FLAGS_straggler_windows));
   t.kill_at = absl::GetFlag(FLAGS_kill_at);
@@ -258,6 +265,7 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   o.shard_tls_ca_file = absl::GetFlag(FLAGS_shard_tls_ca);
   o.allow_remote_plaintext = absl::GetFlag(FLAGS_allow_remote_plaintext);
+  o.grpc_bdp_probe = absl::GetFlag(FLAGS_grpc_bdp_probe);
   GRADACC_ASSIGN_OR_RETURN(o.tokens.worker, LoadSecret(absl::GetFlag(FLAGS_worker_token_file), "GRADACC_WORKER_TOKEN"));
   GRADACC_ASSIGN_OR_RETURN(o.tokens.reader, LoadSecret(absl::GetFlag(FLAGS_reader_token_file), "GRADACC_READER_TOKEN"));
   if (o.trainer.num_shards > 1) {

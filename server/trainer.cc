@@ -98,7 +98,7 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
   AccumulatorOptions accumulate = options_.accumulator;
   // Members that may change mid-window (elastic jobs, data plans) leave no
   // fixed order to stream in.
-  accumulate.streaming = spec_.window().max_workers() == 0 && !HasDataPlan(spec_);
+  accumulate.streaming = accumulate.streaming && spec_.window().max_workers() == 0 && !HasDataPlan(spec_);
   accumulate.parallel_min_elements = options_.reducer.parallel_min_elements;
   accumulator_ = std::make_unique<Accumulator>(
       range_.size(), num_workers_, accumulate, &pool_,

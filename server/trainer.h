@@ -114,7 +114,8 @@ struct TrainerOptions {
   // small to reach every path).
   ReducerOptions reducer;
   // The running sum's staging bound and stall limit (server/accumulator.h);
-  // `streaming` and `parallel_min_elements` are the Trainer's to set.
+  // `streaming` false turns it off (it is off anyway for elastic jobs and
+  // data plans); `parallel_min_elements` is the Trainer's to set.
   AccumulatorOptions accumulator;
 };
 

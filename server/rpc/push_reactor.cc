@@ -40,6 +40,10 @@ PushReactor::PushReactor(Trainer* trainer, grpc::CallbackServerContext* context,
     MutexLock lock(&state->mu);
     if (state->context != nullptr) state->context->TryCancel();
   });
+  {
+    MutexLock lock(&mu_);
+    reading_ = true;
+  }
   TsanRelease(this);
   StartRead(&request_);
 }
@@ -57,41 +61,86 @@ void PushReactor::Reply(const absl::Status& status) {
 
 void PushReactor::OnReadDone(bool ok) {
   TsanAcquire(this);
-  if (!ok) {
-    if (context_->IsCancelled()) {
-      const absl::Status why = Refusal(v1::ERROR_REASON_PUSH_TIMEOUT,
-                                       "push cancelled (by the client, or past the server's push timeout); nothing "
-                                       "was counted");
-      assembler_.Abandon(why);
-      Reply(why);
-      return;
+  {
+    MutexLock lock(&mu_);
+    reading_ = false;
+    if (ok) {
+      arrived_ = true;
+    } else {
+      eof_ = true;
     }
-    Complete();
-    return;
+    // The placing thread (or a parked stream's wake) takes it from here.
+    if (busy_ || parked_ || finished_) return;
+    busy_ = true;
   }
-  Offer();
+  Drain();
 }
 
-void PushReactor::Offer() {
-  absl::Status status;
+void PushReactor::Drain() {
   while (true) {
-    status = assembler_.Add(request_);
-    if (!IsParked(status)) break;
-    // No read until the wake: the client's writes wait in flow control.
-    TsanRelease(this);
-    MutexLock lock(&mu_);
-    if (!woken_) {
-      parked_ = true;
+    bool read_ahead = false, holding = false, end = false;
+    {
+      MutexLock lock(&mu_);
+      if (finished_) {
+        busy_ = false;
+        return;
+      }
+      if (!holding_ && arrived_) {
+        current_.Swap(&request_);
+        request_.Clear();
+        arrived_ = false;
+        holding_ = true;
+      }
+      if (!reading_ && !arrived_ && !eof_) read_ahead = reading_ = true;
+      holding = holding_;
+      if (!holding) {
+        end = eof_ && !reading_;
+        if (!end) busy_ = false;  // the next OnReadDone goes on
+      }
+    }
+    if (read_ahead) {
+      TsanRelease(this);
+      StartRead(&request_);
+    }
+    if (!holding) {
+      if (end) End();
       return;
     }
-    woken_ = false;  // the wake came first: offer again
+    absl::Status status = assembler_.Add(current_);
+    if (IsParked(status)) {
+      // No read past the one ahead until the wake: the client's writes wait
+      // in flow control.
+      MutexLock lock(&mu_);
+      if (woken_) {
+        woken_ = false;  // the wake came first: offer again
+        continue;
+      }
+      parked_ = true;
+      busy_ = false;
+      TsanRelease(this);
+      return;
+    }
+    {
+      MutexLock lock(&mu_);
+      holding_ = false;
+    }
+    if (!status.ok()) {
+      Reply(status);
+      return;
+    }
   }
-  if (!status.ok()) {
-    Reply(status);
+}
+
+void PushReactor::End() {
+  if (context_->IsCancelled()) {
+    const absl::Status why = Refusal(v1::ERROR_REASON_PUSH_TIMEOUT,
+                                     "push cancelled (by the client, or past the server's push timeout); nothing "
+                                     "was counted");
+    assembler_.Abandon(why);
+    Reply(why);
     return;
   }
-  TsanRelease(this);
-  StartRead(&request_);
+  Complete();
 }
 
 void PushReactor::Resume() {
@@ -103,9 +152,10 @@ void PushReactor::Resume() {
       return;
     }
     parked_ = false;
+    busy_ = true;
   }
   TsanAcquire(this);
-  Offer();
+  Drain();
 }
 
 void PushReactor::Unref() {
@@ -152,6 +202,7 @@ void PushReactor::OnCancel() {
     wait_id_ = 0;
     was_parked = parked_;
     parked_ = false;
+    if (was_parked) busy_ = true;  // nobody else places from now on
   }
   if (was_parked) {
     // No read is pending to see the cancellation: finish here.

@@ -5,10 +5,13 @@
 // half-closes a complete stream. On an unsharded server a push that
 // completes its window is answered once the new version is published
 // (PushResponse.version_published); a shard answers it once counted.
-// A stream that outlives the server's push timeout is cancelled. A chunk
+// A stream that outlives the server's push timeout is cancelled.
+//
+// One message is read ahead while the previous one is placed, so the
+// client's next chunk travels while this one is copied and added. A chunk
 // that must wait for its turn (the window's staging pool is full) parks the
-// stream: no read is started, so gRPC's flow control holds the client, until
-// the Accumulator's wake resumes it on another thread.
+// stream: no further read is started, so gRPC's flow control holds the
+// client, until the Accumulator's wake resumes it on another thread.
 //
 // Owns itself (deleted once OnDone ran and no wake is running it); the
 // Trainer must outlive it.
@@ -42,9 +45,13 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
     Mutex mu;
     PushReactor* reactor ABSL_GUARDED_BY(mu) = nullptr;
   };
-  // Offers the read (or parked) message; reads the next one, parks, or
-  // finishes the call.
-  void Offer();
+  // The one thread that places messages (busy_): takes what arrived, reads
+  // ahead, offers it; parks, finishes the call, or returns when nothing is
+  // left to place.
+  void Drain();
+  // The stream ended (eof_, nothing left to place): commit, or abandon a
+  // cancelled push.
+  void End();
   // A parked stream's wake (any thread).
   void Resume();
   void Unref();
@@ -60,7 +67,8 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   grpc::CallbackServerContext* const context_;
   grpc::ByteBuffer* const response_;  // serialised from reply_ when OK
   v1::PushResponse reply_;
-  grpc::ByteBuffer request_;
+  grpc::ByteBuffer request_;             // gRPC's while reading_; then arrived_ until taken
+  grpc::ByteBuffer current_;             // the message being placed (or parked)
   std::shared_ptr<ResumeState> resume_;  // before assembler_, whose wake holds it
   PushAssembler assembler_;
   std::shared_ptr<CancelState> cancel_;
@@ -69,6 +77,11 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   Mutex mu_;
   uint64_t wait_id_ ABSL_GUARDED_BY(mu_) = 0;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;  // a StartRead is outstanding
+  bool arrived_ ABSL_GUARDED_BY(mu_) = false;  // request_ holds a message not taken yet
+  bool eof_ ABSL_GUARDED_BY(mu_) = false;      // no more messages (half-close, cancel, error)
+  bool busy_ ABSL_GUARDED_BY(mu_) = false;     // a thread is in Drain
+  bool holding_ ABSL_GUARDED_BY(mu_) = false;  // current_ holds a message not placed yet
   bool parked_ ABSL_GUARDED_BY(mu_) = false;
   bool woken_ ABSL_GUARDED_BY(mu_) = false;  // a wake came before the stream parked
 };

@@ -2,7 +2,10 @@
 # How gradacc scales (issue 24), in one run, root not needed:
 #   A. server peak RSS and window time against the number of gRPC workers
 #      M = 2, 4, 8, 16, 32 at P = 16M (the bench's C++ clients, little
-#      compute), with Open MPI MPI_Allreduce + Adam at the same M;
+#      compute), with Open MPI MPI_Allreduce + Adam at the same M; each M
+#      twice: the running sum (the default) and "buffers" (--running_sum=false
+#      --grpc_bdp_probe: a model-sized buffer per push, summed at close, as
+#      before the running sum);
 #   B. window time for P = 64K and 1M against M = 1, 2, 4, 8, on shared
 #      memory and gRPC, against Open MPI MPI_Allreduce + Adam;
 #   C. the largest job this machine holds: P = 256M (else 128M, 64M) over
@@ -13,13 +16,14 @@
 #
 #   tests/bench/run.sh --scale [--no-build] [--reps=5] [--warmup=1] [--out=bench-results]
 #                              [--workers=2,4,8,16,32] [--small-workers=1,2,4,8] [--largest=256M,128M,64M]
+#                              [--server-flags="--staging_mb=64 ..."]
 set -euo pipefail
 self="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 root="$(cd "$(dirname "$self")/../.." && pwd)"
 cd "$root"
 
 build="build-bench" do_build=1 reps=5 warmup=1 out="bench-results"
-workers="2,4,8,16,32" small_workers="1,2,4,8" largest="256M,128M,64M"
+workers="2,4,8,16,32" small_workers="1,2,4,8" largest="256M,128M,64M" server_flags=""
 for arg in "$@"; do
   case "$arg" in
     --no-build) do_build=0 ;;
@@ -30,7 +34,8 @@ for arg in "$@"; do
     --workers=*) workers="${arg#*=}" ;;
     --small-workers=*) small_workers="${arg#*=}" ;;
     --largest=*) largest="${arg#*=}" ;;
-    -h|--help) sed -n '2,16p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --server-flags=*) server_flags="${arg#*=}" ;;
+    -h|--help) sed -n '2,17p' "$self" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "scale.sh: unknown argument '$arg'" >&2; exit 2 ;;
   esac
 done
@@ -84,11 +89,13 @@ gradacc_window() {  # SECTION P M SHM(on|off) [server flags...]
   local section="$1" p="$2" m="$3" shm="$4"; shift 4
   local setting tag limit
   setting=$([[ $shm == on ]] && echo shm || echo grpc)
+  setting="${setting_override:-$setting}"
   tag="$section-$(label "$p")-M$m-$setting"
   limit=$(( 120 + windows * ((p >> 20) + 1) * m / 5 ))
   write_job "$work/$tag.job" "$p" "$m" "$windows"
   log "$section: gradacc P=$(label "$p") M=$m $setting"
-  start_server "$tag" --listen=127.0.0.1:0 --job="$work/$tag.job" "$@" || { log "the server did not start ($tag)"; return 0; }
+  # shellcheck disable=SC2086  # --server-flags: words
+  start_server "$tag" --listen=127.0.0.1:0 --job="$work/$tag.job" $server_flags "$@" || { log "the server did not start ($tag)"; return 0; }
   local addr="$server_addr"
   if [[ -n "${shard_list:-}" ]]; then addr="$shard_list"; fi
   timeout "$limit" mpirun -np "$m" --bind-to none "$bin_bench/gradacc_bench_window" --server="$addr" \
@@ -113,6 +120,7 @@ for m in "${list[@]}"; do
   need=$(( 64 * (8 + 2 * m) + m * 350 ))
   if ! fits "$need"; then echo "A,note,$p16,$m,grpc,skipped,$need,MB" >>"$raw"; log "A: M=$m needs ~$need MB"; continue; fi
   gradacc_window A "$p16" "$m" off
+  setting_override=grpc-buffers gradacc_window A "$p16" "$m" off --running_sum=false --grpc_bdp_probe
   mpi_window A "$p16" "$m"
 done
 # B. small windows against M, shared memory and gRPC.

@@ -36,6 +36,7 @@ ABSL_FLAG(int, warmup, 2, "untimed windows first");
 ABSL_FLAG(double, timeout_s, 300, "bound on connecting and on every window");
 ABSL_FLAG(bool, hierarchical, false, "ranks sharing a host reduce into their leader, which alone pushes");
 ABSL_FLAG(std::string, wire_format, "f32", "f32, bf16 or f16: ClientOptions.wire_format");
+ABSL_FLAG(int64_t, chunk_elements, 0, "elements per pushed chunk (0: ClientOptions' default)");
 ABSL_FLAG(std::string, setting, "", "label of the RESULT lines (default: shm or grpc)");
 ABSL_FLAG(std::string, phase_file, "", "rank 0 appends the timed windows' start and end times here");
 ABSL_FLAG(std::string, params_out, "", "rank 0 writes the final parameters here (raw little-endian f32)");
@@ -64,6 +65,7 @@ int main(int argc, char** argv) {
   options.server = absl::GetFlag(FLAGS_server);
   options.worker = static_cast<uint32_t>(rank);
   options.shared_memory = absl::GetFlag(FLAGS_shm) == "on";
+  if (absl::GetFlag(FLAGS_chunk_elements) > 0) options.chunk_elements = absl::GetFlag(FLAGS_chunk_elements);
   const std::string wire = absl::GetFlag(FLAGS_wire_format);
   if (wire == "bf16") {
     options.wire_format = gradacc::v1::WIRE_FORMAT_BF16;
