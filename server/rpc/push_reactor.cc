@@ -2,6 +2,7 @@
 
 #include <grpcpp/server_context.h>
 
+#include "absl/strings/str_cat.h"
 #include "common/errors.h"
 #include "common/grpc_status.h"
 #include "common/tsan.h"
@@ -133,14 +134,18 @@ void PushReactor::Drain() {
 
 void PushReactor::End() {
   if (context_->IsCancelled()) {
-    const absl::Status why = Refusal(v1::ERROR_REASON_PUSH_TIMEOUT,
-                                     "push cancelled (by the client, or past the server's push timeout); nothing "
-                                     "was counted");
-    assembler_.Abandon(why);
-    Reply(why);
+    Cancelled("push cancelled");
     return;
   }
   Complete();
+}
+
+void PushReactor::Cancelled(absl::string_view what) {
+  const absl::Status why =
+      Refusal(v1::ERROR_REASON_PUSH_TIMEOUT,
+              absl::StrCat(what, " (by the client, or past the server's push timeout); nothing was counted"));
+  assembler_.Abandon(why);
+  Reply(why);
 }
 
 void PushReactor::Resume() {
@@ -205,12 +210,9 @@ void PushReactor::OnCancel() {
     if (was_parked) busy_ = true;  // nobody else places from now on
   }
   if (was_parked) {
-    // No read is pending to see the cancellation: finish here.
-    const absl::Status why = Refusal(v1::ERROR_REASON_PUSH_TIMEOUT,
-                                     "push cancelled while it waited for its turn (by the client, or past the "
-                                     "server's push timeout); nothing was counted");
-    assembler_.Abandon(why);
-    Reply(why);
+    // Nobody is placing messages, and a read ahead (if any) finds the call
+    // finished: finish here.
+    Cancelled("push cancelled while it waited for its turn");
     return;
   }
   // Still waiting for the version: nobody else will finish the call.

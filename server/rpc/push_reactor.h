@@ -24,6 +24,7 @@
 #include <atomic>
 #include <memory>
 
+#include "absl/strings/string_view.h"
 #include "common/mutex.h"
 #include "gradacc/v1/data.pb.h"
 #include "server/push_assembler.h"
@@ -52,6 +53,9 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   // The stream ended (eof_, nothing left to place): commit, or abandon a
   // cancelled push.
   void End();
+  // Abandons the push (PUSH_TIMEOUT, counted as refused) and finishes the
+  // call.
+  void Cancelled(absl::string_view what);
   // A parked stream's wake (any thread).
   void Resume();
   void Unref();
