@@ -36,8 +36,9 @@ struct ServerOptions {
   TrainerOptions trainer;
   int max_message_bytes = 64 << 20;
   // gRPC's bandwidth-delay-product probing on the server's receive side
-  // (off: push windows stay one chunk ahead, so paused streams hold little).
-  bool grpc_bdp_probe = false;
+  // (off: push windows stay about one chunk ahead, so paused streams hold
+  // little, but a push across hosts no longer fills its link).
+  bool grpc_bdp_probe = true;
   // HOST:PORT for Prometheus /metrics; empty = none. Over HTTPS with the
   // server's certificate when it has one; with tokens, only for the reader
   // or worker token (401 otherwise).

@@ -84,9 +84,10 @@ ABSL_FLAG(double, staging_mb, 32,
 ABSL_FLAG(bool, running_sum, true,
           "add gRPC pushes into the window's sum as their chunks arrive, in worker order (false: each push into a "
           "model-sized buffer of its own, summed when the window closes; the same bits either way)");
-ABSL_FLAG(bool, grpc_bdp_probe, false,
-          "let gRPC grow the server's receive windows by bandwidth-delay-product probing (more buffering per "
-          "push stream; paused streams then hold their window in server memory)");
+ABSL_FLAG(bool, grpc_bdp_probe, true,
+          "let gRPC grow the server's receive windows by bandwidth-delay-product probing: needed to fill links "
+          "across hosts; on loopback the windows grow to tens of MB and a push stream paused for its turn holds "
+          "its window in server memory (false: a paused stream holds about one chunk)");
 ABSL_FLAG(double, stall_ms, 1000,
           "a paused push whose turn made no progress this long (an earlier worker does not push) stops waiting "
           "and takes a model-sized buffer of its own");

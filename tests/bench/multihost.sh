@@ -20,6 +20,7 @@
 #   --process-per-shard  one gradacc-server per shard instead (the layout
 #                      before one process could serve several shards)
 #   --configs=LIST     default all: ps1,ps2,ps4,colocated,hier,bf16,mpi,mpi_ring,gloo
+#   --server-flags="--running_sum=false ..."  added to every gradacc-server
 #   --build-dir=build-bench --out=bench-results
 #
 # Four worker hosts (w0..w3) and four server hosts (s0..s3) are network
@@ -57,6 +58,7 @@ usage() { sed -n '2,/^# Four worker hosts/p' "$self" | sed '$d' | sed 's/^# \{0,
 
 rate="200mbit" delay="0ms" queue="200ms" sizes="16M,64M" reps=3 warmup=1 per_host=auto process_per_shard=0 cc=""
 configs="ps1,ps2,ps4,colocated,hier,bf16,mpi,mpi_ring,gloo"
+server_flags=""
 build="build-bench" out="bench-results"
 for arg in "$@"; do
   case "$arg" in
@@ -70,6 +72,7 @@ for arg in "$@"; do
     --shards-per-host=*) per_host="${arg#*=}" ;;
     --process-per-shard) process_per_shard=1 ;;
     --configs=*) configs="${arg#*=}" ;;
+    --server-flags=*) server_flags="${arg#*=}" ;;
     --build-dir=*) build="${arg#*=}" ;;
     --out=*) out="${arg#*=}" ;;
     -h|--help) usage; exit 0 ;;
@@ -319,7 +322,8 @@ start_shards() {
   for h in "${order[@]}"; do
     on_host_bg "${h%%#*}" "$logs/$tag-server$n.log" "$server_bin" --job="$job" \
       --listen="${ip_of[${h%%#*}]}:${port_of[$h]}" --num_shards="$k" --shard="${shards_of[$h]}" \
-      --shard_peers="$servers" --shared_memory_dir= --allow_remote_plaintext --port_file="$tmp/$tag-server$n.port"
+      --shard_peers="$servers" --shared_memory_dir= --allow_remote_plaintext --port_file="$tmp/$tag-server$n.port" \
+      $server_flags
     server_pids+=("$last_pid")
     n=$((n + 1))
   done

@@ -3,9 +3,10 @@
 #   A. server peak RSS and window time against the number of gRPC workers
 #      M = 2, 4, 8, 16, 32 at P = 16M (the bench's C++ clients, little
 #      compute), with Open MPI MPI_Allreduce + Adam at the same M; each M
-#      twice: the running sum (the default) and "buffers" (--running_sum=false
-#      --grpc_bdp_probe: a model-sized buffer per push, summed at close, as
-#      before the running sum);
+#      three times: the running sum (the defaults), the running sum with
+#      --grpc_bdp_probe=false (paused streams hold one chunk), and "buffers"
+#      (--running_sum=false: a model-sized buffer per push, summed at close,
+#      as before the running sum);
 #   B. window time for P = 64K and 1M against M = 1, 2, 4, 8, on shared
 #      memory and gRPC, against Open MPI MPI_Allreduce + Adam;
 #   C. the largest job this machine holds: P = 256M (else 128M, 64M) over
@@ -120,7 +121,8 @@ for m in "${list[@]}"; do
   need=$(( 64 * (8 + 2 * m) + m * 350 ))
   if ! fits "$need"; then echo "A,note,$p16,$m,grpc,skipped,$need,MB" >>"$raw"; log "A: M=$m needs ~$need MB"; continue; fi
   gradacc_window A "$p16" "$m" off
-  setting_override=grpc-buffers gradacc_window A "$p16" "$m" off --running_sum=false --grpc_bdp_probe
+  setting_override=grpc-nobdp gradacc_window A "$p16" "$m" off --grpc_bdp_probe=false
+  setting_override=grpc-buffers gradacc_window A "$p16" "$m" off --running_sum=false
   mpi_window A "$p16" "$m"
 done
 # B. small windows against M, shared memory and gRPC.

@@ -69,41 +69,44 @@ class Report:
     def section_a(self):
         ms = sorted({k[3] for k in self.v if k[0] == "A" and k[1] == "gradacc_server"})
         p = 16 << 20
+        settings = (("grpc", "running sum"), ("grpc-nobdp", "running sum, --grpc_bdp_probe=false"),
+                    ("grpc-buffers", "buffers (--running_sum=false)"))
         self.md += [f"### A. P = {label(p)} on gRPC against the number of workers", "",
-                    "The running sum (the default) against buffers (`--running_sum=false --grpc_bdp_probe`: a "
-                    "model-sized buffer per push, summed when the window closes, as before the running sum).", "",
-                    "| M | server peak RSS (MB) | bytes / parameter | window (ms) | buffers: RSS (MB) | buffers: "
-                    "window (ms) | MPI_Allreduce + Adam (ms) | window / MPI |",
-                    "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        self.a_rss, self.a_rss_before = {}, {}
+                    "Three servers at each M: the running sum (the defaults); the running sum without gRPC's "
+                    "bandwidth-delay probing (a paused push stream then holds about one chunk); buffers (a "
+                    "model-sized buffer per push, summed when the window closes, as before the running sum). "
+                    "RSS in MB, windows in ms.", "",
+                    "| M | " + " | ".join(f"{name}: RSS | B/param | window" for _, name in settings) +
+                    " | MPI_Allreduce + Adam | running sum / MPI |",
+                    "| ---: |" + " ---: | ---: | ---: |" * len(settings) + " ---: | ---: |"]
+        self.a_rss = {s: {} for s, _ in settings}
         for m in ms:
-            rss = self.get("A", "gradacc_server", p, m, "grpc", "peak_rss")
-            win = self.get("A", "gradacc", p, m, "grpc", "window_median")
-            rss_b = self.get("A", "gradacc_server", p, m, "grpc-buffers", "peak_rss")
-            win_b = self.get("A", "gradacc", p, m, "grpc-buffers", "window_median")
+            cells = []
+            for setting, _ in settings:
+                rss = self.get("A", "gradacc_server", p, m, setting, "peak_rss")
+                win = self.get("A", "gradacc", p, m, setting, "window_median")
+                per = rss * 2 ** 20 / p if rss else None
+                self.a_rss[setting][m] = rss
+                cells += [fmt(rss, 5), fmt(per), fmt(win)]
+                self.measure("scale_server_rss", p, m, setting, "peak_rss", rss, "MB")
+                self.measure("scale_server_bytes_per_param", p, m, setting, "bytes_per_param", per, "B")
+                self.measure("scale_window", p, m, setting, "window_median", win, "ms")
             mpi = self.get("A", "mpi_allreduce", p, m, "hugetlb", "window_median")
-            per = rss * 2 ** 20 / p if rss else None
-            self.a_rss[m], self.a_rss_before[m] = rss, rss_b
-            self.md.append(f"| {m} | {fmt(rss, 5)} | {fmt(per)} | {fmt(win)} | {fmt(rss_b, 5)} | {fmt(win_b)} | "
-                           f"{fmt(mpi)} | {fmt(win / mpi if win and mpi else None)} |")
-            for setting, r, w in (("grpc", rss, win), ("grpc-buffers", rss_b, win_b)):
-                self.measure("scale_server_rss", p, m, setting, "peak_rss", r, "MB")
-                self.measure("scale_server_bytes_per_param", p, m, setting, "bytes_per_param",
-                             r * 2 ** 20 / p if r else None, "B")
-                self.measure("scale_window", p, m, setting, "window_median", w, "ms")
+            win = self.get("A", "gradacc", p, m, "grpc", "window_median")
+            self.md.append(f"| {m} | " + " | ".join(cells) + f" | {fmt(mpi)} | {fmt(win / mpi if win and mpi else None)} |")
             self.measure("scale_mpi_allreduce", p, m, "hugetlb", "window_median", mpi, "ms")
         self.md.append("")
-        rss2, rss16 = self.a_rss.get(2), self.a_rss.get(16)
-        self.ratio("scale: server RSS(M=16) / RSS(M=2), 16M gRPC", rss16 / rss2 if rss16 and rss2 else None, "<= 1.15",
-                   lambda x: x <= 1.15, p, 16, "grpc")
-        b2, b16 = self.a_rss_before.get(2), self.a_rss_before.get(16)
-        self.ratio("scale: server RSS(M=16) / RSS(M=2), 16M gRPC, buffers", b16 / b2 if b16 and b2 else None, None,
-                   None, p, 16, "grpc-buffers")
-        self.ratio("scale: server bytes per parameter at M=16, 16M gRPC (Adam)",
-                   rss16 * 2 ** 20 / p if rss16 else None, "<= 24", lambda x: x <= 24, p, 16, "grpc")
-        rss32 = self.a_rss.get(32)
-        self.ratio("scale: server bytes per parameter at M=32, 16M gRPC (Adam)",
-                   rss32 * 2 ** 20 / p if rss32 else None, None, None, p, 32, "grpc")
+        for setting, name in settings:
+            r2, r16 = self.a_rss[setting].get(2), self.a_rss[setting].get(16)
+            main = setting == "grpc"
+            self.ratio(f"scale: server RSS(M=16) / RSS(M=2), 16M gRPC, {name}", r16 / r2 if r16 and r2 else None,
+                       "<= 1.15" if main else None, (lambda x: x <= 1.15) if main else None, p, 16, setting)
+            self.ratio(f"scale: server bytes per parameter at M=16, 16M gRPC (Adam), {name}",
+                       r16 * 2 ** 20 / p if r16 else None, "<= 24" if main else None,
+                       (lambda x: x <= 24) if main else None, p, 16, setting)
+            r32 = self.a_rss[setting].get(32)
+            self.ratio(f"scale: server bytes per parameter at M=32, 16M gRPC (Adam), {name}",
+                       r32 * 2 ** 20 / p if r32 else None, None, None, p, 32, setting)
         for m in (2, 4, 8, 16):
             win = self.get("A", "gradacc", p, m, "grpc", "window_median")
             win_b = self.get("A", "gradacc", p, m, "grpc-buffers", "window_median")
@@ -111,8 +114,8 @@ class Report:
             self.ratio(f"scale: gRPC window / MPI_Allreduce + Adam, 16M M={m}", win / mpi if win and mpi else None,
                        "<= 1.5" if m == 2 else None, (lambda x: x <= 1.5) if m == 2 else None, p, m, "grpc")
             self.ratio(f"scale: gRPC window, running sum / buffers, 16M M={m}",
-                       win / win_b if win and win_b else None, "<= 1" if m in (4, 8) else None,
-                       (lambda x: x <= 1.0) if m in (4, 8) else None, p, m, "grpc")
+                       win / win_b if win and win_b else None, {4: "<= 1", 8: "< 1"}.get(m),
+                       {4: (lambda x: x <= 1.0), 8: (lambda x: x < 1.0)}.get(m), p, m, "grpc")
 
     def section_b(self):
         keys = sorted({(k[2], k[3]) for k in self.v if k[0] == "B" and k[1] == "gradacc"})
@@ -173,11 +176,11 @@ class Report:
                   f"written, {self.a.png} does not exist", file=sys.stderr)
             return
         fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-        ms = sorted(m for m, r in self.a_rss.items() if r)
-        left.plot(ms, [self.a_rss[m] for m in ms], "o-", label="server peak RSS, running sum")
-        mb = sorted(m for m, r in self.a_rss_before.items() if r)
-        if mb:
-            left.plot(mb, [self.a_rss_before[m] for m in mb], "s--", label="server peak RSS, buffers")
+        for setting, style, name in (("grpc", "o-", "running sum"), ("grpc-nobdp", "^-", "running sum, no BDP probe"),
+                                     ("grpc-buffers", "s--", "buffers")):
+            pts = sorted((m, r) for m, r in self.a_rss[setting].items() if r)
+            if pts:
+                left.plot([m for m, _ in pts], [r for _, r in pts], style, label=f"server peak RSS, {name}")
         left.set_xscale("log", base=2)
         left.set_xlabel("gRPC workers M")
         left.set_ylabel("MB")
