@@ -4,6 +4,7 @@
 #include <cstring>
 #include <utility>
 
+#include "common/kernels.h"
 #include "common/log.h"
 
 namespace gradacc {
@@ -57,12 +58,13 @@ Accumulator::Push::Outcome Accumulator::Push::Reserve(uint64_t offset, size_t n,
     MutexLock lock(&owner_->mu_);
     outcome = owner_->ReserveLocked(this, offset, n, std::move(wake), dst, &park_until, &wakes);
   }
-  if (outcome == Outcome::kParked && owner_->schedule_ != nullptr) {
+  if (outcome == Outcome::kParked && park_until != absl::InfiniteFuture() && owner_->schedule_ != nullptr) {
     Accumulator* owner = owner_;
     owner_->schedule_(park_until, [owner] {
       Wakes parked;
       {
         MutexLock lock(&owner->mu_);
+        owner->stall_timer_ = false;
         owner->CollectParked(&parked);
       }
       owner->RunWakes(std::move(parked));
@@ -135,7 +137,14 @@ Accumulator::Push::Outcome Accumulator::ReserveLocked(Push* p, uint64_t offset, 
     if (p->parked_since_ == absl::InfinitePast()) p->parked_since_ = now;
     p->wake_ = std::move(wake);
     ++stats_.parked;
-    *park_until = std::max(p->parked_since_, last_progress_) + options_.stall_limit;
+    // One timer for all parked pushes: it wakes them, and each checks its
+    // own stall.
+    const absl::Time due = std::max(p->parked_since_, last_progress_) + options_.stall_limit;
+    if (!stall_timer_ || due < stall_timer_due_) {
+      stall_timer_ = true;
+      stall_timer_due_ = due;
+      *park_until = due;
+    }
     return Push::Outcome::kParked;
   }
   p->pending_ = Push::Chunk{offset, n, std::unique_ptr<float[]>(new float[n])};
@@ -261,6 +270,8 @@ void Accumulator::ReleasePosition(Position& p) {
   p.flat = FloatBuffer();
   p.view = nullptr;
   p.segment.reset();
+  p.squares.reset();
+  p.unmeasured = false;
   p.state = State::kPending;
 }
 
@@ -316,6 +327,7 @@ void Accumulator::AcceptedView(uint32_t worker, const float* data, std::shared_p
     Position& pos = pos_[worker];
     pos.view = data;
     pos.segment = std::move(keep);
+    pos.unmeasured = true;
     pos.state = State::kReady;
     const std::vector<Push*> others = pos.live;
     for (Push* other : others) Detach(other, Push::Mode::kDrain, &wakes);
@@ -401,6 +413,8 @@ void Accumulator::FoldPosition(Position& p) {
   } else {
     if (acc_.size() != elements_) acc_ = FloatBuffer(elements_);
     const float* src = p.view;
+    // A segment's chunks were never measured: the ledger's norm, here.
+    if (p.unmeasured) p.squares = SumOfSquaresParallel(absl::MakeConstSpan(src, elements_));
     float* acc = acc_.data();
     const bool first = folded_ == 0;
     ParallelFor(
@@ -484,6 +498,9 @@ WindowSources Accumulator::Finish(uint64_t window) {
       out.worker.push_back(static_cast<int64_t>(i));
     }
     if (folded_ > 0 && out.data.size() == 1) out.only_running_sum = acc_.data();
+    for (size_t i = 0; i < pos_.size(); ++i) {
+      if (pos_[i].squares.has_value()) out.folded_squares.emplace_back(static_cast<uint32_t>(i), *pos_[i].squares);
+    }
   }
   RunWakes(std::move(wakes));
   return out;

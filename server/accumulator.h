@@ -38,6 +38,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -82,6 +84,9 @@ struct WindowSources {
   // The running sum when it is the only source (the step may reduce it in
   // place); else null.
   float* only_running_sum = nullptr;
+  // Whole buffers folded into the running sum (shared-memory segments, whose
+  // chunks nobody measured): each worker's sum of squares, for the ledger.
+  std::vector<std::pair<uint32_t, double>> folded_squares;
 };
 
 class Accumulator {
@@ -172,6 +177,8 @@ class Accumulator {
     const float* view = nullptr;      // kReady: a whole buffer (flat's or a segment's)
     std::shared_ptr<ShmSegment> segment;
     std::vector<Push*> live;  // pushes in flight for this worker
+    bool unmeasured = false;  // an AcceptedView buffer: no chunk measured it
+    std::optional<double> squares;  // its sum of squares, once folded
   };
   using Wakes = std::vector<std::function<void()>>;
 
@@ -215,6 +222,9 @@ class Accumulator {
   absl::Time last_progress_ ABSL_GUARDED_BY(mu_);
   uint64_t staged_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t preimage_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  // The stall timer (one for all parked pushes) is scheduled, due then.
+  bool stall_timer_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time stall_timer_due_ ABSL_GUARDED_BY(mu_);
   AccumulatorStats stats_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -94,9 +94,16 @@ void StepExecutor::SetNorms(ClosingWindow& window, const std::vector<Slot*>& wit
   for (size_t k = 0; k < with_gradient.size(); ++k) {
     if (with_gradient[k] != nullptr) with_gradient[k]->grad_norm = std::sqrt(squares[k]) * unscale;
   }
-  // Measured as their chunks arrived (gRPC pushes).
+  // Measured as their chunks arrived (gRPC pushes), or when their segment
+  // was folded into the running sum.
   for (Slot& slot : window.slots) {
     if (slot.sum_of_squares.has_value()) slot.grad_norm = std::sqrt(*slot.sum_of_squares) * unscale;
+  }
+  if (!window.sources.has_value()) return;
+  for (const auto& [worker, squares] : window.sources->folded_squares) {
+    for (size_t i = 0; i < window.workers.size(); ++i) {
+      if (window.workers[i] == worker) window.slots[i].grad_norm = std::sqrt(squares) * unscale;
+    }
   }
 }
 

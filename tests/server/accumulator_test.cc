@@ -354,6 +354,11 @@ TEST(AccumulatorTest, WholeBuffersAreFoldedOnlyWhenAChunkedOneFollows) {
     ASSERT_EQ(s.data.size(), 2u);
     EXPECT_EQ(s.worker, (std::vector<int64_t>{-1, 3})) << "0 and 2 folded; 3 stays whole";
     EXPECT_TRUE(testing::BitIdentical(Sum(s.data), Reference(c, {0, 2, 3})));
+    // Worker 0's segment was folded: its norm for the ledger is measured
+    // there (worker 2's chunks were measured as they arrived, by its session).
+    ASSERT_EQ(s.folded_squares.size(), 1u);
+    EXPECT_EQ(s.folded_squares[0].first, 0u);
+    EXPECT_EQ(s.folded_squares[0].second, SumOfSquaresParallel(absl::MakeConstSpan(c[0])));
   }
 }
 
