@@ -237,6 +237,12 @@ void Accumulator::Spill(Push* p, Wakes* wakes) {
   }
   p->chunks_.clear();
   p->mode_ = Push::Mode::kFlat;
+  if (p->parked_since_ != absl::InfinitePast()) {
+    GRADACC_LOG(WARNING,
+                "window %d: worker %d's push waited %d ms for its turn behind worker %d, which made no progress (a "
+                "straggler?); it takes a model-sized buffer of its own (--stall_ms)",
+                window_, p->worker_, absl::ToInt64Milliseconds(absl::Now() - p->parked_since_), head_);
+  }
   p->parked_since_ = absl::InfinitePast();
   ++stats_.spilled;
   CollectParked(wakes);
