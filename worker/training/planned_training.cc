@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/data_plan.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 #include "worker/training/training.h"
 
@@ -82,7 +83,7 @@ class PlannedReport {
       absl::FPrintF(options_.out, "epoch %d (step %d): test accuracy %.2f%%\n", std::min(epoch, epochs_), step.version,
                     100 * result.test_accuracy);
       absl::Status reported = client.ReportTestAccuracy(result.test_accuracy, step.version);
-      if (!reported.ok()) absl::FPrintF(stderr, "gradacc-worker: %s\n", reported.ToString());
+      if (!reported.ok()) GRADACC_LOG(WARNING, "test accuracy not reported: %s", reported.ToString());
     }
     std::fflush(options_.out);
     epoch_ = epoch;
@@ -127,8 +128,7 @@ absl::StatusOr<TrainingResult> RunPlannedTraining(TrainingClient& client, Backen
       if (!step.replanned) samples_done += plan.samples();
     }
     if (step.replanned) {
-      absl::FPrintF(stderr, "gradacc-worker[%d]: window %d's plan changed (the server restarted); recomputing\n",
-                    client.worker(), client.version());
+      GRADACC_LOG(INFO, "window %d's plan changed (the server restarted); recomputing", client.version());
       continue;
     }
     GRADACC_RETURN_IF_ERROR(backend.SetParameters(client.params()));

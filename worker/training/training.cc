@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/data_plan.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 
 namespace gradacc {
@@ -156,7 +157,7 @@ absl::StatusOr<double> EvaluateAndReport(TrainingClient& client, Backend& backen
                 done % per_epoch == 0 ? done / per_epoch : done / per_epoch + 1, done, 100 * acc);
   std::fflush(out);
   absl::Status reported = client.ReportTestAccuracy(acc, done);
-  if (!reported.ok()) absl::FPrintF(stderr, "gradacc-worker: %s\n", reported.ToString());
+  if (!reported.ok()) GRADACC_LOG(WARNING, "test accuracy not reported: %s", reported.ToString());
   return acc;
 }
 

@@ -4,8 +4,10 @@
 #include <memory>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/data_plan.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 #include "worker/training/group_client.h"
 #include "worker/training/model.h"
@@ -102,13 +104,14 @@ void ReportResult(TrainingClient& session, const TrainingResult& result) {
 }  // namespace
 
 int RunWorker(const WorkerOptions& options, const MpiScope& mpi) {
+  SetLogProgram("gradacc-worker");
   // A replacement started alone (--rank) is its own world of one.
   if (options.rank >= 0 && mpi.size() > 1) {
-    absl::FPrintF(stderr, "gradacc-worker: --rank is for a worker started alone, not under mpirun -np %d\n",
-                  mpi.size());
+    GRADACC_LOG(ERROR, "--rank is for a worker started alone, not under mpirun -np %d", mpi.size());
     return 2;
   }
   const int rank = options.rank >= 0 ? static_cast<int>(options.rank) : mpi.rank();
+  SetLogProgram(absl::StrCat("gradacc-worker[", rank, "]"));  // every line says which rank
   const int size = options.world_size > 0 ? static_cast<int>(options.world_size) : std::max(mpi.size(), rank + 1);
   Setup setup;
   absl::Status ready = PrepareLocal(options, rank, setup);
@@ -120,16 +123,16 @@ int RunWorker(const WorkerOptions& options, const MpiScope& mpi) {
   if (mpi.AllOk(ready.ok())) ready = Connect(options, rank, size, setup);
   if (!mpi.AllOk(ready.ok())) {
     if (!ready.ok()) {
-      absl::FPrintF(stderr, "gradacc-worker[%d]: %s\n", rank, ready.message());
+      GRADACC_LOG(ERROR, "%s", ready.message());
     } else if (rank == 0) {
-      absl::FPrintF(stderr, "gradacc-worker[0]: another rank failed to start; stopping\n");
+      GRADACC_LOG(ERROR, "another rank failed to start; stopping");
     }
     return 2;
   }
   auto result = RunTraining(*setup.session, *setup.backend, setup.train, rank == 0 ? &setup.test : nullptr,
                             TrainingOptionsFor(options, rank));
   if (!result.ok()) {
-    absl::FPrintF(stderr, "gradacc-worker[%d]: %s\n", rank, result.status().ToString());
+    GRADACC_LOG(ERROR, "%s", result.status().ToString());
     return 1;
   }
   (void)setup.session->Leave();
