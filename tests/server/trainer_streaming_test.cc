@@ -12,6 +12,7 @@
 #include "common/errors.h"
 #include "gtest/gtest.h"
 #include "server/trainer.h"
+#include "tests/server/trainer_fixtures.h"
 #include "tests/test_util.h"
 
 namespace gradacc {
@@ -23,48 +24,14 @@ using testing::Push;
 constexpr uint64_t kChunk = 50;  // tensor w: 9 chunks, b: 1
 
 v1::JobSpec Job(uint32_t workers, uint64_t steps) {
-  v1::JobSpec spec;
-  spec.set_job_id("streaming");
-  auto* w = spec.mutable_model()->add_tensors();
-  w->set_name("w");
-  w->add_shape(37);
-  w->add_shape(11);
-  w->mutable_init()->mutable_uniform()->set_low(-1);
-  w->mutable_init()->mutable_uniform()->set_high(1);
-  auto* b = spec.mutable_model()->add_tensors();
-  b->set_name("b");
-  b->add_shape(11);
-  spec.mutable_optimizer()->set_kind(v1::OptimizerSpec::KIND_ADAM);
-  spec.mutable_optimizer()->set_lr(0.01);
-  spec.mutable_window()->set_num_workers(workers);
-  spec.set_total_steps(steps);
-  spec.set_seed(5);
-  return spec;
+  return trainer_fixtures::SmallJob(workers, steps, v1::OptimizerSpec::KIND_ADAM);
 }
 
 std::vector<Contribution> Window(uint64_t window, uint32_t workers, uint32_t seed) {
-  std::mt19937 rng(seed * 31 + static_cast<uint32_t>(window));
-  std::uniform_real_distribution<float> mantissa(-1, 1);
-  std::uniform_int_distribution<int> exponent(-12, 12);
-  std::vector<Contribution> out(workers);
-  for (uint32_t k = 0; k < workers; ++k) {
-    out[k].worker = k;
-    out[k].window = window;
-    out[k].key = window;
-    out[k].samples = 1 + k;
-    out[k].loss_sum = 0.25 * (k + 1);
-    out[k].grad.resize(37 * 11 + 11);
-    for (float& g : out[k].grad) g = std::ldexp(mantissa(rng), exponent(rng));
-  }
-  return out;
+  return trainer_fixtures::MakeWindow(window, workers, 37 * 11 + 11, seed);
 }
 
-std::unique_ptr<Trainer> NewTrainer(const v1::JobSpec& spec) {
-  auto t = Trainer::Create(spec, TrainerOptions());
-  EXPECT_TRUE(t.ok()) << t.status();
-  testing::JoinAll(**t);
-  return std::move(*t);
-}
+using trainer_fixtures::NewTrainer;
 
 // Begins `c`'s push and sends its first `chunks` chunks (of kChunk elements,
 // in tensor order); the session is what a stream holds.
