@@ -20,9 +20,11 @@
 // and tests drive it directly.
 //
 // Thread-safety: every public method may be called from any thread. The
-// window mutex is held only for WindowState's decisions; the reduction,
-// the step, checkpoints and file I/O run on the trainer thread without it;
-// callbacks (pull answers, listeners) never run under any Trainer lock.
+// window mutex is held only for WindowState's decisions (and for telling
+// the Accumulator what they were, so the two agree on who is in); the adds
+// into the running sum happen outside it, the reduction, the step,
+// checkpoints and file I/O on the trainer thread without it; callbacks (pull
+// answers, listeners, paused pushes' wakes) never run under any Trainer lock.
 #ifndef GRADACC_SERVER_TRAINER_H_
 #define GRADACC_SERVER_TRAINER_H_
 
