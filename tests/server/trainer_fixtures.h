@@ -17,6 +17,7 @@
 namespace gradacc::trainer_fixtures {
 
 using testing::Contribution;
+using testing::Push;
 
 // w: 37 x 11 (uniform init), b: 11 — 418 elements.
 inline v1::JobSpec SmallJob(uint32_t workers, uint64_t steps,

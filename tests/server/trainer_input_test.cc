@@ -19,14 +19,9 @@
 #include "tests/server/trainer_fixtures.h"
 #include "tests/test_util.h"
 
-namespace gradacc {
+// In the fixtures' namespace: SmallJob, MakeWindow, NewTrainer, Push.
+namespace gradacc::trainer_fixtures {
 namespace {
-
-using testing::Contribution;
-using testing::Push;
-using trainer_fixtures::MakeWindow;
-using trainer_fixtures::NewTrainer;
-using trainer_fixtures::SmallJob;
 
 class BadInputTest : public ::testing::Test {
  protected:
@@ -145,4 +140,4 @@ TEST_F(BadInputTest, AbsurdSamplesAndSecondKeyForSameWindow) {
 // refused and counts nothing; the results equal the chunked path's bits.
 
 }  // namespace
-}  // namespace gradacc
+}  // namespace gradacc::trainer_fixtures

@@ -20,14 +20,9 @@
 #include "tests/server/trainer_fixtures.h"
 #include "tests/test_util.h"
 
-namespace gradacc {
+// In the fixtures' namespace: SmallJob, MakeWindow, NewTrainer, Push.
+namespace gradacc::trainer_fixtures {
 namespace {
-
-using testing::Contribution;
-using testing::Push;
-using trainer_fixtures::MakeWindow;
-using trainer_fixtures::NewTrainer;
-using trainer_fixtures::SmallJob;
 
 TEST(TrainerWaitTest, PullNamingALostContributionFailsAtOnce) {
   auto t = NewTrainer(SmallJob(2, 3));
@@ -304,4 +299,4 @@ TEST(TrainerCheckpointTest, ShardCheckpointKeepsItsPartOfTheLastNorm) {
 }
 
 }  // namespace
-}  // namespace gradacc
+}  // namespace gradacc::trainer_fixtures

@@ -24,14 +24,9 @@
 #include "tests/server/trainer_fixtures.h"
 #include "tests/test_util.h"
 
-namespace gradacc {
+// In the fixtures' namespace: SmallJob, MakeWindow, NewTrainer, Push.
+namespace gradacc::trainer_fixtures {
 namespace {
-
-using testing::Contribution;
-using testing::Push;
-using trainer_fixtures::MakeWindow;
-using trainer_fixtures::NewTrainer;
-using trainer_fixtures::SmallJob;
 
 TEST(TrainerTest, ArrivalOrderDoesNotChangeTheResult) {
   constexpr uint32_t kWorkers = 5;
@@ -260,4 +255,4 @@ TEST(TrainerTest, ReductionsMeanOverContributionsAndSum) {
 }
 
 }  // namespace
-}  // namespace gradacc
+}  // namespace gradacc::trainer_fixtures

@@ -20,14 +20,9 @@
 #include "tests/server/trainer_fixtures.h"
 #include "tests/test_util.h"
 
-namespace gradacc {
+// In the fixtures' namespace: SmallJob, MakeWindow, NewTrainer, Push.
+namespace gradacc::trainer_fixtures {
 namespace {
-
-using testing::Contribution;
-using testing::Push;
-using trainer_fixtures::MakeWindow;
-using trainer_fixtures::NewTrainer;
-using trainer_fixtures::SmallJob;
 
 TEST(TrainerSharedMemoryTest, SegmentPushesMatchChunksAndNaNIsRefused) {
   constexpr uint32_t kWorkers = 3;
@@ -305,4 +300,4 @@ TEST(TrainerCompressionTest, Bf16AndF16StayWithinTheirRoundingBound) {
 // checkpoint taken before the push was acknowledged).
 
 }  // namespace
-}  // namespace gradacc
+}  // namespace gradacc::trainer_fixtures
