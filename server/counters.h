@@ -32,6 +32,8 @@ struct TrainerCounters {
   uint64_t staging_peak_bytes = 0;
   uint64_t pushes_parked = 0;
   uint64_t pushes_spilled = 0;
+  // Pushes taken from shared-memory mailboxes (the fast path).
+  uint64_t fast_path_pushes = 0;
 };
 
 class Counters {

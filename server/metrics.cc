@@ -85,6 +85,10 @@ std::string RenderShard(const v1::Status& s, const TrainerCounters& c, const std
          "stopped waiting after --stall_ms and took a model-sized buffer (outcome=spilled).");
   absl::StrAppend(&out, "gradacc_pushes_paused_total{", job, ",outcome=\"paused\"} ", c.pushes_parked, "\n");
   absl::StrAppend(&out, "gradacc_pushes_paused_total{", job, ",outcome=\"spilled\"} ", c.pushes_spilled, "\n");
+  Metric(out, "gradacc_shm_fast_path_pushes_total", "counter",
+         "Pushes workers on this host posted to their shared-memory mailbox instead of calling Push (the fast "
+         "path; --shm_fast_path).");
+  absl::StrAppend(&out, "gradacc_shm_fast_path_pushes_total{", job, "} ", c.fast_path_pushes, "\n");
   Metric(out, "gradacc_step_duration_seconds", "histogram", "From a window's opening to its new version's broadcast.");
   for (size_t i = 0; i < c.step_seconds_bounds.size(); ++i) {
     absl::StrAppend(&out, "gradacc_step_duration_seconds_bucket{", job, ",le=\"", Num(c.step_seconds_bounds[i]),

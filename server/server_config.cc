@@ -69,6 +69,9 @@ ABSL_FLAG(std::string, metrics_listen, "",
 ABSL_FLAG(std::string, metrics_port_file, "", "write the metrics port to this file once serving");
 ABSL_FLAG(std::string, shared_memory_dir, "/dev/shm",
           "tmpfs folder for the shared-memory segments of workers on this host; empty = gRPC only");
+ABSL_FLAG(bool, shm_fast_path, true,
+          "offer workers on this host the shared-memory fast path: a shared-memory window's push and pull through "
+          "a mailbox and futex wake-ups instead of gRPC round trips (docs/protocol.md)");
 ABSL_FLAG(std::string, ledger_file, "",
           "append the step ledger here (JSON lines); default: <checkpoint_dir>/ledger.jsonl with checkpoints");
 ABSL_FLAG(std::string, checkpoint_dir, "",
@@ -87,7 +90,11 @@ ABSL_FLAG(bool, running_sum, true,
 ABSL_FLAG(bool, grpc_bdp_probe, true,
           "let gRPC grow the server's receive windows by bandwidth-delay-product probing: needed to fill links "
           "across hosts; on loopback the windows grow to tens of MB and a push stream paused for its turn holds "
-          "its window in server memory (false: a paused stream holds about one chunk)");
+          "its window in server memory (false: a paused stream holds at most --grpc_stream_window_kb)");
+ABSL_FLAG(int, grpc_stream_window_kb, 8192,
+          "the server's receive window per push stream without bandwidth-delay probing: what a paused stream may "
+          "hold in server memory (with --grpc_bdp_probe=false, 1024 keeps the server's memory flat in the number "
+          "of gRPC workers; tests/bench/README.md, \"Scale\")");
 ABSL_FLAG(double, stall_ms, 1000,
           "a paused push whose turn made no progress this long (an earlier worker does not push) stops waiting "
           "and takes a model-sized buffer of its own");
@@ -193,6 +200,7 @@ absl::StatusOr<TrainerOptions> TrainerFromFlags() {
   t.num_shards = absl::GetFlag(FLAGS_num_shards);
   t.ledger_path = absl::GetFlag(FLAGS_ledger_file);
   t.shared_memory_dir = absl::GetFlag(FLAGS_shared_memory_dir);
+  t.shm_fast_path = absl::GetFlag(FLAGS_shm_fast_path);
   if (t.ledger_path.empty() && !t.checkpoint_dir.empty()) t.ledger_path = t.checkpoint_dir + "/ledger.jsonl";
   return t;
 }
@@ -267,6 +275,10 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   o.shard_tls_ca_file = absl::GetFlag(FLAGS_shard_tls_ca);
   o.allow_remote_plaintext = absl::GetFlag(FLAGS_allow_remote_plaintext);
   o.grpc_bdp_probe = absl::GetFlag(FLAGS_grpc_bdp_probe);
+  if (absl::GetFlag(FLAGS_grpc_stream_window_kb) < 64 || absl::GetFlag(FLAGS_grpc_stream_window_kb) > (1 << 20)) {
+    return absl::InvalidArgumentError("--grpc_stream_window_kb must be within 64..1048576");
+  }
+  o.grpc_stream_window_bytes = absl::GetFlag(FLAGS_grpc_stream_window_kb) * 1024;
   GRADACC_ASSIGN_OR_RETURN(o.tokens.worker, LoadSecret(absl::GetFlag(FLAGS_worker_token_file), "GRADACC_WORKER_TOKEN"));
   GRADACC_ASSIGN_OR_RETURN(o.tokens.reader, LoadSecret(absl::GetFlag(FLAGS_reader_token_file), "GRADACC_READER_TOKEN"));
   if (o.trainer.num_shards > 1) {

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cstdio>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -14,10 +16,11 @@
 namespace gradacc {
 
 ShmTransport::ShmTransport(const std::string& dir, bool sharded, uint64_t elements, uint32_t num_workers,
-                           absl::Span<const float> params)
+                           absl::Span<const float> params, bool fast_path)
     : first_generation_(static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()))),
       dir_(dir),
       elements_(elements),
+      num_workers_(num_workers),
       grads_(num_workers),
       next_generation_(first_generation_) {
   if (dir.empty()) {
@@ -39,6 +42,13 @@ ShmTransport::ShmTransport(const std::string& dir, bool sharded, uint64_t elemen
   }
   std::copy(params.begin(), params.end(), (*segment)->data());
   params_ = *std::move(segment);
+  if (!fast_path) return;
+  auto bell = ShmBellSegment::Create(ShmSegment::NewPath(dir, nonce_, "bell"), nonce_);
+  if (!bell.ok()) {
+    GRADACC_LOG(WARNING, "shared-memory fast path off: %s", bell.status().message());
+    return;
+  }
+  bell_ = *std::move(bell);
 }
 
 v1::AttachSharedMemoryResponse ShmTransport::Attach(uint32_t worker, bool params_stable) {
@@ -64,6 +74,7 @@ v1::AttachSharedMemoryResponse ShmTransport::Attach(uint32_t worker, bool params
     MutexLock lock(&mu_);
     // The previous segment stays alive (and unreachable by path: its file
     // goes with its last holder) while an open window's slot holds it.
+    if (grads_[worker].segment != nullptr) retired_pulls_ += MailboxOf(*grads_[worker].segment)->pulls.load();
     grads_[worker] = Grad{segment, generation};
   }
   response.set_available(true);
@@ -74,12 +85,23 @@ v1::AttachSharedMemoryResponse ShmTransport::Attach(uint32_t worker, bool params
   response.set_num_elements(elements_);
   response.set_params_stable(params_stable);
   response.set_generation(generation);
+  if (bell_ != nullptr) response.set_bell_path(bell_->path());
   return response;
 }
 
 void ShmTransport::Detach(uint32_t worker) {
   MutexLock lock(&mu_);
+  if (grads_[worker].segment != nullptr) retired_pulls_ += MailboxOf(*grads_[worker].segment)->pulls.load();
   grads_[worker] = Grad{};
+}
+
+uint64_t ShmTransport::BellPulls() const {
+  MutexLock lock(&mu_);
+  uint64_t pulls = retired_pulls_;
+  for (const Grad& g : grads_) {
+    if (g.segment != nullptr) pulls += MailboxOf(*g.segment)->pulls.load(std::memory_order_relaxed);
+  }
+  return pulls;
 }
 
 absl::StatusOr<std::shared_ptr<ShmSegment>> ShmTransport::SegmentFor(uint32_t worker, uint64_t generation) const {
@@ -104,6 +126,11 @@ bool ShmTransport::Attached(uint32_t worker) const {
   return worker < grads_.size() && grads_[worker].segment != nullptr;
 }
 
+std::shared_ptr<ShmSegment> ShmTransport::Current(uint32_t worker) const {
+  MutexLock lock(&mu_);
+  return worker < grads_.size() ? grads_[worker].segment : nullptr;
+}
+
 void ShmTransport::BeginParamsWrite(uint64_t version) {
   if (!on()) return;
   // A writer's seqlock: the odd value must be visible before any of the
@@ -116,6 +143,23 @@ void ShmTransport::BeginParamsWrite(uint64_t version) {
 void ShmTransport::Publish(uint64_t version) {
   if (!on()) return;
   params_->header()->seq.store(2 * version, std::memory_order_release);
+}
+
+void ShmTransport::PublishHeader(const v1::ParametersHeader& header) {
+  if (bell_ == nullptr) return;
+  v1::ParametersHeader shm = header;
+  shm.set_shared_memory(true);
+  const std::string bytes = shm.SerializeAsString();
+  ShmBell* const b = bell_->bell();
+  // The header's own seqlock (the worker checks it around its copy).
+  const uint32_t p = b->published.load(std::memory_order_relaxed);
+  b->published.store(p + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  const bool fits = bytes.size() <= sizeof(b->params_header);
+  if (fits) std::memcpy(b->params_header, bytes.data(), bytes.size());
+  b->params_header_bytes = fits ? static_cast<uint32_t>(bytes.size()) : 0;
+  b->published.store(p + 2, std::memory_order_release);
+  FutexWake(&b->published, INT_MAX);
 }
 
 }  // namespace gradacc

@@ -11,6 +11,9 @@
 // a restarted worker cannot change what was accepted. A shared-memory push
 // names the generation it was written in; any other is refused.
 //
+// With the fast path on (common/shm_fast_path.h) it also owns the bell:
+// offered with every attach, written by PublishHeader.
+//
 // Thread-safe; segments are created outside its lock.
 #ifndef GRADACC_SERVER_SHM_TRANSPORT_H_
 #define GRADACC_SERVER_SHM_TRANSPORT_H_
@@ -24,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "common/mutex.h"
 #include "common/shm.h"
+#include "common/shm_fast_path.h"
 #include "gradacc/v1/data.pb.h"
 
 namespace gradacc {
@@ -33,7 +37,7 @@ class ShmTransport {
   // `dir` empty, or a sharded server: off (with the reason). `elements`:
   // what this server owns; `params` are copied into the parameter segment.
   ShmTransport(const std::string& dir, bool sharded, uint64_t elements, uint32_t num_workers,
-               absl::Span<const float> params);
+               absl::Span<const float> params, bool fast_path);
 
   bool on() const { return params_ != nullptr; }
   const std::string& off_reason() const { return off_reason_; }
@@ -49,6 +53,14 @@ class ShmTransport {
   // is the worker's current one.
   absl::StatusOr<std::shared_ptr<ShmSegment>> SegmentFor(uint32_t worker, uint64_t generation) const;
   bool Attached(uint32_t worker) const;
+  // The worker's current gradient segment (null when none).
+  std::shared_ptr<ShmSegment> Current(uint32_t worker) const;
+  uint32_t num_workers() const { return static_cast<uint32_t>(num_workers_); }
+  // Versions workers took through the bell (their mailboxes' `pulls`,
+  // with those of segments replaced since).
+  uint64_t BellPulls() const;
+  // The fast path's bell (null when the fast path is off).
+  ShmBellSegment* bell() const { return bell_.get(); }
   // Whether `generation` was handed out by an earlier server (before a
   // restart): its push is refused NOT_ATTACHED as part of the worker's
   // normal recovery, not a mistake.
@@ -60,6 +72,10 @@ class ShmTransport {
   // `version` are overwritten, 2 * version while `version` is in place.
   void BeginParamsWrite(uint64_t version);
   void Publish(uint64_t version);
+  // The fast path: the header a Pull of the version published last would
+  // carry; wakes the workers waiting for it. Call once the version may be
+  // answered (its step is in the ledger).
+  void PublishHeader(const v1::ParametersHeader& header);
 
  private:
   ShmNonce nonce_{};
@@ -68,6 +84,8 @@ class ShmTransport {
   std::string off_reason_;
   uint64_t elements_ = 0;
   std::unique_ptr<ShmSegment> params_;
+  std::unique_ptr<ShmBellSegment> bell_;
+  const size_t num_workers_;
   mutable Mutex mu_;
   struct Grad {
     std::shared_ptr<ShmSegment> segment;
@@ -75,6 +93,7 @@ class ShmTransport {
   };
   std::vector<Grad> grads_ ABSL_GUARDED_BY(mu_);
   uint64_t next_generation_ ABSL_GUARDED_BY(mu_);
+  uint64_t retired_pulls_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace gradacc

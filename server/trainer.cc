@@ -104,7 +104,7 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
       range_.size(), num_workers_, accumulate, &pool_,
       [this](absl::Time when, std::function<void()> fn) { deadlines_->Schedule(when, std::move(fn)); });
   shm_ = std::make_unique<ShmTransport>(options_.shared_memory_dir, options_.num_shards > 1, range_.size(),
-                                        num_workers_, params.span());
+                                        num_workers_, params.span(), options_.shm_fast_path);
   if (shm_->on()) params = FloatBuffer::View(shm_->params_data(), range_.size());
   executor_ = std::make_unique<StepExecutor>(&spec_, &layout_, range_, options_.num_shards, std::move(params),
                                              std::move(optimizer), options_.reducer);
@@ -143,11 +143,18 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
       MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true, snapshot_memory_),
       deadlines_.get(), options_.max_pull_wait, /*keep_previous=*/options_.num_shards > 1,
       options_.num_shards > 1 && restored != nullptr ? PreviousVersion(version) : nullptr);
+  shm_->PublishHeader(publisher_->Current()->header.header());
   ScheduleDeadline(version);
   thread_ = std::make_unique<TaskThread>();
+  if (shm_->bell() != nullptr) {
+    fast_path_ = std::make_unique<ShmFastPath>(shm_.get(), [this](uint32_t worker, std::string request, auto done) {
+      FastPush(worker, request, std::move(done));
+    });
+  }
 }
 
 Trainer::~Trainer() {
+  fast_path_.reset();
   Shutdown();
   thread_.reset();     // runs what was queued, then joins
   deadlines_.reset();  // no timer fires into the parts below from now on
@@ -402,6 +409,60 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
     NotifyListeners();
   }
   return result;
+}
+
+uint64_t Trainer::AnswerPush(const PushResult& result, std::function<void(absl::StatusOr<v1::PushResponse>)> done) {
+  v1::PushResponse reply;
+  reply.set_window(result.window);
+  reply.set_contributions_received(result.received);
+  reply.set_contributions_expected(result.expected);
+  reply.set_closed_window(result.closed_window);
+  // A shard's step needs the other shards' parts, which this very worker may
+  // still have to push: answer at once (version_published stays false).
+  if (!result.closed_window || options_.num_shards > 1) {
+    done(std::move(reply));
+    return 0;
+  }
+  // The contract: the version is published when the closing push is
+  // answered. Answer once it is.
+  return WaitForVersion(result.window + 1, [reply, done = std::move(done)](auto snapshot) mutable {
+    if (!snapshot.ok()) {
+      done(snapshot.status());
+      return;
+    }
+    reply.set_version_published(true);
+    done(std::move(reply));
+  });
+}
+
+void Trainer::FastPush(uint32_t worker, const std::string& request,
+                       std::function<void(absl::StatusOr<v1::PushResponse>)> done) {
+  v1::PushHeader h;
+  absl::Status refused;
+  if (!h.ParseFromString(request)) {
+    refused = Refusal(v1::ERROR_REASON_PROTOCOL, "a shared-memory mailbox request that is not a gradacc.v1.PushHeader");
+  } else if (h.worker() != worker || !h.shared_memory()) {
+    refused = Refusal(v1::ERROR_REASON_PROTOCOL,
+                      absl::StrFormat("worker %d's mailbox carries a push of worker %d (shared_memory %v): a mailbox "
+                                      "carries its worker's shared-memory pushes only",
+                                      worker, h.worker(), h.shared_memory()));
+  }
+  if (!refused.ok()) {
+    RecordRefusal(worker, refused);
+    done(refused);
+    return;
+  }
+  absl::StatusOr<std::unique_ptr<PushSession>> session = BeginPush(h);
+  if (!session.ok()) {
+    done(session.status());  // BeginPush counted it
+    return;
+  }
+  absl::StatusOr<PushResult> result = Commit(*std::move(session));
+  if (!result.ok()) {
+    done(result.status());
+    return;
+  }
+  AnswerPush(*result, std::move(done));
 }
 
 void Trainer::Close(ClosingWindow window) {

@@ -57,6 +57,7 @@
 #include "server/push_session.h"
 #include "server/reducer.h"
 #include "server/request_validator.h"
+#include "server/shm_fast_path.h"
 #include "server/shm_transport.h"
 #include "server/step_executor.h"
 #include "server/step_ledger.h"
@@ -112,6 +113,8 @@ struct TrainerOptions {
   // Shared memory for workers on this host: segments are made in this tmpfs
   // folder; empty = off (every worker uses gRPC).
   std::string shared_memory_dir;
+  // Offer the shared-memory fast path (common/shm_fast_path.h) with it.
+  bool shm_fast_path = true;
   // Piece size and parallel threshold of the reduction (tests make them
   // small to reach every path).
   ReducerOptions reducer;
@@ -179,6 +182,15 @@ class Trainer {
   absl::StatusOr<PushResult> Commit(std::unique_ptr<PushSession> session);
   // A push that failed after BeginPush (counted for status and metrics).
   void RecordRefusal(uint32_t worker, const absl::Status& status);
+  // The answer to a committed push: at once, or (a push that closed an
+  // unsharded server's window) once its version is published, with
+  // version_published. Returns an id for CancelWait, 0 when `done` ran.
+  uint64_t AnswerPush(const PushResult& result, std::function<void(absl::StatusOr<v1::PushResponse>)> done);
+  // A PushHeader posted to `worker`'s shared-memory mailbox
+  // (server/shm_fast_path.h): BeginPush, Commit and AnswerPush, as the Push
+  // RPC of a shared-memory window.
+  void FastPush(uint32_t worker, const std::string& request,
+                std::function<void(absl::StatusOr<v1::PushResponse>)> done);
 
   // Calls `done` with the snapshot of a version >= min_version: at once when
   // it exists (or the job is done), else once published. With `pushed_key`,
@@ -278,6 +290,8 @@ class Trainer {
   Checkpointer checkpointer_;
   std::unique_ptr<DeadlineQueue> deadlines_;
   std::unique_ptr<ShmTransport> shm_;
+  // Stopped first (~Trainer): its thread calls FastPush.
+  std::unique_ptr<ShmFastPath> fast_path_;
   std::unique_ptr<StepExecutor> executor_;
   std::unique_ptr<VersionPublisher> publisher_;
   BufferPool pool_;

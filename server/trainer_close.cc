@@ -69,6 +69,9 @@ v1::CheckpointState Trainer::DurableState(uint64_t version, const v1::StepRecord
     progress_.Export(&s);
   }
   counters_.Export(s.mutable_counters());
+  // Pulls through the fast path count as a Pull's (a restarted server
+  // starts from what the checkpoint says).
+  s.mutable_counters()->set_bytes_sent(s.counters().bytes_sent() + shm_->BellPulls() * range_.size() * sizeof(float));
   for (v1::StepRecord& r : ledger_.Unlogged()) *s.add_unlogged_steps() = std::move(r);
   if (record != nullptr) *s.add_unlogged_steps() = *record;
   s.set_written_unix_micros(absl::ToUnixMicros(absl::Now()));
@@ -136,6 +139,7 @@ void Trainer::Publish(ClosingWindow& window, v1::StepRecord record, absl::Time s
   if (job_done && !options_.final_params_path.empty()) WriteFinalParameters();
   // The ledger has the step before anyone can see its version.
   LogStep(std::move(record), window.opened, stepped, absl::Now());
+  shm_->PublishHeader(snapshot->header.header());
   std::vector<VersionPublisher::Ready> ready = publisher_->Publish(snapshot);
   // mid_broadcast: the version is published and (when anyone was parked)
   // one pull has its answer, the others not yet.

@@ -105,11 +105,13 @@ v1::Status Trainer::GetStatus() const {
 
 TrainerCounters Trainer::Counters() const {
   TrainerCounters c = counters_.Snapshot();
+  c.bytes_sent += shm_->BellPulls() * range_.size() * sizeof(float);  // pulls through the fast path
   const AccumulatorStats a = accumulator_->stats();
   c.staging_bytes = a.staged_bytes;
   c.staging_peak_bytes = a.staged_peak_bytes;
   c.pushes_parked = a.parked;
   c.pushes_spilled = a.spilled;
+  c.fast_path_pushes = fast_path_ != nullptr ? fast_path_->requests() : 0;
   return c;
 }
 

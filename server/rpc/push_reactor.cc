@@ -173,25 +173,15 @@ void PushReactor::Complete() {
     Reply(result.status());
     return;
   }
-  reply_.set_window(result->window);
-  reply_.set_contributions_received(result->received);
-  reply_.set_contributions_expected(result->expected);
-  reply_.set_closed_window(result->closed_window);
-  // A shard's step needs the other shards' parts, which this very worker may
-  // still have to push: answer at once (version_published stays false).
-  if (!result->closed_window || trainer_->num_shards() > 1) {
-    Reply(absl::OkStatus());
-    return;
-  }
-  // The contract: the version is published when the closing push is
-  // answered. Answer once it is.
-  const uint64_t id = trainer_->WaitForVersion(result->window + 1, [this](auto snapshot) {
+  // The callback may run before AnswerPush returns (on this thread) or
+  // later on the thread that publishes the version.
+  const uint64_t id = trainer_->AnswerPush(*result, [this](absl::StatusOr<v1::PushResponse> answer) {
     {
       MutexLock lock(&mu_);
       wait_id_ = 0;
     }
-    if (snapshot.ok()) reply_.set_version_published(true);
-    Reply(snapshot.ok() ? absl::OkStatus() : snapshot.status());
+    if (answer.ok()) reply_ = *std::move(answer);
+    Reply(answer.status());
   });
   MutexLock lock(&mu_);
   if (id != 0 && !finished_) wait_id_ = id;

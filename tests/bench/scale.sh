@@ -4,11 +4,13 @@
 #      M = 2, 4, 8, 16, 32 at P = 16M (the bench's C++ clients, little
 #      compute), with Open MPI MPI_Allreduce + Adam at the same M; each M
 #      three times: the running sum (the defaults), the running sum with
-#      --grpc_bdp_probe=false (paused streams hold one chunk), and "buffers"
+#      --grpc_bdp_probe=false --grpc_stream_window_kb=1024 (a paused stream
+#      holds at most 1 MiB), and "buffers"
 #      (--running_sum=false: a model-sized buffer per push, summed at close,
 #      as before the running sum);
 #   B. window time for P = 64K and 1M against M = 1, 2, 4, 8, on shared
-#      memory and gRPC, against Open MPI MPI_Allreduce + Adam;
+#      memory (with its fast path, the default, and without it:
+#      --shm_fast_path=false) and gRPC, against Open MPI MPI_Allreduce + Adam;
 #   C. the largest job this machine holds: P = 256M (else 128M, 64M) over
 #      4 shards served by one process, M = 4 gRPC workers: bytes per
 #      parameter on the server and on a worker.
@@ -121,7 +123,7 @@ for m in "${list[@]}"; do
   need=$(( 64 * (8 + 2 * m) + m * 350 ))
   if ! fits "$need"; then echo "A,note,$p16,$m,grpc,skipped,$need,MB" >>"$raw"; log "A: M=$m needs ~$need MB"; continue; fi
   gradacc_window A "$p16" "$m" off
-  setting_override=grpc-nobdp gradacc_window A "$p16" "$m" off --grpc_bdp_probe=false
+  setting_override=grpc-nobdp gradacc_window A "$p16" "$m" off --grpc_bdp_probe=false --grpc_stream_window_kb=1024
   setting_override=grpc-buffers gradacc_window A "$p16" "$m" off --running_sum=false
   mpi_window A "$p16" "$m"
 done
@@ -130,6 +132,7 @@ IFS=, read -r -a list <<<"$small_workers"
 for p in $((64 << 10)) $((1 << 20)); do
   for m in "${list[@]}"; do
     gradacc_window B "$p" "$m" on
+    setting_override=shm-rpc gradacc_window B "$p" "$m" on --shm_fast_path=false
     gradacc_window B "$p" "$m" off
     mpi_window B "$p" "$m"
   done

@@ -69,7 +69,8 @@ class Report:
     def section_a(self):
         ms = sorted({k[3] for k in self.v if k[0] == "A" and k[1] == "gradacc_server"})
         p = 16 << 20
-        settings = (("grpc", "running sum"), ("grpc-nobdp", "running sum, --grpc_bdp_probe=false"),
+        settings = (("grpc", "running sum"),
+                    ("grpc-nobdp", "running sum, --grpc_bdp_probe=false --grpc_stream_window_kb=1024"),
                     ("grpc-buffers", "buffers (--running_sum=false)"))
         self.md += [f"### A. P = {label(p)} on gRPC against the number of workers", "",
                     "Three servers at each M: the running sum (the defaults); the running sum without gRPC's "
@@ -98,7 +99,7 @@ class Report:
         self.md.append("")
         for setting, name in settings:
             r2, r16 = self.a_rss[setting].get(2), self.a_rss[setting].get(16)
-            main = setting == "grpc"
+            main = setting in ("grpc", "grpc-nobdp")
             self.ratio(f"scale: server RSS(M=16) / RSS(M=2), 16M gRPC, {name}", r16 / r2 if r16 and r2 else None,
                        "<= 1.15" if main else None, (lambda x: x <= 1.15) if main else None, p, 16, setting)
             self.ratio(f"scale: server bytes per parameter at M=16, 16M gRPC (Adam), {name}",
@@ -120,15 +121,20 @@ class Report:
     def section_b(self):
         keys = sorted({(k[2], k[3]) for k in self.v if k[0] == "B" and k[1] == "gradacc"})
         self.md += ["### B. Small windows", "",
-                    "| P | M | shared memory (ms) | gRPC (ms) | MPI_Allreduce + Adam (ms) | shm / MPI | gRPC / MPI |",
-                    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                    "| P | M | shared memory, fast path (ms) | shared memory, RPCs (ms) | gRPC (ms) | "
+                    "MPI_Allreduce + Adam (ms) | shm / MPI | shm RPCs / MPI | gRPC / MPI |",
+                    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for p, m in keys:
             shm = self.get("B", "gradacc", p, m, "shm", "window_median")
+            rpc = self.get("B", "gradacc", p, m, "shm-rpc", "window_median")
             grpc = self.get("B", "gradacc", p, m, "grpc", "window_median")
             mpi = self.get("B", "mpi_allreduce", p, m, "hugetlb", "window_median")
-            self.md.append(f"| {label(p)} | {m} | {fmt(shm)} | {fmt(grpc)} | {fmt(mpi)} | "
-                           f"{fmt(shm / mpi if shm and mpi else None)} | {fmt(grpc / mpi if grpc and mpi else None)} |")
-            for setting, value in (("shm", shm), ("grpc", grpc)):
+            self.md.append(f"| {label(p)} | {m} | {fmt(shm)} | {fmt(rpc)} | {fmt(grpc)} | {fmt(mpi)} | "
+                           f"{fmt(shm / mpi if shm and mpi else None)} | {fmt(rpc / mpi if rpc and mpi else None)} | "
+                           f"{fmt(grpc / mpi if grpc and mpi else None)} |")
+            self.ratio(f"scale: shared-memory window, fast path / RPCs, {label(p)} M={m}",
+                       shm / rpc if shm and rpc else None, None, None, p, m, "shm")
+            for setting, value in (("shm", shm), ("shm-rpc", rpc), ("grpc", grpc)):
                 self.measure("scale_window", p, m, setting, "window_median", value, "ms")
             self.measure("scale_mpi_allreduce", p, m, "hugetlb", "window_median", mpi, "ms")
             target = "<= 1.5" if p == 1 << 20 and m in (1, 2) else None
@@ -176,7 +182,8 @@ class Report:
                   f"written, {self.a.png} does not exist", file=sys.stderr)
             return
         fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-        for setting, style, name in (("grpc", "o-", "running sum"), ("grpc-nobdp", "^-", "running sum, no BDP probe"),
+        for setting, style, name in (("grpc", "o-", "running sum"),
+                                     ("grpc-nobdp", "^-", "running sum, no BDP probe, 1 MiB windows"),
                                      ("grpc-buffers", "s--", "buffers")):
             pts = sorted((m, r) for m, r in self.a_rss[setting].items() if r)
             if pts:
@@ -187,7 +194,9 @@ class Report:
         left.set_title("A. server memory, P = 16M f32, Adam")
         left.legend()
         for p, style in ((64 << 10, "--"), (1 << 20, "-")):
-            for config, setting, name in (("gradacc", "shm", "gradacc shm"), ("gradacc", "grpc", "gradacc gRPC"),
+            for config, setting, name in (("gradacc", "shm", "gradacc shm"),
+                                          ("gradacc", "shm-rpc", "gradacc shm, no fast path"),
+                                          ("gradacc", "grpc", "gradacc gRPC"),
                                           ("mpi_allreduce", "hugetlb", "MPI_Allreduce + Adam")):
                 pts = sorted((k[3], v) for k, v in self.v.items()
                              if k[0] == "B" and k[1] == config and k[2] == p and k[4] == setting

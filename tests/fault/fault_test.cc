@@ -151,8 +151,69 @@ TEST_P(ServerKillTest, KilledThreeTimesAndRestartedGivesBitIdenticalParameters) 
   EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
   EXPECT_TRUE(Same(ReadParams(dir + "/final.safetensors"), reference))
       << "parameters after three SIGKILLs differ from the undisturbed run";
+  if (GetParam()) {
+    // Killed with workers waiting on their mailbox and on the bell: the
+    // shared-memory fast path (common/shm_fast_path.h) is what they used.
+    for (int k = 0; k < kWorkers; ++k) {
+      const std::string log = ReadFile(absl::StrCat(dir, "/worker", k, ".log"));
+      EXPECT_NE(log.find("transport shared memory (fast path"), std::string::npos) << log;
+    }
+  }
 }
 INSTANTIATE_TEST_SUITE_P(Transports, ServerKillTest, ::testing::Bool(), TransportName);
+
+// A worker SIGSTOPped past its peers' window timeout (WAIT policy): the
+// peers' waits end at their window timeout on either transport (on shared
+// memory they wait on the bell, then in a parked pull), the stopped worker
+// goes on when continued, the peers started again rejoin, and the job ends
+// bit-identical to the undisturbed run.
+using StoppedWorkerTest = TransportTest;
+TEST_P(StoppedWorkerTest, StoppedPastTheWindowTimeoutEndsBoundedAndBitIdentical) {
+  const std::vector<float> reference = Reference(Job(), "stop");
+  ASSERT_FALSE(reference.empty());
+  const std::string dir = testing::MakeTempDir("stopped");
+  std::ofstream(dir + "/job.textproto") << Job();
+  auto server =
+      ServerProcess::Start(dir, {"--job=" + dir + "/job.textproto", "--output=" + dir + "/final.safetensors"});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = (*server)->address();
+  // The peers give up after 2 s; the stopped worker has time to go on.
+  auto start = [&](int k) {
+    return testing::StartTestClient(
+        dir, address, k,
+        {"--micro_batches=2", "--step_delay_ms=50", absl::StrCat("--window_timeout_s=", k == 1 ? 60 : 2),
+         absl::StrCat("--shared_memory=", GetParam())});
+  };
+  std::vector<std::unique_ptr<Subprocess>> workers;
+  for (int k = 0; k < kWorkers; ++k) workers.push_back(start(k));
+  const absl::Time give_up = absl::Now() + absl::Seconds(30);
+  while (Status(address).step() < 3 && absl::Now() < give_up) absl::SleepFor(absl::Milliseconds(5));
+  workers[1]->Signal(SIGSTOP);
+  const absl::Time stopped = absl::Now();
+  // The peers give up on the window within their timeout (2 s) and a margin.
+  for (int k : {0, 2}) {
+    const std::optional<int> code = workers[k]->Wait(absl::Seconds(15));
+    ASSERT_TRUE(code.has_value()) << "worker " << k << " still waits " << absl::Now() - stopped;
+    EXPECT_EQ(*code, 1) << ReadFile(absl::StrCat(dir, "/worker", k, ".log"));
+  }
+  EXPECT_LT(absl::Now() - stopped, absl::Seconds(2) + absl::Seconds(8));
+  const std::string given_up = ReadFile(absl::StrCat(dir, "/worker0.log"));
+  EXPECT_NE(given_up.find("DEADLINE_EXCEEDED"), std::string::npos) << given_up;
+  if (GetParam()) {
+    EXPECT_NE(given_up.find("transport shared memory (fast path"), std::string::npos) << given_up;
+  }
+  workers[1]->Signal(SIGCONT);
+  for (int k : {0, 2}) workers[k] = start(k);  // the same ranks again
+  for (int k = 0; k < kWorkers; ++k) {
+    ASSERT_EQ(workers[k]->Wait(absl::Seconds(90)), std::optional<int>(0))
+        << ReadFile(absl::StrCat(dir, "/worker", k, ".log")) << (*server)->log();
+  }
+  EXPECT_EQ(Status(address).step(), static_cast<uint64_t>(kSteps));
+  EXPECT_EQ((*server)->Stop(), std::optional<int>(0));
+  EXPECT_TRUE(Same(ReadParams(dir + "/final.safetensors"), reference))
+      << "parameters after a stopped worker differ from the undisturbed run";
+}
+INSTANTIATE_TEST_SUITE_P(Transports, StoppedWorkerTest, ::testing::Bool(), TransportName);
 
 TEST(WorkerKillTest, QuorumKeepsTrainingWithoutAKilledWorker) {
   const std::string dir = testing::MakeTempDir("quorum");
@@ -177,6 +238,9 @@ TEST(WorkerKillTest, QuorumKeepsTrainingWithoutAKilledWorker) {
   ASSERT_EQ(s.last_step_missing_workers_size(), 1);
   EXPECT_EQ(s.last_step_missing_workers(0), 2u);
   EXPECT_EQ(s.workers(2).state(), v1::WORKER_STATE_LOST);
+  // Killed mid-window among workers on the shared-memory fast path (its own
+  // log lost its buffered lines with it).
+  EXPECT_NE(ReadFile(dir + "/worker0.log").find("transport shared memory (fast path"), std::string::npos);
   // The last step averaged over the samples actually received: workers 0
   // and 1 of window 11 (test_client: s = 1 + (k + v + m) % 3 per micro-batch).
   uint64_t samples = 0;

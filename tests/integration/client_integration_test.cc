@@ -214,6 +214,12 @@ TEST(ClientIntegrationTest, EveryTransportGivesTheSameBitsAndShowsInStatus) {
   const TransportRun shm = RunWithTransports("t_shm", {"--shared_memory_dir=/dev/shm"}, all("--shared_memory=true"));
   for (const auto& w : shm.status.workers()) EXPECT_EQ(TransportLabel(w, shm.status), "shared memory");
   EXPECT_EQ(shm.params, grpc.params) << "shared memory and gRPC runs differ";
+  // Shared memory without the fast path (Push and Pull RPCs carry the
+  // window's control messages): the same bits.
+  const TransportRun rpc_shm = RunWithTransports("t_shm_rpc", {"--shared_memory_dir=/dev/shm", "--shm_fast_path=false"},
+                                                 all("--shared_memory=true"));
+  for (const auto& w : rpc_shm.status.workers()) EXPECT_EQ(TransportLabel(w, rpc_shm.status), "shared memory");
+  EXPECT_EQ(rpc_shm.params, grpc.params) << "shared memory without the fast path and gRPC runs differ";
 
   // Half on each: the server builds pull chunks for the gRPC half only.
   const TransportRun mixed = RunWithTransports("t_mixed", {}, [](int k) {

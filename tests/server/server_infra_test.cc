@@ -231,7 +231,7 @@ TEST(FailpointsTest, ParsesOnceAndRefusesTypos) {
 TEST(ShmTransportTest, EveryAttachGetsAFreshSegment) {
   const std::string dir = TempDir("shm");
   const std::vector<float> params(100, 1.0f);
-  ShmTransport shm(dir, false, 100, 2, params);
+  ShmTransport shm(dir, false, 100, 2, params, /*fast_path=*/true);
   ASSERT_TRUE(shm.on()) << shm.off_reason();
   EXPECT_EQ(shm.params_data()[99], 1.0f);
   const v1::AttachSharedMemoryResponse first = shm.Attach(0, true);
@@ -255,7 +255,7 @@ TEST(ShmTransportTest, EveryAttachGetsAFreshSegment) {
   EXPECT_TRUE(shm.FromEarlierServer(first.generation() - 1));
   shm.BeginParamsWrite(3);
   shm.Publish(4);
-  ShmTransport off("", false, 100, 2, params);
+  ShmTransport off("", false, 100, 2, params, /*fast_path=*/true);
   EXPECT_FALSE(off.on());
   EXPECT_FALSE(off.Attach(0, true).available());
 }

@@ -55,13 +55,14 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "common/buffer.h"
+#include "common/channel.h"
 #include "common/job_spec.h"
 #include "common/mutex.h"
 #include "common/retry.h"
 #include "common/shm.h"
+#include "common/shm_fast_path.h"
 #include "gradacc/v1/control.pb.h"
 #include "gradacc/v1/data.pb.h"
-#include "common/channel.h"
 
 namespace grpc {
 class ByteBuffer;
@@ -109,6 +110,10 @@ struct ClientOptions {
   // on this host (negotiated over gRPC; falls back to gRPC by itself).
   // false = always gRPC.
   bool shared_memory = true;
+  // With shared memory, push and pull a window through the server's
+  // mailbox and bell (common/shm_fast_path.h) instead of gRPC round trips,
+  // when the server offers them.
+  bool shm_fast_path = true;
   // How gradients travel through gRPC: f32, or compressed to bf16 / f16
   // (half the bytes; the server widens them and accumulates in f32).
   // Shared memory always moves f32.
@@ -293,6 +298,15 @@ class Client {
   // `version` from the segment (copied, or used in place when stable).
   // False when the server moved past them meanwhile.
   bool ReadSharedParameters(uint64_t version);
+  // The fast path (common/shm_fast_path.h). A push through the mailbox: the
+  // Push RPC's answer or error (UNAVAILABLE when the server is gone: the
+  // fast path is then off until the next attach).
+  absl::Status PushThroughMailbox(v1::PushRequest& header, v1::PushResponse* response, absl::Time deadline);
+  // A pull through the bell: true with the header of a version >=
+  // min_version (or of the finished job) and its parameters in staging_
+  // (or in place); false when none came within kShmFastPullWait, the server
+  // is gone or the header does not fit: the caller pulls through gRPC.
+  bool PullThroughBell(uint64_t min_version, absl::Time deadline, v1::ParametersHeader* header);
   v1::JoinRequest JoinRequestFor(const std::string& job_id) const;
   // One Join call to one shard.
   absl::Status JoinShard(size_t shard, const std::string& job_id, absl::Time deadline, v1::JoinResponse* response);
@@ -381,6 +395,7 @@ class Client {
   std::unique_ptr<ShmSegment> params_segment_;
   std::unique_ptr<ShmSegment> grad_segment_;
   uint64_t grad_generation_ = 0;  // the offer's generation (PushHeader.shared_memory_generation)
+  std::unique_ptr<ShmBellSegment> bell_;  // the fast path, when offered and mapped
   bool params_stable_ = false;
   bool pulled_in_place_ = false;  // the last pull left the version in the segment
   std::optional<v1::ParametersHeader> ahead_;  // pulled ahead by PushImpl, in staging_

@@ -3,8 +3,10 @@
 // gRPC and tells the server why (status shows it).
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
 #include "worker/client/client.h"
 #include "worker/client/stubs.h"
 
@@ -60,6 +62,10 @@ void Client::SetUpSharedMemory() {
       params_segment_ = *std::move(params);
       params_stable_ = offer.params_stable();
       shm_note_.clear();
+      if (options_.shm_fast_path && !offer.bell_path().empty()) {
+        auto bell = ShmBellSegment::Open(offer.bell_path(), nonce);
+        if (bell.ok()) bell_ = *std::move(bell);  // else: Push and Pull through gRPC
+      }
       return;
     }
     failed = grad.status();
@@ -85,6 +91,7 @@ void Client::DetachSharedMemory() {
   }
   Retire(std::move(grad_segment_));
   Retire(std::move(params_segment_));
+  bell_.reset();
   pulled_in_place_ = false;
 }
 
@@ -117,7 +124,79 @@ bool Client::ReadSharedParameters(uint64_t version) {
   return seq.load(std::memory_order_relaxed) == 2 * version;
 }
 
+absl::Status Client::PushThroughMailbox(v1::PushRequest& request, v1::PushResponse* response, absl::Time deadline) {
+  v1::PushHeader* h = request.mutable_header();
+  h->set_shared_memory(true);
+  h->set_shared_memory_generation(grad_generation_);
+  h->set_wire_format(v1::WIRE_FORMAT_F32);
+  const std::string bytes = h->SerializeAsString();
+  ShmMailbox* const mailbox = MailboxOf(*grad_segment_);
+  // Our last request is never left REQUESTED: it was taken or cancelled.
+  const uint32_t seq = ShmMailbox::SeqOf(mailbox->slot.load(std::memory_order_acquire)) + 1;
+  std::memcpy(mailbox->request, bytes.data(), bytes.size());
+  mailbox->request_bytes = static_cast<uint32_t>(bytes.size());
+  mailbox->slot.store(ShmMailbox::Slot(seq, ShmMailbox::kRequested), std::memory_order_release);
+  bell_->Ring();
+  const absl::Time until = std::min(deadline, absl::Now() + options_.rpc_timeout);
+  for (bool first = true;; first = false) {
+    const uint32_t replied = mailbox->reply_seq.load(std::memory_order_acquire);
+    if (replied == seq) break;
+    const bool gone = !first && !bell_->ServerAlive();
+    if (gone || absl::Now() >= until) {
+      // Withdrawn unless the server took it (then, as with a call whose
+      // deadline passed after the server read it, it may still count).
+      uint32_t posted = ShmMailbox::Slot(seq, ShmMailbox::kRequested);
+      mailbox->slot.compare_exchange_strong(posted, ShmMailbox::Slot(seq, ShmMailbox::kCancelled),
+                                            std::memory_order_acq_rel);
+      if (gone) {
+        bell_.reset();  // gRPC from now on, until the next attach
+        return absl::UnavailableError("the server is gone (its shared-memory bell is free)");
+      }
+      return absl::DeadlineExceededError("Deadline Exceeded");
+    }
+    FutexWait(&mailbox->reply_seq, replied, std::min(kShmPollInterval, until - absl::Now()));
+  }
+  ShmReply reply;
+  if (!DecodeShmReply(*mailbox, &reply)) return absl::InternalError("malformed answer in the shared-memory mailbox");
+  const absl::Status status =
+      FromGrpcStatus(grpc::Status(static_cast<grpc::StatusCode>(reply.code), reply.message, reply.details));
+  if (status.ok() && !response->ParseFromString(reply.body)) {
+    return absl::InternalError("the server's push answer is not a gradacc.v1.PushResponse");
+  }
+  return status;
+}
+
+bool Client::PullThroughBell(uint64_t min_version, absl::Time deadline, v1::ParametersHeader* header) {
+  ShmBell* const bell = bell_->bell();
+  const absl::Time until = std::min(deadline, absl::Now() + kShmFastPullWait);
+  std::string bytes;
+  for (bool first = true;; first = false) {
+    const uint32_t published = bell->published.load(std::memory_order_acquire);
+    if (published != 0 && published % 2 == 0) {
+      const uint32_t n = bell->params_header_bytes;
+      if (n == 0 || n > sizeof(bell->params_header)) return false;  // too large: gRPC
+      bytes.assign(bell->params_header, n);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (bell->published.load(std::memory_order_relaxed) == published) {
+        v1::ParametersHeader h;
+        if (!h.ParseFromString(bytes)) return false;
+        if (h.version() >= min_version || h.job_done()) {
+          if (!ReadSharedParameters(h.version())) return false;
+          MailboxOf(*grad_segment_)->pulls.fetch_add(1, std::memory_order_relaxed);
+          *header = std::move(h);
+          return true;
+        }
+      }
+    }
+    if (absl::Now() >= until || (!first && !bell_->ServerAlive())) return false;
+    FutexWait(&bell->published, published, std::min(kShmPollInterval, until - absl::Now()));
+  }
+}
+
 std::string Client::transport() const {
+  if (grad_segment_ != nullptr && bell_ != nullptr) {
+    return params_stable_ ? "shared memory (fast path, parameters in place)" : "shared memory (fast path)";
+  }
   if (grad_segment_ != nullptr) return params_stable_ ? "shared memory (parameters in place)" : "shared memory";
   return shm_note_.empty() ? "gRPC" : absl::StrCat("gRPC (", shm_note_, ")");
 }

@@ -229,6 +229,10 @@ absl::StatusOr<v1::PushResponse> Client::PushShard(Shard& shard, v1::PushRequest
 
 absl::Status Client::PushOnce(Shard& shard, v1::PushRequest& header, v1::PushResponse* response,
                               absl::Time deadline) {
+  if (bell_ != nullptr && grad_segment_ != nullptr &&
+      header.header().ByteSizeLong() + 16 <= sizeof(ShmMailbox::request)) {
+    return PushThroughMailbox(header, response, deadline);
+  }
   grpc::ClientContext ctx;
   PrepareShardCall(ctx, shard, std::min(deadline, absl::Now() + options_.rpc_timeout), /*wait_for_ready=*/true);
   grpc::ByteBuffer answer;
@@ -365,6 +369,9 @@ void Client::InstallPulled(const v1::ParametersHeader& header) {
 absl::Status Client::PullShard(Shard& shard, uint64_t min_version, absl::Time deadline,
                                v1::ParametersHeader* header_out, std::optional<uint64_t> pushed_key, bool exact,
                                CallGroup* group) {
+  if (!exact && bell_ != nullptr && params_segment_ != nullptr && PullThroughBell(min_version, deadline, header_out)) {
+    return absl::OkStatus();
+  }
   v1::PullRequest request;
   request.set_job_id(job_.job_id());
   request.set_worker(options_.worker);
