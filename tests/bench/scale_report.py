@@ -74,7 +74,8 @@ class Report:
                     ("grpc-buffers", "buffers (--running_sum=false)"))
         self.md += [f"### A. P = {label(p)} on gRPC against the number of workers", "",
                     "Three servers at each M: the running sum (the defaults); the running sum without gRPC's "
-                    "bandwidth-delay probing (a paused push stream then holds about one chunk); buffers (a "
+                    "bandwidth-delay probing and with 1 MiB stream windows (a paused push stream then holds at most "
+                    "1 MiB); buffers (a "
                     "model-sized buffer per push, summed when the window closes, as before the running sum). "
                     "RSS in MB, windows in ms.", "",
                     "| M | " + " | ".join(f"{name}: RSS | B/param | window" for _, name in settings) +
