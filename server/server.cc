@@ -230,11 +230,12 @@ absl::StatusOr<std::unique_ptr<GradaccServer>> GradaccServer::Start(const v1::Jo
   for (const auto& [name, value] : BulkTransferChannelArgs()) builder.AddChannelArgument(name, value);
   // Probing the bandwidth-delay product grows the server's receive windows:
   // needed to fill a link across hosts (without it a 16M window over 1 Gbit
-  // links took 3.97 s instead of 2.8 s), but on loopback they reach tens of
+  // links took 3.94 s instead of 2.78 s), but on loopback they reach tens of
   // MB per stream, and a push stream paused for its turn in the running sum
   // (server/accumulator.h) holds its window in server memory: at 16M and 16
-  // gRPC workers on one host 1.5 GB with it, 0.64 GB without it and 0.53 GB
-  // without it and with 1 MiB stream windows (tests/bench/README.md).
+  // gRPC workers on one host 1.5 GB with it, 0.53 GB without it (1 MiB
+  // windows; tests/bench/README.md). --grpc_bdp_probe=auto (the default)
+  // probes unless the server listens on loopback only.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, options.grpc_bdp_probe ? 1 : 0);
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {

@@ -38,9 +38,10 @@ struct ServerOptions {
   // gRPC's bandwidth-delay-product probing on the server's receive side
   // (off: push windows stay at grpc_stream_window_bytes, so paused streams
   // hold little, but a push across hosts no longer fills its link).
+  // --grpc_bdp_probe=auto turns it off for a server on loopback only.
   bool grpc_bdp_probe = true;
   // The receive window per stream (GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES).
-  int grpc_stream_window_bytes = 8 << 20;
+  int grpc_stream_window_bytes = 1 << 20;
   // HOST:PORT for Prometheus /metrics; empty = none. Over HTTPS with the
   // server's certificate when it has one; with tokens, only for the reader
   // or worker token (401 otherwise).

@@ -13,6 +13,7 @@
 #include "common/auth.h"
 #include "common/data_plan.h"
 #include "common/files.h"
+#include "common/http_server.h"
 #include "common/job_spec.h"
 #include "common/log.h"
 #include "common/status_macros.h"
@@ -87,14 +88,15 @@ ABSL_FLAG(double, staging_mb, 32,
 ABSL_FLAG(bool, running_sum, true,
           "add gRPC pushes into the window's sum as their chunks arrive, in worker order (false: each push into a "
           "model-sized buffer of its own, summed when the window closes; the same bits either way)");
-ABSL_FLAG(bool, grpc_bdp_probe, true,
-          "let gRPC grow the server's receive windows by bandwidth-delay-product probing: needed to fill links "
-          "across hosts; on loopback the windows grow to tens of MB and a push stream paused for its turn holds "
-          "its window in server memory (false: a paused stream holds at most --grpc_stream_window_kb)");
-ABSL_FLAG(int, grpc_stream_window_kb, 8192,
-          "the server's receive window per push stream without bandwidth-delay probing: what a paused stream may "
-          "hold in server memory (with --grpc_bdp_probe=false, 1024 keeps the server's memory flat in the number "
-          "of gRPC workers; tests/bench/README.md, \"Scale\")");
+ABSL_FLAG(std::string, grpc_bdp_probe, "auto",
+          "let gRPC grow the server's receive windows by bandwidth-delay-product probing: true, false, or auto (the "
+          "default: off when --listen is a loopback address, on otherwise). Across hosts it is what fills the "
+          "links; on loopback it grows every stream's window to tens of MB, and a push stream paused for its turn "
+          "in the running sum holds its window in server memory, so the server's memory grows with the number of "
+          "gRPC workers");
+ABSL_FLAG(int, grpc_stream_window_kb, 1024,
+          "the server's receive window per push stream when it does not probe: what a push stream paused for its "
+          "turn may hold in server memory (probing grows it from there)");
 ABSL_FLAG(double, stall_ms, 1000,
           "a paused push whose turn made no progress this long (an earlier worker does not push) stops waiting "
           "and takes a model-sized buffer of its own");
@@ -274,7 +276,14 @@ absl::StatusOr<ServerConfig> ConfigFromFlags() {
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   o.shard_tls_ca_file = absl::GetFlag(FLAGS_shard_tls_ca);
   o.allow_remote_plaintext = absl::GetFlag(FLAGS_allow_remote_plaintext);
-  o.grpc_bdp_probe = absl::GetFlag(FLAGS_grpc_bdp_probe);
+  const std::string probe = absl::GetFlag(FLAGS_grpc_bdp_probe);
+  if (probe == "auto") {
+    o.grpc_bdp_probe = !IsLoopbackListen(o.listen);
+  } else if (probe == "true" || probe == "false") {
+    o.grpc_bdp_probe = probe == "true";
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("--grpc_bdp_probe=", probe, ": must be auto, true or false"));
+  }
   if (absl::GetFlag(FLAGS_grpc_stream_window_kb) < 64 || absl::GetFlag(FLAGS_grpc_stream_window_kb) > (1 << 20)) {
     return absl::InvalidArgumentError("--grpc_stream_window_kb must be within 64..1048576");
   }

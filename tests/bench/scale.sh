@@ -3,9 +3,10 @@
 #   A. server peak RSS and window time against the number of gRPC workers
 #      M = 2, 4, 8, 16, 32 at P = 16M (the bench's C++ clients, little
 #      compute), with Open MPI MPI_Allreduce + Adam at the same M; each M
-#      three times: the running sum (the defaults), the running sum with
-#      --grpc_bdp_probe=false --grpc_stream_window_kb=1024 (a paused stream
-#      holds at most 1 MiB), and "buffers"
+#      three times: the running sum (the defaults: a server on loopback
+#      does not probe the bandwidth-delay product, and a paused stream holds
+#      at most its 1 MiB window), the running sum with --grpc_bdp_probe=true
+#      (what a server listening beyond loopback does), and "buffers"
 #      (--running_sum=false: a model-sized buffer per push, summed at close,
 #      as before the running sum);
 #   B. window time for P = 64K and 1M against M = 1, 2, 4, 8, on shared
@@ -123,7 +124,7 @@ for m in "${list[@]}"; do
   need=$(( 64 * (8 + 2 * m) + m * 350 ))
   if ! fits "$need"; then echo "A,note,$p16,$m,grpc,skipped,$need,MB" >>"$raw"; log "A: M=$m needs ~$need MB"; continue; fi
   gradacc_window A "$p16" "$m" off
-  setting_override=grpc-nobdp gradacc_window A "$p16" "$m" off --grpc_bdp_probe=false --grpc_stream_window_kb=1024
+  setting_override=grpc-bdp gradacc_window A "$p16" "$m" off --grpc_bdp_probe=true
   setting_override=grpc-buffers gradacc_window A "$p16" "$m" off --running_sum=false
   mpi_window A "$p16" "$m"
 done

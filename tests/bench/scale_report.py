@@ -70,12 +70,13 @@ class Report:
         ms = sorted({k[3] for k in self.v if k[0] == "A" and k[1] == "gradacc_server"})
         p = 16 << 20
         settings = (("grpc", "running sum"),
-                    ("grpc-nobdp", "running sum, --grpc_bdp_probe=false --grpc_stream_window_kb=1024"),
+                    ("grpc-bdp", "running sum, --grpc_bdp_probe=true"),
                     ("grpc-buffers", "buffers (--running_sum=false)"))
         self.md += [f"### A. P = {label(p)} on gRPC against the number of workers", "",
-                    "Three servers at each M: the running sum (the defaults); the running sum without gRPC's "
-                    "bandwidth-delay probing and with 1 MiB stream windows (a paused push stream then holds at most "
-                    "1 MiB); buffers (a "
+                    "Three servers at each M: the running sum (the defaults: a server on loopback does not probe "
+                    "the bandwidth-delay product, so a paused push stream holds at most its 1 MiB window); the "
+                    "running sum with --grpc_bdp_probe=true (what a server listening beyond loopback does); "
+                    "buffers (a "
                     "model-sized buffer per push, summed when the window closes, as before the running sum). "
                     "RSS in MB, windows in ms.", "",
                     "| M | " + " | ".join(f"{name}: RSS | B/param | window" for _, name in settings) +
@@ -100,7 +101,7 @@ class Report:
         self.md.append("")
         for setting, name in settings:
             r2, r16 = self.a_rss[setting].get(2), self.a_rss[setting].get(16)
-            main = setting in ("grpc", "grpc-nobdp")
+            main = setting == "grpc"
             self.ratio(f"scale: server RSS(M=16) / RSS(M=2), 16M gRPC, {name}", r16 / r2 if r16 and r2 else None,
                        "<= 1.15" if main else None, (lambda x: x <= 1.15) if main else None, p, 16, setting)
             self.ratio(f"scale: server bytes per parameter at M=16, 16M gRPC (Adam), {name}",
@@ -184,7 +185,7 @@ class Report:
             return
         fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
         for setting, style, name in (("grpc", "o-", "running sum"),
-                                     ("grpc-nobdp", "^-", "running sum, no BDP probe, 1 MiB windows"),
+                                     ("grpc-bdp", "^-", "running sum, --grpc_bdp_probe=true"),
                                      ("grpc-buffers", "s--", "buffers")):
             pts = sorted((m, r) for m, r in self.a_rss[setting].items() if r)
             if pts:

@@ -5,9 +5,15 @@
 #include <filesystem>
 #include <fstream>
 
+#include "absl/flags/declare.h"
+#include "absl/flags/flag.h"
 #include "common/safetensors.h"
 #include "gtest/gtest.h"
 #include "server/trainer.h"
+
+ABSL_DECLARE_FLAG(std::string, listen);
+ABSL_DECLARE_FLAG(std::string, grpc_bdp_probe);
+ABSL_DECLARE_FLAG(int, grpc_stream_window_kb);
 
 namespace gradacc {
 namespace {
@@ -35,6 +41,34 @@ TEST(ServerConfigTest, RelativeWeightsAreFoundBesideTheJobFile) {
   std::ofstream(dir + "/abs.textproto") << "model { tensors { name: \"w\" shape: [2, 3] } safetensors_path: \"/x/y\" }";
   EXPECT_EQ(LoadJob(dir + "/abs.textproto")->model().safetensors_path(), "/x/y");
   EXPECT_EQ(LoadJob("")->job_id(), DefaultJobSpec().job_id());
+}
+
+// --grpc_bdp_probe=auto: a server on loopback only does not probe (its
+// windows would only hold memory), one that listens beyond it does.
+TEST(ServerConfigTest, BandwidthDelayProbingIsOffOnLoopbackOnlyByDefault) {
+  auto probe = [](const std::string& listen, const std::string& flag) -> absl::StatusOr<bool> {
+    absl::SetFlag(&FLAGS_listen, listen);
+    absl::SetFlag(&FLAGS_grpc_bdp_probe, flag);
+    auto config = ConfigFromFlags();
+    if (!config.ok()) return config.status();
+    return config->options.grpc_bdp_probe;
+  };
+  EXPECT_EQ(probe("127.0.0.1:0", "auto").value(), false);
+  EXPECT_EQ(probe("[::1]:0", "auto").value(), false);
+  EXPECT_EQ(probe("localhost:7070", "auto").value(), false);
+  EXPECT_EQ(probe("0.0.0.0:7070", "auto").value(), true);
+  EXPECT_EQ(probe("10.1.2.3:7070", "auto").value(), true);
+  EXPECT_EQ(probe("127.0.0.1:0", "true").value(), true);
+  EXPECT_EQ(probe("0.0.0.0:7070", "false").value(), false);
+  EXPECT_FALSE(probe("127.0.0.1:0", "maybe").ok());
+  absl::SetFlag(&FLAGS_grpc_bdp_probe, "auto");
+  absl::SetFlag(&FLAGS_grpc_stream_window_kb, 16);
+  EXPECT_FALSE(ConfigFromFlags().ok());
+  absl::SetFlag(&FLAGS_grpc_stream_window_kb, 1024);
+  auto config = ConfigFromFlags();
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->options.grpc_stream_window_bytes, 1 << 20);
+  absl::SetFlag(&FLAGS_listen, "127.0.0.1:7070");
 }
 
 }  // namespace

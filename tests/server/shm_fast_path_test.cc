@@ -17,20 +17,17 @@
 #include <vector>
 
 #include "absl/strings/match.h"
-#include "absl/synchronization/notification.h"
 #include "common/errors.h"
 #include "common/grpc_status.h"
 #include "common/shm_fast_path.h"
 #include "server/shm_transport.h"
+#include "tests/server/part_test_util.h"
 
 namespace gradacc {
 namespace {
 
-std::string TempDir(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "/" + std::to_string(getpid()) + "_" + name;
-  std::filesystem::create_directories(dir);
-  return dir;
-}
+using part_test::Event;
+using part_test::TempDir;
 
 // The worker's side of a mailbox, as worker/client/client_shm.cc drives it.
 uint32_t Post(ShmMailbox* mailbox, ShmBellSegment* bell, const std::string& request) {
@@ -148,7 +145,7 @@ TEST_F(ShmFastPathTest, AWithdrawnRequestIsNeverHandled) {
 TEST_F(ShmFastPathTest, AnAnswerToAnAbandonedRequestDoesNotOverwriteANewerOne) {
   ShmMailbox* const mailbox = MailboxOf(*grad_);
   ShmFastPath::Reply held;
-  absl::Notification first_taken;
+  Event first_taken;
   ShmFastPath fast(shm_.get(), [&](uint32_t, std::string request, ShmFastPath::Reply reply) {
     if (request == "slow") {
       held = std::move(reply);  // answered later (a closing push waits for its version)
@@ -160,7 +157,7 @@ TEST_F(ShmFastPathTest, AnAnswerToAnAbandonedRequestDoesNotOverwriteANewerOne) {
     reply(answer);
   });
   const uint32_t slow = Post(mailbox, bell_.get(), "slow");
-  ASSERT_TRUE(first_taken.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(first_taken.WaitFor(absl::Seconds(10)));
   // The worker gave up on it (taken: its cancel fails) and pushes again.
   const uint32_t again = Post(mailbox, bell_.get(), "again");
   ASSERT_TRUE(AwaitReply(mailbox, again, absl::Seconds(10)));

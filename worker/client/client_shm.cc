@@ -131,6 +131,9 @@ absl::Status Client::PushThroughMailbox(v1::PushRequest& request, v1::PushRespon
   h->set_wire_format(v1::WIRE_FORMAT_F32);
   const std::string bytes = h->SerializeAsString();
   ShmMailbox* const mailbox = MailboxOf(*grad_segment_);
+  if (bytes.size() > sizeof(mailbox->request)) {  // PushOnce checked the size before the fields above
+    return absl::InternalError("the push header does not fit the shared-memory mailbox");
+  }
   // Our last request is never left REQUESTED: it was taken or cancelled.
   const uint32_t seq = ShmMailbox::SeqOf(mailbox->slot.load(std::memory_order_acquire)) + 1;
   std::memcpy(mailbox->request, bytes.data(), bytes.size());
