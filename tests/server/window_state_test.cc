@@ -1,5 +1,5 @@
-// Unit tests of the window state machine's parts: RequestValidator,
-// ContributionLedger, Membership, Window and WindowState.
+// Unit tests of WindowState: push outcomes, the loss scale, elastic newcomers and leavers,
+// checkpoint counters, data plans.
 #include "server/window_state.h"
 
 #include <cmath>
@@ -9,116 +9,12 @@
 #include "common/errors.h"
 #include "gtest/gtest.h"
 #include "server/request_validator.h"
+#include "server/window_state.h"
+#include "tests/server/window_fixtures.h"
 
 namespace gradacc {
+namespace window_fixtures {
 namespace {
-
-v1::JobSpec Job(uint32_t workers, uint32_t max_workers = 0) {
-  v1::JobSpec spec;
-  spec.set_job_id("unit");
-  auto* t = spec.mutable_model()->add_tensors();
-  t->set_name("w");
-  t->add_shape(10);
-  spec.mutable_window()->set_num_workers(workers);
-  spec.mutable_window()->set_max_workers(max_workers);
-  spec.set_total_steps(5);
-  return spec;
-}
-
-v1::PushHeader Header(uint32_t worker, uint64_t window, uint64_t key) {
-  v1::PushHeader h;
-  h.set_job_id("unit");
-  h.set_worker(worker);
-  h.set_window(window);
-  h.set_contribution_key(key);
-  h.set_samples(2);
-  h.set_num_elements(10);
-  return h;
-}
-
-v1::JoinRequest JoinOf(uint32_t worker) {
-  v1::JoinRequest r;
-  r.set_worker(worker);
-  return r;
-}
-
-TEST(RequestValidatorTest, OneValidatorForEveryCallAndElasticIds) {
-  const v1::JobSpec spec = Job(2, /*max_workers=*/4);
-  const ModelLayout layout = *ModelLayout::FromSpec(spec.model());
-  const RequestValidator v(&spec, &layout, 4, {0, 10}, 0, 1);
-  EXPECT_TRUE(v.CheckCaller("", 3).ok()) << "an elastic job accepts ids up to max_workers";
-  EXPECT_TRUE(v.CheckCaller("unit", 0).ok());
-  EXPECT_EQ(ReasonOf(v.CheckCaller("", 4)), v1::ERROR_REASON_UNKNOWN_WORKER);
-  EXPECT_EQ(ReasonOf(v.CheckCaller("other", 0)), v1::ERROR_REASON_UNKNOWN_JOB);
-  EXPECT_EQ(CodeOf(v1::ERROR_REASON_UNKNOWN_JOB), absl::StatusCode::kNotFound);
-  v1::PushHeader h = Header(1, 0, 0);
-  EXPECT_TRUE(v.CheckPushHeader(h).ok());
-  h.set_num_elements(9);
-  EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_SIZE);
-  h = Header(1, 0, 0);
-  h.set_loss_sum(std::nan(""));
-  EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_NOT_FINITE);
-  h = Header(1, 0, 0);
-  h.set_samples(uint64_t{1} << 41);
-  EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_SAMPLES);
-  h = Header(1, 0, 0);
-  h.add_tensors()->set_name("v");
-  EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_MANIFEST);
-  h = Header(1, 0, 0);
-  h.add_covers(2);
-  EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_UNSUPPORTED) << "covers in an elastic job";
-  // untouched_tensors: job tensor indices, increasing.
-  h = Header(1, 0, 0);
-  h.add_untouched_tensors(0);
-  EXPECT_TRUE(v.CheckPushHeader(h).ok());
-  h.add_untouched_tensors(0);
-  EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_BAD_VALUE) << "not increasing";
-  h = Header(1, 0, 0);
-  h.add_untouched_tensors(static_cast<uint32_t>(layout.tensors().size()));
-  EXPECT_EQ(ReasonOf(v.CheckPushHeader(h)), v1::ERROR_REASON_BAD_VALUE) << "no such tensor";
-}
-
-TEST(ContributionLedgerTest, DuplicateReusedAndBounded) {
-  ContributionLedger ledger(2, /*keep=*/3);
-  EXPECT_EQ(ledger.Find(0, 5, 5).seen, ContributionLedger::Seen::kNew);
-  ledger.Record(0, 5, 5);
-  EXPECT_EQ(ledger.Find(0, 5, 5).seen, ContributionLedger::Seen::kDuplicate);
-  EXPECT_EQ(ledger.Find(0, 5, 6).seen, ContributionLedger::Seen::kReused);
-  EXPECT_EQ(ledger.Find(1, 5, 5).seen, ContributionLedger::Seen::kNew) << "keys are per worker";
-  for (uint64_t k = 6; k < 9; ++k) ledger.Record(0, k, k);
-  EXPECT_FALSE(ledger.Holds(0, 5)) << "only the newest 3 keys are kept";
-  EXPECT_TRUE(ledger.Holds(0, 8));
-  google::protobuf::Map<uint64_t, uint64_t> exported;
-  ledger.Export(0, /*version=*/8, &exported);
-  EXPECT_EQ(exported.size(), 2u) << "window 8 is open at version 8: not durable";
-  ContributionLedger restored(2);
-  restored.Import(0, exported);
-  EXPECT_TRUE(restored.Holds(0, 7));
-  EXPECT_FALSE(restored.Holds(0, 8));
-}
-
-TEST(WindowTest, CompletenessRules) {
-  Window w(3);
-  w.Open(0, {true, true, false}, absl::Now());
-  EXPECT_EQ(w.expected_count(), 2u);
-  v1::WindowRule wait;
-  EXPECT_FALSE(w.Complete(wait, false, false));
-  Slot s;
-  s.samples = 3;
-  w.Add(1, std::move(s));
-  EXPECT_FALSE(w.Complete(wait, false, false));
-  v1::WindowRule quorum;
-  quorum.set_policy(v1::WindowRule::POLICY_QUORUM);
-  quorum.set_quorum(1);
-  EXPECT_FALSE(w.Complete(quorum, false, false)) << "quorum only once the deadline passed";
-  EXPECT_TRUE(w.Complete(quorum, false, true));
-  EXPECT_EQ(w.Missing(), std::vector<uint32_t>{0});
-  w.Add(0, Slot());
-  EXPECT_TRUE(w.Complete(wait, false, false));
-  ClosingWindow c = w.Take();
-  EXPECT_EQ(c.workers, (std::vector<uint32_t>{0, 1})) << "slots in worker order";
-  EXPECT_EQ(c.slots[1].samples, 3u);
-}
 
 TEST(WindowStateTest, PushOutcomes) {
   const v1::JobSpec spec = Job(2);
@@ -158,6 +54,7 @@ TEST(WindowStateTest, PushOutcomes) {
 // Loss scaling: every push carries the window's scale, bit for bit; a job
 // without it takes 0 only (an old client of a loss-scaling job is refused,
 // naming the scale); such a job accepts a non-finite loss sum.
+
 TEST(WindowStateTest, LossScaleMustBeTheWindows) {
   v1::JobSpec spec = Job(2);
   spec.mutable_optimizer()->set_lr(0.1);
@@ -277,6 +174,7 @@ TEST(WindowStateTest, CheckpointCountersLeaveOutWindowsTheyDoNotHold) {
 // members; the plan's identity guards pushes; the cursor advances by the
 // plan, survives a checkpoint, and membership does not (every worker joins
 // again, so ranks that never come back hold nothing up).
+
 TEST(WindowStateTest, DataPlanJoinersCursorAndResume) {
   v1::JobSpec spec = Job(4, /*max_workers=*/4);
   spec.mutable_window()->set_micro_batches(2);
@@ -338,4 +236,5 @@ TEST(WindowStateTest, DataPlanJoinersCursorAndResume) {
 }
 
 }  // namespace
+}  // namespace window_fixtures
 }  // namespace gradacc
