@@ -443,9 +443,9 @@ void Trainer::FastPush(uint32_t worker, const std::string& request,
     refused = Refusal(v1::ERROR_REASON_PROTOCOL, "a shared-memory mailbox request that is not a gradacc.v1.PushHeader");
   } else if (h.worker() != worker || !h.shared_memory()) {
     refused = Refusal(v1::ERROR_REASON_PROTOCOL,
-                      absl::StrFormat("worker %d's mailbox carries a push of worker %d (shared_memory %v): a mailbox "
+                      absl::StrFormat("worker %d's mailbox carries a push of worker %d (shared_memory %s): a mailbox "
                                       "carries its worker's shared-memory pushes only",
-                                      worker, h.worker(), h.shared_memory()));
+                                      worker, h.worker(), h.shared_memory() ? "true" : "false"));
   }
   if (!refused.ok()) {
     RecordRefusal(worker, refused);
