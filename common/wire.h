@@ -46,7 +46,10 @@ grpc::ByteBuffer ChunkMessage(uint32_t tensor, uint64_t offset, const char* payl
 
 // gRPC channel arguments for the data plane, for both ends (the server's
 // builder and the workers' channels): a stream window that lets a chunked
-// push or pull run several chunks ahead of its reader.
+// push or pull run several chunks ahead of its reader. The server sets its
+// own receive window before these (--grpc_stream_window_kb; gRPC takes the
+// first value of an argument given twice): a push stream paused for its
+// turn holds its window in server memory.
 std::vector<std::pair<std::string, int>> BulkTransferChannelArgs();
 
 // The call metadata that names the shard a call is for (decimal index).
