@@ -74,8 +74,7 @@ v1::AttachSharedMemoryResponse ShmTransport::Attach(uint32_t worker, bool params
     MutexLock lock(&mu_);
     // The previous segment stays alive (and unreachable by path: its file
     // goes with its last holder) while an open window's slot holds it.
-    if (grads_[worker].segment != nullptr) retired_pulls_ += MailboxOf(*grads_[worker].segment)->pulls.load();
-    grads_[worker] = Grad{segment, generation};
+    ReplaceLocked(worker, Grad{segment, generation});
   }
   response.set_available(true);
   response.set_params_path(params_->path());
@@ -91,17 +90,21 @@ v1::AttachSharedMemoryResponse ShmTransport::Attach(uint32_t worker, bool params
 
 void ShmTransport::Detach(uint32_t worker) {
   MutexLock lock(&mu_);
-  if (grads_[worker].segment != nullptr) retired_pulls_ += MailboxOf(*grads_[worker].segment)->pulls.load();
-  grads_[worker] = Grad{};
+  ReplaceLocked(worker, Grad{});
 }
 
-uint64_t ShmTransport::BellPulls() const {
+void ShmTransport::ReplaceLocked(uint32_t worker, Grad next) {
+  if (grads_[worker].segment != nullptr) retired_pulls_ += MailboxOf(*grads_[worker].segment)->pulls.load();
+  grads_[worker] = std::move(next);
+}
+
+uint64_t ShmTransport::BellPullBytes() const {
   MutexLock lock(&mu_);
   uint64_t pulls = retired_pulls_;
   for (const Grad& g : grads_) {
     if (g.segment != nullptr) pulls += MailboxOf(*g.segment)->pulls.load(std::memory_order_relaxed);
   }
-  return pulls;
+  return pulls * elements_ * sizeof(float);
 }
 
 absl::StatusOr<std::shared_ptr<ShmSegment>> ShmTransport::SegmentFor(uint32_t worker, uint64_t generation) const {

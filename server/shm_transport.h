@@ -55,10 +55,11 @@ class ShmTransport {
   bool Attached(uint32_t worker) const;
   // The worker's current gradient segment (null when none).
   std::shared_ptr<ShmSegment> Current(uint32_t worker) const;
-  uint32_t num_workers() const { return static_cast<uint32_t>(num_workers_); }
-  // Versions workers took through the bell (their mailboxes' `pulls`,
-  // with those of segments replaced since).
-  uint64_t BellPulls() const;
+  uint32_t num_workers() const { return num_workers_; }
+  // Parameter bytes workers took through the bell (their mailboxes'
+  // `pulls`, with those of segments replaced since): what their Pulls would
+  // have sent.
+  uint64_t BellPullBytes() const;
   // The fast path's bell (null when the fast path is off).
   ShmBellSegment* bell() const { return bell_.get(); }
   // Whether `generation` was handed out by an earlier server (before a
@@ -85,7 +86,7 @@ class ShmTransport {
   uint64_t elements_ = 0;
   std::unique_ptr<ShmSegment> params_;
   std::unique_ptr<ShmBellSegment> bell_;
-  const size_t num_workers_;
+  const uint32_t num_workers_;
   mutable Mutex mu_;
   struct Grad {
     std::shared_ptr<ShmSegment> segment;
@@ -94,6 +95,8 @@ class ShmTransport {
   std::vector<Grad> grads_ ABSL_GUARDED_BY(mu_);
   uint64_t next_generation_ ABSL_GUARDED_BY(mu_);
   uint64_t retired_pulls_ ABSL_GUARDED_BY(mu_) = 0;
+  // grads_[worker] = next, keeping the pulls counted in the one it replaces.
+  void ReplaceLocked(uint32_t worker, Grad next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace gradacc

@@ -71,7 +71,7 @@ v1::CheckpointState Trainer::DurableState(uint64_t version, const v1::StepRecord
   counters_.Export(s.mutable_counters());
   // Pulls through the fast path count as a Pull's (a restarted server
   // starts from what the checkpoint says).
-  s.mutable_counters()->set_bytes_sent(s.counters().bytes_sent() + shm_->BellPulls() * range_.size() * sizeof(float));
+  s.mutable_counters()->set_bytes_sent(s.counters().bytes_sent() + shm_->BellPullBytes());
   for (v1::StepRecord& r : ledger_.Unlogged()) *s.add_unlogged_steps() = std::move(r);
   if (record != nullptr) *s.add_unlogged_steps() = *record;
   s.set_written_unix_micros(absl::ToUnixMicros(absl::Now()));

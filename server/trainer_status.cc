@@ -105,7 +105,7 @@ v1::Status Trainer::GetStatus() const {
 
 TrainerCounters Trainer::Counters() const {
   TrainerCounters c = counters_.Snapshot();
-  c.bytes_sent += shm_->BellPulls() * range_.size() * sizeof(float);  // pulls through the fast path
+  c.bytes_sent += shm_->BellPullBytes();  // pulls through the fast path
   const AccumulatorStats a = accumulator_->stats();
   c.staging_bytes = a.staged_bytes;
   c.staging_peak_bytes = a.staged_peak_bytes;

@@ -6,8 +6,10 @@
 #define GRADACC_TESTS_SERVER_TRAINER_FIXTURES_H_
 
 #include <cmath>
+#include <filesystem>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -64,6 +66,20 @@ inline std::vector<Contribution> MakeWindow(uint64_t window, uint32_t workers, s
 inline std::unique_ptr<Trainer> NewTrainer(const v1::JobSpec& spec) {
   auto t = Trainer::Create(spec, TrainerOptions());
   EXPECT_TRUE(t.ok()) << t.status();
+  testing::JoinAll(**t);
+  return std::move(*t);
+}
+
+// A trainer with shared memory on (segments in a fresh folder `tag` under
+// the test's temporary folder) that every worker joined.
+inline std::unique_ptr<Trainer> NewSharedMemoryTrainer(const v1::JobSpec& spec, const std::string& tag) {
+  const std::string dir = ::testing::TempDir() + "/" + tag;
+  std::filesystem::create_directories(dir);
+  TrainerOptions options;
+  options.shared_memory_dir = dir;
+  auto t = Trainer::Create(spec, options);
+  EXPECT_TRUE(t.ok()) << t.status();
+  if (!t.ok()) return nullptr;
   testing::JoinAll(**t);
   return std::move(*t);
 }

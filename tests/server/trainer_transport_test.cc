@@ -27,22 +27,17 @@ namespace {
 TEST(TrainerSharedMemoryTest, SegmentPushesMatchChunksAndNaNIsRefused) {
   constexpr uint32_t kWorkers = 3;
   const v1::JobSpec spec = SmallJob(kWorkers, 4, v1::OptimizerSpec::KIND_ADAM);
-  const std::string dir = ::testing::TempDir() + "/shm_unit";
-  std::filesystem::create_directories(dir);
-  TrainerOptions options;
-  options.shared_memory_dir = dir;
-  auto shm = Trainer::Create(spec, options);
-  ASSERT_TRUE(shm.ok()) << shm.status();
-  ASSERT_TRUE((*shm)->shared_memory_on());
-  testing::JoinAll(**shm);
+  auto shm = NewSharedMemoryTrainer(spec, "shm_unit");
+  ASSERT_NE(shm, nullptr);
+  ASSERT_TRUE(shm->shared_memory_on());
   auto grpc = NewTrainer(spec);
-  const size_t n = (*shm)->size();
+  const size_t n = shm->size();
   std::vector<std::unique_ptr<ShmSegment>> segments;
   std::vector<uint64_t> generations;
   for (uint32_t w = 0; w < kWorkers; ++w) {
     v1::AttachSharedMemoryRequest r;
     r.set_worker(w);
-    auto offer = (*shm)->AttachSharedMemory(r);
+    auto offer = shm->AttachSharedMemory(r);
     ASSERT_TRUE(offer.ok() && offer->available()) << offer.status() << offer->reason();
     auto segment = ShmSegment::Open(offer->grad_path(), true, n, {offer->nonce_hi(), offer->nonce_lo()});
     ASSERT_TRUE(segment.ok()) << segment.status();
@@ -51,7 +46,7 @@ TEST(TrainerSharedMemoryTest, SegmentPushesMatchChunksAndNaNIsRefused) {
     // A wrong nonce is refused: another server's segment.
     EXPECT_FALSE(ShmSegment::Open(offer->params_path(), false, n, {offer->nonce_hi(), offer->nonce_lo() + 1}).ok());
   }
-  ASSERT_TRUE(testing::BitIdentical((*shm)->Parameters(), grpc->Parameters())) << "initial";
+  ASSERT_TRUE(testing::BitIdentical(shm->Parameters(), grpc->Parameters())) << "initial";
   auto header = [&](const testing::Contribution& c) {
     v1::PushHeader h = testing::HeaderOf(c, n);
     h.set_shared_memory(true);
@@ -65,31 +60,31 @@ TEST(TrainerSharedMemoryTest, SegmentPushesMatchChunksAndNaNIsRefused) {
       std::copy(c.grad.begin(), c.grad.end(), segments[c.worker]->data());
       if (v == 1 && c.worker == 1) {
         segments[1]->data()[17] = std::numeric_limits<float>::quiet_NaN();
-        auto session = (*shm)->BeginPush(header(c));
+        auto session = shm->BeginPush(header(c));
         ASSERT_TRUE(session.ok()) << session.status();
         EXPECT_EQ((*session)->AddChunk(0, 0, testing::Bytes(c.grad.data(), 1)).code(),
                   absl::StatusCode::kInvalidArgument);  // no chunks on a segment push
-        session = (*shm)->BeginPush(header(c));
+        session = shm->BeginPush(header(c));
         ASSERT_TRUE(session.ok()) << session.status();
-        auto refused = (*shm)->Commit(std::move(*session));
+        auto refused = shm->Commit(std::move(*session));
         EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
         EXPECT_NE(refused.status().message().find("not finite at element 17"), std::string::npos) << refused.status();
-        EXPECT_EQ((*shm)->GetStatus().window().contributions_received(), w);
+        EXPECT_EQ(shm->GetStatus().window().contributions_received(), w);
         segments[1]->data()[17] = c.grad[17];
       }
-      auto session = (*shm)->BeginPush(header(c));
+      auto session = shm->BeginPush(header(c));
       ASSERT_TRUE(session.ok()) << session.status();
-      auto committed = (*shm)->Commit(std::move(*session));
+      auto committed = shm->Commit(std::move(*session));
       ASSERT_TRUE(committed.ok()) << committed.status();
       if (committed->closed_window) {
-        ASSERT_TRUE((*shm)->AwaitVersion(v + 1, absl::Seconds(60)));
+        ASSERT_TRUE(shm->AwaitVersion(v + 1, absl::Seconds(60)));
       }
       ASSERT_TRUE(testing::Push(*grpc, c).ok());
     }
-    ASSERT_TRUE(testing::BitIdentical((*shm)->Parameters(), grpc->Parameters())) << "after window " << v;
+    ASSERT_TRUE(testing::BitIdentical(shm->Parameters(), grpc->Parameters())) << "after window " << v;
   }
-  EXPECT_TRUE(testing::BitIdentical((*shm)->Parameters(), grpc->Parameters()));
-  EXPECT_EQ((*shm)->GetStatus().workers(0).transport(), v1::TRANSPORT_SHARED_MEMORY);
+  EXPECT_TRUE(testing::BitIdentical(shm->Parameters(), grpc->Parameters()));
+  EXPECT_EQ(shm->GetStatus().workers(0).transport(), v1::TRANSPORT_SHARED_MEMORY);
   EXPECT_EQ(grpc->GetStatus().workers(0).transport(), v1::TRANSPORT_GRPC);
   EXPECT_EQ(grpc->GetStatus().shared_memory_off_reason(), "off on this server (--shared_memory_dir is empty)");
 }
@@ -101,20 +96,15 @@ TEST(TrainerSharedMemoryTest, SegmentPushesMatchChunksAndNaNIsRefused) {
 TEST(TrainerSharedMemoryTest, ARestartedWorkerCannotChangeAnAcceptedContribution) {
   constexpr uint32_t kWorkers = 2;
   const v1::JobSpec spec = SmallJob(kWorkers, 2, v1::OptimizerSpec::KIND_ADAM);
-  const std::string dir = ::testing::TempDir() + "/shm_restart";
-  std::filesystem::create_directories(dir);
-  TrainerOptions options;
-  options.shared_memory_dir = dir;
-  auto shm = Trainer::Create(spec, options);
-  ASSERT_TRUE(shm.ok()) << shm.status();
-  testing::JoinAll(**shm);
+  auto shm = NewSharedMemoryTrainer(spec, "shm_restart");
+  ASSERT_NE(shm, nullptr);
   auto reference = NewTrainer(spec);
-  const size_t n = (*shm)->size();
+  const size_t n = shm->size();
   const std::vector<testing::Contribution> window = MakeWindow(0, kWorkers, n, 5);
   auto attach = [&](uint32_t w) {
     v1::AttachSharedMemoryRequest r;
     r.set_worker(w);
-    auto offer = (*shm)->AttachSharedMemory(r);
+    auto offer = shm->AttachSharedMemory(r);
     EXPECT_TRUE(offer.ok() && offer->available());
     auto segment = ShmSegment::Open(offer->grad_path(), true, n, {offer->nonce_hi(), offer->nonce_lo()});
     EXPECT_TRUE(segment.ok()) << segment.status();
@@ -124,9 +114,9 @@ TEST(TrainerSharedMemoryTest, ARestartedWorkerCannotChangeAnAcceptedContribution
     v1::PushHeader h = testing::HeaderOf(c, n);
     h.set_shared_memory(true);
     h.set_shared_memory_generation(generation);
-    auto session = (*shm)->BeginPush(h);
+    auto session = shm->BeginPush(h);
     if (!session.ok()) return session.status();
-    return (*shm)->Commit(std::move(*session)).status();
+    return shm->Commit(std::move(*session)).status();
   };
   auto [first, first_generation] = attach(0);
   std::copy(window[0].grad.begin(), window[0].grad.end(), first->data());
@@ -144,9 +134,9 @@ TEST(TrainerSharedMemoryTest, ARestartedWorkerCannotChangeAnAcceptedContribution
   auto [other, other_generation] = attach(1);
   std::copy(window[1].grad.begin(), window[1].grad.end(), other->data());
   ASSERT_TRUE(push(window[1], other_generation).ok());
-  ASSERT_TRUE((*shm)->AwaitVersion(1, absl::Seconds(60)));
+  ASSERT_TRUE(shm->AwaitVersion(1, absl::Seconds(60)));
   for (const auto& c : window) ASSERT_TRUE(Push(*reference, c).ok());
-  EXPECT_TRUE(testing::BitIdentical((*shm)->Parameters(), reference->Parameters()))
+  EXPECT_TRUE(testing::BitIdentical(shm->Parameters(), reference->Parameters()))
       << "the accepted contribution of worker 0 changed after its restart";
 }
 

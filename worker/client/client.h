@@ -298,10 +298,11 @@ class Client {
   // `version` from the segment (copied, or used in place when stable).
   // False when the server moved past them meanwhile.
   bool ReadSharedParameters(uint64_t version);
-  // The fast path (common/shm_fast_path.h). A push through the mailbox: the
-  // Push RPC's answer or error (UNAVAILABLE when the server is gone: the
-  // fast path is then off until the next attach).
-  absl::Status PushThroughMailbox(v1::PushRequest& header, v1::PushResponse* response, absl::Time deadline);
+  // The fast path (common/shm_fast_path.h). A push through the mailbox of
+  // a serialized PushHeader that fits it: the Push RPC's answer or error
+  // (UNAVAILABLE when the server is gone: the fast path is then off until
+  // the next attach).
+  absl::Status PushThroughMailbox(const std::string& header, v1::PushResponse* response, absl::Time deadline);
   // A pull through the bell: true with the header of a version >=
   // min_version (or of the finished job) and its parameters in staging_
   // (or in place); false when none came within kShmFastPullWait, the server

@@ -124,20 +124,12 @@ bool Client::ReadSharedParameters(uint64_t version) {
   return seq.load(std::memory_order_relaxed) == 2 * version;
 }
 
-absl::Status Client::PushThroughMailbox(v1::PushRequest& request, v1::PushResponse* response, absl::Time deadline) {
-  v1::PushHeader* h = request.mutable_header();
-  h->set_shared_memory(true);
-  h->set_shared_memory_generation(grad_generation_);
-  h->set_wire_format(v1::WIRE_FORMAT_F32);
-  const std::string bytes = h->SerializeAsString();
+absl::Status Client::PushThroughMailbox(const std::string& header, v1::PushResponse* response, absl::Time deadline) {
   ShmMailbox* const mailbox = MailboxOf(*grad_segment_);
-  if (bytes.size() > sizeof(mailbox->request)) {  // PushOnce checked the size before the fields above
-    return absl::InternalError("the push header does not fit the shared-memory mailbox");
-  }
   // Our last request is never left REQUESTED: it was taken or cancelled.
   const uint32_t seq = ShmMailbox::SeqOf(mailbox->slot.load(std::memory_order_acquire)) + 1;
-  std::memcpy(mailbox->request, bytes.data(), bytes.size());
-  mailbox->request_bytes = static_cast<uint32_t>(bytes.size());
+  std::memcpy(mailbox->request, header.data(), header.size());
+  mailbox->request_bytes = static_cast<uint32_t>(header.size());
   mailbox->slot.store(ShmMailbox::Slot(seq, ShmMailbox::kRequested), std::memory_order_release);
   bell_->Ring();
   const absl::Time until = std::min(deadline, absl::Now() + options_.rpc_timeout);

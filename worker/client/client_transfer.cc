@@ -227,22 +227,21 @@ absl::StatusOr<v1::PushResponse> Client::PushShard(Shard& shard, v1::PushRequest
   return response;
 }
 
-absl::Status Client::PushOnce(Shard& shard, v1::PushRequest& header, v1::PushResponse* response,
-                              absl::Time deadline) {
-  if (bell_ != nullptr && grad_segment_ != nullptr &&
-      header.header().ByteSizeLong() + 16 <= sizeof(ShmMailbox::request)) {
-    return PushThroughMailbox(header, response, deadline);
+absl::Status Client::PushOnce(Shard& shard, v1::PushRequest& header, v1::PushResponse* response, absl::Time deadline) {
+  // Shared memory: the gradients are in the segment already; the header
+  // says so and the stream (or the mailbox) carries nothing else.
+  v1::PushHeader* h = header.mutable_header();
+  h->set_shared_memory(grad_segment_ != nullptr);
+  h->set_shared_memory_generation(grad_segment_ != nullptr ? grad_generation_ : 0);
+  h->set_wire_format(h->shared_memory() ? v1::WIRE_FORMAT_F32 : options_.wire_format);
+  if (bell_ != nullptr && h->shared_memory()) {
+    const std::string bytes = h->SerializeAsString();
+    if (bytes.size() <= sizeof(ShmMailbox::request)) return PushThroughMailbox(bytes, response, deadline);
   }
   grpc::ClientContext ctx;
   PrepareShardCall(ctx, shard, std::min(deadline, absl::Now() + options_.rpc_timeout), /*wait_for_ready=*/true);
   grpc::ByteBuffer answer;
   auto writer = shard.stubs->RawPush(&ctx, &answer);
-  // Shared memory: the gradients are in the segment already; the header
-  // says so and the stream carries nothing else.
-  v1::PushHeader* h = header.mutable_header();
-  h->set_shared_memory(grad_segment_ != nullptr);
-  h->set_shared_memory_generation(grad_segment_ != nullptr ? grad_generation_ : 0);
-  h->set_wire_format(h->shared_memory() ? v1::WIRE_FORMAT_F32 : options_.wire_format);
   bool ok = writer->Write(SerializeMessage(header));
   if (ok && !h->shared_memory()) ok = WriteChunks(shard, *h, *writer);
   if (ok) writer->WritesDone();
