@@ -514,8 +514,10 @@ uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done, in
       done(std::move(held));
       return 0;
     }
-    const uint64_t current = publisher_->Current()->version;
-    if (min_version < current) {
+    const std::shared_ptr<const ParamSnapshot> now = publisher_->Current();
+    const uint64_t current = now->version;
+    // A retired version is being replaced by the next one (Retire).
+    if (min_version < current || (min_version == current && now->retired)) {
       done(Refusal(v1::ERROR_REASON_VERSION_GONE,
                    absl::StrFormat("version %d is gone from shard %d (it holds versions %d and, when sharded, %d)",
                                    min_version, options_.shard, current, current == 0 ? 0 : current - 1),

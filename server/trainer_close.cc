@@ -131,6 +131,10 @@ void Trainer::Publish(ClosingWindow& window, v1::StepRecord record, absl::Time s
     fields.plan = state_.plan();
   }
   const bool job_done = fields.job_done;
+  // The outgoing version's chunks, when no pull holds them, become the new
+  // one's (one snapshot's memory, not two); a pull that comes meanwhile is
+  // answered with the new version (WithChunks runs on this thread).
+  publisher_->Retire();
   // The chunks of a version are built only when a member may pull it
   // through gRPC.
   auto snapshot = MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements,

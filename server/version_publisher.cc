@@ -3,6 +3,7 @@
 #include <grpc/slice.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "common/errors.h"
 #include "common/kernels.h"
@@ -127,7 +128,7 @@ std::shared_ptr<const ParamSnapshot> VersionPublisher::Current() const {
 
 std::shared_ptr<const ParamSnapshot> VersionPublisher::Exact(uint64_t version) const {
   MutexLock lock(&mu_);
-  if (current_->version == version) return current_;
+  if (current_->version == version && !current_->retired) return current_;
   if (previous_ != nullptr && previous_->version == version && previous_->has_chunks) return previous_;
   return nullptr;
 }
@@ -196,6 +197,19 @@ std::vector<VersionPublisher::Ready> VersionPublisher::Publish(std::shared_ptr<c
   }
   for (uint64_t t : timers) deadlines_->Cancel(t);
   return ready;
+}
+
+bool VersionPublisher::Retire() {
+  std::shared_ptr<const ParamSnapshot> old;  // let go outside the lock
+  MutexLock lock(&mu_);
+  if (keep_previous_ || !current_->has_chunks || current_.use_count() != 1) return false;
+  auto header_only = std::make_shared<ParamSnapshot>();
+  header_only->version = current_->version;
+  header_only->header = current_->header;
+  header_only->has_chunks = false;
+  header_only->retired = true;
+  old = std::exchange(current_, std::move(header_only));
+  return true;
 }
 
 void VersionPublisher::Complete(std::shared_ptr<const ParamSnapshot> with_chunks) {

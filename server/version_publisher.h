@@ -45,6 +45,9 @@ struct ParamSnapshot {
   v1::PullResponse header;    // kind = header
   std::vector<Chunk> chunks;  // tensors in order
   bool has_chunks = true;
+  // Retired: the version's chunks were given back for the next version's
+  // (VersionPublisher::Retire); pulls of it wait for that one.
+  bool retired = false;
   bool job_done() const { return header.header().job_done(); }
 };
 
@@ -97,6 +100,14 @@ class VersionPublisher {
   bool Cancel(uint64_t id);
   // Makes `snapshot` current; returns the parked pulls it satisfies.
   std::vector<Ready> Publish(std::shared_ptr<const ParamSnapshot> snapshot);
+  // While the next version is built: when nothing but the publisher holds
+  // the current snapshot and no previous version is kept, replaces it by its
+  // header alone (retired), so that its chunks' memory goes back to their
+  // pool for the next version's — one snapshot's memory instead of two.
+  // Pulls that come meanwhile get the retired snapshot (no chunks: a gRPC
+  // pull asks the trainer thread, which answers after the next Publish);
+  // Exact no longer returns it. Returns whether it was retired.
+  bool Retire();
   // Replaces the current snapshot by the same version with its chunks.
   void Complete(std::shared_ptr<const ParamSnapshot> with_chunks);
   // Every parked pull finishes with SHUTTING_DOWN; later Waits too.

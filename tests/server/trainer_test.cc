@@ -64,6 +64,89 @@ TEST(TrainerTest, ArrivalOrderDoesNotChangeTheResult) {
   }
 }
 
+std::string ChunkBytes(const ParamSnapshot& s) {
+  std::vector<grpc::Slice> slices;
+  EXPECT_TRUE(s.chunks.at(0).message.Dump(&slices).ok());
+  std::string out;
+  for (const grpc::Slice& slice : slices) out.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  return out;
+}
+
+// The step gives the outgoing version's chunks back for the new one's when
+// nothing holds them (VersionPublisher::Retire); a pull that still holds a
+// version keeps its bytes, and one that comes meanwhile gets the new version.
+TEST(TrainerTest, AVersionAPullHoldsKeepsItsBytes) {
+  const v1::JobSpec spec = SmallJob(2, 3, v1::OptimizerSpec::KIND_ADAM);
+  auto trainer = NewTrainer(spec);
+  const size_t n = 37 * 11 + 11;
+  for (const Contribution& c : MakeWindow(0, 2, n, 5)) ASSERT_TRUE(Push(*trainer, c).ok());
+  std::shared_ptr<const ParamSnapshot> one = trainer->Current();
+  ASSERT_EQ(one->version, 1u);
+  ASSERT_TRUE(one->has_chunks);
+  EXPECT_FALSE(one->retired);
+  const std::string before = ChunkBytes(*one);
+  for (const Contribution& c : MakeWindow(1, 2, n, 5)) ASSERT_TRUE(Push(*trainer, c).ok());
+  std::shared_ptr<const ParamSnapshot> two = trainer->Current();
+  ASSERT_EQ(two->version, 2u);
+  EXPECT_EQ(ChunkBytes(*one), before);
+  EXPECT_NE(ChunkBytes(*two), before) << "the step changed the parameters";
+  // Nothing holds version 2: version 3 takes its place, and a pull of
+  // version 2 after that gets version 3 (the job's last) with its chunks.
+  two.reset();
+  for (const Contribution& c : MakeWindow(2, 2, n, 5)) ASSERT_TRUE(Push(*trainer, c).ok());
+  std::shared_ptr<const ParamSnapshot> got;
+  trainer->WaitForVersion(2, [&](auto s) { got = *s; });
+  ASSERT_NE(got, nullptr);
+  EXPECT_EQ(got->version, 3u);
+  EXPECT_TRUE(got->has_chunks);
+  EXPECT_FALSE(got->retired);
+}
+
+// Pulls that come while steps run, as the pull reactor makes them: every
+// answer has its chunks (a retired version's pull is answered with the next).
+TEST(TrainerTest, PullsDuringStepsAlwaysGetChunks) {
+  constexpr uint64_t kWindows = 200;
+  const v1::JobSpec spec = SmallJob(1, kWindows, v1::OptimizerSpec::KIND_ADAM);
+  auto trainer = NewTrainer(spec);
+  const size_t n = 37 * 11 + 11;
+  std::atomic<bool> stop{false};
+  std::atomic<int> answers{0}, without_chunks{0};
+  std::thread puller([&] {
+    while (!stop.load()) {
+      Mutex mu;
+      std::shared_ptr<const ParamSnapshot> full;
+      bool answered = false;
+      auto keep = [&](std::shared_ptr<const ParamSnapshot> s) {
+        MutexLock lock(&mu);
+        full = std::move(s);
+        answered = true;
+      };
+      trainer->WaitForVersion(0, [&](absl::StatusOr<std::shared_ptr<const ParamSnapshot>> s) {
+        ASSERT_TRUE(s.ok()) << s.status();
+        if ((*s)->has_chunks) return keep(*s);
+        ++without_chunks;
+        trainer->WithChunks(keep);
+      });
+      MutexLock lock(&mu);
+      ASSERT_TRUE(mu.AwaitWithTimeout(Condition(&answered), absl::Seconds(30)));
+      ASSERT_TRUE(full->has_chunks) << "version " << full->version;
+      ++answers;
+      full.reset();
+      // Between pulls nothing holds the version: the step may retire it.
+      absl::SleepFor(absl::Microseconds(20));
+    }
+  });
+  for (int i = 0; i < 3000 && answers.load() == 0; ++i) absl::SleepFor(absl::Milliseconds(1));
+  for (uint64_t w = 0; w < kWindows; ++w) {
+    for (const Contribution& c : MakeWindow(w, 1, n, 9)) ASSERT_TRUE(Push(*trainer, c).ok());
+  }
+  stop = true;
+  puller.join();
+  EXPECT_EQ(trainer->version(), kWindows);
+  EXPECT_GT(answers.load(), 0);
+  std::printf("%d pulls, %d of a retired version\n", answers.load(), without_chunks.load());
+}
+
 TEST(TrainerTest, ConcurrentPushesAreDeterministic) {
   constexpr uint32_t kWorkers = 6;
   constexpr uint64_t kWindows = 8;
