@@ -113,8 +113,16 @@ TEST_F(PushReactorTest, StreamThatOutlivesThePushTimeoutIsCancelledWithNothingCo
   // (long before the call's own deadline).
   const absl::Time start = absl::Now();
   const grpc::Status status = writer->Finish();
+  // The server cancels the call, so its PUSH_TIMEOUT refusal does not reach
+  // the client: it sees a plain CANCELLED (RETRY either way).
   EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
   EXPECT_LT(absl::Now() - start, absl::Seconds(15));
+  // The server counts it as refused, by its reason.
+  const std::string label = ReasonLabel(v1::ERROR_REASON_PUSH_TIMEOUT);
+  for (int i = 0; i < 1000 && server_->trainer()->Counters().rejected_by_reason[label] == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(server_->trainer()->Counters().rejected_by_reason[label], 1u);
   EXPECT_EQ(server_->trainer()->GetStatus().window().contributions_received(), 0u);
   EXPECT_EQ(server_->trainer()->version(), 0u);
 }
