@@ -81,7 +81,7 @@ ABSL_FLAG(std::string, checkpoint_dir, "",
 ABSL_FLAG(int64_t, checkpoint_every, 1,
           "checkpoint every N steps (1 = every broadcast version is durable before workers see it)");
 ABSL_FLAG(int, keep_checkpoints, 3, "checkpoints to keep");
-ABSL_FLAG(double, push_timeout_s, 120, "cancel a push stream not complete after this long");
+ABSL_FLAG(double, push_timeout_s, 120, "refuse (PUSH_TIMEOUT) a push stream not complete after this long");
 ABSL_FLAG(double, staging_mb, 32,
           "gradient chunks (MiB, per shard) that may wait for their turn in the running sum while earlier workers' "
           "pushes arrive; when full, streams further down the worker order are paused (gRPC flow control)");

@@ -10,43 +10,59 @@
 
 namespace gradacc {
 
+namespace {
+
+constexpr absl::string_view kTimedOut = "push stream still open past the server's push timeout (--push_timeout_s)";
+
+}  // namespace
+
 PushReactor::PushReactor(Trainer* trainer, grpc::CallbackServerContext* context, grpc::ByteBuffer* response)
     : trainer_(trainer),
       context_(context),
       response_(response),
       resume_(std::make_shared<ResumeState>()),
-      assembler_(trainer,
-                 [state = resume_] {
-                   PushReactor* reactor;
-                   {
-                     MutexLock lock(&state->mu);
-                     reactor = state->reactor;
-                     if (reactor != nullptr) reactor->refs_.fetch_add(1);
-                   }
-                   if (reactor == nullptr) return;
-                   reactor->Resume();
-                   reactor->Unref();
-                 }),
-      cancel_(std::make_shared<CancelState>()) {
-  {
-    MutexLock lock(&cancel_->mu);
-    cancel_->context = context;
-  }
+      assembler_(trainer, [state = resume_] { WithReactor(state, &PushReactor::Resume); }) {
   {
     MutexLock lock(&resume_->mu);
     resume_->reactor = this;
   }
-  std::shared_ptr<CancelState> state = cancel_;
-  handle_ = trainer_->RegisterPushStream([state] {
-    MutexLock lock(&state->mu);
-    if (state->context != nullptr) state->context->TryCancel();
-  });
+  handle_ = trainer_->RegisterPushStream([state = resume_] { WithReactor(state, &PushReactor::TimedOut); });
   {
     MutexLock lock(&mu_);
     reading_ = true;
   }
   TsanRelease(this);
   StartRead(&request_);
+}
+
+void PushReactor::WithReactor(const std::shared_ptr<ResumeState>& state, void (PushReactor::*f)()) {
+  PushReactor* reactor;
+  {
+    MutexLock lock(&state->mu);
+    reactor = state->reactor;
+    if (reactor != nullptr) reactor->refs_.fetch_add(1);
+  }
+  if (reactor == nullptr) return;
+  (reactor->*f)();
+  reactor->Unref();
+}
+
+void PushReactor::TimedOut() {
+  {
+    MutexLock lock(&mu_);
+    if (finished_) return;
+    if (committed_) {
+      // Accepted, waiting for its version: OnCancel withdraws the wait.
+      context_->TryCancel();
+      return;
+    }
+    timed_out_ = true;
+    if (busy_) return;  // the placing thread finishes the call
+    busy_ = true;       // nobody else places from now on
+    parked_ = false;
+  }
+  TsanAcquire(this);
+  Cancelled(kTimedOut);
 }
 
 void PushReactor::Reply(const absl::Status& status) {
@@ -86,6 +102,7 @@ void PushReactor::Drain() {
         busy_ = false;
         return;
       }
+      if (timed_out_) break;  // busy_ stays: nobody places after this
       if (!holding_ && arrived_) {
         current_.Swap(&request_);
         request_.Clear();
@@ -130,20 +147,29 @@ void PushReactor::Drain() {
       return;
     }
   }
+  Cancelled(kTimedOut);
 }
 
 void PushReactor::End() {
   if (context_->IsCancelled()) {
-    Cancelled("push cancelled");
+    Cancelled("push cancelled (by the client, or past the server's push timeout)");
+    return;
+  }
+  bool timed_out;
+  {
+    MutexLock lock(&mu_);
+    timed_out = timed_out_;
+    committed_ = !timed_out;
+  }
+  if (timed_out) {
+    Cancelled(kTimedOut);
     return;
   }
   Complete();
 }
 
 void PushReactor::Cancelled(absl::string_view what) {
-  const absl::Status why =
-      Refusal(v1::ERROR_REASON_PUSH_TIMEOUT,
-              absl::StrCat(what, " (by the client, or past the server's push timeout); nothing was counted"));
+  const absl::Status why = Refusal(v1::ERROR_REASON_PUSH_TIMEOUT, absl::StrCat(what, "; nothing was counted"));
   assembler_.Abandon(why);
   Reply(why);
 }
@@ -202,7 +228,7 @@ void PushReactor::OnCancel() {
   if (was_parked) {
     // Nobody is placing messages, and a read ahead (if any) finds the call
     // finished: finish here.
-    Cancelled("push cancelled while it waited for its turn");
+    Cancelled("push cancelled while it waited for its turn (by the client, or past the server's push timeout)");
     return;
   }
   // Still waiting for the version: nobody else will finish the call.
@@ -212,10 +238,6 @@ void PushReactor::OnCancel() {
 void PushReactor::OnDone() {
   TsanAcquire(this);
   trainer_->UnregisterPushStream(handle_);
-  {
-    MutexLock lock(&cancel_->mu);
-    cancel_->context = nullptr;
-  }
   {
     MutexLock lock(&resume_->mu);
     resume_->reactor = nullptr;

@@ -5,7 +5,10 @@
 // half-closes a complete stream. On an unsharded server a push that
 // completes its window is answered once the new version is published
 // (PushResponse.version_published); a shard answers it once counted.
-// A stream that outlives the server's push timeout is cancelled.
+// A stream that outlives the server's push timeout is finished with
+// PUSH_TIMEOUT while it is still being received (a read outstanding ends
+// with OnReadDone(false)); one already committed and waiting for its
+// version is cancelled.
 //
 // One message is read ahead while the previous one is placed, so the
 // client's next chunk travels while this one is copied and added. A chunk
@@ -41,7 +44,8 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   void OnDone() override;
 
  private:
-  // Lets the Accumulator's wake find the reactor while it exists.
+  // Lets the Accumulator's wake and the push timeout find the reactor while
+  // it exists.
   struct ResumeState {
     Mutex mu;
     PushReactor* reactor ABSL_GUARDED_BY(mu) = nullptr;
@@ -58,12 +62,11 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   void Cancelled(absl::string_view what);
   // A parked stream's wake (any thread).
   void Resume();
+  // The push timeout's callback (the deadline thread).
+  void TimedOut();
+  // Runs `f` on the reactor while it exists (a reference held meanwhile).
+  static void WithReactor(const std::shared_ptr<ResumeState>& state, void (PushReactor::*f)());
   void Unref();
-  // Lets the push-timeout callback cancel the call while it exists.
-  struct CancelState {
-    Mutex mu;
-    grpc::CallbackServerContext* context ABSL_GUARDED_BY(mu) = nullptr;
-  };
   void Complete();
   void Reply(const absl::Status& status);
 
@@ -75,7 +78,6 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   grpc::ByteBuffer current_;             // the message being placed (or parked)
   std::shared_ptr<ResumeState> resume_;  // before assembler_, whose wake holds it
   PushAssembler assembler_;
-  std::shared_ptr<CancelState> cancel_;
   uint64_t handle_ = 0;
   std::atomic<int> refs_{1};  // OnDone's, and one per wake running
   Mutex mu_;
@@ -87,7 +89,9 @@ class PushReactor final : public grpc::ServerReadReactor<grpc::ByteBuffer> {
   bool busy_ ABSL_GUARDED_BY(mu_) = false;     // a thread is in Drain
   bool holding_ ABSL_GUARDED_BY(mu_) = false;  // current_ holds a message not placed yet
   bool parked_ ABSL_GUARDED_BY(mu_) = false;
-  bool woken_ ABSL_GUARDED_BY(mu_) = false;  // a wake came before the stream parked
+  bool woken_ ABSL_GUARDED_BY(mu_) = false;      // a wake came before the stream parked
+  bool timed_out_ ABSL_GUARDED_BY(mu_) = false;  // past the push timeout: Drain finishes the call
+  bool committed_ ABSL_GUARDED_BY(mu_) = false;  // End ran: the push waits for its answer
 };
 
 }  // namespace gradacc

@@ -99,7 +99,7 @@ TEST_F(PushReactorTest, StreamEndingBeforeEveryElementIsRefusedAndNothingCounted
   EXPECT_TRUE(retry.response.closed_window());
 }
 
-TEST_F(PushReactorTest, StreamThatOutlivesThePushTimeoutIsCancelledWithNothingCounted) {
+TEST_F(PushReactorTest, StreamThatOutlivesThePushTimeoutIsRefusedWithItsReasonAndNothingCounted) {
   ServerOptions options;
   options.trainer.push_timeout = absl::Milliseconds(200);
   StartJob(1, options);
@@ -113,9 +113,10 @@ TEST_F(PushReactorTest, StreamThatOutlivesThePushTimeoutIsCancelledWithNothingCo
   // (long before the call's own deadline).
   const absl::Time start = absl::Now();
   const grpc::Status status = writer->Finish();
-  // The server cancels the call, so its PUSH_TIMEOUT refusal does not reach
-  // the client: it sees a plain CANCELLED (RETRY either way).
+  // The server finishes the call with its refusal: CANCELLED, PUSH_TIMEOUT.
   EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+  EXPECT_EQ(Reason(status), v1::ERROR_REASON_PUSH_TIMEOUT) << status.error_message();
+  EXPECT_NE(status.error_message().find("push timeout"), std::string::npos) << status.error_message();
   EXPECT_LT(absl::Now() - start, absl::Seconds(15));
   // The server counts it as refused, by its reason.
   const std::string label = ReasonLabel(v1::ERROR_REASON_PUSH_TIMEOUT);
