@@ -29,7 +29,7 @@
 // worker order, as before.
 //
 // Thread-safe; Push methods are called by the push's own stream (one thread
-// at a time). Lock order: the Trainer's window mutex, then this one. Wake
+// at a time). Lock order: the window mutex (LockedWindow's), then this one. Wake
 // functions run on the `schedule` thread, never under a lock.
 #ifndef GRADACC_SERVER_ACCUMULATOR_H_
 #define GRADACC_SERVER_ACCUMULATOR_H_
@@ -145,7 +145,7 @@ class Accumulator {
   Accumulator(const Accumulator&) = delete;
   Accumulator& operator=(const Accumulator&) = delete;
 
-  // Window `window` opens (the Trainer, under its window mutex): what the
+  // Window `window` opens (under the window mutex: LockedWindow::Advance): what the
   // previous one held is released.
   void Open(uint64_t window);
   // A push's header was admitted for `window`.

@@ -5,7 +5,7 @@
 // `keep` keys per worker; an older duplicate is then seen as a stale push
 // (still never counted). Exported into checkpoints so it survives restarts.
 //
-// Thread-compatible: the Trainer guards it with its window mutex.
+// Thread-compatible: LockedWindow guards it with the window mutex.
 #ifndef GRADACC_SERVER_CONTRIBUTION_LEDGER_H_
 #define GRADACC_SERVER_CONTRIBUTION_LEDGER_H_
 

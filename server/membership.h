@@ -4,7 +4,7 @@
 // status. The rules that also need the open window (who is expected, when a
 // newcomer's first window is) live in WindowState, which owns this.
 //
-// Thread-compatible: WindowState's owner guards it with its window mutex.
+// Thread-compatible: LockedWindow guards it with the window mutex.
 #ifndef GRADACC_SERVER_MEMBERSHIP_H_
 #define GRADACC_SERVER_MEMBERSHIP_H_
 

@@ -3,7 +3,7 @@
 // missing workers, reported test accuracy, and where the job resumed from.
 // Plain data, no display strings (formatting is the client's).
 //
-// Thread-compatible: the Trainer's window mutex guards it.
+// Thread-compatible: LockedWindow guards it with the window mutex.
 #ifndef GRADACC_SERVER_PROGRESS_H_
 #define GRADACC_SERVER_PROGRESS_H_
 

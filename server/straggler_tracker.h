@@ -6,7 +6,7 @@
 // without it. A worker late `straggler_windows` windows in a row is a
 // straggler until it contributes to a window again.
 //
-// Plain data, no I/O. Thread-compatible: the Trainer guards it with its
+// Plain data, no I/O. Thread-compatible: LockedWindow guards it with the
 // window mutex.
 #ifndef GRADACC_SERVER_STRAGGLER_TRACKER_H_
 #define GRADACC_SERVER_STRAGGLER_TRACKER_H_

@@ -74,9 +74,8 @@ absl::StatusOr<std::optional<Checkpoint>> FindResumePoint(const TrainerOptions& 
 
 }  // namespace
 
-Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, FlatRange range,
-                 FloatBuffer params, std::unique_ptr<Optimizer> optimizer, Failpoints failpoints,
-                 const Checkpoint* restored)
+Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, FlatRange range, FloatBuffer params,
+                 std::unique_ptr<Optimizer> optimizer, Failpoints failpoints, const Checkpoint* restored)
     : spec_(std::move(spec)),
       layout_(std::move(layout)),
       options_(std::move(options)),
@@ -93,8 +92,7 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
             options_.max_inflight_pushes > 0 ? options_.max_inflight_pushes : 2 * static_cast<int>(num_workers_) + 2,
             /*keep=*/3 * num_workers_ + 2),
       snapshot_memory_(SnapshotMemory(SnapshotBytes(layout_, range_, options_.pull_chunk_elements))),
-      state_(&spec_, num_workers_, started_),
-      stragglers_(num_workers_, options_.straggler_windows) {
+      window_(&spec_, num_workers_, started_, options_.straggler_windows) {
   AccumulatorOptions accumulate = options_.accumulator;
   // Members that may change mid-window (elastic jobs, data plans) leave no
   // fixed order to stream in.
@@ -124,27 +122,29 @@ Trainer::Trainer(v1::JobSpec spec, ModelLayout layout, TrainerOptions options, F
     }
   }
   if (restored != nullptr) executor_->RestoreLossScale(restored->state);
-  MutexLock lock(&mu_);
-  state_.set_loss_scale(executor_->loss_scaler().scale());
+  const LockedWindow::Opened opened =
+      window_.Start(executor_->loss_scaler().scale(), restored != nullptr ? &restored->state : nullptr,
+                    restored != nullptr ? restored->name : "", restarts);
   if (restored != nullptr) {
-    state_.Restore(restored->state, started_);
-    progress_.Restore(restored->state, restored->name, restarts);
     checkpointer_.Restored(restored->state.version(), absl::FromUnixMicros(restored->state.written_unix_micros()));
   }
-  const uint64_t version = state_.version();
+  const uint64_t version = opened.version;
   accumulator_->Open(version);
   applied_version_ = version;
   shm_->Publish(version);
-  SnapshotFields fields{version, state_.done(),
+  SnapshotFields fields{version,
+                        opened.done,
                         LearningRateAt(spec_.optimizer(), spec_.schedule(), version ? version - 1 : 0),
-                        progress_.last_loss(), state_.plan(), executor_->loss_scaler().scale(),
+                        opened.last_loss,
+                        opened.plan,
+                        executor_->loss_scaler().scale(),
                         executor_->loss_scaler().skipped()};
   publisher_ = std::make_unique<VersionPublisher>(
       MakeSnapshot(layout_, range_, executor_->params(), fields, options_.pull_chunk_elements, true, snapshot_memory_),
       deadlines_.get(), options_.max_pull_wait, /*keep_previous=*/options_.num_shards > 1,
       options_.num_shards > 1 && restored != nullptr ? PreviousVersion(version) : nullptr);
   shm_->PublishHeader(publisher_->Current()->header.header());
-  ScheduleDeadline(version);
+  ScheduleDeadline(version, opened.opened);
   thread_ = std::make_unique<TaskThread>();
   if (shm_->bell() != nullptr) {
     fast_path_ = std::make_unique<ShmFastPath>(shm_.get(), [this](uint32_t worker, std::string request, auto done) {
@@ -247,8 +247,7 @@ absl::Status Trainer::Refused(uint32_t worker, absl::Status status) {
   const v1::ErrorReason reason = ReasonOf(status);
   if (CountsAsRejected(reason)) {
     counters_.Refused(reason);
-    MutexLock lock(&mu_);
-    state_.CountRejected(worker);
+    window_.CountRejected(worker);
   }
   return status;
 }
@@ -257,21 +256,8 @@ void Trainer::RecordRefusal(uint32_t worker, const absl::Status& status) { (void
 
 absl::StatusOr<v1::JoinResponse> Trainer::Join(const v1::JoinRequest& request) {
   GRADACC_RETURN_IF_ERROR(validator_.CheckJoin(request));
-  JoinOutcome outcome;
   v1::JoinResponse response;
-  {
-    MutexLock lock(&mu_);
-    GRADACC_ASSIGN_OR_RETURN(outcome, state_.Join(request, absl::Now()));
-    response.set_job_done(state_.done());
-    if (state_.planned()) *response.mutable_plan() = state_.plan();
-    if (request.held_version() > outcome.version) {
-      progress_.NoteWorkersAhead(request.held_version());
-      GRADACC_LOG(ERROR,
-                  "WORKER %d HOLDS VERSION %d BUT THIS SERVER IS AT VERSION %d: published state "
-                  "was lost (a restart without the newest checkpoint?); the worker will stop",
-                  request.worker(), request.held_version(), outcome.version);
-    }
-  }
+  GRADACC_ASSIGN_OR_RETURN(const JoinOutcome outcome, window_.Join(request, absl::Now(), &response));
   *response.mutable_job() = spec_;
   response.set_window(outcome.first_window);
   response.set_version(outcome.version);
@@ -287,10 +273,7 @@ absl::StatusOr<v1::JoinResponse> Trainer::Join(const v1::JoinRequest& request) {
 absl::Status Trainer::Leave(const v1::LeaveRequest& request) {
   GRADACC_RETURN_IF_ERROR(validator_.CheckCaller(request.job_id(), request.worker()));
   std::optional<ClosingWindow> closing;
-  {
-    MutexLock lock(&mu_);
-    GRADACC_RETURN_IF_ERROR(state_.Leave(request.worker(), absl::Now(), &closing));
-  }
+  GRADACC_RETURN_IF_ERROR(window_.Leave(request.worker(), absl::Now(), &closing));
   if (closing.has_value()) {
     Close(std::move(*closing));
   } else {
@@ -307,20 +290,14 @@ absl::StatusOr<v1::AttachSharedMemoryResponse> Trainer::AttachSharedMemory(
     // The worker could not use what it was offered: it stays on gRPC, and
     // status says why.
     shm_->Detach(id);
-    MutexLock lock(&mu_);
-    WorkerRecord& w = state_.members().at(id);
-    w.shm_failure = request.failure().substr(0, 200);
-    w.shared_memory = false;
+    window_.SharedMemoryFailed(id, request.failure());
     v1::AttachSharedMemoryResponse response;
     response.set_reason("recorded; use gRPC");
     return response;
   }
   const bool stable = spec_.window().max_workers() == 0 && spec_.window().policy() == v1::WindowRule::POLICY_WAIT;
   v1::AttachSharedMemoryResponse offer = shm_->Attach(id, stable);
-  if (offer.available()) {
-    MutexLock lock(&mu_);
-    state_.members().at(id).shm_failure.clear();
-  }
+  if (offer.available()) window_.SharedMemoryOffered(id);
   return offer;
 }
 
@@ -329,11 +306,7 @@ bool Trainer::SharedMemoryAttached(uint32_t worker) const { return shm_->Attache
 absl::StatusOr<std::unique_ptr<PushSession>> Trainer::BeginPush(const v1::PushHeader& h) {
   if (absl::Status s = validator_.CheckPushHeader(h); !s.ok()) return Refused(h.worker(), s);
   std::optional<LateNote> late;
-  absl::Status admitted;
-  {
-    MutexLock lock(&mu_);
-    admitted = state_.Admit(h, absl::Now(), &late);
-  }
+  const absl::Status admitted = window_.Admit(h, absl::Now(), &late);
   if (late.has_value()) ledger_.NoteLate(*late);
   if (!admitted.ok()) return Refused(h.worker(), admitted);
   auto admission = pool_.Admit();
@@ -381,20 +354,15 @@ absl::StatusOr<PushResult> Trainer::Commit(std::unique_ptr<PushSession> session)
   slot.attempt = std::max(1u, h.attempt());
   slot.arrival = now;
   std::optional<LateNote> late;
-  absl::StatusOr<Accepted> accepted;
-  {
-    MutexLock lock(&mu_);
-    accepted = state_.Accept(h, &slot, session->shared_memory(), now, &late);
-    if (accepted.ok()) {
-      // The window's decision and the running sum's agree on who is in.
-      const absl::Span<const uint32_t> covers(h.covers().data(), h.covers().size());
-      if (session->accumulated() != nullptr) {
-        accumulator_->Accepted(session->accumulated(), covers);
-      } else {
-        accumulator_->AcceptedView(h.worker(), view, segment, covers);
-      }
+  absl::StatusOr<Accepted> accepted = window_.Accept(h, &slot, session->shared_memory(), now, &late, [&] {
+    // The window's decision and the running sum's agree on who is in.
+    const absl::Span<const uint32_t> covers(h.covers().data(), h.covers().size());
+    if (session->accumulated() != nullptr) {
+      accumulator_->Accepted(session->accumulated(), covers);
+    } else {
+      accumulator_->AcceptedView(h.worker(), view, segment, covers);
     }
-  }
+  });
   if (late.has_value()) ledger_.NoteLate(*late);
   if (!accepted.ok()) return Refused(h.worker(), accepted.status());
   // Folds what this acceptance made ready (outside the window mutex).
@@ -470,20 +438,15 @@ void Trainer::Close(ClosingWindow window) {
   thread_->Post([this, shared] { CloseWindow(*shared); });
 }
 
-void Trainer::ScheduleDeadline(uint64_t window) {
+void Trainer::ScheduleDeadline(uint64_t window, absl::Time opened) {
   const v1::WindowRule& rule = spec_.window();
   if (rule.policy() != v1::WindowRule::POLICY_QUORUM) return;
-  deadlines_->Schedule(state_.window().opened() + absl::Milliseconds(static_cast<int64_t>(rule.deadline_ms())),
+  deadlines_->Schedule(opened + absl::Milliseconds(static_cast<int64_t>(rule.deadline_ms())),
                        [this, window] { OnDeadline(window); });
 }
 
 void Trainer::OnDeadline(uint64_t window) {
-  std::optional<ClosingWindow> closing;
-  {
-    MutexLock lock(&mu_);
-    if (state_.version() != window) return;
-    closing = state_.TakeIfComplete(/*deadline_passed=*/true);
-  }
+  std::optional<ClosingWindow> closing = window_.TakeAtDeadline(window);
   if (closing.has_value()) Close(std::move(*closing));
 }
 
@@ -507,10 +470,7 @@ uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done, in
   const bool known = worker >= 0 && static_cast<uint64_t>(worker) < num_workers_;
   if (exact) {
     if (std::shared_ptr<const ParamSnapshot> held = publisher_->Exact(min_version); held != nullptr) {
-      if (known) {
-        MutexLock lock(&mu_);
-        state_.members().Seen(static_cast<uint32_t>(worker), absl::Now());
-      }
+      if (known) window_.Seen(static_cast<uint32_t>(worker), absl::Now());
       done(std::move(held));
       return 0;
     }
@@ -528,25 +488,14 @@ uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done, in
   if (known) {
     const std::shared_ptr<const ParamSnapshot> current = publisher_->Current();
     const bool parks = current->version < min_version && !current->job_done();
-    absl::Status held;
-    {
-      MutexLock lock(&mu_);
-      state_.members().Seen(static_cast<uint32_t>(worker), absl::Now());
-      if (parks && pushed_key.has_value()) held = state_.CheckHeld(static_cast<uint32_t>(worker), *pushed_key);
-      if (held.ok()) ++state_.members().at(static_cast<uint32_t>(worker)).parked_pulls;
-    }
+    const absl::Status held = window_.ParkPull(static_cast<uint32_t>(worker), absl::Now(), parks, pushed_key);
     if (!held.ok()) {
       done(held);
       return 0;
     }
   }
   return publisher_->Wait(min_version, [this, known, worker, done = std::move(done)](auto result) {
-    if (known) {
-      MutexLock lock(&mu_);
-      WorkerRecord& w = state_.members().at(static_cast<uint32_t>(worker));
-      if (w.parked_pulls > 0) --w.parked_pulls;
-      w.last_seen = absl::Now();
-    }
+    if (known) window_.PullAnswered(static_cast<uint32_t>(worker), absl::Now());
     done(std::move(result));
   });
 }
@@ -554,9 +503,7 @@ uint64_t Trainer::WaitForVersion(uint64_t min_version, SnapshotCallback done, in
 bool Trainer::CancelWait(uint64_t id, int64_t worker) {
   if (!publisher_->Cancel(id)) return false;
   if (worker >= 0 && static_cast<uint64_t>(worker) < num_workers_) {
-    MutexLock lock(&mu_);
-    WorkerRecord& w = state_.members().at(static_cast<uint32_t>(worker));
-    if (w.parked_pulls > 0) --w.parked_pulls;
+    window_.PullCancelled(static_cast<uint32_t>(worker));
   }
   return true;
 }
@@ -598,41 +545,21 @@ absl::Status Trainer::ReportMetric(const v1::ReportMetricRequest& request) {
   if (!(request.test_accuracy() >= 0 && request.test_accuracy() <= 1)) {
     return Refusal(v1::ERROR_REASON_BAD_VALUE, "test_accuracy must be in [0, 1]");
   }
-  {
-    MutexLock lock(&mu_);
-    progress_.RecordAccuracy(request.step(), request.test_accuracy());
-  }
+  window_.RecordAccuracy(request.step(), request.test_accuracy());
   NotifyListeners();
   return absl::OkStatus();
 }
 
-uint64_t Trainer::AddListener(Listener listener) {
-  MutexLock lock(&mu_);
-  const uint64_t id = next_listener_id_++;
-  listeners_[id] = std::make_shared<Listener>(std::move(listener));
-  return id;
-}
+uint64_t Trainer::AddListener(Listener listener) { return window_.AddListener(std::move(listener)); }
 
-void Trainer::RemoveListener(uint64_t id) {
-  MutexLock lock(&mu_);
-  listeners_.erase(id);
-}
+void Trainer::RemoveListener(uint64_t id) { window_.RemoveListener(id); }
 
 void Trainer::NotifyListeners() {
-  std::vector<std::shared_ptr<Listener>> listeners;
-  {
-    MutexLock lock(&mu_);
-    for (auto& [id, l] : listeners_) listeners.push_back(l);
-  }
-  for (auto& l : listeners) (*l)();
+  for (const std::shared_ptr<Listener>& l : window_.Listeners()) (*l)();
 }
 
 void Trainer::Shutdown() {
-  {
-    MutexLock lock(&mu_);
-    if (state_.stopping()) return;
-    state_.Stop();
-  }
+  if (!window_.Stop()) return;
   thread_->Stop();
   for (auto& ready : publisher_->Stop()) ready();
   NotifyListeners();
@@ -644,14 +571,8 @@ uint64_t Trainer::RegisterPushStream(std::function<void()> cancel) {
 
 void Trainer::UnregisterPushStream(uint64_t handle) { deadlines_->Cancel(handle); }
 
-uint64_t Trainer::version() const {
-  MutexLock lock(&mu_);
-  return state_.version();
-}
+uint64_t Trainer::version() const { return window_.version(); }
 
-bool Trainer::done() const {
-  MutexLock lock(&mu_);
-  return state_.done();
-}
+bool Trainer::done() const { return window_.done(); }
 
 }  // namespace gradacc

@@ -1,8 +1,10 @@
 // Trainer: one job's server side, as a façade over its parts —
 //
 //   RequestValidator  is the request this job's, from a worker it has?
-//   WindowState       the window state machine (membership, exactly-once
-//                     ledger, slots, completeness), under the window mutex
+//   LockedWindow      the window state machine (WindowState: membership,
+//                     exactly-once ledger, slots, completeness), progress,
+//                     stragglers and listeners, behind the window mutex,
+//                     which only it names; each of its methods is whole
 //   PushSession       one push's chunks, validated and decoded
 //   Accumulator       the window's running sum in worker order, as chunks
 //                     arrive; staging for those ahead of their turn
@@ -11,7 +13,7 @@
 //   Checkpointer      durable state, sticky on failure
 //   VersionPublisher  the published version and the parked pulls
 //   ShmTransport      shared-memory segments and the parameter seqlock
-//   StepLedger, Counters, Progress, StragglerTracker
+//   StepLedger, Counters
 //                     what status, /metrics and the ledger show
 //   DeadlineQueue     pull bounds, push timeouts, QUORUM deadlines
 //   TaskThread        the trainer thread: steps, checkpoints, snapshots
@@ -20,8 +22,9 @@
 // and tests drive it directly.
 //
 // Thread-safety: every public method may be called from any thread. The
-// window mutex is held only for WindowState's decisions (and for telling
-// the Accumulator what they were, so the two agree on who is in); the adds
+// Trainer holds no lock of its own: each part guards itself, and the window
+// mutex (LockedWindow's) is held only for the window's decisions (and for
+// telling the Accumulator what they were, so the two agree on who is in); the adds
 // into the running sum happen outside it, the reduction, the step,
 // checkpoints and file I/O on the trainer thread without it; callbacks (pull
 // answers, listeners, paused pushes' wakes) never run under any Trainer lock.
@@ -52,8 +55,8 @@
 #include "server/counters.h"
 #include "server/deadline_queue.h"
 #include "server/failpoints.h"
+#include "server/locked_window.h"
 #include "server/norm_exchange.h"
-#include "server/progress.h"
 #include "server/push_session.h"
 #include "server/reducer.h"
 #include "server/request_validator.h"
@@ -61,10 +64,8 @@
 #include "server/shm_transport.h"
 #include "server/step_executor.h"
 #include "server/step_ledger.h"
-#include "server/straggler_tracker.h"
 #include "server/task_thread.h"
 #include "server/version_publisher.h"
-#include "server/window_state.h"
 
 namespace gradacc {
 
@@ -269,11 +270,11 @@ class Trainer {
   void LogStep(v1::StepRecord record, absl::Time opened, absl::Time stepped, absl::Time published);
   v1::StepTiming Timing(const ClosingWindow& window, const StepReport& report) const;
   bool AllOnSharedMemory() const;
-  void ScheduleDeadline(uint64_t window) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A QUORUM window's deadline, counted from `opened`.
+  void ScheduleDeadline(uint64_t window, absl::Time opened);
   void OnDeadline(uint64_t window);
   void WriteFinalParameters();
   void NotifyListeners();
-  void FillWorkers(v1::Status* s, absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const v1::JobSpec spec_;
   const ModelLayout layout_;
@@ -300,12 +301,9 @@ class Trainer {
   // for snapshots below kMappedBlockBytes.
   const std::shared_ptr<BufferPool> snapshot_memory_;
 
-  mutable Mutex mu_;  // the window mutex
-  WindowState state_ ABSL_GUARDED_BY(mu_);
-  Progress progress_ ABSL_GUARDED_BY(mu_);
-  StragglerTracker stragglers_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_listener_id_ ABSL_GUARDED_BY(mu_) = 1;
-  std::map<uint64_t, std::shared_ptr<Listener>> listeners_ ABSL_GUARDED_BY(mu_);
+  // The window, its membership, progress, stragglers and listeners, and
+  // the one lock over them.
+  LockedWindow window_;
 
   // The version the parameters hold (ahead of the published one while a
   // step waits for its checkpoint). Trainer thread only.

@@ -18,8 +18,7 @@ void Trainer::CloseWindow(ClosingWindow& window) {
     // Only a shutdown abandons a step (nothing changed); its contributions
     // are in no checkpoint and get pushed again after the restart.
     GRADACC_LOG(WARNING, "window %d abandoned: %s", window.window, report.status().message());
-    MutexLock lock(&mu_);
-    state_.Abandon();
+    window_.Abandon();
     return;
   }
   const absl::Time stepped = absl::Now();
@@ -27,14 +26,7 @@ void Trainer::CloseWindow(ClosingWindow& window) {
   applied_version_ = version;
   v1::StepRecord record = StepRecordOf(window, *report, stepped);
   std::vector<uint32_t> new_stragglers;
-  bool job_done = false;
-  {
-    MutexLock lock(&mu_);
-    job_done = state_.DoneAfterClose();
-    progress_.RecordStep(version, record.loss(), report->grad_norm, report->samples, window.missing,
-                         record.timing(), stepped);
-    *record.mutable_arrivals() = stragglers_.Observe(window, &new_stragglers);
-  }
+  const bool job_done = window_.Stepped(window, report->grad_norm, report->samples, stepped, &record, &new_stragglers);
   for (uint32_t w : new_stragglers) {
     GRADACC_LOG(WARNING, "worker %d is a STRAGGLER: missing from %d windows in a row (window %d)", w,
                 options_.straggler_windows, window.window);
@@ -63,11 +55,7 @@ v1::CheckpointState Trainer::DurableState(uint64_t version, const v1::StepRecord
   v1::CheckpointState s;
   *s.mutable_job() = spec_;
   s.set_version(version);
-  {
-    MutexLock lock(&mu_);
-    state_.Export(version, &s);
-    progress_.Export(&s);
-  }
+  window_.Export(version, &s);
   counters_.Export(s.mutable_counters());
   // Pulls through the fast path count as a Pull's (a restarted server
   // starts from what the checkpoint says).
@@ -108,28 +96,21 @@ bool Trainer::MakeDurable(uint64_t version, bool job_done, const v1::StepRecord&
 
 bool Trainer::AllOnSharedMemory() const {
   if (!shm_->on()) return false;
-  MutexLock lock(&mu_);
-  for (uint32_t i = 0; i < num_workers_; ++i) {
-    if (state_.window().expected(i) && (!state_.members().at(i).shared_memory || !shm_->Attached(i))) return false;
-  }
-  return true;
+  return window_.AllExpected(
+      [this](uint32_t i, const WorkerRecord& w) { return w.shared_memory && shm_->Attached(i); });
 }
 
 void Trainer::Publish(ClosingWindow& window, v1::StepRecord record, absl::Time stepped) {
   const uint64_t version = window.window + 1;
   SnapshotFields fields{version, false, record.lr(), record.loss(), {}, executor_->loss_scaler().scale(),
                         record.skipped()};
-  {
-    // The new window opens (pushes for it wait for its version anyway);
-    // its plan goes out with the version.
-    MutexLock lock(&mu_);
-    fields.job_done = state_.DoneAfterClose();
-    state_.set_loss_scale(fields.loss_scale);
-    state_.Advance(version, absl::Now());
-    accumulator_->Open(version);
-    ScheduleDeadline(version);
-    fields.plan = state_.plan();
-  }
+  // The new window opens (pushes for it wait for its version anyway);
+  // its plan goes out with the version.
+  const LockedWindow::Opened opened =
+      window_.Advance(version, fields.loss_scale, absl::Now(), [&] { accumulator_->Open(version); });
+  ScheduleDeadline(version, opened.opened);
+  fields.job_done = opened.done;
+  fields.plan = opened.plan;
   const bool job_done = fields.job_done;
   // The outgoing version's chunks, when no pull holds them, become the new
   // one's (one snapshot's memory, not two); a pull that comes meanwhile is
@@ -198,10 +179,7 @@ v1::StepRecord Trainer::StepRecordOf(const ClosingWindow& window, const StepRepo
 
 void Trainer::LogStep(v1::StepRecord record, absl::Time opened, absl::Time stepped, absl::Time published) {
   record.mutable_timing()->set_broadcast_seconds(absl::ToDoubleSeconds(published - stepped));
-  {
-    MutexLock lock(&mu_);
-    progress_.SetLastTiming(record.timing());
-  }
+  window_.SetLastTiming(record.timing());
   ledger_.Append(std::move(record));
   counters_.StepTook(absl::ToDoubleSeconds(published - opened));
 }
@@ -229,8 +207,7 @@ void Trainer::WriteFinalParameters() {
     return;
   }
   GRADACC_LOG(INFO, "final parameters written to %s", options_.final_params_path);
-  MutexLock lock(&mu_);
-  progress_.SetFinalWritten();
+  window_.SetFinalWritten();
 }
 
 absl::Status Trainer::CheckpointNow() {

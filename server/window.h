@@ -9,7 +9,7 @@
 // no worker can be handed again (ShmTransport gives every attach a fresh
 // segment), so an accepted contribution cannot change.
 //
-// Thread-compatible: WindowState's owner guards it with its window mutex.
+// Thread-compatible: LockedWindow guards it with the window mutex.
 #ifndef GRADACC_SERVER_WINDOW_H_
 #define GRADACC_SERVER_WINDOW_H_
 

@@ -5,8 +5,8 @@
 // complete, and what the next window expects.
 //
 // It holds no buffers of its own beyond accepted slots, does no arithmetic
-// and no I/O. Thread-compatible: the Trainer guards it with one mutex (its
-// "window mutex"), held only for these short decisions.
+// and no I/O. Thread-compatible: LockedWindow guards it with the window
+// mutex, held only for these short decisions.
 #ifndef GRADACC_SERVER_WINDOW_STATE_H_
 #define GRADACC_SERVER_WINDOW_STATE_H_
 
