@@ -52,13 +52,32 @@ write_basic_package_version_file(${gradacc_config_dir}/gradaccConfigVersion.cmak
 install(FILES ${gradacc_config_dir}/gradaccConfig.cmake ${gradacc_config_dir}/gradaccConfigVersion.cmake
     DESTINATION ${GRADACC_INSTALL_CMAKEDIR} COMPONENT dev)
 
-# Headers: the client's and everything they include (common/ except the
-# HTTP server, the generated messages and stubs).
+# Headers: the client's public ones and exactly the headers of ours they
+# include, followed to the end at configure time (so the set cannot go
+# stale), each under include/gradacc/ at its source path; then the
+# generated messages and stubs. Nothing else of common/ or worker/ is
+# installed (tests/install/install_test.sh checks the set).
 set(gradacc_include_dir ${CMAKE_INSTALL_INCLUDEDIR}/gradacc)
-install(DIRECTORY ${PROJECT_SOURCE_DIR}/common/ DESTINATION ${gradacc_include_dir}/common COMPONENT dev
-    FILES_MATCHING PATTERN "*.h" PATTERN "http_server.h" EXCLUDE)
-install(DIRECTORY ${PROJECT_SOURCE_DIR}/worker/client/ DESTINATION ${gradacc_include_dir}/worker/client
-    COMPONENT dev FILES_MATCHING PATTERN "*.h")
+set(gradacc_public_headers worker/client/client.h worker/client/training_client.h)
+set(gradacc_header_queue ${gradacc_public_headers})
+set(gradacc_installed_headers "")
+while(gradacc_header_queue)
+  list(POP_FRONT gradacc_header_queue header)
+  if(header IN_LIST gradacc_installed_headers OR NOT EXISTS ${PROJECT_SOURCE_DIR}/${header})
+    continue()
+  endif()
+  list(APPEND gradacc_installed_headers ${header})
+  file(STRINGS ${PROJECT_SOURCE_DIR}/${header} includes REGEX "^#include \"[^\"]+\"")
+  foreach(line IN LISTS includes)
+    string(REGEX REPLACE "^#include \"([^\"]+)\".*" "\\1" included "${line}")
+    list(APPEND gradacc_header_queue ${included})
+  endforeach()
+  set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/${header})
+endwhile()
+foreach(header IN LISTS gradacc_installed_headers)
+  get_filename_component(dir ${header} DIRECTORY)
+  install(FILES ${PROJECT_SOURCE_DIR}/${header} DESTINATION ${gradacc_include_dir}/${dir} COMPONENT dev)
+endforeach()
 install(DIRECTORY ${PROJECT_BINARY_DIR}/proto/gradacc ${PROJECT_BINARY_DIR}/proto/google
     DESTINATION ${gradacc_include_dir} COMPONENT dev FILES_MATCHING PATTERN "*.pb.h")
 

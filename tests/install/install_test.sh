@@ -47,6 +47,23 @@ fi
 for f in bin/gradacc-server bin/gradacc bin/gradacc-worker include/gradacc/worker/client/client.h; do
   [[ -e "$prefix/$f" ]] || die "$prefix/$f is missing"
 done
+# Headers: only include/gradacc/, and there only what the client's public
+# headers include (every quoted include of an installed header is installed;
+# internals such as the HTTP server, the kernels or the client's stubs are not).
+if [[ -n "$build_dir" ]]; then
+  outside=$(find "$prefix/include" -name '*.h' -not -path "$prefix/include/gradacc/*" | head -5)
+  [[ -z "$outside" ]] || die "headers outside include/gradacc: $outside"
+  while IFS= read -r h; do
+    while IFS= read -r inc; do
+      [[ -e "$prefix/include/gradacc/$inc" ]] || [[ "$inc" != common/* && "$inc" != worker/* && "$inc" != server/* ]] \
+        || die "${h#"$prefix"/} includes $inc, which is not installed"
+    done < <(sed -n 's/^#include "\([^"]*\)".*/\1/p' "$h")
+  done < <(find "$prefix/include/gradacc" -name '*.h' -not -name '*.pb.h')
+  for f in common/http_server.h common/kernels.h worker/client/stubs.h worker/client/call_group.h server; do
+    [[ ! -e "$prefix/include/gradacc/$f" ]] || die "include/gradacc/$f is installed: it is not part of the client's API"
+  done
+  say "headers: $(find "$prefix/include/gradacc" -name '*.h' -not -name '*.pb.h' | wc -l) of ours (the client's and what they include), the generated messages"
+fi
 
 # The consumer, outside the source tree; only the install prefix is known.
 cp -r "$here/consumer" "$work/consumer"
