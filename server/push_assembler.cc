@@ -54,8 +54,8 @@ absl::Status PushAssembler::Refuse(absl::Status status) {
 }
 
 void PushAssembler::Abandon(const absl::Status& why) {
-  if (session_ == nullptr) return;
-  trainer_->RecordRefusal(session_->header().worker(), why);
+  // A stream abandoned before its header is counted too (no worker known).
+  trainer_->RecordRefusal(session_ != nullptr ? session_->header().worker() : ~0u, why);
   session_.reset();
 }
 

@@ -128,5 +128,24 @@ TEST_F(PushReactorTest, StreamThatOutlivesThePushTimeoutIsRefusedWithItsReasonAn
   EXPECT_EQ(server_->trainer()->version(), 0u);
 }
 
+TEST_F(PushReactorTest, StreamWithoutAHeaderPastThePushTimeoutIsRefusedAndCounted) {
+  ServerOptions options;
+  options.trainer.push_timeout = absl::Milliseconds(200);
+  StartJob(1, options);
+  grpc::ClientContext ctx;
+  rpc_test::Prepare(&ctx, absl::Seconds(20));
+  v1::PushResponse response;
+  auto writer = stub_->Push(&ctx, &response);  // opens the stream, sends nothing
+  const grpc::Status status = writer->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED) << status.error_message();
+  EXPECT_EQ(Reason(status), v1::ERROR_REASON_PUSH_TIMEOUT) << status.error_message();
+  const std::string label = ReasonLabel(v1::ERROR_REASON_PUSH_TIMEOUT);
+  for (int i = 0; i < 1000 && server_->trainer()->Counters().rejected_by_reason[label] == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  EXPECT_EQ(server_->trainer()->Counters().rejected_by_reason[label], 1u) << "counted once, with no worker";
+  EXPECT_EQ(server_->trainer()->GetStatus().contributions_rejected(), 1u);
+}
+
 }  // namespace
 }  // namespace gradacc
