@@ -48,18 +48,23 @@ void PushReactor::WithReactor(const std::shared_ptr<ResumeState>& state, void (P
 }
 
 void PushReactor::TimedOut() {
+  bool committed = false;
   {
     MutexLock lock(&mu_);
     if (finished_) return;
-    if (committed_) {
-      // Accepted, waiting for its version: OnCancel withdraws the wait.
-      context_->TryCancel();
-      return;
+    committed = committed_;
+    if (!committed) {
+      timed_out_ = true;
+      if (busy_) return;  // the placing thread finishes the call
+      busy_ = true;       // nobody else places from now on
+      parked_ = false;
     }
-    timed_out_ = true;
-    if (busy_) return;  // the placing thread finishes the call
-    busy_ = true;       // nobody else places from now on
-    parked_ = false;
+  }
+  if (committed) {
+    // Accepted, waiting for its version: OnCancel (which takes mu_, so not
+    // under it) withdraws the wait.
+    context_->TryCancel();
+    return;
   }
   TsanAcquire(this);
   Cancelled(kTimedOut);

@@ -14,6 +14,7 @@
 #include "gradacc/v1/data.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/http_client.h"
+#include "tests/server/rpc/rpc_test_util.h"
 #include "tests/server/trainer_fixtures.h"
 #include "tests/subprocess.h"
 
@@ -89,17 +90,11 @@ TEST(GradaccServerTest, RefusesShardsTheJobDoesNotHave) {
 }
 
 TEST(GradaccServerTest, ServesSeveralShardsOfAJobOnOneAddress) {
-  const int port = testing::FreePort();
-  const std::string address = absl::StrCat("127.0.0.1:", port);
-  ServerOptions options;
-  options.listen = address;
-  options.trainer.num_shards = 2;
-  options.shards = {0, 1};
-  options.shard_peers = {address, address};
-  auto server = GradaccServer::Start(SmallJob(1, 10), options);
-  ASSERT_TRUE(server.ok()) << server.status();
-  EXPECT_EQ((*server)->port(), port);
-  const std::vector<Trainer*> trainers = (*server)->trainers();
+  int port = 0;
+  auto server = rpc_test::StartTwoShards(SmallJob(1, 10), &port);
+  ASSERT_NE(server, nullptr);
+  EXPECT_EQ(server->port(), port);
+  const std::vector<Trainer*> trainers = server->trainers();
   ASSERT_EQ(trainers.size(), 2u);
   EXPECT_EQ(trainers[0]->shard(), 0u);
   EXPECT_EQ(trainers[1]->shard(), 1u);

@@ -121,15 +121,9 @@ TEST_F(DataPlaneServiceTest, EveryDataPlaneCallNeedsTheWorkerToken) {
 }
 
 TEST(DataPlaneServiceShardsTest, CallsGoToTheShardTheirMetadataNames) {
-  const int port = testing::FreePort();
-  const std::string address = absl::StrCat("127.0.0.1:", port);
-  ServerOptions options;
-  options.listen = address;
-  options.trainer.num_shards = 2;
-  options.shards = {0, 1};
-  options.shard_peers = {address, address};
-  auto server = GradaccServer::Start(SmallJob(1, 10), options);
-  ASSERT_TRUE(server.ok()) << server.status();
+  int port = 0;
+  auto server = rpc_test::StartTwoShards(SmallJob(1, 10), &port);
+  ASSERT_NE(server, nullptr);
   auto stub = v1::DataPlane::NewStub(rpc_test::Connect(port));
   // Two shards on one address: a call must name one.
   const grpc::Status unnamed = rpc_test::Join(*stub, 0);

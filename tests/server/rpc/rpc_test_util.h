@@ -23,6 +23,7 @@
 #include "gradacc/v1/data.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "server/server.h"
+#include "tests/subprocess.h"
 #include "tests/test_util.h"
 
 namespace gradacc::rpc_test {
@@ -30,6 +31,22 @@ namespace gradacc::rpc_test {
 // A server of `spec` listening on 127.0.0.1 with a port the OS chose.
 inline std::unique_ptr<GradaccServer> StartServer(const v1::JobSpec& spec, ServerOptions options = {}) {
   options.listen = "127.0.0.1:0";
+  auto server = GradaccServer::Start(spec, options);
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? *std::move(server) : nullptr;
+}
+
+// Shards 0 and 1 of `spec` served by one GradaccServer on one address (a
+// port the OS chose, taken again at once: the peers' addresses are needed
+// before the server starts); `port` gets it.
+inline std::unique_ptr<GradaccServer> StartTwoShards(const v1::JobSpec& spec, int* port) {
+  *port = testing::FreePort();
+  const std::string address = absl::StrCat("127.0.0.1:", *port);
+  ServerOptions options;
+  options.listen = address;
+  options.trainer.num_shards = 2;
+  options.shards = {0, 1};
+  options.shard_peers = {address, address};
   auto server = GradaccServer::Start(spec, options);
   EXPECT_TRUE(server.ok()) << server.status();
   return server.ok() ? *std::move(server) : nullptr;

@@ -149,15 +149,10 @@ TEST_F(ClientTest, ReportsMetricsReadsStatusAndLeaves) {
 }
 
 TEST(ClientShardedTest, StepOnAShardedJobPushesAndPullsEachShardsPart) {
-  const int port = testing::FreePort();
+  int port = 0;
+  auto server = rpc_test::StartTwoShards(SmallJob(1, 10), &port);
+  ASSERT_NE(server, nullptr);
   const std::string address = Local(port);
-  ServerOptions options;
-  options.listen = address;
-  options.trainer.num_shards = 2;
-  options.shards = {0, 1};
-  options.shard_peers = {address, address};
-  auto server = GradaccServer::Start(SmallJob(1, 10), options);
-  ASSERT_TRUE(server.ok()) << server.status();
   auto client = Client::Connect(OptionsFor(address + "," + address, 0));
   ASSERT_TRUE(client.ok()) << client.status();
   for (size_t i = 0; i < (*client)->grad().size(); ++i) (*client)->grad()[i] = 0.01f * static_cast<float>(i);
@@ -167,7 +162,7 @@ TEST(ClientShardedTest, StepOnAShardedJobPushesAndPullsEachShardsPart) {
   EXPECT_EQ(step->version, 1u);
   // The parameters held are each shard's part, end to end.
   std::vector<float> served;
-  for (Trainer* t : (*server)->trainers()) {
+  for (Trainer* t : server->trainers()) {
     EXPECT_EQ(t->version(), 1u);
     for (float p : t->Parameters()) served.push_back(p);
   }
