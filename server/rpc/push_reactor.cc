@@ -62,8 +62,10 @@ void PushReactor::TimedOut() {
   }
   if (committed) {
     // Accepted, waiting for its version: OnCancel (which takes mu_, so not
-    // under it) withdraws the wait.
-    context_->TryCancel();
+    // under it) withdraws the wait. The context lives until OnDone, which
+    // clears resume_->reactor under resume_->mu.
+    MutexLock lock(&resume_->mu);
+    if (resume_->reactor != nullptr) context_->TryCancel();
     return;
   }
   TsanAcquire(this);
