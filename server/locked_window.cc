@@ -124,11 +124,11 @@ void LockedWindow::Abandon() {
   state_.Abandon();
 }
 
-bool LockedWindow::Stepped(const ClosingWindow& window, double grad_norm, uint64_t samples, absl::Time stepped,
+bool LockedWindow::Stepped(const ClosingWindow& window, float grad_norm, uint64_t samples, absl::Time stepped,
                            v1::StepRecord* record, std::vector<uint32_t>* new_stragglers) {
   MutexLock lock(&mu_);
-  progress_.RecordStep(window.window + 1, record->loss(), static_cast<float>(grad_norm), samples, window.missing,
-                       record->timing(), stepped);
+  progress_.RecordStep(window.window + 1, record->loss(), grad_norm, samples, window.missing, record->timing(),
+                       stepped);
   *record->mutable_arrivals() = stragglers_.Observe(window, new_stragglers);
   return state_.DoneAfterClose();
 }

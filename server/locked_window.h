@@ -92,7 +92,7 @@ class LockedWindow {
   // The window's step is applied: progress and the stragglers record it
   // (`record` gets the arrivals; `new_stragglers` who just became one).
   // Returns whether the job is done after it.
-  bool Stepped(const ClosingWindow& window, double grad_norm, uint64_t samples, absl::Time stepped,
+  bool Stepped(const ClosingWindow& window, float grad_norm, uint64_t samples, absl::Time stepped,
                v1::StepRecord* record, std::vector<uint32_t>* new_stragglers);
   // The next window opens at `version`; `open` runs under the lock (the
   // Accumulator opens it too, so no push of it is admitted before).

@@ -159,7 +159,7 @@ void PushReactor::Drain() {
 
 void PushReactor::End() {
   if (context_->IsCancelled()) {
-    Cancelled("push cancelled (by the client, or past the server's push timeout)");
+    Cancelled("push cancelled (by the client, or by the server shutting down)");
     return;
   }
   bool timed_out;
@@ -235,7 +235,7 @@ void PushReactor::OnCancel() {
   if (was_parked) {
     // Nobody is placing messages, and a read ahead (if any) finds the call
     // finished: finish here.
-    Cancelled("push cancelled while it waited for its turn (by the client, or past the server's push timeout)");
+    Cancelled("push cancelled while it waited for its turn (by the client, or by the server shutting down)");
     return;
   }
   // Still waiting for the version: nobody else will finish the call.

@@ -98,14 +98,6 @@ class AuthorizeTest : public ::testing::Test {
   std::unique_ptr<v1::ControlPlane::Stub> stub_;
 };
 
-TokenSet AllTokens() {
-  TokenSet t;
-  t.worker = "worker-secret";
-  t.reader = "reader-secret";
-  t.shard = "shard-secret";
-  return t;
-}
-
 TEST_F(AuthorizeTest, WithoutTokensConfiguredEveryCallIsAllowed) {
   Serve(TokenSet());
   for (Method m : {Method::kStatus, Method::kSteps, Method::kNorm, Method::kMetric}) {
@@ -115,7 +107,7 @@ TEST_F(AuthorizeTest, WithoutTokensConfiguredEveryCallIsAllowed) {
 }
 
 TEST_F(AuthorizeTest, MissingOrUnknownTokenIsUnauthenticatedAndTheHandlerDoesNotRun) {
-  Serve(AllTokens());
+  Serve(rpc_test::AllTokens());
   const grpc::Status missing = Call(Method::kStatus, "");
   EXPECT_EQ(missing.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(Reason(missing), v1::ERROR_REASON_UNAUTHENTICATED);
@@ -127,7 +119,7 @@ TEST_F(AuthorizeTest, MissingOrUnknownTokenIsUnauthenticatedAndTheHandlerDoesNot
 }
 
 TEST_F(AuthorizeTest, EachRoleReachesExactlyTheCallsItMayMake) {
-  Serve(AllTokens());
+  Serve(rpc_test::AllTokens());
   // Reader: status only. Worker: status and worker calls. Shard: the calls
   // between shards only.
   EXPECT_TRUE(Call(Method::kStatus, "Bearer reader-secret").ok());
@@ -145,7 +137,7 @@ TEST_F(AuthorizeTest, EachRoleReachesExactlyTheCallsItMayMake) {
 }
 
 TEST_F(AuthorizeTest, AuthorizeAnyAcceptsOnlyTheRolesListed) {
-  Serve(AllTokens());
+  Serve(rpc_test::AllTokens());
   EXPECT_TRUE(Call(Method::kMetric, "Bearer reader-secret").ok());
   EXPECT_TRUE(Call(Method::kMetric, "Bearer shard-secret").ok());
   // A worker token grants more than a reader's, but the list is exact.
@@ -153,7 +145,7 @@ TEST_F(AuthorizeTest, AuthorizeAnyAcceptsOnlyTheRolesListed) {
 }
 
 TEST_F(AuthorizeTest, RefusedStreamEndsWithTheRefusalBeforeAnyMessage) {
-  Serve(AllTokens());
+  Serve(rpc_test::AllTokens());
   grpc::ClientContext ctx;
   rpc_test::Prepare(&ctx);
   ctx.AddMetadata("authorization", "Bearer shard-secret");

@@ -14,14 +14,6 @@ namespace {
 using rpc_test::Reason;
 using trainer_fixtures::SmallJob;
 
-TokenSet Tokens() {
-  TokenSet t;
-  t.worker = "worker-secret";
-  t.reader = "reader-secret";
-  t.shard = "shard-secret";
-  return t;
-}
-
 class ControlPlaneServiceTest : public ::testing::Test {
  protected:
   void Start(TokenSet tokens = {}) {
@@ -75,7 +67,7 @@ TEST_F(ControlPlaneServiceTest, GetStepsReturnsTheLedgersRecordsInTheRangeAsked)
 }
 
 TEST_F(ControlPlaneServiceTest, ReportedMetricShowsInStatusAndNeedsAWorkerToken) {
-  Start(Tokens());
+  Start(rpc_test::AllTokens());
   ASSERT_TRUE(rpc_test::Join(*data_, 0, nullptr, "worker-secret").ok());
   v1::ReportMetricRequest request;
   request.set_worker(0);
@@ -124,7 +116,7 @@ TEST_F(ControlPlaneServiceTest, GetNormPartialOnAnUnshardedServerIsUnsupported) 
 }
 
 TEST_F(ControlPlaneServiceTest, ShardTokenReadsStatusOnlyAsAPeerAskingForThisShardsOwn) {
-  Start(Tokens());
+  Start(rpc_test::AllTokens());
   EXPECT_TRUE(Status("reader-secret").ok());
   EXPECT_TRUE(Status("worker-secret").ok());
   EXPECT_EQ(Reason(Status("shard-secret")), v1::ERROR_REASON_PERMISSION_DENIED);

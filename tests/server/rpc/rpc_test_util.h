@@ -36,6 +36,15 @@ inline std::unique_ptr<GradaccServer> StartServer(const v1::JobSpec& spec, Serve
   return server.ok() ? *std::move(server) : nullptr;
 }
 
+// A token of each kind (worker, read-only, shard).
+inline TokenSet AllTokens() {
+  TokenSet t;
+  t.worker = "worker-secret";
+  t.reader = "reader-secret";
+  t.shard = "shard-secret";
+  return t;
+}
+
 // Shards 0 and 1 of `spec` served by one GradaccServer on one address (a
 // port the OS chose, taken again at once: the peers' addresses are needed
 // before the server starts); `port` gets it.
